@@ -1,0 +1,1 @@
+"""The inventory: YAML schema, loader and host selection."""

@@ -1,0 +1,149 @@
+"""The resolved inventory: what every other layer reads. Built only by ``inventory.loader``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class Role(StrEnum):
+    MANAGEMENT_SERVER = "management_server"
+    DW_MANAGEMENT_SERVER = "dw_management_server"
+    SELF_SERVICE_PORTAL = "self_service_portal"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value came from, for error messages: file, 1-based line, dotted key."""
+
+    file: str
+    line: int | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A reference to a secret (``env:``, ``file:``, ``prompt``, ``command:``, ``vault:``) or,
+    in a lab inventory only, a plaintext value (``scheme == "plain"``).
+
+    Resolution lives in ``orchestrator.secretrefs.resolve``; this is only the parsed reference.
+    ``repr`` never shows a plaintext value.
+    """
+
+    scheme: str  # env | file | prompt | command | vault | plain
+    target: str = field(repr=False)  # env var name, path, argv string, "FILE#key", or plaintext
+    location: Location | None = None
+
+    def describe(self) -> str:
+        """A safe label for messages and run records: never the plaintext."""
+        if self.scheme == "plain":
+            return "plain (lab)"
+        if self.scheme == "prompt":
+            return "prompt"
+        return f"{self.scheme}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    username: str
+    password: SecretRef
+
+
+@dataclass(frozen=True)
+class LabHostSettings:
+    """Lab-only simulation settings of one host (ignored outside a lab inventory)."""
+
+    version: str = "10.22.1068.0"
+    admin: bool = True
+    tool_installed: bool = True
+    tool_path: str | None = None  # where the simulated SecureStorageBackup.exe lives
+    faults: tuple[str, ...] = ()  # fault specs, e.g. "down", "latency:0.5", "http500:Receive"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """One server with every setting resolved (defaults -> management group -> host)."""
+
+    name: str
+    group: str
+    role: Role
+    address: str
+    port: int
+    scheme: str  # https | http
+    transport: str  # ntlm | kerberos | credssp | basic | certificate
+    cert_validation: bool
+    ca_bundle: str | None  # a file path (the lab's CA already substituted)
+    cert_thumbprint: str | None  # hex, SHA-256 (64) or SHA-1 (40), no separators, lower case
+    allow_insecure: bool
+    credential: Credential | None
+    client_cert: str | None  # certificate transport: PEM paths
+    client_key: str | None
+    connect_timeout: float  # seconds
+    operation_timeout: float  # seconds, WS-Man OperationTimeout of one Receive
+    host_timeout: float  # seconds, the deadline of all work on this host in one run
+    retries: int
+    tool_path: str | None  # SecureStorageBackup.exe on the server; None: search known locations
+    tool_timeout: float  # seconds
+    lab: LabHostSettings | None
+    location: Location
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.scheme}://{self.address}:{self.port}/wsman"
+
+
+@dataclass(frozen=True)
+class ManagementGroup:
+    name: str
+    description: str
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    url: str  # local path (resolved against the inventory's folder) or smb://server[:port]/share/path
+    credential: Credential | None = None
+    require_encryption: bool = False
+
+
+@dataclass(frozen=True)
+class BackupPolicy:
+    password: SecretRef | None  # None: ask (hidden prompt, twice)
+    password_id: str
+    max_age: timedelta
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    private_key: SecretRef | None  # Ed25519, PEM or base64 of the 32 raw bytes
+    public_key: str  # PEM or base64 of the 32 raw bytes; kept in the inventory, not on the share
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """Present when the inventory describes an emulated fleet."""
+
+    serve: bool  # True: the controller starts the lab itself for the duration of a command
+    state_dir: Path  # CA, host certificates and simulated registries live here
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    groups: dict[str, ManagementGroup]
+    hosts: dict[str, HostConfig]  # in file order
+    share: ShareConfig | None
+    backup: BackupPolicy
+    signing: SigningConfig | None
+    lab: LabConfig | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def select(self, limit: str | None) -> list[HostConfig]:
+        """Hosts matching an Ansible-like ``--limit`` pattern (all when None), in file order."""
+        from orchestrator.inventory.limit import select_hosts
+
+        return select_hosts(self, limit)

@@ -1,0 +1,44 @@
+"""Logging set-up: a masking filter on every handler and a private debug log file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from orchestrator.secret import mask
+
+
+class SecretMaskFilter(logging.Filter):
+    """Second net behind the Secret type: masks every known secret value in a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def setup_logging(*, verbose: bool, debug_log: Path | None) -> None:
+    logger = logging.getLogger("keyfleet")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    console = logging.StreamHandler()
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("keyfleet: %(message)s"))
+    console.addFilter(SecretMaskFilter())
+    logger.addHandler(console)
+    if debug_log is not None:
+        try:
+            debug_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError:
+            return
+        handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(SecretMaskFilter())
+        logger.addHandler(handler)
