@@ -1,0 +1,170 @@
+"""``keyfleet backup``: back up the selected servers and render the outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from rich.text import Text
+
+from orchestrator.console import STATUS_STYLE, Ui
+from orchestrator.errors import ConfigError, ShareError
+from orchestrator.inventory.limit import select_hosts
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.inventory.model import HostConfig, Inventory
+from orchestrator.inventory.schema import Invalid, parse_duration
+from orchestrator.jobs import backup, context
+from orchestrator.lab.fleet import serving
+from orchestrator.runner import RunnerEvents, RunSummary, Status
+from orchestrator.share.manifest import ManifestEntry
+from orchestrator.share.runrecord import RunRecord, new_run_id
+from orchestrator.share.store import BackupStore
+
+
+def parse_age(text: str | None, option: str) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except Invalid as exc:
+        raise ConfigError(f"{text!r} {exc}", key=option) from None
+
+
+def last_failed_resolver(store: BackupStore) -> Callable[[str], set[str]]:
+    def resolve(token: str) -> set[str]:
+        if token != "@last-failed":
+            raise ConfigError(f"unknown selection {token!r} (supported: @last-failed)", key="--limit")
+        record = store.latest_run_record()
+        if record is None:
+            raise ConfigError("@last-failed: the share has no run record yet", key="--limit")
+        return {o.host for o in record.outcomes if o.status != "ok"}
+
+    return resolve
+
+
+def run(args: argparse.Namespace) -> int:
+    ui = Ui()
+    inv = load_inventory(args.inventory)
+    share = context.share_for(inv, args.share)
+    with share:
+        store = context.open_store(inv, share, sign=not args.check)
+        hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
+        only_stale = parse_age(args.only_stale, "--only-stale")
+        manifest = store.load_manifest(verify=True) if only_stale is not None else None
+        plan = backup.plan_backup(hosts, manifest=manifest, only_stale=only_stale)
+        if args.check:
+            for line in plan.describe(inv, share.url):
+                ui.line(line)
+            if args.json:
+                _print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
+            return 0
+        password = context.backup_password(inv)  # before any host is touched
+        for warning in context.security_warnings(plan.hosts):
+            ui.warn(warning)
+        passwords = context.winrm_passwords(plan.hosts)
+        run_id = new_run_id()
+        started = datetime.now(UTC)
+        task = backup.BackupTask(
+            store=store,
+            password=password,
+            password_id=inv.backup.password_id,
+            winrm_passwords=passwords,
+            run_id=run_id,
+        )
+        with serving(inv), ui.fleet_progress("backup", [h.name for h in plan.hosts]) as progress:
+            summary = backup.run_backup(
+                plan,
+                task,
+                forks=args.forks,
+                events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+            )
+        record = backup.build_run_record(
+            run_id=run_id,
+            command="backup",
+            started=started,
+            inv=inv,
+            share_url=share.url,
+            summary=summary,
+            skipped=plan.skipped,
+        )
+        record_path = _write_record(store, record, ui)
+        if summary.interrupted:
+            store.remove_stale_temporaries()
+    code = backup.exit_code(summary)
+    _render(ui, summary, record, record_path)
+    if args.json:
+        _print_json(_result_json(record, record_path, code))
+    return code
+
+
+def _select(inv: Inventory, limit: str, store: BackupStore) -> list[HostConfig]:
+    return select_hosts(inv, limit, at_resolver=last_failed_resolver(store))
+
+
+def _write_record(store: BackupStore, record: RunRecord, ui: Ui) -> str | None:
+    try:
+        return store.write_run_record(record)
+    except ShareError as exc:
+        ui.warn(f"could not write the run record: {exc}")
+        return None
+
+
+def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, record_path: str | None) -> None:
+    rows = []
+    by_host = {r.host.name: r for r in summary.results}
+    for outcome in record.outcomes:
+        result = by_host.get(outcome.host)
+        status = Text(str(outcome.status), style=STATUS_STYLE.get(Status(outcome.status), ""))
+        error = f"{outcome.kind}: {outcome.message}" if outcome.kind else (outcome.message or "")
+        rows.append(
+            [
+                outcome.host,
+                outcome.role,
+                outcome.group,
+                status,
+                "" if outcome.size is None else str(outcome.size),
+                (outcome.sha256 or "")[:12],
+                f"{outcome.duration:.1f}s" if result else "",
+                error,
+            ]
+        )
+    ui.table(
+        f"backup {record.run_id}",
+        ["host", "role", "group", "status", "size", "sha256", "duration", "error"],
+        rows,
+    )
+    ui.failure_hints(summary.results)
+    counts = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
+    ui.line(
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
+        + (" (interrupted)" if summary.interrupted else "")
+        + (f"; run record {record_path}" if record_path else "")
+    )
+
+
+def _plan_json(plan: backup.BackupPlan) -> dict[str, object]:
+    return {
+        "hosts": [
+            {"host": h.name, "group": h.group, "role": h.role.value, "endpoint": h.endpoint}
+            for h in plan.hosts
+        ],
+        "skipped": [{"host": s.host.name, "reason": s.reason} for s in plan.skipped],
+    }
+
+
+def _result_json(record: RunRecord, record_path: str | None, code: int) -> dict[str, object]:
+    document = record.to_json()
+    document["run_record"] = record_path
+    document["exit_code"] = code
+    document["summary"] = {
+        s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")
+    }
+    return document
+
+
+def _print_json(document: object) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,168 @@
+"""``keyfleet inventory -i INV [--limit P] [--json]``: validate and show the resolved inventory.
+
+Secrets are never resolved or shown: only their references (``SecretRef.describe()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.inventory.model import Credential, HostConfig, Inventory, LabHostSettings
+from orchestrator.secret import mask
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form: 30d, 12h, 90m, 45s (or fractional seconds)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:g}s"
+
+
+def _credential(credential: Credential | None) -> dict[str, str] | None:
+    if credential is None:
+        return None
+    return {"username": credential.username, "password": credential.password.describe()}
+
+
+def _lab_host(lab: LabHostSettings | None) -> dict[str, Any] | None:
+    if lab is None:
+        return None
+    return {
+        "version": lab.version,
+        "admin": lab.admin,
+        "tool_installed": lab.tool_installed,
+        "tool_path": lab.tool_path,
+        "faults": list(lab.faults),
+    }
+
+
+def host_document(host: HostConfig) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "group": host.group,
+        "role": host.role.value,
+        "address": host.address,
+        "port": host.port,
+        "scheme": host.scheme,
+        "transport": host.transport,
+        "endpoint": host.endpoint,
+        "cert_validation": host.cert_validation,
+        "ca_bundle": host.ca_bundle,
+        "cert_thumbprint": host.cert_thumbprint,
+        "allow_insecure": host.allow_insecure,
+        "credential": _credential(host.credential),
+        "client_cert": host.client_cert,
+        "client_key": host.client_key,
+        "connect_timeout": host.connect_timeout,
+        "operation_timeout": host.operation_timeout,
+        "host_timeout": host.host_timeout,
+        "retries": host.retries,
+        "tool_path": host.tool_path,
+        "tool_timeout": host.tool_timeout,
+        "lab": _lab_host(host.lab),
+        "line": host.location.line,
+    }
+
+
+def inventory_document(inv: Inventory, selected: list[HostConfig]) -> dict[str, Any]:
+    """The ``--json`` document (shape documented in the README; durations in seconds)."""
+    share = inv.share
+    return {
+        "inventory": str(inv.path),
+        "lab": None
+        if inv.lab is None
+        else {"serve": inv.lab.serve, "state_dir": str(inv.lab.state_dir), "seed": inv.lab.seed},
+        "share": None
+        if share is None
+        else {
+            "url": share.url,
+            "credential": _credential(share.credential),
+            "require_encryption": share.require_encryption,
+        },
+        "backup": {
+            "password": inv.backup.password.describe() if inv.backup.password else "prompt",
+            "password_id": inv.backup.password_id,
+            "max_age": inv.backup.max_age.total_seconds(),
+        },
+        "signing": None
+        if inv.signing is None
+        else {
+            "private_key": inv.signing.private_key.describe() if inv.signing.private_key else None,
+            "public_key": inv.signing.public_key,
+        },
+        "groups": [
+            {"name": g.name, "description": g.description, "hosts": list(g.hosts)} for g in inv.groups.values()
+        ],
+        "hosts": [host_document(h) for h in selected],
+        "selected": len(selected),
+        "total": len(inv.hosts),
+    }
+
+
+def _summary_lines(inv: Inventory, selected: list[HostConfig]) -> list[str]:
+    lines = [f"{len(selected)} of {len(inv.hosts)} hosts selected in {len(inv.groups)} management groups"]
+    if inv.share is not None:
+        cred = f", credential {inv.share.credential.username}" if inv.share.credential else ""
+        lines.append(f"share: {inv.share.url}{cred}")
+    else:
+        lines.append("share: none (give --share to backup and audit)")
+    password = inv.backup.password.describe() if inv.backup.password else "prompt (asked twice)"
+    lines.append(
+        f"backup: password {password}, password_id {inv.backup.password_id}, "
+        f"max_age {format_duration(inv.backup.max_age.total_seconds())}"
+    )
+    if inv.signing is not None:
+        private = inv.signing.private_key.describe() if inv.signing.private_key else "none (verify only)"
+        lines.append(f"signing: private key {private}, public key {inv.signing.public_key[:16]}...")
+    else:
+        lines.append("signing: none (the manifest is not signed)")
+    if inv.lab is not None:
+        serve = "served by keyfleet" if inv.lab.serve else "served by `keyfleet lab up`"
+        lines.append(f"lab: {serve}, state_dir {inv.lab.state_dir}, seed {inv.lab.seed}")
+    return lines
+
+
+def _warnings(selected: list[HostConfig]) -> list[str]:
+    warnings = []
+    for host in selected:
+        if host.allow_insecure and host.scheme == "http" and host.transport in ("basic", "certificate"):
+            warnings.append(f"{host.name}: allow_insecure: {host.transport} over plain http is not encrypted")
+        if host.scheme == "https" and not host.cert_validation:
+            warnings.append(f"{host.name}: cert_validation is off: the server's identity is not checked")
+    return warnings
+
+
+def run(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    selected = inv.select(args.limit)
+    if args.json:
+        print(mask(json.dumps(inventory_document(inv, selected), indent=2)))
+        return 0
+    from orchestrator.console import Ui
+
+    ui = Ui(sys.stdout)
+    rows = [
+        [
+            h.name,
+            h.group,
+            h.role.value,
+            h.endpoint,
+            h.transport,
+            h.credential.username if h.credential else "-",
+            format_duration(h.tool_timeout),
+        ]
+        for h in selected
+    ]
+    columns = ["host", "group", "role", "endpoint", "transport", "credential user", "tool_timeout"]
+    ui.table(f"Inventory {args.inventory}", columns, rows)
+    for line in _summary_lines(inv, selected):
+        ui.line(line)
+    warn = Ui(sys.stderr)
+    for warning in _warnings(selected):
+        warn.warn(warning)
+    return 0

@@ -1,0 +1,150 @@
+"""Human output on stderr: live fleet progress, tables, failure hints; plain lines when not a TTY."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.errors import ErrorKind
+from orchestrator.runner import HostResult, Status
+from orchestrator.secret import mask
+
+HINTS: dict[ErrorKind, str] = {
+    ErrorKind.UNREACHABLE: "check the address and port, the WinRM listener (winrm quickconfig) and firewalls",
+    ErrorKind.TIMEOUT: "the host or the tool is slow or hung; raise host_timeout/tool_timeout or check the server",
+    ErrorKind.AUTH: "check the credential reference and that the account is a local administrator",
+    ErrorKind.TLS: "check ca_bundle or cert_thumbprint against the listener certificate",
+    ErrorKind.PROTOCOL: "the reply was malformed or cut; run keyfleet doctor and check the WinRM service",
+    ErrorKind.HTTP: "the WinRM service answered with a server error; check its event log",
+    ErrorKind.REMOTE: "the remote helper failed; run keyfleet doctor on this host",
+    ErrorKind.NOT_ADMIN: "the WinRM account must be a local administrator to read the key",
+    ErrorKind.TOOL_MISSING: "copy SecureStorageBackup.exe from the SCSM media (Tools\\SecureStorageBackup) "
+    "and set tool_path",
+    ErrorKind.TOOL_FAILED: "SecureStorageBackup.exe failed; its output is in the run record",
+    ErrorKind.TOOL_TIMEOUT: "SecureStorageBackup.exe did not finish; it may be waiting for interactive input",
+    ErrorKind.DISK_FULL: "free space in the server's temp folder",
+    ErrorKind.INTEGRITY: "the file received does not match the hash the server computed; retry and check the path",
+    ErrorKind.ROLE_MISMATCH: "the server reports another SCSM role than the inventory; fix the inventory",
+    ErrorKind.NAME_MISMATCH: "restore needs the same computer name as the backup",
+    ErrorKind.SHARE: "check the backup share: reachable, writable, enough space",
+    ErrorKind.CONFIG: "fix the inventory settings of this host",
+    ErrorKind.INTERRUPTED: "the run was interrupted; run again (--limit @last-failed)",
+    ErrorKind.INTERNAL: "a keyfleet bug: details are in the debug log",
+}
+
+STATUS_STYLE = {Status.OK: "green", Status.FAILED: "red", Status.SKIPPED: "yellow"}
+
+
+class Ui:
+    """Where human output goes. ``interactive`` is true on a terminal; otherwise plain lines."""
+
+    def __init__(self, stream: Any = None, *, force_plain: bool = False) -> None:
+        stream = stream or sys.stderr
+        self.console = Console(file=stream, highlight=False, soft_wrap=False)
+        self.interactive = self.console.is_terminal and not force_plain
+
+    def line(self, text: str, style: str | None = None) -> None:
+        if self.interactive:
+            self.console.print(Text(mask(text), style=style or ""))
+        else:
+            print(mask(text), file=self.console.file, flush=True)
+
+    def warn(self, text: str) -> None:
+        self.line(f"warning: {text}", "yellow")
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.interactive:
+            table = Table(title=title, title_justify="left")
+            for column in columns:
+                table.add_column(column)
+            for row in rows:
+                table.add_row(*[c if isinstance(c, Text) else Text(mask(str(c))) for c in row])
+            self.console.print(table)
+            return
+        self.line(title)
+        texts = [[mask(c.plain if isinstance(c, Text) else str(c)) for c in row] for row in rows]
+        widths = [max([len(col)] + [len(r[i]) for r in texts]) for i, col in enumerate(columns)]
+        self.line("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+        for row in texts:
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+    def failure_hints(self, results: Sequence[HostResult[Any]]) -> None:
+        by_kind: dict[ErrorKind, list[str]] = {}
+        for result in results:
+            if result.status is Status.FAILED and result.kind is not None:
+                by_kind.setdefault(result.kind, []).append(result.host.name)
+        for kind, names in sorted(by_kind.items()):
+            self.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
+            self.line(f"  hint: {HINTS.get(kind, '')}")
+
+    @contextmanager
+    def fleet_progress(self, title: str, hosts: Sequence[str]) -> Iterator[FleetProgress]:
+        progress = FleetProgress(self, title, hosts)
+        if not self.interactive:
+            self.line(f"{title}: {len(hosts)} host(s)")
+            yield progress
+            return
+        with Live(progress.render(), console=self.console, refresh_per_second=8, transient=True) as live:
+            progress.live = live
+            yield progress
+            live.update(progress.render())
+
+
+class FleetProgress:
+    """Live per-host state; thread-safe; plain mode prints one line per finished host."""
+
+    def __init__(self, ui: Ui, title: str, hosts: Sequence[str]) -> None:
+        self._ui = ui
+        self._lock = threading.Lock()
+        self._states: dict[str, tuple[str, float]] = {}
+        self._total = len(hosts)
+        self._done = 0
+        self._started = time.monotonic()
+        self.live: Live | None = None
+        self._bar = Progress(
+            TextColumn(f"[bold]{title}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        self._task = self._bar.add_task(title, total=self._total)
+
+    def on_state(self, host: str, state: str) -> None:
+        with self._lock:
+            self._states[host] = (state, self._states.get(host, (state, time.monotonic()))[1])
+        self._refresh()
+
+    def on_done(self, result: HostResult[Any]) -> None:
+        with self._lock:
+            self._states.pop(result.host.name, None)
+            self._done += 1
+            self._bar.update(self._task, completed=self._done)
+        if not self._ui.interactive:
+            detail = f"{result.kind}: {result.message}" if result.status is not Status.OK else ""
+            self._ui.line(f"  {result.host.name}: {result.status} ({result.duration:.1f}s) {detail}".rstrip())
+        self._refresh()
+
+    def render(self) -> Group:
+        with self._lock:
+            active = sorted(self._states.items())
+        table = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        for host, (state, since) in active[:20]:
+            table.add_row(Text(host, style="cyan"), Text(state), Text(f"{now - since:4.0f}s", style="dim"))
+        if len(active) > 20:
+            table.add_row(Text(f"... {len(active) - 20} more running", style="dim"), Text(""), Text(""))
+        return Group(self._bar, table)
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())

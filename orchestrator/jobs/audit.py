@@ -1,0 +1,360 @@
+"""Backup coverage from the inventory and the share alone: per-server status, coverage, share findings.
+
+No server is contacted. Every key file is re-hashed, the manifest signature is checked with the
+inventory's public key (never one found on the share), and run records tell failed attempts and
+SCSM version changes. The result is a value; ``orchestrator.report`` renders it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from orchestrator.errors import ConfigError, IntegrityError
+from orchestrator.inventory.model import HostConfig, Inventory, Role
+from orchestrator.share import layout
+from orchestrator.share.manifest import Manifest, ManifestEntry, format_iso, public_key_sha256
+from orchestrator.share.runrecord import OutcomeStatus, RunRecord
+from orchestrator.share.store import BackupStore, FileState
+
+
+class Status(StrEnum):
+    """A server's coverage, worst first in ``STATUS_ORDER``."""
+
+    COVERED = "covered"  # a good backup younger than max_age, taken on the current SCSM version
+    STALE = "stale"  # older than max_age, or taken before the SCSM version changed
+    MISSING = "missing"  # never backed up (no intact backup on the share)
+    FAILING = "failing"  # the latest attempt failed
+    ALTERED = "altered"  # a key file or its manifest entry no longer matches
+    LOST = "lost"  # a manifest entry's key file is gone
+
+
+STATUS_ORDER = (Status.ALTERED, Status.LOST, Status.FAILING, Status.MISSING, Status.STALE, Status.COVERED)
+INTEGRITY = frozenset({Status.ALTERED, Status.LOST})
+GAPS = frozenset({Status.STALE, Status.MISSING, Status.FAILING})
+
+
+class SignatureState(StrEnum):
+    VALID = "valid"
+    INVALID = "invalid"  # changed after signing, or signed by another key
+    MISSING = "missing"  # the manifest carries no signature
+    UNVERIFIABLE = "unverifiable"  # the inventory has no public key to check it with
+    UNREADABLE = "unreadable"  # manifest.json is not a complete manifest
+    ABSENT = "absent"  # the share has no manifest.json yet
+
+
+class Severity(StrEnum):
+    INTEGRITY = "integrity"  # exit 3
+    WARNING = "warning"  # reported, no effect on the exit code
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong on the share. ``kind``: signature-invalid, signature-missing,
+    signature-unverifiable, manifest-invalid, manifest-missing, altered, lost, bad-path,
+    entry-inconsistent, run-record-mismatch, orphan-file, unknown-host, run-record-invalid."""
+
+    kind: str
+    severity: Severity
+    message: str
+    host: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A host's outcome in one run record."""
+
+    run_id: str
+    time: datetime
+    status: OutcomeStatus
+    kind: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class ServerCoverage:
+    host: str
+    group: str
+    role: str
+    status: Status
+    reason: str
+    last_good: ManifestEntry | None
+    age: timedelta | None
+    sha256_verified: bool
+    current_version: str | None  # the newest SCSM version seen in run records
+    backups: int  # manifest entries of this host
+    last_attempt: Attempt | None
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Coverage of one role or one management group."""
+
+    name: str
+    servers: int
+    covered: int
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.covered / self.servers, 1) if self.servers else 100.0
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    generated: datetime
+    inventory: str
+    share: str
+    max_age: timedelta
+    signature: SignatureState
+    public_key_sha256: str | None
+    manifest_entries: int
+    manifest_updated: datetime | None
+    servers: tuple[ServerCoverage, ...]
+    roles: tuple[Coverage, ...]
+    groups: tuple[Coverage, ...]
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def counts(self) -> Counter[Status]:
+        return Counter(server.status for server in self.servers)
+
+    @property
+    def total(self) -> Coverage:
+        return Coverage("all", len(self.servers), self.counts[Status.COVERED])
+
+    @property
+    def recoverable(self) -> int:
+        return sum(1 for server in self.servers if server.last_good is not None)
+
+    @property
+    def integrity_failure(self) -> bool:
+        return any(f.severity is Severity.INTEGRITY for f in self.findings) or any(
+            s.status in INTEGRITY for s in self.servers
+        )
+
+    @property
+    def exit_code(self) -> int:
+        if self.integrity_failure:
+            return 3
+        return 1 if any(s.status in GAPS for s in self.servers) else 0
+
+
+def parse_max_age(text: str) -> timedelta:
+    """``--max-age``: 30d, 12h, 90m, 45s, 0s or a number of seconds."""
+    from orchestrator.inventory.schema import Invalid, parse_duration
+
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except Invalid as exc:
+        raise ConfigError(f"{text!r} {exc}", key="--max-age") from None
+
+
+def format_age(age: timedelta) -> str:
+    """``3d 4h``, ``5h 2m``, ``42s``: short and readable."""
+    seconds = max(0, int(age.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+class _Audit:
+    """One audit run; ``findings`` and ``problems`` collect as the share is read."""
+
+    def __init__(self, inventory: Inventory, store: BackupStore, max_age: timedelta, now: datetime) -> None:
+        self.inventory, self.store, self.max_age, self.now = inventory, store, max_age, now
+        self.findings: list[Finding] = []
+        self.problems: dict[str, list[str]] = {}  # host -> integrity problems of its entries
+        self.altered_hosts: set[str] = set()
+
+    def find(self, kind: str, severity: Severity, message: str, host: str | None = None,
+             path: str | None = None) -> None:  # fmt: skip
+        self.findings.append(Finding(kind, severity, message, host, path))
+        if severity is Severity.INTEGRITY and host is not None:
+            self.problems.setdefault(host, []).append(message)
+            if kind != "lost":
+                self.altered_hosts.add(host)
+
+    def manifest(self) -> tuple[Manifest, SignatureState]:
+        exists = self.store.share.exists(layout.MANIFEST)
+        try:
+            manifest = self.store.load_manifest(verify=False)
+        except IntegrityError as exc:
+            self.find("manifest-invalid", Severity.INTEGRITY, str(exc), path=layout.MANIFEST)
+            return Manifest(), SignatureState.UNREADABLE
+        if not exists:
+            return manifest, SignatureState.ABSENT
+        if self.store.verifier is None:
+            self.find("signature-unverifiable", Severity.INTEGRITY,
+                      "the inventory has no signing.public_key: the manifest cannot be verified",
+                      path=layout.MANIFEST)  # fmt: skip
+            return manifest, SignatureState.UNVERIFIABLE
+        try:
+            manifest.verify(self.store.verifier)
+        except IntegrityError as exc:
+            state = SignatureState.MISSING if manifest.signature is None else SignatureState.INVALID
+            self.find(f"signature-{state}", Severity.INTEGRITY, str(exc), path=layout.MANIFEST)
+            return manifest, state
+        return manifest, SignatureState.VALID
+
+    def check_entries(self, manifest: Manifest, records: list[RunRecord]) -> set[str]:
+        """Re-hash every key file and cross-check every entry; return the ids of intact entries."""
+        recorded = {(r.run_id, o.entry_id): o for r in records for o in r.outcomes if o.entry_id}
+        seen: set[str] = set()
+        intact: set[str] = set()
+        for entry in manifest.entries:
+            ok = self._entry_consistent(entry, seen)
+            outcome = recorded.get((entry.run_id or "", entry.id))
+            if outcome and (outcome.sha256 not in (None, entry.sha256) or outcome.size not in (None, entry.size)):
+                ok = False
+                self.find("run-record-mismatch", Severity.INTEGRITY,
+                          f"entry {entry.id}: SHA-256 or size differs from run record {entry.run_id}",
+                          entry.host, entry.path)  # fmt: skip
+            check = self.store.check_key_file(entry)
+            if check.state is FileState.LOST:
+                self.find("lost", Severity.INTEGRITY, f"key file {entry.path} is gone", entry.host, entry.path)
+            elif check.state is FileState.ALTERED:
+                self.find("altered", Severity.INTEGRITY,
+                          f"key file {entry.path} no longer matches its SHA-256 in the manifest",
+                          entry.host, entry.path)  # fmt: skip
+            elif check.state is FileState.BAD_PATH:
+                self.find("bad-path", Severity.INTEGRITY, f"entry {entry.id} has an unsafe path {entry.path!r}",
+                          entry.host)  # fmt: skip
+            if ok and check.state is FileState.OK:
+                intact.add(entry.id)
+        return intact
+
+    def _entry_consistent(self, entry: ManifestEntry, seen: set[str]) -> bool:
+        try:
+            expected = layout.key_file_path(entry.group, entry.role, entry.host, entry.created, entry.sha256)
+            expected_id = layout.entry_id(entry.host, entry.created, entry.sha256)
+        except ConfigError:
+            expected = expected_id = ""
+        problem = None
+        if entry.id in seen:
+            problem = f"entry {entry.id} appears twice in the manifest"
+        elif (entry.path, entry.id) != (expected, expected_id):
+            problem = f"entry {entry.id}: path and id do not match its host, time and SHA-256 (edited?)"
+        seen.add(entry.id)
+        if problem:
+            self.find("entry-inconsistent", Severity.INTEGRITY, problem, entry.host, entry.path)
+        return problem is None
+
+    def share_files(self, manifest: Manifest, state: SignatureState) -> None:
+        known = {entry.path for entry in manifest.entries}
+        orphans = [
+            path
+            for path in self.store.share.list_files()
+            if path != layout.MANIFEST and not path.startswith(f"{layout.RUNS_DIR}/") and path not in known
+        ]
+        if orphans and state is SignatureState.ABSENT:
+            self.find("manifest-missing", Severity.INTEGRITY,
+                      f"{len(orphans)} key files but no manifest.json", path=layout.MANIFEST)  # fmt: skip
+        for path in orphans:
+            parsed = layout.parse_key_file_path(path)
+            self.find("orphan-file", Severity.WARNING, f"{path} is not in the manifest",
+                      parsed.host if parsed else None, path)  # fmt: skip
+        unknown = Counter(e.host for e in manifest.entries if e.host not in self.inventory.hosts)
+        for host, count in sorted(unknown.items()):
+            self.find("unknown-host", Severity.WARNING,
+                      f"{count} manifest entries for {host}, which is not in the inventory", host)  # fmt: skip
+
+    def server(
+        self, host: HostConfig, manifest: Manifest, intact: set[str], records: list[RunRecord]
+    ) -> ServerCoverage:
+        entries = manifest.entries_for(host.name)
+        good = next((entry for entry in entries if entry.id in intact), None)
+        attempt, version = _history(host.name, records)
+        age = self.now - good.created if good else None
+        problems = tuple(self.problems.get(host.name, ()))
+        if problems:
+            status = Status.ALTERED if host.name in self.altered_hosts else Status.LOST
+            reason = problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+        elif attempt and attempt.status is OutcomeStatus.FAILED and (good is None or attempt.time > good.created):
+            status = Status.FAILING
+            reason = f"latest attempt {format_iso(attempt.time)} failed: {attempt.kind}: {attempt.message}"
+        elif good is None or age is None:
+            status, reason = Status.MISSING, "never backed up"
+        elif age >= self.max_age:
+            status = Status.STALE
+            reason = f"last backup {format_age(age)} old (max age {format_age(self.max_age)})"
+        elif version and good.scsm_version and version[1] > good.created and version[0] != good.scsm_version:
+            status = Status.STALE
+            reason = f"SCSM version changed from {good.scsm_version} to {version[0]} since the last backup"
+        else:
+            status, reason = Status.COVERED, f"backed up {format_age(age)} ago"
+        return ServerCoverage(
+            host=host.name,
+            group=host.group,
+            role=str(host.role),
+            status=status,
+            reason=reason,
+            last_good=good,
+            age=age,
+            sha256_verified=good is not None,
+            current_version=version[0] if version else None,
+            backups=len(entries),
+            last_attempt=attempt,
+            problems=problems,
+        )
+
+
+def _history(host: str, records: list[RunRecord]) -> tuple[Attempt | None, tuple[str, datetime] | None]:
+    """The host's latest attempt (ok or failed) and latest seen SCSM version, from run records."""
+    attempt: Attempt | None = None
+    version: tuple[str, datetime] | None = None
+    for record in reversed(records):
+        outcome = record.outcome(host)
+        if outcome is None:
+            continue
+        if attempt is None and outcome.status is not OutcomeStatus.SKIPPED:
+            attempt = Attempt(record.run_id, record.started, outcome.status, outcome.kind, outcome.message)
+        if version is None and outcome.scsm_version:
+            version = (outcome.scsm_version, record.started)
+        if attempt and version:
+            break
+    return attempt, version
+
+
+def _coverage(name: str, servers: list[ServerCoverage]) -> Coverage:
+    return Coverage(name, len(servers), sum(1 for s in servers if s.status is Status.COVERED))
+
+
+def run_audit(
+    inventory: Inventory, store: BackupStore, *, max_age: timedelta, now: datetime | None = None
+) -> AuditReport:
+    """Audit ``store`` (whose ``verifier`` is the inventory's public key) against ``inventory``."""
+    audit = _Audit(inventory, store, max_age, now or datetime.now(UTC))
+    manifest, signature = audit.manifest()
+    invalid: list[str] = []
+    records = store.run_records(invalid=invalid)
+    for path in invalid:
+        audit.find("run-record-invalid", Severity.WARNING, f"{path} is not a valid run record", path=path)
+    intact = audit.check_entries(manifest, records)
+    audit.share_files(manifest, signature)
+    servers = [audit.server(host, manifest, intact, records) for host in inventory.hosts.values()]
+    roles = [r for r in Role if any(s.role == r for s in servers)]
+    return AuditReport(
+        generated=audit.now,
+        inventory=str(inventory.path),
+        share=store.share.url,
+        max_age=max_age,
+        signature=signature,
+        public_key_sha256=public_key_sha256(store.verifier) if store.verifier else None,
+        manifest_entries=len(manifest.entries),
+        manifest_updated=manifest.updated,
+        servers=tuple(servers),
+        roles=tuple(_coverage(str(role), [s for s in servers if s.role == role]) for role in roles),
+        groups=tuple(
+            _coverage(name, [s for s in servers if s.group == name]) for name in inventory.groups
+        ),
+        findings=tuple(audit.findings),
+    )

@@ -1,0 +1,208 @@
+"""The backup job: export each selected server's key, verify it, store it, record every outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from orchestrator import remote
+from orchestrator.errors import ErrorKind, HostFailure, IntegrityError, ShareError
+from orchestrator.inventory.model import HostConfig, Inventory
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
+from orchestrator.secret import Secret
+from orchestrator.session import WinRMSession
+from orchestrator.share.manifest import Manifest, ManifestEntry
+from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
+from orchestrator.share.store import BackupStore
+
+log = logging.getLogger("keyfleet.backup")
+
+
+@dataclass(frozen=True)
+class SkippedHost:
+    host: HostConfig
+    reason: str
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """Which hosts a backup works on and which it skips, decided before any host is touched."""
+
+    hosts: list[HostConfig]
+    skipped: list[SkippedHost] = field(default_factory=list)
+
+    def describe(self, inv: Inventory, share_url: str) -> list[str]:
+        lines = [f"backup plan: {len(self.hosts)} host(s) to {share_url}"]
+        for host in self.hosts:
+            security = "encrypted" if host.scheme == "https" or host.transport != "basic" else "UNENCRYPTED"
+            lines.append(
+                f"  {host.name} [{host.group}/{host.role}] {host.endpoint} ({host.transport}, {security}): "
+                f"export key with SecureStorageBackup.exe (tool_timeout {host.tool_timeout:g}s) -> "
+                f"{host.group}/{host.role}/{host.name}/"
+            )
+        for skipped in self.skipped:
+            lines.append(f"  {skipped.host.name}: skip ({skipped.reason})")
+        return lines
+
+
+def last_good(manifest: Manifest, host: str) -> ManifestEntry | None:
+    entries = manifest.entries_for(host)
+    return max(entries, key=lambda e: e.created) if entries else None
+
+
+def plan_backup(
+    hosts: list[HostConfig], *, manifest: Manifest | None, only_stale: timedelta | None
+) -> BackupPlan:
+    """Skip hosts whose newest backup is younger than ``only_stale`` (needs the manifest)."""
+    if only_stale is None or manifest is None:
+        return BackupPlan(list(hosts))
+    now = datetime.now(UTC)
+    selected, skipped = [], []
+    for host in hosts:
+        newest = last_good(manifest, host.name)
+        if newest is not None and now - newest.created < only_stale:
+            age = int((now - newest.created).total_seconds())
+            skipped.append(
+                SkippedHost(host, f"backed up {age}s ago ({newest.id}), younger than --only-stale")
+            )
+        else:
+            selected.append(host)
+    return BackupPlan(selected, skipped)
+
+
+class BackupTask:
+    """Export, verify and store one host's key: the work the runner does per host."""
+
+    def __init__(
+        self,
+        *,
+        store: BackupStore,
+        password: Secret,
+        password_id: str,
+        winrm_passwords: dict[str, Secret | None],
+        run_id: str,
+    ) -> None:
+        self._store = store
+        self._password = password
+        self._password_id = password_id
+        self._winrm_passwords = winrm_passwords
+        self._run_id = run_id
+
+    def __call__(self, ctx: HostContext) -> ManifestEntry:
+        host = ctx.host
+        ctx.report("connecting")
+        with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
+            ctx.report("exporting")
+            result = session.run(
+                remote.bootstrap_command_line(),
+                remote.build_stdin(
+                    "export", remote.export_params(host.tool_path, host.tool_timeout), self._password
+                ),
+                deadline=ctx.deadline,
+                cancel=ctx.cancel,
+                max_output=remote.MAX_OUTPUT_BYTES,
+            )
+        export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
+        verify_export(host, export)
+        ctx.report("storing")
+        try:
+            return self._store.add(
+                host=host.name,
+                group=host.group,
+                role=host.role.value,
+                data=export.file,
+                password_id=self._password_id,
+                scsm_version=export.version,
+                helper_version=export.helper_version,
+                run_id=self._run_id,
+            )
+        except ShareError as exc:
+            raise HostFailure(ErrorKind.SHARE, host.name, str(exc)) from None
+        except IntegrityError as exc:
+            raise HostFailure(ErrorKind.INTEGRITY, host.name, str(exc)) from None
+
+
+def verify_export(host: HostConfig, export: remote.ExportResult) -> None:
+    """Nothing is stored under a wrong label or with bytes the server did not send."""
+    if not export.file:
+        raise HostFailure(ErrorKind.INTEGRITY, host.name, "the server returned an empty key file")
+    if hashlib.sha256(export.file).hexdigest() != export.sha256:
+        raise HostFailure(ErrorKind.INTEGRITY, host.name, "received bytes do not match the server's SHA-256")
+    if export.role is None:
+        raise HostFailure(
+            ErrorKind.ROLE_MISMATCH,
+            host.name,
+            f"no SCSM role detected on the server (inventory: {host.role})",
+        )
+    if export.role != host.role:
+        raise HostFailure(
+            ErrorKind.ROLE_MISMATCH,
+            host.name,
+            f"the server reports role {export.role}, the inventory says {host.role}; nothing stored",
+        )
+
+
+def run_backup(
+    plan: BackupPlan, task: BackupTask, *, forks: int, events: RunnerEvents | None = None
+) -> RunSummary[ManifestEntry]:
+    return Runner(task, forks=forks, events=events).run(plan.hosts)
+
+
+def outcome_of(result: HostResult[ManifestEntry], scsm_version: str | None = None) -> HostOutcome:
+    entry = result.value
+    return HostOutcome(
+        host=result.host.name,
+        group=result.host.group,
+        role=result.host.role.value,
+        status=OutcomeStatus(result.status.value),
+        kind=str(result.kind) if result.kind else None,
+        message=result.message or None,
+        entry_id=entry.id if entry else None,
+        sha256=entry.sha256 if entry else None,
+        size=entry.size if entry else None,
+        duration=round(result.duration, 3),
+        scsm_version=entry.scsm_version if entry else scsm_version,
+        attempts=result.attempts,
+    )
+
+
+def skipped_outcome(skipped: SkippedHost) -> HostOutcome:
+    host = skipped.host
+    return HostOutcome(
+        host=host.name,
+        group=host.group,
+        role=host.role.value,
+        status=OutcomeStatus.SKIPPED,
+        message=skipped.reason,
+    )
+
+
+def build_run_record(
+    *,
+    run_id: str,
+    command: str,
+    started: datetime,
+    inv: Inventory,
+    share_url: str,
+    summary: RunSummary[ManifestEntry],
+    skipped: list[SkippedHost],
+) -> RunRecord:
+    outcomes = [outcome_of(r) for r in summary.results] + [skipped_outcome(s) for s in skipped]
+    return RunRecord(
+        run_id=run_id,
+        command=command,
+        started=started,
+        finished=datetime.now(UTC),
+        inventory=str(inv.path),
+        share=share_url,
+        interrupted=summary.interrupted,
+        outcomes=tuple(outcomes),
+    )
+
+
+def exit_code(summary: RunSummary[ManifestEntry]) -> int:
+    if summary.interrupted:
+        return 130
+    return 1 if any(r.status is Status.FAILED for r in summary.results) else 0

@@ -1,0 +1,200 @@
+"""A lab fleet: simulated SCSM servers behind real WS-Management listeners on loopback addresses."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+
+from orchestrator.errors import ConfigError, KeyfleetError
+from orchestrator.inventory.model import Inventory, LabHostSettings, Role
+from orchestrator.lab.faults import find, parse_faults
+from orchestrator.lab.httpserver import HostListener, LabHTTPServer
+from orchestrator.lab.journal import Journal
+from orchestrator.lab.machine import Machine
+from orchestrator.lab.ntlm import tls_server_end_point, write_user_file
+from orchestrator.lab.pki import LabPKI
+from orchestrator.lab.wsman import ServiceLimits, WinRSService
+
+AUTH_MODES = ("ntlm", "basic")
+
+
+@dataclass(frozen=True)
+class LabHostSpec:
+    """One lab host: where it listens, how it authenticates, who may log on, what it simulates."""
+
+    name: str
+    group: str
+    role: Role
+    address: str
+    port: int  # 0: any free port, see LabFleet.spec(name).port after start()
+    scheme: str  # http | https
+    auth: str  # ntlm | basic
+    users: dict[str, tuple[str, bool]] = field(repr=False)  # user name -> (password, admin)
+    settings: LabHostSettings = field(default_factory=LabHostSettings)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ConfigError(f"lab host {self.name}: auth {self.auth!r} is not {' or '.join(AUTH_MODES)}")
+        if self.scheme not in ("http", "https"):
+            raise ConfigError(f"lab host {self.name}: scheme {self.scheme!r} is not http or https")
+        if self.auth == "basic" and self.scheme == "http":
+            raise ConfigError(f"lab host {self.name}: Basic authentication is served over https only")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.scheme}://{self.address}:{self.port}/wsman"
+
+
+class LabFleet:
+    """Start with ``start()`` or ``with LabFleet(...) as fleet:``; every host listens until ``stop()``."""
+
+    def __init__(self, specs: list[LabHostSpec], state_dir: Path, seed: int = 0,
+                 journal_path: Path | None = None) -> None:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError("lab fleet: duplicate host names")
+        self.state_dir = Path(state_dir).resolve()
+        self.seed = seed
+        self._specs = {s.name: s for s in specs}
+        self._journal_path = journal_path
+        self.journal = Journal(None)
+        self._pki = LabPKI(self.state_dir)
+        self._machines: dict[str, Machine] = {}
+        self._services: list[WinRSService] = []
+        self._server: LabHTTPServer | None = None
+        self._user_files: list[Path] = []
+
+    @property
+    def ca_path(self) -> Path:
+        return self._pki.ca_path
+
+    @property
+    def specs(self) -> list[LabHostSpec]:
+        """The hosts as served (with the ports actually bound)."""
+        return list(self._specs.values())
+
+    def spec(self, name: str) -> LabHostSpec:
+        return self._specs[name]
+
+    def machine(self, name: str) -> Machine:
+        return self._machines[name]
+
+    def start(self) -> LabFleet:
+        if self._server is not None:
+            raise KeyfleetError("lab fleet already started")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._pki.ensure_ca()
+        self.journal = Journal(self._journal_path)
+        server = self._server = LabHTTPServer(self.journal)
+        try:
+            for spec in list(self._specs.values()):
+                self._specs[spec.name] = self._start_host(server, spec)
+        except BaseException:
+            self.stop()
+            raise
+        server.start()
+        return self
+
+    def _start_host(self, server: LabHTTPServer, spec: LabHostSpec) -> LabHostSpec:
+        faults = parse_faults(list(spec.settings.faults))
+        machine = Machine(spec.name, spec.role, spec.settings, self.state_dir, self.seed)
+        self._machines[spec.name] = machine
+        if find(faults, "down"):
+            return dataclasses.replace(spec, port=spec.port or _free_port(spec.address))
+        service = WinRSService(spec.name, machine, spec.limits)
+        self._services.append(service)
+        user_file = self.state_dir / f"{spec.name}.ntlm-users"
+        write_user_file(user_file, {name: pw for name, (pw, _) in spec.users.items()})
+        self._user_files.append(user_file)
+        listener = HostListener(
+            spec.name, spec.scheme, spec.auth, dict(spec.users), service, faults, ntlm_user_file=user_file
+        )
+        if spec.scheme == "https":
+            cert = self._pki.host_certificate(spec.name, spec.address)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(cert.cert_path, cert.key_path)
+            algorithm = x509.load_der_x509_certificate(cert.der).signature_hash_algorithm
+            listener.ssl_context = ctx
+            listener.channel_bindings = tls_server_end_point(cert.der, algorithm.name if algorithm else "")
+        try:
+            port = server.listen(listener, spec.address, spec.port)
+        except OSError as exc:
+            raise KeyfleetError(
+                f"lab host {spec.name} cannot listen on {spec.address}:{spec.port}: {exc.strerror or exc}"
+            ) from None
+        return dataclasses.replace(spec, port=port)
+
+    def stop(self) -> None:
+        for service in self._services:
+            service.stop()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self._services.clear()
+        for path in self._user_files:
+            path.unlink(missing_ok=True)
+        self._user_files.clear()
+        self.journal.close()
+
+    def __enter__(self) -> LabFleet:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _free_port(address: str) -> int:
+    """A port nothing listens on at ``address`` (for hosts with the ``down`` fault)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def fleet_from_inventory(inv: Inventory) -> LabFleet:
+    """The fleet an inventory with a ``lab:`` section describes (credentials resolved now)."""
+    from orchestrator.secretrefs import resolve
+
+    if inv.lab is None:
+        raise ConfigError("the inventory has no lab: section", file=str(inv.path))
+    state_dir = inv.lab.state_dir
+    if not state_dir.is_absolute():
+        state_dir = inv.path.parent / state_dir
+    specs = []
+    for host in inv.hosts.values():
+        loc = host.location
+        if host.transport not in AUTH_MODES:
+            raise ConfigError(f"the lab serves ntlm and basic only, not {host.transport!r}",
+                              file=loc.file, line=loc.line, key=loc.key)
+        if host.credential is None:
+            raise ConfigError("a lab host needs a credential", file=loc.file, line=loc.line, key=loc.key)
+        settings = host.lab or LabHostSettings()
+        password = resolve(host.credential.password, purpose=f"lab password of {host.name}").reveal()
+        specs.append(
+            LabHostSpec(
+                name=host.name, group=host.group, role=host.role, address=host.address, port=host.port,
+                scheme=host.scheme, auth=host.transport,
+                users={host.credential.username: (password, settings.admin)}, settings=settings,
+            )
+        )
+    return LabFleet(specs, state_dir, inv.lab.seed, journal_path=state_dir / "journal.jsonl")
+
+
+@contextmanager
+def serving(inv: Inventory) -> Iterator[LabFleet | None]:
+    """Serve the inventory's lab fleet for the duration of a command when ``lab.serve`` is true."""
+    if inv.lab is None or not inv.lab.serve:
+        yield None
+        return
+    with fleet_from_inventory(inv) as fleet:
+        yield fleet

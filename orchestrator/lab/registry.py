@@ -1,0 +1,125 @@
+"""The lab's simulated registry: each host's SCSM role, version and encryption key, kept on disk.
+
+State lives in ``<state_dir>/hosts/<name>.json`` (0600, folder 0700), created on first start and
+reused, so a backup made by one process and a restore made by another see the same key. Files are
+published atomically: created with a hard link (never overwriting a concurrent creator's key),
+replaced with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+STATE_FORMAT = "keyfleet-lab-host/1"
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What the simulated server's registry holds."""
+
+    name: str
+    role: str
+    version: str
+    key: bytes = field(repr=False)
+    generation: int = 0  # how many times the server was rebuilt
+
+
+def initial_key(seed: int, name: str, generation: int) -> bytes:
+    """The key a fresh installation gets: deterministic per seed, host and rebuild."""
+    return hashlib.sha256(f"keyfleet-lab-key/{seed}/{name}/{generation}".encode()).digest()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(path, threading.Lock())
+
+
+class Registry:
+    """One host's persisted state. Thread-safe within a process; atomic on disk across processes."""
+
+    def __init__(self, state_dir: Path, name: str, role: str, version: str, seed: int) -> None:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"invalid lab host name {name!r}")
+        self.path = Path(state_dir) / "hosts" / f"{name}.json"
+        self.name, self.role, self.version, self.seed = name, role, version, seed
+        self._lock = _lock_for(self.path.resolve())
+
+    def load(self) -> HostState:
+        """The current state, created (fresh installation) when the host has none yet."""
+        with self._lock:
+            return self._load()
+
+    def replace_key(self, key: bytes) -> HostState:
+        """Put another key in the registry (what a successful restore does)."""
+        with self._lock:
+            state = replace(self._load(), key=key)
+            self._write(state, exclusive=False)
+            return state
+
+    def rebuild(self) -> HostState:
+        """A reinstalled server: the old key is gone, Setup made a new one."""
+        with self._lock:
+            old = self._load()
+            generation = old.generation + 1
+            state = replace(old, key=initial_key(self.seed, self.name, generation), generation=generation)
+            self._write(state, exclusive=False)
+            return state
+
+    def _load(self) -> HostState:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            state = HostState(self.name, self.role, self.version, initial_key(self.seed, self.name, 0))
+            if self._write(state, exclusive=True):
+                return state
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        if document.get("format") != STATE_FORMAT:
+            raise ValueError(f"{self.path}: not a {STATE_FORMAT} file")
+        # role and version follow the inventory; the key and rebuild count are the server's own
+        return HostState(
+            name=self.name,
+            role=self.role,
+            version=self.version,
+            key=base64.b64decode(document["key"]),
+            generation=int(document.get("generation", 0)),
+        )
+
+    def _write(self, state: HostState, *, exclusive: bool) -> bool:
+        """Write atomically; with ``exclusive``, only if no file exists (False if one did)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        document = {
+            "format": STATE_FORMAT,
+            "name": state.name,
+            "role": state.role,
+            "version": state.version,
+            "key": base64.b64encode(state.key).decode("ascii"),
+            "generation": state.generation,
+        }
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent=2)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            if not exclusive:
+                os.replace(temp, self.path)
+                return True
+            try:
+                os.link(temp, self.path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)

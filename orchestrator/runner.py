@@ -1,0 +1,233 @@
+"""The fleet runner: a bounded pool of workers, a deadline per host, retries, and Ctrl-C handling.
+
+It knows nothing about keys: it runs a task per host and returns one ``HostResult`` per host.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.inventory.model import HostConfig
+from orchestrator.secret import mask
+
+log = logging.getLogger("keyfleet.runner")
+
+T = TypeVar("T")
+
+
+class Status(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class HostContext:
+    """What a task gets besides its host: the deadline and the cancel flag it must honour."""
+
+    host: HostConfig
+    deadline: float  # time.monotonic()
+    cancel: threading.Event
+    attempt: int = 1
+    report: Callable[[str], None] = field(default=lambda _state: None)
+
+
+@dataclass
+class HostResult(Generic[T]):
+    host: HostConfig
+    status: Status
+    value: T | None = None
+    kind: ErrorKind | None = None
+    message: str = ""
+    attempts: int = 0
+    duration: float = 0.0
+
+
+@dataclass
+class RunnerEvents:
+    """Callbacks for the console; every one is optional and called from worker threads."""
+
+    on_state: Callable[[str, str], None] = field(default=lambda _host, _state: None)
+    on_done: Callable[[HostResult[Any]], None] = field(default=lambda _result: None)
+
+
+@dataclass
+class RunSummary(Generic[T]):
+    results: list[HostResult[T]]
+    interrupted: bool = False
+
+
+class Runner:
+    """Run ``task(ctx)`` for every host, at most ``forks`` at once.
+
+    ``task`` raises HostFailure for a failure; transient kinds are retried with backoff while the
+    host's deadline allows. The first Ctrl-C stops starting hosts and lets running ones finish;
+    the second cancels running ones at once. Every host ends with a result.
+    """
+
+    def __init__(
+        self,
+        task: Callable[[HostContext], T],
+        *,
+        forks: int = 32,
+        events: RunnerEvents | None = None,
+        backoff: float = 0.5,
+    ) -> None:
+        if forks < 1:
+            raise ValueError("forks must be at least 1")
+        self._task = task
+        self._forks = forks
+        self._events = events or RunnerEvents()
+        self._backoff = backoff
+        self._stop_starting = threading.Event()
+        self._cancel = threading.Event()
+
+    def run(self, hosts: list[HostConfig]) -> RunSummary[T]:
+        results: dict[str, HostResult[T]] = {}
+        lock = threading.Lock()
+        pending: queue.SimpleQueue[HostConfig] = queue.SimpleQueue()
+        for host in hosts:
+            pending.put(host)
+        finished = threading.Event()
+        remaining = [len(hosts)]
+
+        def record(result: HostResult[T]) -> None:
+            with lock:
+                results[result.host.name] = result
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    finished.set()
+            self._events.on_done(result)
+
+        def worker() -> None:
+            while True:
+                try:
+                    host = pending.get_nowait()
+                except queue.Empty:
+                    return
+                if self._stop_starting.is_set():
+                    record(
+                        HostResult(host, Status.SKIPPED, kind=ErrorKind.INTERRUPTED, message="not started")
+                    )
+                    continue
+                record(self._run_host(host))
+
+        if not hosts:
+            return RunSummary([], False)
+        threads = [
+            threading.Thread(target=worker, name=f"keyfleet-worker-{i}", daemon=True)
+            for i in range(min(self._forks, len(hosts)))
+        ]
+        interrupted = False
+        with _sigterm_as_interrupt():
+            for thread in threads:
+                thread.start()
+            while not finished.is_set():
+                try:
+                    finished.wait(0.1)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    if self._stop_starting.is_set():
+                        log.warning("second interrupt: cancelling running hosts")
+                        self._cancel.set()
+                        break
+                    log.warning(
+                        "interrupt: no new hosts will start; running hosts finish (Ctrl-C again: abort)"
+                    )
+                    self._stop_starting.set()
+            if self._cancel.is_set():
+                # give cancel-aware tasks a moment to record their own outcome
+                finished.wait(2.0)
+        with lock:
+            ordered = [
+                results.get(h.name)
+                or HostResult(h, Status.FAILED, kind=ErrorKind.INTERRUPTED, message="aborted while running")
+                for h in hosts
+            ]
+        return RunSummary(ordered, interrupted)
+
+    def _run_host(self, host: HostConfig) -> HostResult[T]:
+        started = time.monotonic()
+        deadline = started + host.host_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx = HostContext(
+                host,
+                deadline,
+                self._cancel,
+                attempt,
+                report=lambda state: self._events.on_state(host.name, state),
+            )
+            self._events.on_state(host.name, "running" if attempt == 1 else f"retry {attempt - 1}")
+            try:
+                value = self._task(ctx)
+                return HostResult(
+                    host, Status.OK, value, attempts=attempt, duration=time.monotonic() - started
+                )
+            except HostFailure as failure:
+                retry_in = self._backoff * (2 ** (attempt - 1)) * (0.75 + random.random() / 2)
+                can_retry = (
+                    failure.kind.transient
+                    and attempt <= host.retries
+                    and not self._stop_starting.is_set()
+                    and time.monotonic() + retry_in < deadline - 1
+                )
+                if not can_retry:
+                    return HostResult(
+                        host,
+                        Status.FAILED,
+                        kind=failure.kind,
+                        message=mask(failure.reason),
+                        attempts=attempt,
+                        duration=time.monotonic() - started,
+                    )
+                log.info("%s: %s: %s; retrying in %.1fs", host.name, failure.kind, failure.reason, retry_in)
+                if self._cancel.wait(retry_in):
+                    return HostResult(
+                        host,
+                        Status.FAILED,
+                        kind=ErrorKind.INTERRUPTED,
+                        message="cancelled during retry backoff",
+                        attempts=attempt,
+                        duration=time.monotonic() - started,
+                    )
+            except Exception as exc:  # a bug must not stop other hosts: record it, log the traceback
+                log.debug("%s: unexpected error\n%s", host.name, traceback.format_exc())
+                return HostResult(
+                    host,
+                    Status.FAILED,
+                    kind=ErrorKind.INTERNAL,
+                    message=mask(f"{type(exc).__name__}: {exc}")[:300],
+                    attempts=attempt,
+                    duration=time.monotonic() - started,
+                )
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM is handled like Ctrl-C (only possible from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

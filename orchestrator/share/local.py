@@ -1,0 +1,264 @@
+"""A backup share on a local or mounted path (also a UNC path when the controller runs on Windows)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from orchestrator.errors import ShareError, ShareExistsError
+from orchestrator.share import layout
+from orchestrator.share.base import Share
+
+if sys.platform == "win32":  # pragma: no cover - exercised only on a Windows controller
+    import msvcrt
+else:
+    import fcntl
+
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_LOCK_POLL = 0.05
+# link(2) is not offered by every mounted filesystem (FAT, some CIFS mounts): claim the name instead.
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+_REASONS = {
+    errno.ENOSPC: "no space left on the share",
+    errno.EDQUOT: "disk quota exceeded on the share",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or folder",
+    errno.EROFS: "the share is mounted read-only",
+    errno.ENOTDIR: "a path component is not a folder",
+    errno.EISDIR: "is a folder",
+    errno.EIO: "input/output error",
+    errno.ESTALE: "stale file handle (the share went away)",
+}
+
+
+class LocalShare(Share):
+    """A share rooted at ``root``; the root folder is created (0700) on the first write."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _error(self, action: str, path: str, exc: OSError) -> ShareError:
+        reason = _REASONS.get(exc.errno or 0) or exc.strerror or exc.__class__.__name__
+        where = f" {path}" if path else ""
+        return ShareError(f"share {self.url}: cannot {action}{where}: {reason}")
+
+    def _full(self, path: str) -> Path:
+        return self.root / layout.validate_path(path)
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create ``folder`` and missing parents 0700, syncing each new entry into its parent."""
+        missing: list[Path] = []
+        current = folder
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir(mode=_DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(new, _DIR_MODE)  # the umask may have removed bits; it must not add any
+            _sync_folder(new.parent)
+
+    def _write_temporary(self, target: Path, data: bytes) -> Path:
+        """Write ``data`` to a fresh private temporary file next to ``target``, flushed to disk."""
+        self._make_folders(target.parent)
+        temp = target.parent / layout.temporary_name(target.name)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), _FILE_MODE)
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, _FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise
+        os.close(fd)
+        return temp
+
+    # -- Share -----------------------------------------------------------------------------------
+
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            return self._full(path).read_bytes()
+        except OSError as exc:
+            raise self._error("read", path, exc) from None
+
+    def write_new(self, path: str, data: bytes) -> None:
+        target = self._full(path)
+        try:
+            temp = self._write_temporary(target, data)
+            try:
+                _link_exclusively(temp, target)
+            finally:
+                _unlink_quietly(temp)
+            _sync_folder(target.parent)
+        except FileExistsError:
+            raise ShareExistsError(
+                f"share {self.url}: {path} already exists; it is never overwritten"
+            ) from None
+        except OSError as exc:
+            raise self._error("write", path, exc) from None
+
+    def replace(self, path: str, data: bytes) -> None:
+        target = self._full(path)
+        try:
+            temp = self._write_temporary(target, data)
+            try:
+                os.replace(temp, target)
+            except BaseException:
+                _unlink_quietly(temp)
+                raise
+            _sync_folder(target.parent)
+        except OSError as exc:
+            raise self._error("replace", path, exc) from None
+
+    def exists(self, path: str) -> bool:
+        try:
+            return self._full(path).is_file()
+        except OSError as exc:
+            raise self._error("look up", path, exc) from None
+
+    def list_files(self, prefix: str = "") -> Iterator[str]:
+        top = self._full(prefix) if prefix else self.root
+
+        def fail(exc: OSError) -> None:
+            if exc.errno != errno.ENOENT:
+                raise self._error("list", prefix or "the share", exc) from None
+
+        found: list[str] = []
+        for folder, dirs, files in os.walk(top, onerror=fail):
+            dirs.sort()
+            relative = Path(folder).relative_to(self.root).as_posix()
+            for name in files:
+                if layout.is_temporary(name) or (relative == "." and name == layout.LOCK_NAME):
+                    continue
+                found.append(name if relative == "." else f"{relative}/{name}")
+        yield from sorted(found)
+
+    def remove(self, path: str) -> None:
+        target = self._full(path)
+        try:
+            target.unlink()
+            _sync_folder(target.parent)
+        except OSError as exc:
+            raise self._error("remove", path, exc) from None
+
+    @contextmanager
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
+        """Hold ``<root>/.keyfleet.lock`` exclusively (flock on POSIX, a byte lock on Windows).
+
+        The lock works between processes of one machine, and between controllers only where the
+        mounted filesystem forwards locks to the server (NFSv4, SMB mounts with locking enabled).
+        """
+        try:
+            self._make_folders(self.root)
+            fd = os.open(self.root / layout.LOCK_NAME, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        except OSError as exc:
+            raise self._error("open the lock file", layout.LOCK_NAME, exc) from None
+        try:
+            deadline = time.monotonic() + timeout
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise ShareError(
+                        f"share {self.url}: timed out after {timeout:g} s waiting for {layout.LOCK_NAME} "
+                        "(another keyfleet run is updating the manifest)"
+                    )
+                time.sleep(_LOCK_POLL)
+            try:
+                yield
+            finally:
+                _unlock(fd)
+        finally:
+            os.close(fd)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete every temporary file; call it under :meth:`lock` (``BackupStore`` does)."""
+        removed = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if layout.is_temporary(name):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        raise self._error("remove", name, exc) from None
+                    removed += 1
+        return removed
+
+
+def _link_exclusively(temp: Path, target: Path) -> None:
+    """Give ``temp``'s bytes the name ``target``; FileExistsError if ``target`` exists."""
+    if sys.platform == "win32":  # pragma: no cover - Windows rename refuses an existing target
+        os.rename(temp, target)
+        return
+    try:
+        os.link(temp, target)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        # No hard links: claim the name with O_EXCL (fails if it exists), then swap our bytes in.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+        try:
+            os.replace(temp, target)
+        except BaseException:
+            _unlink_quietly(target)
+            raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` durable (POSIX only; Windows cannot open folders)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems (e.g. CIFS) refuse fsync on a folder
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _try_lock(fd: int) -> bool:
+    if sys.platform == "win32":  # pragma: no cover
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":  # pragma: no cover
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -1,0 +1,254 @@
+"""The signed manifest of a backup share: entries, canonical JSON, Ed25519 signing and verification."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from orchestrator.errors import ConfigError, IntegrityError
+from orchestrator.secret import Secret
+
+FORMAT = "keyfleet-manifest/1"
+ALGORITHM = "ed25519"
+
+
+def format_iso(moment: datetime) -> str:
+    """ISO 8601 UTC with a ``Z`` and whole seconds, the only time format on the share."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+def canonical_json(document: dict[str, Any]) -> bytes:
+    """What is signed: sort_keys, separators (",", ":"), non-ASCII kept as UTF-8."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One stored key file: who it belongs to, where it is, what its bytes hash to."""
+
+    id: str
+    host: str
+    group: str
+    role: str
+    path: str
+    sha256: str
+    size: int
+    created: datetime
+    password_id: str
+    scsm_version: str | None
+    helper_version: str | None
+    run_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created"] = format_iso(self.created)
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> ManifestEntry:
+        if not isinstance(data, dict):
+            raise ValueError("an entry is not an object")
+        strings = ("id", "host", "group", "role", "path", "sha256", "password_id")
+        optional = ("scsm_version", "helper_version", "run_id")
+        for key in strings:
+            if not isinstance(data.get(key), str):
+                raise ValueError(f"entry field {key!r} is missing or not a string")
+        for key in optional:
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"entry field {key!r} is not a string")
+        size = data.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("entry field 'size' is not a non-negative integer")
+        if not isinstance(data.get("created"), str):
+            raise ValueError("entry field 'created' is missing")
+        return cls(
+            id=data["id"],
+            host=data["host"],
+            group=data["group"],
+            role=data["role"],
+            path=data["path"],
+            sha256=data["sha256"],
+            size=size,
+            created=parse_iso(data["created"]),
+            password_id=data["password_id"],
+            scsm_version=data.get("scsm_version"),
+            helper_version=data.get("helper_version"),
+            run_id=data.get("run_id"),
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    alg: str
+    public_key_sha256: str
+    value: str  # base64
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The whole manifest. ``signed_bytes`` is exactly what the signature covers as read from disk."""
+
+    entries: tuple[ManifestEntry, ...] = ()
+    updated: datetime | None = None
+    signature: Signature | None = None
+    signed_bytes: bytes | None = field(default=None, repr=False, compare=False)
+
+    def entries_for(self, host: str) -> list[ManifestEntry]:
+        """``host``'s entries, newest first."""
+        return sorted((e for e in self.entries if e.host == host), key=lambda e: e.created, reverse=True)
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document without its signature."""
+        return {
+            "format": FORMAT,
+            "updated": format_iso(self.updated) if self.updated else None,
+            "entries": [entry.to_json() for entry in self.entries],
+        }
+
+    def signed(self, key: Ed25519PrivateKey) -> Manifest:
+        payload = canonical_json(self.document())
+        signature = Signature(
+            alg=ALGORITHM,
+            public_key_sha256=public_key_sha256(key.public_key()),
+            value=base64.b64encode(key.sign(payload)).decode("ascii"),
+        )
+        return replace(self, signature=signature, signed_bytes=payload)
+
+    def to_bytes(self) -> bytes:
+        document = self.document()
+        document["signature"] = asdict(self.signature) if self.signature else None
+        return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def verify(self, key: Ed25519PublicKey) -> None:
+        """Raise IntegrityError unless the manifest carries a valid signature made by ``key``."""
+        if self.signature is None:
+            if not self.entries and self.updated is None:
+                return  # no manifest yet: nothing to vouch for
+            raise IntegrityError("manifest.json is not signed")
+        if self.signature.alg != ALGORITHM:
+            raise IntegrityError(f"manifest.json is signed with an unknown algorithm {self.signature.alg!r}")
+        expected = public_key_sha256(key)
+        if self.signature.public_key_sha256 != expected:
+            raise IntegrityError(
+                f"manifest.json is signed by key {self.signature.public_key_sha256[:16]}..., "
+                f"not by the inventory's public key {expected[:16]}..."
+            )
+        try:
+            payload = self.signed_bytes if self.signed_bytes is not None else canonical_json(self.document())
+            key.verify(base64.b64decode(self.signature.value, validate=True), payload)
+        except (InvalidSignature, binascii.Error):
+            raise IntegrityError(
+                "manifest.json signature does not verify: the manifest was changed"
+            ) from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse a manifest; IntegrityError if it is not a complete, well-formed manifest."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+            if not isinstance(document, dict) or document.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} document")
+            raw_signature = document.pop("signature", None)
+            entries = document.get("entries")
+            if not isinstance(entries, list):
+                raise ValueError("'entries' is not a list")
+            updated = document.get("updated")
+            signature = None
+            if raw_signature is not None:
+                if not isinstance(raw_signature, dict) or not all(
+                    isinstance(raw_signature.get(k), str) for k in ("alg", "public_key_sha256", "value")
+                ):
+                    raise ValueError("'signature' is malformed")
+                signature = Signature(
+                    raw_signature["alg"], raw_signature["public_key_sha256"], raw_signature["value"]
+                )
+            return cls(
+                entries=tuple(ManifestEntry.from_json(entry) for entry in entries),
+                updated=parse_iso(updated) if isinstance(updated, str) else None,
+                signature=signature,
+                signed_bytes=canonical_json(document),
+            )
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"manifest.json is not a valid manifest: {exc}") from None
+
+
+def public_key_sha256(key: Ed25519PublicKey) -> str:
+    """Hex SHA-256 of the 32 raw public key bytes: how manifests and reports name a key."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _decode_key_text(text: str) -> bytes | None:
+    """Base64 of raw or DER key bytes, or None when ``text`` is PEM."""
+    if text.lstrip().startswith("-----BEGIN"):
+        return None
+    return base64.b64decode("".join(text.split()), validate=True)
+
+
+def load_private_key(secret: Secret) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM (PKCS#8), base64 of 32 raw bytes, or base64 of PKCS#8 DER."""
+    try:
+        text = secret.reveal()
+        raw = _decode_key_text(text)
+        if raw is not None and len(raw) == 32:
+            return Ed25519PrivateKey.from_private_bytes(raw)
+        if raw is None:
+            key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
+        else:
+            key = serialization.load_der_private_key(raw, password=None)
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(
+            f"{secret.label} is not an unencrypted Ed25519 private key (PEM or base64 of 32 raw bytes)",
+            key="signing.private_key",
+        )
+    return key
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM, base64 of 32 raw bytes, or base64 of SubjectPublicKeyInfo DER."""
+    try:
+        raw = _decode_key_text(text)
+        if raw is not None and len(raw) == 32:
+            return Ed25519PublicKey.from_public_bytes(raw)
+        if raw is None:
+            key = serialization.load_pem_public_key(text.encode("ascii"))
+        else:
+            key = serialization.load_der_public_key(raw)
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(
+            "not an Ed25519 public key (PEM or base64 of 32 raw bytes)", key="signing.public_key"
+        )
+    return key
+
+
+def new_signing_key_pair() -> tuple[Secret, str]:
+    """A fresh key pair as inventory values: (base64 raw private key as a Secret, base64 raw public key)."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return (
+        Secret(base64.b64encode(private).decode("ascii"), "generated signing key"),
+        base64.b64encode(public).decode("ascii"),
+    )

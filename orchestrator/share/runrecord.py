@@ -1,0 +1,118 @@
+"""Run records (``runs/<run-id>.json``): what one command did to every selected host."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from orchestrator.errors import IntegrityError
+from orchestrator.share.layout import format_time
+from orchestrator.share.manifest import format_iso, parse_iso
+
+
+class OutcomeStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    """How one host ended in one run. ``kind`` is an ``ErrorKind`` value for failures."""
+
+    host: str
+    group: str
+    role: str
+    status: OutcomeStatus
+    kind: str | None = None
+    message: str | None = None
+    entry_id: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    duration: float = 0.0
+    scsm_version: str | None = None
+    attempts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> HostOutcome:
+        if not isinstance(data, dict):
+            raise ValueError("an outcome is not an object")
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in ("host", "group", "role", "status"):
+            if not isinstance(values.get(key), str):
+                raise ValueError(f"outcome field {key!r} is missing or not a string")
+        values["status"] = OutcomeStatus(values["status"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of a command over the fleet; written once, never changed."""
+
+    run_id: str
+    command: str
+    started: datetime
+    finished: datetime
+    inventory: str
+    share: str
+    interrupted: bool
+    outcomes: tuple[HostOutcome, ...]
+
+    def outcome(self, host: str) -> HostOutcome | None:
+        return next((outcome for outcome in self.outcomes if outcome.host == host), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "command": self.command,
+            "started": format_iso(self.started),
+            "finished": format_iso(self.finished),
+            "inventory": self.inventory,
+            "share": self.share,
+            "interrupted": self.interrupted,
+            "outcomes": [outcome.to_json() for outcome in self.outcomes],
+        }
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, name: str = "run record") -> RunRecord:
+        """Parse a run record; IntegrityError naming ``name`` if it is malformed."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            for key in ("run_id", "command", "started", "finished", "inventory", "share"):
+                if not isinstance(document.get(key), str):
+                    raise ValueError(f"field {key!r} is missing or not a string")
+            outcomes = document.get("outcomes")
+            if not isinstance(outcomes, list):
+                raise ValueError("'outcomes' is not a list")
+            return cls(
+                run_id=document["run_id"],
+                command=document["command"],
+                started=parse_iso(document["started"]),
+                finished=parse_iso(document["finished"]),
+                inventory=document["inventory"],
+                share=document["share"],
+                interrupted=bool(document.get("interrupted", False)),
+                outcomes=tuple(HostOutcome.from_json(outcome) for outcome in outcomes),
+            )
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"{name} is not a valid run record: {exc}") from None
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<6 hex>``: sorts by start time, unique across controllers."""
+    return f"{format_time(now or datetime.now(UTC))}-{secrets.token_hex(3)}"

@@ -1,0 +1,356 @@
+"""The SMB backup share: the Share guarantees over smbprotocol's smbclient, with a private session pool."""
+
+from __future__ import annotations
+
+import errno
+import ntpath
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, NoReturn
+
+import smbclient
+from smbprotocol.exceptions import SMBAuthenticationError, SMBConnectionClosed, SMBException, SMBOSError
+from smbprotocol.file_info import FileRenameInformation
+from smbprotocol.header import NtStatus
+from smbprotocol.open import FilePipePrinterAccessMask, SMB2SetInfoRequest
+
+from orchestrator.errors import ShareError, ShareExistsError
+from orchestrator.secret import Secret, mask
+from orchestrator.share.base import Share
+
+LOCK_NAME = ".keyfleet.lock"
+TEMP_MARK = ".tmp-"
+_LOCK_POLL = 0.1
+_REPLACE_POLL = 0.01
+_REPLACE_PATIENCE = 10.0
+
+_LOGON_STATUSES = frozenset(
+    {NtStatus.STATUS_LOGON_FAILURE, NtStatus.STATUS_WRONG_PASSWORD, NtStatus.STATUS_PASSWORD_EXPIRED}
+)
+_MISSING_SHARE_STATUSES = frozenset(
+    {NtStatus.STATUS_BAD_NETWORK_NAME, NtStatus.STATUS_NOT_FOUND, NtStatus.STATUS_OBJECT_PATH_NOT_FOUND}
+)
+_LOST_STATUSES = frozenset(
+    {NtStatus.STATUS_NETWORK_NAME_DELETED, NtStatus.STATUS_USER_SESSION_DELETED, NtStatus.STATUS_FILE_CLOSED}
+)
+_BUSY_STATUSES = frozenset({NtStatus.STATUS_ACCESS_DENIED, NtStatus.STATUS_SHARING_VIOLATION})
+_SMB_ERRORS = (SMBException, OSError, ValueError)
+# The temp file is opened for writing and DELETE, so it can be renamed through its own handle.
+_TEMP_ACCESS = (
+    FilePipePrinterAccessMask.FILE_WRITE_DATA
+    | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
+    | FilePipePrinterAccessMask.FILE_WRITE_ATTRIBUTES
+    | FilePipePrinterAccessMask.DELETE
+)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is a writer's temporary (``.<name>.tmp-<random>``)."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def _status(exc: BaseException) -> int | None:
+    if isinstance(exc, SMBOSError):
+        return int(exc.ntstatus)
+    status = getattr(exc, "status", None)  # SMBResponseException
+    return status if isinstance(status, int) else None
+
+
+class SMBShare(Share):
+    """A folder on an SMB share (``smb://server:port/share/path``), reached without a mount.
+
+    Each instance has its own connection pool, so two instances are two SMB sessions (as two
+    controllers would be). Credentials are passed on every call, so a dropped connection is
+    re-established (and re-authenticated) by the next operation.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        port: int,
+        share: str,
+        path: str,
+        username: str | None,
+        password: Secret | None,
+        require_encryption: bool,
+        *,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        folder = path.strip("/")
+        self.server = server
+        self.port = port
+        self.share = share
+        self.username = username
+        self.require_encryption = require_encryption
+        self.url = f"smb://{server}:{port}/{share}" + (f"/{folder}" if folder else "")
+        self._password = password
+        self._connect_timeout = connect_timeout
+        self._share_unc = f"\\\\{server}\\{share}"
+        self._root = self._share_unc + "".join(f"\\{part}" for part in folder.split("/") if part)
+        self._pool: dict[str, Any] = {}
+        self._connect_lock = threading.Lock()
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return f"SMBShare({self.url!r}, user={self.username!r}, encrypt={self.require_encryption})"
+
+    # -- Share interface -------------------------------------------------------------------------
+
+    def read_bytes(self, path: str) -> bytes:
+        with (
+            self._translate(f"cannot read {path}"),
+            smbclient.open_file(self._unc(path), "rb", share_access="rwd", **self._session()) as fd,
+        ):
+            return bytes(fd.read())
+
+    def write_new(self, path: str, data: bytes) -> None:
+        self._write(path, data, replace=False)
+
+    def replace(self, path: str, data: bytes) -> None:
+        self._write(path, data, replace=True)
+
+    def exists(self, path: str) -> bool:
+        with self._translate(f"cannot check {path}"):
+            try:
+                smbclient.stat(self._unc(path), **self._session())
+            except SMBOSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return False
+                raise
+        return True
+
+    def list_files(self, prefix: str = "") -> Iterator[str]:
+        found: list[str] = []
+        prefix = prefix.strip("/")
+        with self._translate(f"cannot list {prefix or 'the share'}"):
+            self._walk(self._unc(prefix) if prefix else self._root, prefix, found)
+        return iter(sorted(found))
+
+    def remove(self, path: str) -> None:
+        with self._translate(f"cannot remove {path}"):
+            smbclient.remove(self._unc(path), **self._session())
+
+    def lock(self, timeout: float = 60.0) -> AbstractContextManager[None]:
+        return self._locked(timeout)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporaries nobody has open (a live writer holds its temp open without sharing)."""
+        found: list[str] = []
+        with self._translate("cannot clean temporary files"):
+            self._walk(self._root, "", found, temporaries=True)
+        removed = 0
+        for path in found:
+            with self._translate(f"cannot remove the temporary {path}"):
+                try:
+                    smbclient.remove(self._unc(path), **self._session())
+                except SMBOSError as exc:
+                    if exc.ntstatus == NtStatus.STATUS_SHARING_VIOLATION or exc.errno == errno.ENOENT:
+                        continue  # a live writer holds it, or it is already gone
+                    raise
+            removed += 1
+        return removed
+
+    def close(self) -> None:
+        with self._connect_lock:
+            self._connected = False
+            # A connection the server already dropped has nothing left to release.
+            smbclient.reset_connection_cache(fail_on_error=False, connection_cache=self._pool)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _unc(self, path: str) -> str:
+        parts = path.strip("/").split("/")
+        if any(part in ("", ".", "..") or "\\" in part or ":" in part for part in parts):
+            raise ShareError(f"{self.url}: invalid share path {path!r}")
+        return self._root + "".join(f"\\{part}" for part in parts)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "password": self._password.reveal() if self._password is not None else None,
+            "port": self.port,
+            # None rather than False: a server that wants encryption may still turn it on.
+            "encrypt": True if self.require_encryption else None,
+            "connection_timeout": self._connect_timeout,
+            "connection_cache": self._pool,
+        }
+
+    def _session(self) -> dict[str, Any]:
+        """The smbclient keyword arguments, after a first explicit logon and tree connect.
+
+        Connecting explicitly once gives clear errors (logon failure, missing share) before any file
+        operation; later reconnects after a drop happen inside smbclient with the same arguments.
+        """
+        kwargs = self._kwargs()
+        with self._connect_lock:
+            if not self._connected:
+                try:
+                    smbclient.register_session(
+                        self.server,
+                        username=kwargs["username"],
+                        password=kwargs["password"],
+                        port=self.port,
+                        encrypt=kwargs["encrypt"],
+                        connection_timeout=self._connect_timeout,
+                        connection_cache=self._pool,
+                    )
+                    smbclient.stat(self._share_unc, **kwargs)
+                except _SMB_ERRORS as exc:
+                    self._fail("cannot connect", exc, connecting=True)
+                self._connected = True
+        return kwargs
+
+    def _write(self, path: str, data: bytes, *, replace: bool) -> None:
+        target = self._unc(path)
+        folder, name = ntpath.split(target)
+        temp = ntpath.join(folder, f".{name}{TEMP_MARK}{secrets.token_hex(6)}")
+        kwargs = self._session()
+        try:
+            with self._translate(f"cannot write {path}"):
+                smbclient.makedirs(folder, exist_ok=True, **kwargs)
+                with smbclient.open_file(
+                    temp, "xb", buffering=0, share_access="r", desired_access=_TEMP_ACCESS, **kwargs
+                ) as raw:
+                    view = memoryview(data)
+                    while view:
+                        view = view[raw.write(view) :]
+                    raw.flush()
+                    self._rename_open(raw, name, replace=replace, path=path)
+        except BaseException:
+            self._discard(temp, kwargs)
+            raise
+
+    def _rename_open(self, raw: Any, name: str, *, replace: bool, path: str) -> None:
+        """Rename the open temp file in its folder (SMB2 SET_INFO FileRenameInformation on its handle).
+
+        smbclient.rename/replace first open the target for FILE_EXECUTE, which a server with a
+        ``create mask`` of 0600 refuses; renaming through our own handle needs only DELETE.
+        """
+        fd = raw.fd
+        info = FileRenameInformation()
+        info["replace_if_exists"] = replace
+        info["file_name"] = ntpath.join(ntpath.dirname(fd.file_name), name)
+        request = SMB2SetInfoRequest()
+        request["info_type"] = info.INFO_TYPE
+        request["file_info_class"] = info.INFO_CLASS
+        request["file_id"] = fd.file_id
+        request["buffer"] = info
+        deadline = time.monotonic() + _REPLACE_PATIENCE
+        while True:
+            sent = fd.connection.send(
+                request, sid=fd.tree_connect.session.session_id, tid=fd.tree_connect.tree_connect_id
+            )
+            try:
+                fd.connection.receive(sent)
+                return
+            except SMBException as exc:
+                status = _status(exc)
+                if not replace and status == NtStatus.STATUS_OBJECT_NAME_COLLISION:
+                    raise ShareExistsError(
+                        f"{self.url}: {path} already exists; it is never overwritten"
+                    ) from exc
+                # Windows semantics (Samba keeps them): a file cannot be renamed over while a reader has
+                # it open. Readers hold it for milliseconds, so wait for a gap.
+                if not (replace and status in _BUSY_STATUSES and time.monotonic() < deadline):
+                    raise
+            time.sleep(_REPLACE_POLL)
+
+    def _discard(self, temp: str, kwargs: dict[str, Any]) -> None:
+        """Best-effort removal of a failed writer's temp file; the original error is what gets raised.
+
+        When the connection is gone the file stays behind and ``remove_stale_temporaries`` takes it.
+        """
+        try:
+            smbclient.remove(temp, **kwargs)
+        except _SMB_ERRORS:
+            return
+
+    def _walk(self, folder: str, relative: str, found: list[str], *, temporaries: bool = False) -> None:
+        try:
+            with smbclient.scandir(folder, **self._session()) as entries:
+                listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        except SMBOSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return  # not there (yet), or removed while we walked
+            raise
+        for name, is_dir in listed:
+            child = f"{relative}/{name}" if relative else name
+            if is_dir:
+                self._walk(f"{folder}\\{name}", child, found, temporaries=temporaries)
+            elif is_temporary(name) == temporaries and child != LOCK_NAME:
+                found.append(child)
+
+    @contextmanager
+    def _locked(self, timeout: float) -> Iterator[None]:
+        """Hold ``.keyfleet.lock`` open with no sharing; the server releases it if we die."""
+        lock_path = f"{self._root}\\{LOCK_NAME}"
+        deadline = time.monotonic() + timeout
+        with self._translate("cannot take the share lock"):
+            kwargs = self._session()
+            smbclient.makedirs(self._root, exist_ok=True, **kwargs)
+            while True:
+                try:
+                    handle = smbclient.open_file(lock_path, "ab", buffering=0, share_access=None, **kwargs)
+                    break
+                except SMBOSError as exc:
+                    if exc.ntstatus != NtStatus.STATUS_SHARING_VIOLATION:
+                        raise
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ShareError(
+                            f"{self.url}: the share lock {LOCK_NAME} is still held by another process "
+                            f"after {timeout:g}s"
+                        ) from None
+                    time.sleep(min(_LOCK_POLL, remaining))
+        try:
+            yield
+        except BaseException:
+            # If the connection is gone, the server drops the handle (and the lock) with it.
+            with suppress(*_SMB_ERRORS):
+                handle.close()
+            raise
+        with self._translate("cannot release the share lock"):
+            handle.close()
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except ShareError:
+            raise
+        except _SMB_ERRORS as exc:
+            self._fail(action, exc)
+
+    def _fail(self, action: str, exc: BaseException, *, connecting: bool = False) -> NoReturn:
+        if isinstance(exc, ValueError) and not isinstance(exc.__cause__, OSError):
+            raise exc  # a programming error, not an SMB failure
+        raise ShareError(f"{self.url}: {action}: {self._reason(exc, connecting)}") from exc
+
+    def _reason(self, exc: BaseException, connecting: bool) -> str:
+        status = _status(exc)
+        where = f"{self.server}:{self.port}"
+        if isinstance(exc, SMBAuthenticationError) or status in _LOGON_STATUSES:
+            return f"logon failure for user {self.username!r} on {where} (wrong user name or password?)"
+        if status == NtStatus.STATUS_BAD_NETWORK_NAME or (connecting and status in _MISSING_SHARE_STATUSES):
+            return f"share {self.share!r} does not exist on {where}"
+        if isinstance(exc, ValueError):  # smbprotocol wraps socket errors: "Failed to connect to ..."
+            cause = exc.__cause__
+            detail = "timed out" if isinstance(cause, TimeoutError) else getattr(cause, "strerror", None)
+            return f"server {where} unreachable ({detail or cause})"
+        if status == NtStatus.STATUS_ACCESS_DENIED:
+            return "access denied"
+        if status == NtStatus.STATUS_DISK_FULL:
+            return "the share is full"
+        if isinstance(exc, SMBOSError) and exc.errno == errno.ENOENT:
+            return "not found"
+        if status in _LOST_STATUSES or isinstance(exc, SMBConnectionClosed) or not self._alive():
+            return f"connection to {where} lost"
+        if connecting and "timeout" in str(exc).lower():
+            return f"no SMB answer from {where} within {self._connect_timeout:g}s"
+        return mask(str(exc))
+
+    def _alive(self) -> bool:
+        return all(getattr(conn.transport, "connected", False) for conn in self._pool.values())

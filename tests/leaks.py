@@ -1,0 +1,67 @@
+"""Leak search: collect every byte a run produced and prove no secret is among them."""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def encodings(secret: str) -> dict[str, bytes]:
+    """The forms a leaked secret could take: UTF-8, UTF-16LE (Windows, -EncodedCommand), base64."""
+    raw = secret.encode()
+    return {
+        "utf-8": raw,
+        "utf-16le": secret.encode("utf-16-le"),
+        "base64": base64.b64encode(raw).rstrip(b"="),
+        "base64-utf16": base64.b64encode(secret.encode("utf-16-le")).rstrip(b"="),
+    }
+
+
+@dataclass
+class LeakSearch:
+    """Everything a run produced: named blobs and whole folders, searched for secrets."""
+
+    secrets: dict[str, str]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    folders: list[Path] = field(default_factory=list)
+    exclude: set[Path] = field(default_factory=set)  # inputs that legitimately hold a secret
+
+    def add(self, name: str, data: bytes | str) -> None:
+        self.blobs[name] = (self.blobs.get(name, b"") + (data.encode() if isinstance(data, str) else data))
+
+    def add_folder(self, path: Path) -> None:
+        self.folders.append(path)
+
+    def _sources(self) -> list[tuple[str, bytes]]:
+        sources = list(self.blobs.items())
+        seen: set[Path] = set()
+        for folder in self.folders:
+            for root, _dirs, files in os.walk(folder):
+                for name in files:
+                    path = Path(root, name)
+                    if path in seen or path.resolve() in {p.resolve() for p in self.exclude}:
+                        continue
+                    seen.add(path)
+                    try:
+                        sources.append((str(path), path.read_bytes()))
+                    except OSError:
+                        continue
+        return sources
+
+    def findings(self) -> list[str]:
+        found = []
+        sources = self._sources()
+        for secret_name, secret in self.secrets.items():
+            for form, needle in encodings(secret).items():
+                for source, data in sources:
+                    if needle in data:
+                        found.append(f"{secret_name} ({form}) in {source}")
+        return found
+
+    def assert_clean(self) -> int:
+        """Fail with every finding; return how many sources were searched (to prove it searched)."""
+        findings = self.findings()
+        assert not findings, "secret leaked:\n" + "\n".join(findings)
+        return len(self._sources())

@@ -1,0 +1,132 @@
+"""LocalShare: the Share contract on a local folder, error mapping, and share URL parsing."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError, ShareError, ShareExistsError
+from orchestrator.share.local import LocalShare
+from orchestrator.share.open import SMBLocation, open_share, parse_smb_url
+from tests.share_contract import ShareContract, ShareTarget
+
+
+class TestLocalShare(ShareContract):
+    @pytest.fixture
+    def target(self, tmp_path: Path) -> ShareTarget:
+        return ShareTarget(url=str(tmp_path / "share"), local_root=tmp_path / "share")
+
+
+def _fail_with(code: int) -> Callable[..., None]:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (errno.ENOSPC, "no space left on the share"),
+        (errno.EDQUOT, "disk quota exceeded on the share"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "the share is mounted read-only"),
+    ],
+)
+def test_os_errors_become_share_errors_and_leave_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> None:
+    share = LocalShare(tmp_path)
+    (tmp_path / "G1").mkdir()
+    monkeypatch.setattr(os, "fsync", _fail_with(code))
+    with pytest.raises(ShareError) as raised:
+        share.write_new("G1/a.bin", b"x")
+    assert str(raised.value) == f"share {tmp_path}: cannot write G1/a.bin: {reason}"
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "G1").iterdir()] == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions, not root")
+def test_permission_denied(tmp_path: Path) -> None:
+    share = LocalShare(tmp_path)
+    share.write_new("G1/a.bin", b"x")
+    (tmp_path / "G1").chmod(0o500)
+    try:
+        with pytest.raises(ShareError, match=r"cannot write G1/b\.bin: permission denied"):
+            share.write_new("G1/b.bin", b"y")
+    finally:
+        (tmp_path / "G1").chmod(0o700)
+
+
+def test_without_hard_links_still_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "link", _fail_with(errno.EPERM))
+    share = LocalShare(tmp_path)
+    share.write_new("G1/a.bin", b"old")
+    with pytest.raises(ShareExistsError):
+        share.write_new("G1/a.bin", b"new")
+    assert share.read_bytes("G1/a.bin") == b"old"
+    assert sorted(p.name for p in (tmp_path / "G1").iterdir()) == ["a.bin"]
+
+
+def test_missing_root_lists_nothing(tmp_path: Path) -> None:
+    share = LocalShare(tmp_path / "not-yet")
+    assert list(share.list_files()) == []
+    assert not share.exists("manifest.json")
+    assert share.remove_stale_temporaries() == 0
+
+
+def test_lock_timeout_names_the_share(tmp_path: Path) -> None:
+    share, other = LocalShare(tmp_path), LocalShare(tmp_path)
+    # flock excludes a second open file description, even in the same process
+    with (
+        share.lock(),
+        pytest.raises(ShareError, match=rf"share {tmp_path}: timed out after 0\.2 s"),
+        other.lock(timeout=0.2),
+    ):
+        pass
+
+
+def test_open_local_paths(tmp_path: Path) -> None:
+    share = open_share("backups", base_dir=tmp_path)
+    assert isinstance(share, LocalShare) and share.root == tmp_path / "backups"
+    assert isinstance(open_share(str(tmp_path)), LocalShare)
+    file_share = open_share(f"file://{tmp_path}/x")
+    assert isinstance(file_share, LocalShare) and file_share.root == tmp_path / "x"
+
+
+@pytest.mark.parametrize(
+    ("url", "location"),
+    [
+        ("smb://srv/keys", SMBLocation("srv", 445, "keys", "")),
+        ("smb://srv:4450/keys/scsm/prod", SMBLocation("srv", 4450, "keys", "scsm/prod")),
+        ("smb://backup@10.0.0.5/keys/a%20b", SMBLocation("10.0.0.5", 445, "keys", "a b", "backup")),
+        ("\\\\srv\\keys\\scsm", SMBLocation("srv", 445, "keys", "scsm")),
+        ("//srv/keys", SMBLocation("srv", 445, "keys", "")),
+    ],
+)
+def test_parse_smb_url(url: str, location: SMBLocation) -> None:
+    assert parse_smb_url(url) == location
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("smb://user:pw@srv/keys", "must not contain a password"),
+        ("smb://srv", "expected smb://server"),
+        ("smb://srv:x/keys", "port is not a number"),
+        ("\\\\srv", "needs a server and a share name"),
+    ],
+)
+def test_bad_smb_urls(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_smb_url(url)
+    assert "user:pw" not in str(raised.value)
+
+
+def test_unsupported_scheme() -> None:
+    with pytest.raises(ConfigError, match="unsupported scheme 'nfs'"):
+        open_share("nfs://srv/keys")

@@ -1,0 +1,428 @@
+"""The SMB share against a real Samba smbd: every Share guarantee, error classes, encryption, a crash."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import smbclient
+
+from orchestrator.errors import ShareError, ShareExistsError
+from orchestrator.secret import Secret
+from orchestrator.share.smb import LOCK_NAME, SMBShare
+from tests.smbd import SmbServer, smbd_server  # noqa: F401 - pytest finds the session fixture here
+
+pytestmark = pytest.mark.smb
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "CONTOSO-PROD/management_server/scsm-ms01/20260101T000000Z-0123456789ab.bin"
+
+# A second controller process: takes the lock, says so, and holds it until stdin has a line (or it dies).
+LOCK_HOLDER = """
+import os, sys
+from orchestrator.secret import Secret
+from orchestrator.share.smb import SMBShare
+host, port, share, path, user = sys.argv[1:6]
+smb = SMBShare(host, int(port), share, path, user, Secret(os.environ["KEYFLEET_TEST_SMB_PASSWORD"]), False)
+with smb.lock(timeout=10):
+    print("locked", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def folder() -> str:
+    """A fresh folder on the share for each test, so tests never see each other's files."""
+    return f"t-{secrets.token_hex(4)}/scsm"
+
+
+@pytest.fixture
+def server(smbd_server: SmbServer) -> SmbServer:  # noqa: F811 - the imported fixture, by name
+    smbd_server.start()  # a no-op unless an earlier test killed it
+    return smbd_server
+
+
+def open_share(
+    server: SmbServer,
+    folder: str,
+    *,
+    share: str = "",
+    port: int = 0,
+    username: str = "",
+    password: Secret | None = None,
+    require_encryption: bool = False,
+    connect_timeout: float = 10.0,
+) -> SMBShare:
+    """A controller's view of ``folder`` on the test server, with its own SMB session."""
+    return SMBShare(
+        server.host,
+        port or server.port,
+        share or server.share,
+        folder,
+        username or server.user,
+        password or server.password,
+        require_encryption,
+        connect_timeout=connect_timeout,
+    )
+
+
+@pytest.fixture
+def share(server: SmbServer, folder: str) -> Iterator[SMBShare]:
+    smb = open_share(server, folder)
+    try:
+        yield smb
+    finally:
+        smb.close()
+
+
+def on_disk(server: SmbServer, folder: str) -> Path:
+    return server.root / folder
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [path for path in root.rglob(".*.tmp-*")]
+
+
+def assert_no_secret(exc: BaseException, *values: str) -> None:
+    """No password in the error, nor in anything it chains to."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for value in values:
+            assert value not in str(seen) and value not in repr(seen)
+        seen = seen.__cause__ or seen.__context__
+
+
+# -- the Share guarantees ----------------------------------------------------------------------------
+
+
+def test_url_names_server_port_share_and_path_but_no_credentials(server: SmbServer) -> None:
+    smb = open_share(server, "backups/scsm")
+    assert smb.url == f"smb://{server.host}:{server.port}/backup/backups/scsm"
+    assert server.password.reveal() not in repr(smb) + smb.url
+
+
+def test_write_new_creates_folders_and_reads_back(share: SMBShare, server: SmbServer, folder: str) -> None:
+    share.write_new(KEY, b"key bytes")
+    assert share.read_bytes(KEY) == b"key bytes"
+    assert (on_disk(server, folder) / KEY).read_bytes() == b"key bytes"
+    assert share.exists(KEY)
+    assert not share.exists("CONTOSO-PROD/missing.bin")
+    assert not share.exists("nowhere/at/all.bin")
+    assert temporaries(on_disk(server, folder)) == []
+
+
+def test_write_new_never_overwrites(share: SMBShare, server: SmbServer, folder: str) -> None:
+    share.write_new(KEY, b"first")
+    with pytest.raises(ShareExistsError, match="already exists"):
+        share.write_new(KEY, b"second")
+    assert share.read_bytes(KEY) == b"first"
+    assert temporaries(on_disk(server, folder)) == []
+
+
+def test_replace_creates_then_swaps_and_readers_never_see_a_mix(share: SMBShare) -> None:
+    share.replace("manifest.json", b"v0")
+    assert share.read_bytes("manifest.json") == b"v0"
+    versions = [bytes([65 + n]) * 300_000 for n in range(2)]
+    share.replace("manifest.json", versions[0])
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def read_while_replacing() -> None:
+        with open_share_like(share) as reader:
+            while not stop.is_set():
+                seen.add(reader.read_bytes("manifest.json"))
+
+    reader_thread = threading.Thread(target=read_while_replacing)
+    reader_thread.start()
+    try:
+        for n in range(12):
+            share.replace("manifest.json", versions[n % 2])
+    finally:
+        stop.set()
+        reader_thread.join()
+    assert seen <= set(versions) and seen
+    assert share.read_bytes("manifest.json") == versions[1]
+
+
+def open_share_like(smb: SMBShare) -> SMBShare:
+    """Another controller on the same share folder (its own SMB session)."""
+    folder = smb.url.split("/", 4)[4]
+    return SMBShare(smb.server, smb.port, smb.share, folder, smb.username, smb._password, False)
+
+
+def test_list_files_is_recursive_sorted_and_skips_temporaries_and_the_lock(
+    share: SMBShare,
+    server: SmbServer,
+    folder: str,
+) -> None:
+    assert list(share.list_files()) == []
+    share.write_new(KEY, b"k")
+    share.write_new("CONTOSO-PROD/dw_management_server/scsm-dw01/a.bin", b"d")
+    share.replace("manifest.json", b"{}")
+    with share.lock():
+        pass
+    stray = on_disk(server, folder) / "CONTOSO-PROD" / ".x.bin.tmp-0011"
+    stray.write_bytes(b"partial")
+    assert list(share.list_files()) == [
+        "CONTOSO-PROD/dw_management_server/scsm-dw01/a.bin",
+        KEY,
+        "manifest.json",
+    ]
+    assert list(share.list_files("CONTOSO-PROD/management_server")) == [KEY]
+    assert list(share.list_files("no-such-group")) == []
+    assert (on_disk(server, folder) / LOCK_NAME).exists()
+
+
+def test_remove(share: SMBShare) -> None:
+    share.write_new(KEY, b"k")
+    share.remove(KEY)
+    assert not share.exists(KEY)
+    with pytest.raises(ShareError, match="not found"):
+        share.remove(KEY)
+    with pytest.raises(ShareError, match="not found"):
+        share.read_bytes(KEY)
+
+
+def test_remove_stale_temporaries_spares_a_live_writer(
+    share: SMBShare,
+    server: SmbServer,
+    folder: str,
+) -> None:
+    share.write_new(KEY, b"k")
+    root = on_disk(server, folder)
+    for stale in (root / ".manifest.json.tmp-aa", root / Path(KEY).parent / ".x.bin.tmp-bb"):
+        stale.write_bytes(b"partial")
+        os.chown(stale, *_owner(root))
+    live_name = f"{Path(KEY).parent}/.y.bin.tmp-cc"
+    live = smbclient.open_file(
+        f"\\\\{share.server}\\{share.share}\\{folder}\\{live_name}".replace("/", "\\"),
+        "xb",
+        share_access=None,
+        **share._kwargs(),
+    )
+    try:
+        assert share.remove_stale_temporaries() == 2
+        assert [path.name for path in temporaries(root)] == [".y.bin.tmp-cc"]
+    finally:
+        live.close()
+    assert share.remove_stale_temporaries() == 1
+    assert list(share.list_files()) == [KEY]
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_uid, info.st_gid
+
+
+def test_invalid_paths_are_refused(share: SMBShare) -> None:
+    for bad in ("../escape.bin", "a/../../b", "a\\b", "c:x", "a//b"):
+        with pytest.raises(ShareError, match="invalid share path"):
+            share.write_new(bad, b"x")
+
+
+def test_concurrent_writers_on_one_share_all_land(share: SMBShare) -> None:
+    names = [f"g/r/h{n}/f{m}.bin" for n in range(6) for m in range(3)]
+
+    def write(group: list[str]) -> None:
+        for name in group:
+            share.write_new(name, name.encode())
+
+    threads = [threading.Thread(target=write, args=(names[n::6],)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(share.list_files()) == sorted(names)
+    assert all(share.read_bytes(name) == name.encode() for name in names)
+
+
+# -- the lock ------------------------------------------------------------------------------------------
+
+
+def start_lock_holder(server: SmbServer, folder: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), KEYFLEET_TEST_SMB_PASSWORD=server.password.reveal())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, server.host, str(server.port), server.share, folder, server.user],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_lock_held_by_another_process_excludes_until_released(
+    share: SMBShare,
+    server: SmbServer,
+    folder: str,
+) -> None:
+    holder = start_lock_holder(server, folder)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ShareError, match="still held by another process"), share.lock(timeout=0.5):
+            pass
+        assert time.monotonic() - started >= 0.5
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        with share.lock(timeout=5):
+            share.replace("manifest.json", b"mine")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_is_released_by_the_server_when_its_holder_dies(
+    share: SMBShare,
+    server: SmbServer,
+    folder: str,
+) -> None:
+    holder = start_lock_holder(server, folder)
+    holder.kill()
+    holder.wait()
+    started = time.monotonic()
+    with share.lock(timeout=10):
+        pass
+    assert time.monotonic() - started < 5
+
+
+def test_lock_serialises_two_sessions_in_one_process(share: SMBShare) -> None:
+    with open_share_like(share) as other, share.lock(timeout=1):
+        with pytest.raises(ShareError, match="still held"), other.lock(timeout=0.2):
+            pass
+    with open_share_like(share) as other, other.lock(timeout=1):
+        pass
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_pool() -> Iterator[None]:
+    """Auth tests must not reuse a pooled session (SMBShare has its own pool; the global one is reset too)."""
+    smbclient.reset_connection_cache()
+    yield
+    smbclient.reset_connection_cache()
+
+
+@pytest.mark.usefixtures("fresh_pool")
+def test_wrong_password_is_a_logon_failure_without_the_password(server: SmbServer) -> None:
+    wrong = Secret(f"wrong-{secrets.token_hex(8)}", "test")
+    with open_share(server, "x", password=wrong) as smb, pytest.raises(ShareError) as caught:
+        smb.write_new(KEY, b"k")
+    assert "logon failure" in str(caught.value)
+    assert server.user in str(caught.value)
+    assert str(caught.value).startswith(f"smb://{server.host}:{server.port}/backup/x: ")
+    assert_no_secret(caught.value, wrong.reveal(), server.password.reveal())
+
+
+@pytest.mark.usefixtures("fresh_pool")
+def test_unknown_user_is_a_logon_failure(server: SmbServer) -> None:
+    with open_share(server, "x", username="nobody-here") as smb, pytest.raises(ShareError, match="logon"):
+        list(smb.list_files())
+
+
+@pytest.mark.usefixtures("fresh_pool")
+def test_missing_share(server: SmbServer) -> None:
+    with open_share(server, "x", share="nosuch") as smb, pytest.raises(ShareError) as caught:
+        smb.read_bytes("manifest.json")
+    assert "share 'nosuch' does not exist" in str(caught.value)
+    assert_no_secret(caught.value, server.password.reveal())
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_server(server: SmbServer) -> None:
+    with open_share(server, "x", port=_closed_port()) as smb, pytest.raises(ShareError) as caught:
+        smb.exists("manifest.json")
+    assert "unreachable" in str(caught.value) and "refused" in str(caught.value)
+    assert_no_secret(caught.value, server.password.reveal())
+
+
+def test_server_that_never_answers(server: SmbServer) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = int(silent.getsockname()[1])
+        smb = open_share(server, "x", port=port, connect_timeout=1.0)
+        with smb, pytest.raises(ShareError, match="no SMB answer"):
+            smb.exists("manifest.json")
+
+
+# -- encryption ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_require_encryption_is_what_the_server_sees(
+    server: SmbServer,
+    folder: str,
+    required: bool,
+) -> None:
+    server.start()
+    with open_share(server, folder, require_encryption=required) as smb, smb.lock():
+        degree = server.open_file_encryption(f"{folder}/{LOCK_NAME}")
+    assert degree == ("full" if required else "none")
+
+
+def test_share_that_demands_encryption_works_either_way(server: SmbServer, folder: str) -> None:
+    server.start()
+    for required in (False, True):
+        with open_share(server, f"{folder}{required}", share="sealed", require_encryption=required) as smb:
+            smb.write_new(KEY, b"sealed")
+            assert smb.read_bytes(KEY) == b"sealed"
+
+
+# -- a crash in the middle ---------------------------------------------------------------------------------
+
+
+def test_smbd_killed_mid_write_leaves_no_torn_file_and_the_share_recovers(
+    share: SMBShare,
+    server: SmbServer,
+    folder: str,
+) -> None:
+    root = on_disk(server, folder)
+    failure: list[BaseException] = []
+
+    def write_big() -> None:
+        try:
+            share.write_new(KEY, b"\0" * (128 << 20))
+        except ShareError as exc:
+            failure.append(exc)
+
+    writer = threading.Thread(target=write_big)
+    try:
+        writer.start()
+        deadline = time.monotonic() + 20
+        while not any(path.stat().st_size > 1 << 20 for path in temporaries(root)):
+            assert time.monotonic() < deadline and writer.is_alive(), "the write never got going"
+            time.sleep(0.005)
+        server.kill()
+        writer.join(timeout=30)
+    finally:
+        server.start()
+    assert not writer.is_alive()
+    assert len(failure) == 1 and "connection to" in str(failure[0]) and "lost" in str(failure[0])
+    assert_no_secret(failure[0], server.password.reveal())
+    assert not (root / KEY).exists()
+    assert len(temporaries(root)) == 1  # the partial temp: the rename never happened
+    # The same share object reconnects by itself and cleans up.
+    assert share.remove_stale_temporaries() == 1
+    share.write_new(KEY, b"after the crash")
+    assert share.read_bytes(KEY) == b"after the crash"
