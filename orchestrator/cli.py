@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from orchestrator import __version__
 from orchestrator.errors import KeyfleetError
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"keyfleet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     p = sub.add_parser("backup", help="back up the selected servers")
     _inventory(p)
@@ -112,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--forks", type=int, default=32, metavar="N")
     _json(bench)
     return parser
+
+
+class _Subparsers:
+    """Adds the common options (-v) to every command, so they work after the command name too."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, parents=[self._common], **kwargs)
+        return parser
 
 
 def _handler_module(args: argparse.Namespace) -> str:

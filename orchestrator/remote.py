@@ -75,10 +75,7 @@ def encode_command(script: str) -> str:
 def bootstrap_command_line() -> str:
     """The one command line keyfleet ever runs remotely. It carries no data and no secret."""
     text = load_script("bootstrap").content.decode("utf-8-sig")
-    return (
-        "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass "
-        f"-EncodedCommand {encode_command(text)}"
-    )
+    return f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encode_command(text)}"
 
 
 def build_stdin(helper: str, params: dict[str, object], secret: Secret | None) -> bytes:

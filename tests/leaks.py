@@ -29,7 +29,7 @@ class LeakSearch:
     exclude: set[Path] = field(default_factory=set)  # inputs that legitimately hold a secret
 
     def add(self, name: str, data: bytes | str) -> None:
-        self.blobs[name] = (self.blobs.get(name, b"") + (data.encode() if isinstance(data, str) else data))
+        self.blobs[name] = self.blobs.get(name, b"") + (data.encode() if isinstance(data, str) else data)
 
     def add_folder(self, path: Path) -> None:
         self.folders.append(path)

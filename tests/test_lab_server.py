@@ -70,7 +70,7 @@ def client(fleet: LabFleet, name: str, *, password: str = PASSWORD, op_timeout: 
     return Protocol(
         spec.endpoint, transport="basic" if spec.auth == "basic" else "ntlm", username=USER, password=password,
         ca_trust_path=str(fleet.ca_path), proxy=None, operation_timeout_sec=op_timeout,
-        read_timeout_sec=op_timeout + 5, **kw,  # type: ignore[arg-type]
+        read_timeout_sec=op_timeout + 2, **kw,  # type: ignore[arg-type]
     )
 
 
@@ -314,8 +314,12 @@ def test_blackhole_accepts_never_answers_and_stops_cleanly(tmp_path: Path) -> No
     started = time.monotonic()
     fleet.stop()
     assert time.monotonic() - started < 2
-    assert sock.recv(10) == b""  # the server cut the connection on stop
-    sock.close()
+    try:
+        assert sock.recv(10) == b""  # the server cut the connection on stop...
+    except ConnectionResetError:
+        pass  # ...possibly with a reset, as it never read the request
+    finally:
+        sock.close()
 
 
 def test_certificates_are_private_cached_and_carry_ip_and_name(tmp_path: Path) -> None:

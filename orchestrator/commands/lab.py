@@ -142,9 +142,10 @@ def up(args: argparse.Namespace) -> int:
                 "# Written by `keyfleet lab up`: valid while it runs. Plaintext secrets are lab-only.\n"
             )
             write_private(inventory_path, (header + yaml.safe_dump(document, sort_keys=False)).encode())
+            width = max(len(spec.name) for spec in fleet.specs)
             for spec in fleet.specs:
                 faults_text = f"  faults: {','.join(spec.settings.faults)}" if spec.settings.faults else ""
-                columns = f"{spec.name:<12} {spec.group:<9} {spec.role:<21} {spec.auth:<5}"
+                columns = f"{spec.name:<{width}}  {spec.group:<9} {spec.role:<21} {spec.auth:<5}"
                 print(f"  {columns} {spec.endpoint}{faults_text}", file=sys.stderr)
             print(
                 f"ready: {len(specs)} lab hosts listening ({time.monotonic() - started:.2f}s); "

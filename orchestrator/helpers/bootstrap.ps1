@@ -37,8 +37,10 @@ try {
     exit 0
 }
 catch {
-    $reported = $_.Exception.Data['KeyfleetKind']
-    if ($reported) { $kind = $reported }
-    Write-KeyfleetResult @{ ok = $false; helper = $helper; error = @{ kind = $kind; message = $_.Exception.Message } }
+    # a helper's failure carries its kind in Data; .NET errors arrive wrapped, the cause is innermost
+    $cause = $_.Exception
+    while ($cause.InnerException -and -not $cause.Data['KeyfleetKind']) { $cause = $cause.InnerException }
+    if ($cause.Data['KeyfleetKind']) { $kind = $cause.Data['KeyfleetKind'] }
+    Write-KeyfleetResult @{ ok = $false; helper = $helper; error = @{ kind = $kind; message = $cause.Message } }
     exit 1
 }

@@ -18,7 +18,7 @@ $ErrorActionPreference = 'Stop'
 
 $HelperVersion = '1.0.0'
 $MinimumFreeBytes = 10MB
-$MaximumKeyFileBytes = 256KB
+$MaximumKeyFileBytes = 256KB  # keeps requests under ConvertFrom-Json's 2 MB limit (PowerShell 5.1)
 $MaximumOutputChars = 8000
 $SetupKey = 'HKLM:\SOFTWARE\Microsoft\System Center\2010\Service Manager\Setup'
 $SdkServiceKey = 'HKLM:\SOFTWARE\Microsoft\System Center\2010\Common\SDK Service'

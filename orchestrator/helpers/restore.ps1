@@ -20,7 +20,7 @@ $ErrorActionPreference = 'Stop'
 
 $HelperVersion = '1.0.0'
 $MinimumFreeBytes = 10MB
-$MaximumKeyFileBytes = 256KB
+$MaximumKeyFileBytes = 256KB  # keeps requests under ConvertFrom-Json's 2 MB limit (PowerShell 5.1)
 $MaximumOutputChars = 8000
 $SetupKey = 'HKLM:\SOFTWARE\Microsoft\System Center\2010\Service Manager\Setup'
 $SdkServiceKey = 'HKLM:\SOFTWARE\Microsoft\System Center\2010\Common\SDK Service'
@@ -213,8 +213,9 @@ try {
     $keyFile = Join-Path $folder 'SMBackupkey.bin'
     try { [IO.File]::WriteAllBytes($keyFile, $bytes) }
     catch [IO.IOException] {
+        $cause = $_.Exception.GetBaseException()
         # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
-        if ($_.Exception.HResult -in @(-2147024857, -2147024784)) { Stop-Helper 'disk-full' $_.Exception.Message }
+        if ($cause.HResult -in @(-2147024857, -2147024784)) { Stop-Helper 'disk-full' $cause.Message }
         throw
     }
     $run = Invoke-Tool $tool 'Restore' $keyFile $timeout

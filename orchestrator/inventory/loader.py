@@ -94,6 +94,8 @@ class _Loader:
         allowed = settings_for(scope)
         values: dict[str, Value] = {}
         for name, (key_node, value_node) in self.doc.mapping(node, prefix).items():
+            if scope is Scope.TOP and name.startswith("x-"):
+                continue  # extension keys: a place for YAML anchors, as in docker compose
             setting = allowed.get(name)
             if setting is None:
                 raise self.fail(self._unknown_key(name, allowed, scope), key_node, _join(prefix, name))

@@ -360,6 +360,7 @@ def settings_reference_markdown() -> str:
     lines.append(
         "Durations: `30d`, `12h`, `90m`, `45s`, `0s` or a number of seconds. Secret references: "
         "`env:NAME`, `file:PATH` (mode 0600), `prompt`, `command:ARGV...`, `vault:FILE#key`; any other "
-        "string in a secret position is plaintext, allowed only in a lab inventory."
+        "string in a secret position is plaintext, allowed only in a lab inventory. Top-level keys "
+        "starting with `x-` are ignored (a place for YAML anchors); `<<` merge keys work."
     )
     return "\n".join(lines) + "\n"

@@ -53,6 +53,7 @@ class YamlDocument:
             mark = exc.problem_mark or exc.context_mark
             # problem/context only: str(exc) would quote the offending line, which may hold a secret
             what = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+            what = " ".join(what.split())
             raise ConfigError(
                 f"YAML syntax error: {what}", file=display, line=mark.line + 1 if mark else None
             ) from None
@@ -69,7 +70,7 @@ class YamlDocument:
             self._refuse_tags(self.root)
 
     def error(self, message: str, node: Node | None, key: str | None) -> ConfigError:
-        return ConfigError(message, file=self.display, line=line_of(node) if node else None, key=key)
+        return ConfigError(message, file=self.display, line=line_of(node) if node else None, key=key or None)
 
     def _refuse_tags(self, root: Node) -> None:
         seen: set[int] = set()

@@ -21,7 +21,8 @@ from orchestrator.share.store import BackupStore, FileState
 
 
 class Status(StrEnum):
-    """A server's coverage, worst first in ``STATUS_ORDER``."""
+    """A server's coverage. When several apply, the first in the order altered, lost, failing,
+    missing, stale, covered wins."""
 
     COVERED = "covered"  # a good backup younger than max_age, taken on the current SCSM version
     STALE = "stale"  # older than max_age, or taken before the SCSM version changed
@@ -31,7 +32,8 @@ class Status(StrEnum):
     LOST = "lost"  # a manifest entry's key file is gone
 
 
-STATUS_ORDER = (Status.ALTERED, Status.LOST, Status.FAILING, Status.MISSING, Status.STALE, Status.COVERED)
+# Run records of these commands are backup attempts; any run record may report an SCSM version.
+BACKUP_COMMANDS = frozenset({"backup", "run"})
 INTEGRITY = frozenset({Status.ALTERED, Status.LOST})
 GAPS = frozenset({Status.STALE, Status.MISSING, Status.FAILING})
 
@@ -154,16 +156,15 @@ def parse_max_age(text: str) -> timedelta:
 
 
 def format_age(age: timedelta) -> str:
-    """``3d 4h``, ``5h 2m``, ``42s``: short and readable."""
+    """``3d 4h``, ``30d``, ``5h 2m``, ``42s``: the two largest units, zeros left out."""
     seconds = max(0, int(age.total_seconds()))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+    for big, small in ((f"{days}d", f"{hours}h"), (f"{hours}h", f"{minutes}m"), (f"{minutes}m", f"{seconds}s")):
+        if big[0] != "0":
+            return big if small[0] == "0" else f"{big} {small}"
+    return f"{seconds}s"
 
 
 class _Audit:
@@ -315,7 +316,7 @@ def _history(host: str, records: list[RunRecord]) -> tuple[Attempt | None, tuple
         outcome = record.outcome(host)
         if outcome is None:
             continue
-        if attempt is None and outcome.status is not OutcomeStatus.SKIPPED:
+        if attempt is None and record.command in BACKUP_COMMANDS and outcome.status is not OutcomeStatus.SKIPPED:
             attempt = Attempt(record.run_id, record.started, outcome.status, outcome.kind, outcome.message)
         if version is None and outcome.scsm_version:
             version = (outcome.scsm_version, record.started)
@@ -353,8 +354,6 @@ def run_audit(
         manifest_updated=manifest.updated,
         servers=tuple(servers),
         roles=tuple(_coverage(str(role), [s for s in servers if s.role == role]) for role in roles),
-        groups=tuple(
-            _coverage(name, [s for s in servers if s.group == name]) for name in inventory.groups
-        ),
+        groups=tuple(_coverage(name, [s for s in servers if s.group == name]) for name in inventory.groups),
         findings=tuple(audit.findings),
     )

@@ -52,9 +52,7 @@ def last_good(manifest: Manifest, host: str) -> ManifestEntry | None:
     return max(entries, key=lambda e: e.created) if entries else None
 
 
-def plan_backup(
-    hosts: list[HostConfig], *, manifest: Manifest | None, only_stale: timedelta | None
-) -> BackupPlan:
+def plan_backup(hosts: list[HostConfig], *, manifest: Manifest | None, only_stale: timedelta | None) -> BackupPlan:
     """Skip hosts whose newest backup is younger than ``only_stale`` (needs the manifest)."""
     if only_stale is None or manifest is None:
         return BackupPlan(list(hosts))
@@ -64,9 +62,7 @@ def plan_backup(
         newest = last_good(manifest, host.name)
         if newest is not None and now - newest.created < only_stale:
             age = int((now - newest.created).total_seconds())
-            skipped.append(
-                SkippedHost(host, f"backed up {age}s ago ({newest.id}), younger than --only-stale")
-            )
+            skipped.append(SkippedHost(host, f"backed up {age}s ago ({newest.id}), younger than --only-stale"))
         else:
             selected.append(host)
     return BackupPlan(selected, skipped)
@@ -97,9 +93,7 @@ class BackupTask:
             ctx.report("exporting")
             result = session.run(
                 remote.bootstrap_command_line(),
-                remote.build_stdin(
-                    "export", remote.export_params(host.tool_path, host.tool_timeout), self._password
-                ),
+                remote.build_stdin("export", remote.export_params(host.tool_path, host.tool_timeout), self._password),
                 deadline=ctx.deadline,
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,

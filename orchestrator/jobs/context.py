@@ -60,8 +60,7 @@ def backup_password(inv: Inventory) -> Secret:
         secret = prompt_secret("backup password", confirm=True)
     if len(secret) < MIN_PASSWORD_LENGTH:
         raise ConfigError(
-            f"the backup password must have at least {MIN_PASSWORD_LENGTH} characters "
-            "(SecureStorageBackup's rule)",
+            f"the backup password must have at least {MIN_PASSWORD_LENGTH} characters (SecureStorageBackup's rule)",
             key="backup.password",
         )
     return secret
@@ -74,9 +73,7 @@ def winrm_passwords(hosts: Iterable[HostConfig]) -> dict[str, Secret | None]:
         if host.credential is None:
             passwords[host.name] = None
         else:
-            passwords[host.name] = resolve(
-                host.credential.password, purpose=f"WinRM password for {host.name}"
-            )
+            passwords[host.name] = resolve(host.credential.password, purpose=f"WinRM password for {host.name}")
     return passwords
 
 
@@ -87,7 +84,5 @@ def security_warnings(hosts: Iterable[HostConfig]) -> list[str]:
         if host.scheme == "https" and not host.cert_validation and not host.cert_thumbprint:
             warnings.append(f"{host.name}: TLS certificate validation is off (cert_validation: false)")
         if host.allow_insecure:
-            warnings.append(
-                f"{host.name}: allow_insecure is set; WinRM traffic may be readable on the network"
-            )
+            warnings.append(f"{host.name}: allow_insecure is set; WinRM traffic may be readable on the network")
     return warnings

@@ -154,8 +154,8 @@ class _Connection:
         self.server.journal.record(self.host.name, self.cid, operation, status, user=name, **fields)
 
     def _unauthorized(self, user: LabUser | None = None, detail: str | None = None) -> bool:
-        self._send(401, challenge=self.host.challenges())
         self._journal("auth-handshake", 401, user, detail=detail)
+        self._send(401, challenge=self.host.challenges())
         return True
 
     def _serve(self, req: _Request) -> bool:
@@ -165,8 +165,8 @@ class _Connection:
             return False
         if req.path.split("?", 1)[0].lower() != "/wsman" or req.method != "POST":
             status = 404 if req.method == "POST" else 405
-            self._send(status)
             self._journal("rejected", status, None, detail=f"{req.method} {req.path}")
+            self._send(status)
             return True
         user = self._authenticate(req)
         if user is None:
@@ -178,17 +178,17 @@ class _Connection:
             try:
                 soap = self.ntlm.unseal(req.body)
             except NTLMUnavailableError as exc:
-                self._send(400)
                 self._journal("rejected", 400, user, detail=f"cannot unseal: {exc}")
+                self._send(400)
                 return False
         elif not req.body:
-            self._send(200)
             self._journal("encryption-init", 200, user)
+            self._send(200)
             return True
         elif self.host.scheme == "http":
             # Windows with AllowUnencrypted=false refuses plaintext SOAP over HTTP with an empty 500.
-            self._send(500)
             self._journal("rejected", 500, user, detail="unencrypted message refused")
+            self._send(500)
             return True
         else:
             soap = req.body
@@ -216,12 +216,12 @@ class _Connection:
             fault: WSManError = exc.fault
             status, body = fault.status, fault_envelope(fault, relates, self.host.name)
             detail = f"fault {fault.wsman_code}"
+        self._journal(op, status, user, detail=detail, **{k: v for k, v in fields.items() if v is not None})
         if sealed:
             assert self.ntlm is not None
             self._send(status, self.ntlm.seal(body), content_type=SEALED_CONTENT_TYPE)
         else:
             self._send(status, body)
-        self._journal(op, status, user, detail=detail, **{k: v for k, v in fields.items() if v is not None})
         return True
 
     def _authenticate(self, req: _Request) -> LabUser | None:
@@ -280,8 +280,8 @@ class _Connection:
             return None
         if not self.ntlm.complete:
             challenge = "Negotiate " + base64.b64encode(out or b"").decode()
-            self._send(401, challenge=[challenge])
             self._journal("auth-handshake", 401, None)
+            self._send(401, challenge=[challenge])
             return None
         user = self.host.user(self.ntlm.client_principal or "")
         if user is None or find(self.host.faults, "auth-failure"):

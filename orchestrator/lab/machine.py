@@ -21,28 +21,15 @@ from orchestrator import remote
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults
 from orchestrator.lab.keyfile import ToolRun, tool_backup, tool_restore
-from orchestrator.lab.registry import Registry
+from orchestrator.lab.registry import Installation, Registry
 
 Emit = Callable[[str, bytes], None]
 OUTPUT_CHUNK = 4096  # bytes per emit: long output reaches the server in several pieces
 _CANCELLED_EXIT = 0xC000013A  # STATUS_CONTROL_C_EXIT, what a terminated console process returns
-# the same list as $KnownToolPaths in the helper scripts (a test keeps them equal)
-KNOWN_TOOL_PATHS = tuple(
-    rf"C:\Program Files\Microsoft System Center{middle}\Tools\SecureStorageBackup\SecureStorageBackup.exe"
-    for middle in (
-        r"\Service Manager",
-        r"\Service Manager 2022",
-        r"\Service Manager 2019",
-        r"\Service Manager 2016",
-        r" 2012 R2\Service Manager",
-    )
-)
 DEFAULT_TOOL_TIMEOUT = 120.0
 MIN_FREE_BYTES = 10 * 1024 * 1024
 MAX_OUTPUT_CHARS = 8000
 POWERSHELL_VERSION = "5.1.17763.6414"
-_FREE_BYTES = 52_613_349_376
-_DISK_FULL_FREE_BYTES = 4_194_304
 _NOT_ENCODED = (
     "Cannot process the command because the value specified with -EncodedCommand is not properly "
     "encoded. The value must be Base64 encoded.\r\n"
@@ -105,8 +92,7 @@ class StdinPipe:
 
 def not_recognized(name: str) -> bytes:
     return (
-        f"'{name}' is not recognized as an internal or external command,\r\n"
-        "operable program or batch file.\r\n"
+        f"'{name}' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
     ).encode()
 
 
@@ -123,7 +109,7 @@ class Machine:
         self.registry = Registry(Path(state_dir), name, role.value, settings.version, seed)
         self.registry.load()  # a fresh installation on first start; the same key on later starts
         self.computer_name = name.split(".")[0].upper()
-        self.tool_path = settings.tool_path or KNOWN_TOOL_PATHS[0]
+        self.installation = Installation.of(role, settings, self.faults)
 
     def current_key(self) -> bytes:
         """The encryption key now in the simulated registry (for tests and drills)."""
@@ -133,9 +119,7 @@ class Machine:
         """Reinstall the server: its key is wiped and replaced by a new one."""
         self.registry.rebuild()
 
-    def execute(
-        self, command_line: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event
-    ) -> int:
+    def execute(self, command_line: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event) -> int:
         """Run one WinRS command; emit output as it is produced; return the exit code."""
         command, _, rest = command_line.strip().partition(" ")
         rest = rest.strip()
@@ -150,9 +134,7 @@ class Machine:
             emit("stdout", f"{rest if rest else 'ECHO is on.'}\r\n".encode())
             return 0
         if verb in ("more", "more.com"):
-            data = stdin.read_all(cancel)
-            if data:
-                emit("stdout", data)
+            _emit_chunks(emit, "stdout", stdin.read_all(cancel))
             return 0
         if verb == "exit":
             return _exit_code(rest)
@@ -161,13 +143,14 @@ class Machine:
         emit("stderr", not_recognized(command))
         return 1
 
-    def _powershell(
-        self, arguments: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event
-    ) -> int:
+    def _powershell(self, arguments: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event) -> int:
         encoded = _encoded_command(arguments.split())
         if encoded is None:
-            emit("stderr", b"keyfleet lab: this simulated server runs only the keyfleet bootstrap "
-                           b"(powershell.exe -EncodedCommand ...)\r\n")
+            emit(
+                "stderr",
+                b"keyfleet lab: this simulated server runs only the keyfleet bootstrap "
+                b"(powershell.exe -EncodedCommand ...)\r\n",
+            )
             return 1
         try:
             script = base64.b64decode(encoded, validate=True).decode("utf-16-le")
@@ -175,8 +158,11 @@ class Machine:
             emit("stderr", _NOT_ENCODED.encode())
             return 1
         if script != remote.load_script("bootstrap").content.decode("utf-8-sig"):
-            emit("stderr", b"keyfleet lab: the encoded command is not the keyfleet bootstrap; "
-                           b"this simulated server runs nothing else\r\n")
+            emit(
+                "stderr",
+                b"keyfleet lab: the encoded command is not the keyfleet bootstrap; "
+                b"this simulated server runs nothing else\r\n",
+            )
             return 1
         request = stdin.read_all(cancel)
         if cancel.is_set():
@@ -187,13 +173,10 @@ class Machine:
             return _CANCELLED_EXIT
         line = remote.RESULT_MARKER + json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode()
         line = self._damage(line + b"\n")
-        for start in range(0, len(line), OUTPUT_CHUNK):
-            emit("stdout", line[start : start + OUTPUT_CHUNK])
+        _emit_chunks(emit, "stdout", line)
         return code
 
-    def _bootstrap(
-        self, data: bytes, user: LabUser, cancel: threading.Event
-    ) -> tuple[dict[str, object], int]:
+    def _bootstrap(self, data: bytes, user: LabUser, cancel: threading.Event) -> tuple[dict[str, object], int]:
         """What bootstrap.ps1 does with its stdin: verify, run the helper, one result document."""
         helper: str | None = None
         try:
@@ -236,7 +219,7 @@ class Machine:
             raise HelperError("remote", "no backup password was given")
         timeout = _tool_timeout(params)
         tool = self._require_tool(params)
-        role, version = self._reported_role(), self.settings.version or None
+        role, version = self.installation.reported_role(), self.settings.version or None
         self._require_free_space(user)
         key = self.registry.load().key
         run = self._run_tool(
@@ -289,7 +272,7 @@ class Machine:
                     f"this server is {self.computer_name} but the key file belongs to {label}: a key can "
                     "only be restored onto a server with the same computer name",
                 )
-        role = self._reported_role()
+        role = self.installation.reported_role()
         expected_role = params.get("expected_role")
         if expected_role and role and role != expected_role:
             raise HelperError("role-mismatch", f"this server is a {role} but the key file belongs to a {expected_role}")
@@ -315,16 +298,16 @@ class Machine:
     def _probe(
         self, params: dict[str, object], secret: str | None, user: LabUser, cancel: threading.Event
     ) -> dict[str, object]:
-        tool = self._find_tool(params)
+        tool = self.installation.find_tool(_text(params, "tool_path"))
         return {
             "computer_name": self.computer_name,
             "admin": self._is_admin(user),
-            "role": self._reported_role(),
+            "role": self.installation.reported_role(),
             "version": self.settings.version or None,
             "tool_path": tool,
             "tool_version": self.settings.version if tool else None,
             "temp_path": _temp_path(user),
-            "temp_free_bytes": self._free_bytes(),
+            "temp_free_bytes": self.installation.free_bytes(),
             "powershell_version": POWERSHELL_VERSION,
             "helper_version": remote.HELPER_VERSION,
         }
@@ -343,28 +326,8 @@ class Machine:
                 "SecureStorageBackup.exe needs administrator rights",
             )
 
-    def _reported_role(self) -> str:
-        """The role the registry shows ("SDK Service Type", PortalVirtualDirectory)."""
-        fault = self._fault("wrong-role")
-        if fault is None:
-            return self.role.value
-        if fault.arg:
-            return fault.arg
-        if self.role is Role.DW_MANAGEMENT_SERVER:
-            return Role.MANAGEMENT_SERVER.value
-        return Role.DW_MANAGEMENT_SERVER.value
-
-    def _find_tool(self, params: dict[str, object]) -> str | None:
-        if not self.settings.tool_installed or self._fault("tool-missing"):
-            return None
-        configured = params.get("tool_path")
-        candidates = [str(configured)] if configured else list(KNOWN_TOOL_PATHS)
-        if any(c.lower() == self.tool_path.lower() for c in candidates):
-            return str(configured) if configured else self.tool_path
-        return None
-
     def _require_tool(self, params: dict[str, object]) -> str:
-        tool = self._find_tool(params)
+        tool = self.installation.find_tool(_text(params, "tool_path"))
         if tool is None:
             raise HelperError(
                 "tool-missing",
@@ -373,11 +336,8 @@ class Machine:
             )
         return tool
 
-    def _free_bytes(self) -> int:
-        return _DISK_FULL_FREE_BYTES if self._fault("disk-full") else _FREE_BYTES
-
     def _require_free_space(self, user: LabUser) -> None:
-        free = self._free_bytes()
+        free = self.installation.free_bytes()
         if free < MIN_FREE_BYTES:
             raise HelperError(
                 "disk-full",
@@ -385,9 +345,7 @@ class Machine:
                 f"at least {MIN_FREE_BYTES} needed",
             )
 
-    def _run_tool(
-        self, verb: str, run: Callable[[], ToolRun], timeout: float, cancel: threading.Event
-    ) -> ToolRun:
+    def _run_tool(self, verb: str, run: Callable[[], ToolRun], timeout: float, cancel: threading.Event) -> ToolRun:
         """The tool as Invoke-Tool sees it, with the tool faults; never waits past cancel."""
         if self._fault("tool-hanging"):
             if cancel.wait(timeout):
@@ -419,6 +377,11 @@ class Machine:
         return line
 
 
+def _emit_chunks(emit: Emit, stream: str, data: bytes) -> None:
+    for start in range(0, len(data), OUTPUT_CHUNK):
+        emit(stream, data[start : start + OUTPUT_CHUNK])
+
+
 def _encoded_command(words: list[str]) -> str | None:
     """The value of -EncodedCommand (or an accepted abbreviation) in powershell.exe arguments."""
     for index, word in enumerate(words[:-1]):
@@ -426,6 +389,11 @@ def _encoded_command(words: list[str]) -> str | None:
         if word[:1] in "-/" and name and ("encodedcommand".startswith(name) or name == "ec"):
             return words[index + 1]
     return None
+
+
+def _text(params: dict[str, object], name: str) -> str | None:
+    value = params.get(name)
+    return None if value is None or value == "" else str(value)
 
 
 def _tool_timeout(params: dict[str, object]) -> float:
@@ -442,7 +410,8 @@ def _tool_timeout(params: dict[str, object]) -> float:
 
 
 def _temp_path(user: LabUser) -> str:
-    return f"C:\\Users\\{user.name.rpartition(chr(92))[2]}\\AppData\\Local\\Temp\\"
+    account = user.name.rpartition("\\")[2]
+    return f"C:\\Users\\{account}\\AppData\\Local\\Temp\\"
 
 
 def _qualified(user: str) -> str:

@@ -1,4 +1,5 @@
-"""The lab's simulated registry: each host's SCSM role, version and encryption key, kept on disk.
+"""The lab's simulated registry and disks: the SCSM installation a helper can see, and each
+host's encryption key, kept on disk.
 
 State lives in ``<state_dir>/hosts/<name>.json`` (0600, folder 0700), created on first start and
 reused, so a backup made by one process and a restore made by another see the same key. Files are
@@ -17,6 +18,20 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.lab.faults import Fault, find
+
+# the same list as $KnownToolPaths in the helper scripts (a test keeps them equal)
+_TOOL = r"\Tools\SecureStorageBackup\SecureStorageBackup.exe"
+KNOWN_TOOL_PATHS = (
+    r"C:\Program Files\Microsoft System Center\Service Manager" + _TOOL,
+    r"C:\Program Files\Microsoft System Center\Service Manager 2022" + _TOOL,
+    r"C:\Program Files\Microsoft System Center\Service Manager 2019" + _TOOL,
+    r"C:\Program Files\Microsoft System Center\Service Manager 2016" + _TOOL,
+    r"C:\Program Files\Microsoft System Center 2012 R2\Service Manager" + _TOOL,
+)
+FREE_BYTES = 52_613_349_376
+DISK_FULL_FREE_BYTES = 4_194_304
 STATE_FORMAT = "keyfleet-lab-host/1"
 _locks: dict[Path, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -31,6 +46,45 @@ class HostState:
     version: str
     key: bytes = field(repr=False)
     generation: int = 0  # how many times the server was rebuilt
+
+
+@dataclass(frozen=True)
+class Installation:
+    """What the registry and disks of a simulated server show, machine faults included."""
+
+    role: Role
+    version: str
+    tool_installed: bool
+    tool_path: str
+    faults: tuple[Fault, ...] = ()
+
+    @classmethod
+    def of(cls, role: Role, settings: LabHostSettings, faults: tuple[Fault, ...]) -> Installation:
+        return cls(role, settings.version, settings.tool_installed, settings.tool_path or KNOWN_TOOL_PATHS[0], faults)
+
+    def reported_role(self) -> str:
+        """The role a helper detects ("SDK Service Type" 1 or 2, or PortalVirtualDirectory)."""
+        fault = find(self.faults, "wrong-role")
+        if fault is None:
+            return self.role.value
+        if fault.arg:
+            return fault.arg
+        if self.role is Role.DW_MANAGEMENT_SERVER:
+            return Role.MANAGEMENT_SERVER.value
+        return Role.DW_MANAGEMENT_SERVER.value
+
+    def find_tool(self, configured: str | None) -> str | None:
+        """SecureStorageBackup.exe at the configured path, else in a known location; None if absent."""
+        if not self.tool_installed or find(self.faults, "tool-missing"):
+            return None
+        candidates = [configured] if configured else list(KNOWN_TOOL_PATHS)
+        if any(c.lower() == self.tool_path.lower() for c in candidates):
+            return configured or self.tool_path
+        return None
+
+    def free_bytes(self) -> int:
+        """Free bytes on the drive of the temporary folder."""
+        return DISK_FULL_FREE_BYTES if find(self.faults, "disk-full") else FREE_BYTES
 
 
 def initial_key(seed: int, name: str, generation: int) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import ntpath
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +18,9 @@ from smbprotocol.open import FilePipePrinterAccessMask, SMB2SetInfoRequest
 
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
+from orchestrator.share import layout
 from orchestrator.share.base import Share
 
-LOCK_NAME = ".keyfleet.lock"
-TEMP_MARK = ".tmp-"
 _LOCK_POLL = 0.1
 _REPLACE_POLL = 0.01
 _REPLACE_PATIENCE = 10.0
@@ -45,11 +43,6 @@ _TEMP_ACCESS = (
     | FilePipePrinterAccessMask.FILE_WRITE_ATTRIBUTES
     | FilePipePrinterAccessMask.DELETE
 )
-
-
-def is_temporary(name: str) -> bool:
-    """Whether a file name is a writer's temporary (``.<name>.tmp-<random>``)."""
-    return name.startswith(".") and TEMP_MARK in name
 
 
 def _status(exc: BaseException) -> int | None:
@@ -137,7 +130,7 @@ class SMBShare(Share):
         return self._locked(timeout)
 
     def remove_stale_temporaries(self) -> int:
-        """Delete temporaries nobody has open (a live writer holds its temp open without sharing)."""
+        """Delete temporaries nobody has open (a live writer's temp is open without delete sharing)."""
         found: list[str] = []
         with self._translate("cannot clean temporary files"):
             self._walk(self._root, "", found, temporaries=True)
@@ -145,7 +138,8 @@ class SMBShare(Share):
         for path in found:
             with self._translate(f"cannot remove the temporary {path}"):
                 try:
-                    smbclient.remove(self._unc(path), **self._session())
+                    # Names the server listed (temp names are not valid layout paths), so no validation.
+                    smbclient.remove(self._root + "\\" + path.replace("/", "\\"), **self._session())
                 except SMBOSError as exc:
                     if exc.ntstatus == NtStatus.STATUS_SHARING_VIOLATION or exc.errno == errno.ENOENT:
                         continue  # a live writer holds it, or it is already gone
@@ -162,10 +156,7 @@ class SMBShare(Share):
     # -- internals ---------------------------------------------------------------------------------
 
     def _unc(self, path: str) -> str:
-        parts = path.strip("/").split("/")
-        if any(part in ("", ".", "..") or "\\" in part or ":" in part for part in parts):
-            raise ShareError(f"{self.url}: invalid share path {path!r}")
-        return self._root + "".join(f"\\{part}" for part in parts)
+        return self._root + "".join(f"\\{part}" for part in layout.validate_path(path).split("/"))
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -206,7 +197,7 @@ class SMBShare(Share):
     def _write(self, path: str, data: bytes, *, replace: bool) -> None:
         target = self._unc(path)
         folder, name = ntpath.split(target)
-        temp = ntpath.join(folder, f".{name}{TEMP_MARK}{secrets.token_hex(6)}")
+        temp = ntpath.join(folder, layout.temporary_name(name))
         kwargs = self._session()
         try:
             with self._translate(f"cannot write {path}"):
@@ -250,7 +241,7 @@ class SMBShare(Share):
                 status = _status(exc)
                 if not replace and status == NtStatus.STATUS_OBJECT_NAME_COLLISION:
                     raise ShareExistsError(
-                        f"{self.url}: {path} already exists; it is never overwritten"
+                        f"share {self.url}: cannot write {path}: it already exists (never overwritten)"
                     ) from exc
                 # Windows semantics (Samba keeps them): a file cannot be renamed over while a reader has
                 # it open. Readers hold it for milliseconds, so wait for a gap.
@@ -263,10 +254,8 @@ class SMBShare(Share):
 
         When the connection is gone the file stays behind and ``remove_stale_temporaries`` takes it.
         """
-        try:
+        with suppress(*_SMB_ERRORS):
             smbclient.remove(temp, **kwargs)
-        except _SMB_ERRORS:
-            return
 
     def _walk(self, folder: str, relative: str, found: list[str], *, temporaries: bool = False) -> None:
         try:
@@ -280,13 +269,13 @@ class SMBShare(Share):
             child = f"{relative}/{name}" if relative else name
             if is_dir:
                 self._walk(f"{folder}\\{name}", child, found, temporaries=temporaries)
-            elif is_temporary(name) == temporaries and child != LOCK_NAME:
+            elif layout.is_temporary(name) == temporaries and child != layout.LOCK_NAME:
                 found.append(child)
 
     @contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
         """Hold ``.keyfleet.lock`` open with no sharing; the server releases it if we die."""
-        lock_path = f"{self._root}\\{LOCK_NAME}"
+        lock_path = f"{self._root}\\{layout.LOCK_NAME}"
         deadline = time.monotonic() + timeout
         with self._translate("cannot take the share lock"):
             kwargs = self._session()
@@ -301,8 +290,8 @@ class SMBShare(Share):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise ShareError(
-                            f"{self.url}: the share lock {LOCK_NAME} is still held by another process "
-                            f"after {timeout:g}s"
+                            f"share {self.url}: timed out after {timeout:g} s waiting for "
+                            f"{layout.LOCK_NAME} (another keyfleet run is updating the manifest)"
                         ) from None
                     time.sleep(min(_LOCK_POLL, remaining))
         try:
@@ -327,13 +316,14 @@ class SMBShare(Share):
     def _fail(self, action: str, exc: BaseException, *, connecting: bool = False) -> NoReturn:
         if isinstance(exc, ValueError) and not isinstance(exc.__cause__, OSError):
             raise exc  # a programming error, not an SMB failure
-        raise ShareError(f"{self.url}: {action}: {self._reason(exc, connecting)}") from exc
+        raise ShareError(f"share {self.url}: {action}: {self._reason(exc, connecting)}") from exc
 
     def _reason(self, exc: BaseException, connecting: bool) -> str:
         status = _status(exc)
         where = f"{self.server}:{self.port}"
         if isinstance(exc, SMBAuthenticationError) or status in _LOGON_STATUSES:
-            return f"logon failure for user {self.username!r} on {where} (wrong user name or password?)"
+            user = repr(self.username) if self.username else "(Kerberos ticket)"
+            return f"logon failure for user {user} on {where} (wrong user name or password?)"
         if status == NtStatus.STATUS_BAD_NETWORK_NAME or (connecting and status in _MISSING_SHARE_STATUSES):
             return f"share {self.share!r} does not exist on {where}"
         if isinstance(exc, ValueError):  # smbprotocol wraps socket errors: "Failed to connect to ..."

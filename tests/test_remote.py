@@ -1,0 +1,214 @@
+"""The Python side of the remote helper contract: the request it builds and the results it accepts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+
+from orchestrator import remote
+from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.inventory.model import Role
+from orchestrator.secret import Secret
+
+HOST = "scsm-ms01"
+PASSWORD = "Pw-unique-7f3c9a!"
+
+
+def _line(document: object) -> bytes:
+    return remote.RESULT_MARKER + json.dumps(document).encode() + b"\r\n"
+
+
+def _ok(result: dict[str, object], helper: str = "export") -> bytes:
+    return _line({"ok": True, "helper": helper, "result": result})
+
+
+def _export_result(file: bytes = b"sealed key file") -> dict[str, object]:
+    return {
+        "file": base64.b64encode(file).decode(),
+        "sha256": hashlib.sha256(file).hexdigest(),
+        "size": len(file),
+        "role": "management_server",
+        "version": "10.22.1068.0",
+        "tool_path": r"C:\Tools\SecureStorageBackup.exe",
+        "tool_exit": 0,
+        "tool_output": "Secure Storage Backup Complete",
+        "computer_name": "SCSM-MS01",
+        "helper_version": remote.HELPER_VERSION,
+    }
+
+
+def _failure(kind: str, message: str, stdout: bytes | None = None, code: int = 1) -> HostFailure:
+    payload = (
+        stdout
+        if stdout is not None
+        else _line({"ok": False, "helper": "export", "error": {"kind": kind, "message": message}})
+    )
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_result(HOST, payload, b"", code)
+    return caught.value
+
+
+def test_scripts_load_with_their_sha256() -> None:
+    for name in (*remote.HELPERS, "bootstrap"):
+        script = remote.load_script(name)
+        assert script.sha256 == hashlib.sha256(script.content).hexdigest()
+        assert script.content.startswith(b"<#") or script.content.startswith(b"#")
+    with pytest.raises(ValueError, match="unknown helper"):
+        remote.load_script("../secrets")
+
+
+def test_bootstrap_command_line_is_constant_and_carries_only_the_bootstrap() -> None:
+    line = remote.bootstrap_command_line()
+    assert line == remote.bootstrap_command_line()
+    prefix = "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand "
+    assert line.startswith(prefix)
+    decoded = base64.b64decode(line[len(prefix) :]).decode("utf-16-le")
+    assert decoded == remote.load_script("bootstrap").content.decode()
+
+
+def test_build_stdin_is_one_ascii_json_line_with_script_hash_params_and_secret() -> None:
+    data = remote.build_stdin("export", remote.export_params(None, 30), Secret(PASSWORD + "é"))
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    data.decode("ascii")
+    request = json.loads(data)
+    script = remote.load_script("export")
+    assert request["format"] == remote.REQUEST_FORMAT
+    assert request["helper"] == "export"
+    assert base64.b64decode(request["script"]) == script.content
+    assert request["sha256"] == script.sha256
+    assert request["params"] == {"tool_path": None, "tool_timeout": 30}
+    assert request["secret"] == PASSWORD + "é"
+    assert PASSWORD not in remote.bootstrap_command_line()
+
+
+def test_build_stdin_without_secret_and_unknown_helper() -> None:
+    assert json.loads(remote.build_stdin("probe", remote.probe_params("C:\\t.exe"), None))["secret"] is None
+    with pytest.raises(ValueError, match="unknown helper"):
+        remote.build_stdin("bootstrap", {}, None)
+
+
+def test_restore_params_carry_the_file_and_its_hash() -> None:
+    params = remote.restore_params(
+        b"key", None, 5, expected_computer_name="scsm-ms01.contoso.com", expected_role=Role.DW_MANAGEMENT_SERVER
+    )
+    assert base64.b64decode(str(params["file"])) == b"key"
+    assert params["sha256"] == hashlib.sha256(b"key").hexdigest()
+    assert params["expected_role"] == "dw_management_server"
+
+
+def test_parse_export_ok() -> None:
+    result = remote.parse_export(HOST, b"noise\r\n" + _ok(_export_result()), b"", 0)
+    assert result.file == b"sealed key file"
+    assert result.role is Role.MANAGEMENT_SERVER
+    assert result.size == 15 and result.tool_exit == 0 and result.computer_name == "SCSM-MS01"
+    assert "sealed" not in repr(result)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["tool-missing", "tool-failed", "tool-timeout", "not-admin", "disk-full", "role-mismatch", "name-mismatch"],
+)
+def test_helper_reported_kinds(kind: str) -> None:
+    failure = _failure(kind, "what happened")
+    assert failure.kind == ErrorKind(kind)
+    assert failure.host == HOST and "what happened" in failure.reason
+
+
+def test_unknown_kind_is_remote_and_secret_is_masked() -> None:
+    Secret(PASSWORD)
+    failure = _failure("weird", f"the tool echoed {PASSWORD} back")
+    assert failure.kind is ErrorKind.REMOTE
+    assert PASSWORD not in str(failure) and "********" in failure.reason
+
+
+@pytest.mark.parametrize(
+    ("stdout", "code", "expected"),
+    [
+        (b"", 1, "no result line"),
+        (_ok(_export_result()) * 2, 0, "2 result lines"),
+        (_ok(_export_result())[:60], 0, "truncated"),
+        (remote.RESULT_MARKER + b'{"ok": tru}\n', 0, "corrupted"),
+        (remote.RESULT_MARKER + b'{"ok": "\xff\xfe"}\n', 0, "not valid UTF-8"),
+        (remote.RESULT_MARKER + b"[1, 2]\n", 0, "not a helper result"),
+        (_line({"ok": True, "helper": "export", "result": "x"}), 0, "without a result object"),
+        (_line({"ok": False, "helper": "export"}), 1, "without an error object"),
+        (_ok(_export_result()), 3, "exited with code 3"),
+    ],
+)
+def test_protocol_failures(stdout: bytes, code: int, expected: str) -> None:
+    failure = _failure("", "", stdout=stdout, code=code)
+    assert failure.kind is ErrorKind.PROTOCOL
+    assert expected in failure.reason
+
+
+def test_no_result_line_quotes_stderr() -> None:
+    stderr = b"'powershell.exe' is not recognized as an internal or external command,\r\nmore\r\n"
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_result(HOST, b"", stderr, 1)
+    assert caught.value.kind is ErrorKind.PROTOCOL
+    assert "'powershell.exe' is not recognized" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("file", "not base64!", "valid base64"),
+        ("sha256", "abc", "SHA-256"),
+        ("size", "15", "an integer"),
+        ("size", True, "an integer"),
+        ("role", "sql_server", "a known role"),
+        ("tool_output", None, "a string"),
+        ("helper_version", 1, "a string"),
+    ],
+)
+def test_export_field_validation(field: str, value: object, expected: str) -> None:
+    result = _export_result()
+    result[field] = value
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_export(HOST, _ok(result), b"", 0)
+    assert caught.value.kind is ErrorKind.PROTOCOL
+    assert expected in caught.value.reason
+
+
+def test_export_integrity() -> None:
+    result = _export_result()
+    result["sha256"] = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_export(HOST, _ok(result), b"", 0)
+    assert caught.value.kind is ErrorKind.INTEGRITY
+    result = _export_result()
+    result["size"] = 99
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_export(HOST, _ok(result), b"", 0)
+    assert caught.value.kind is ErrorKind.INTEGRITY
+
+
+def test_parse_probe_and_restore() -> None:
+    probe = {
+        "computer_name": "SCSM-MS01",
+        "admin": False,
+        "role": None,
+        "version": None,
+        "tool_path": None,
+        "tool_version": None,
+        "temp_path": "C:\\Temp\\",
+        "temp_free_bytes": 12,
+        "powershell_version": "5.1",
+        "helper_version": remote.HELPER_VERSION,
+    }
+    parsed = remote.parse_probe(HOST, _ok(probe, "probe"), b"", 0)
+    assert parsed.admin is False and parsed.role is None and parsed.temp_free_bytes == 12
+    probe["admin"] = "yes"
+    with pytest.raises(HostFailure, match="true or false"):
+        remote.parse_probe(HOST, _ok(probe, "probe"), b"", 0)
+    restore = _export_result()
+    del restore["file"], restore["size"]
+    assert remote.parse_restore(HOST, _ok(restore, "restore"), b"", 0).sha256 == restore["sha256"]
+
+
+def test_reason_is_bounded() -> None:
+    failure = _failure("tool-failed", "x" * 5000)
+    assert len(failure.reason) <= 400
