@@ -63,9 +63,7 @@ class ShareTarget:
 
     def run_child(self, script: str, *args: str, timeout: float = 60) -> subprocess.Popen[str]:
         """Start a Python process that gets ``share = open_share(url)`` and runs ``script``."""
-        prelude = (
-            "import sys\nfrom orchestrator.share.open import open_share\nshare = open_share(sys.argv[1])\n"
-        )
+        prelude = "import sys\nfrom orchestrator.share.open import open_share\nshare = open_share(sys.argv[1])\n"
         return subprocess.Popen(
             [sys.executable, "-c", prelude + textwrap.dedent(script), self.url, *args],
             env={**os.environ, **self.env, "PYTHONPATH": str(REPO)},

@@ -7,6 +7,7 @@ Where smbd is missing the tests skip, except under ``CI=true`` where they fail.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ SMB_USER = "keyfleetsmb"
 SHARE_NAME = "backup"
 ENCRYPTED_SHARE_NAME = "sealed"
 _START_TIMEOUT = 15.0
+_PR_SET_PDEATHSIG = 1
 _TOOLS = ("smbd", "smbpasswd", "smbstatus", "useradd")
 
 
@@ -44,6 +47,12 @@ def missing_requirement() -> str | None:
     if os.geteuid() != 0:
         return "starting a private smbd needs root (it creates a Unix account and switches users)"
     return None
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the test runner dies (even by SIGKILL)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -172,6 +181,7 @@ class SmbServer:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_terminate_with_parent,
             )
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
@@ -194,23 +204,12 @@ class SmbServer:
             os.killpg(process.pid, signum)
         try:
             process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        finally:
+            # The per-connection children and helpers share its process group: none may outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=wait)
-        self._reap_group(process.pid)
-        self._process = None
-
-    @staticmethod
-    def _reap_group(pgid: int) -> None:
-        """Make sure the per-connection children of smbd are gone too (they share its process group)."""
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
-        os.killpg(pgid, signal.SIGKILL)
+            self._process = None
 
     def stop(self) -> None:
         """Stop smbd cleanly (SIGTERM to its process group) and wait for it."""
@@ -244,9 +243,7 @@ class SmbServer:
             for held in entry["opens"].values()
         }
         degrees = {
-            tcon["encryption"]["degree"]
-            for tcon in status["tcons"].values()
-            if tcon["server_id"]["pid"] in pids
+            tcon["encryption"]["degree"] for tcon in status["tcons"].values() if tcon["server_id"]["pid"] in pids
         }
         if len(degrees) != 1:
             raise AssertionError(f"expected one tree connect holding {filename}, found {degrees}")

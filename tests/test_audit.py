@@ -35,6 +35,7 @@ from orchestrator.jobs.audit import AuditReport, SignatureState, Status, parse_m
 from orchestrator.report import print_table, render_json, render_markdown, render_text
 from orchestrator.report_html import render_html
 from orchestrator.share.local import LocalShare
+from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
 
@@ -53,11 +54,29 @@ MAX_AGE = timedelta(days=30)
 
 def host_config(name: str, group: str, role: Role) -> HostConfig:
     return HostConfig(
-        name=name, group=group, role=role, address=name, port=5985, scheme="http", transport="ntlm",
-        cert_validation=True, ca_bundle=None, cert_thumbprint=None, allow_insecure=False, credential=None,
-        client_cert=None, client_key=None, connect_timeout=10, operation_timeout=20, host_timeout=300,
-        retries=2, tool_path=None, tool_timeout=120, lab=None, location=Location("inv.yml"),
-    )  # fmt: skip
+        name=name,
+        group=group,
+        role=role,
+        address=name,
+        port=5985,
+        scheme="http",
+        transport="ntlm",
+        cert_validation=True,
+        ca_bundle=None,
+        cert_thumbprint=None,
+        allow_insecure=False,
+        credential=None,
+        client_cert=None,
+        client_key=None,
+        connect_timeout=10,
+        operation_timeout=20,
+        host_timeout=300,
+        retries=2,
+        tool_path=None,
+        tool_timeout=120,
+        lab=None,
+        location=Location("inv.yml"),
+    )
 
 
 def make_inventory(path: Path, public_key: str | None, hosts: dict[str, tuple[str, Role]] = HOSTS) -> Inventory:
@@ -83,10 +102,11 @@ class Fleet:
         self.root = root
         self.key = Ed25519PrivateKey.generate()
         raw = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.inventory = make_inventory(root, base64.b64encode(raw).decode())
+        self.public_key = base64.b64encode(raw).decode()
+        self.inventory = make_inventory(root, self.public_key)
         self.share = LocalShare(root / "share")
         self.store = BackupStore(self.share, self.key)
-        self.entries = {}
+        self.entries: dict[str, ManifestEntry] = {}
         self.backup(NOW - 2 * DAY)
 
     def backup(self, when: datetime, hosts: list[str] | None = None, version: str = "10.22.1068.0") -> None:
@@ -95,18 +115,45 @@ class Fleet:
         for name in hosts or list(HOSTS):
             group, role = HOSTS[name]
             entry = self.store.add(
-                host=name, group=group, role=role, data=f"{name}@{when}".encode() * 20,
-                password_id="pw-2026", scsm_version=version, helper_version="1.0", run_id=run_id, created=when,
-            )  # fmt: skip
+                host=name,
+                group=group,
+                role=role,
+                data=f"{name}@{when}".encode() * 20,
+                password_id="pw-2026",
+                scsm_version=version,
+                helper_version="1.0",
+                run_id=run_id,
+                created=when,
+            )
             self.entries[name] = entry
-            outcomes.append(HostOutcome(name, group, str(role), OutcomeStatus.OK, entry_id=entry.id,
-                                        sha256=entry.sha256, size=entry.size, scsm_version=version, attempts=1))  # fmt: skip
+            outcomes.append(
+                HostOutcome(
+                    name,
+                    group,
+                    str(role),
+                    OutcomeStatus.OK,
+                    entry_id=entry.id,
+                    sha256=entry.sha256,
+                    size=entry.size,
+                    scsm_version=version,
+                    attempts=1,
+                )
+            )
         self.record(when, outcomes, run_id=run_id)
 
-    def record(self, when: datetime, outcomes: list[HostOutcome], command: str = "backup",
-               run_id: str | None = None) -> None:  # fmt: skip
-        record = RunRecord(run_id or new_run_id(when), command, when, when + timedelta(seconds=30), "inv.yml",
-                           self.share.url, False, tuple(outcomes))  # fmt: skip
+    def record(
+        self, when: datetime, outcomes: list[HostOutcome], command: str = "backup", run_id: str | None = None
+    ) -> None:
+        record = RunRecord(
+            run_id or new_run_id(when),
+            command,
+            when,
+            when + timedelta(seconds=30),
+            "inv.yml",
+            self.share.url,
+            False,
+            tuple(outcomes),
+        )
         self.store.write_run_record(record)
 
     def file(self, host: str) -> Path:
@@ -144,9 +191,12 @@ def test_clean_share_is_fully_covered(fleet: Fleet) -> None:
     assert report.signature is SignatureState.VALID
     assert report.exit_code == 0
     assert {c.name: c.percent for c in (*report.roles, *report.groups)} == {
-        "management_server": 100.0, "dw_management_server": 100.0, "self_service_portal": 100.0,
-        "PROD": 100.0, "DEV": 100.0,
-    }  # fmt: skip
+        "management_server": 100.0,
+        "dw_management_server": 100.0,
+        "self_service_portal": 100.0,
+        "PROD": 100.0,
+        "DEV": 100.0,
+    }
     ms01 = report.servers[0]
     assert ms01.last_good == fleet.entries["ms01"]
     assert ms01.age == 2 * DAY and ms01.sha256_verified
@@ -170,13 +220,24 @@ def test_real_damage_is_named_on_the_right_server(fleet: Fleet) -> None:
     fleet.edit_manifest(lambda d: d["entries"][1].update(size=5))  # edited entry (ms02)
     report = fleet.audit()
     assert statuses(report) == {
-        "ms01": Status.ALTERED, "ms02": Status.ALTERED, "dw01": Status.LOST, "ssp01": Status.COVERED,
-        "dev-ms01": Status.COVERED, "dev-dw01": Status.COVERED,
-    }  # fmt: skip
+        "ms01": Status.ALTERED,
+        "ms02": Status.ALTERED,
+        "dw01": Status.LOST,
+        "ssp01": Status.COVERED,
+        "dev-ms01": Status.COVERED,
+        "dev-dw01": Status.COVERED,
+    }
     assert sorted(kinds(report), key=str) == sorted(
-        [("signature-invalid", None), ("altered", "ms01"), ("altered", "ms02"), ("lost", "dw01"),
-         ("orphan-file", "ssp01")], key=str,
-    )  # fmt: skip
+        [
+            ("signature-invalid", None),
+            ("altered", "ms01"),
+            ("run-record-mismatch", "ms02"),
+            ("altered", "ms02"),
+            ("lost", "dw01"),
+            ("orphan-file", "ssp01"),
+        ],
+        key=str,
+    )
     assert report.exit_code == 3
     assert report.servers[0].last_good is None  # ms01 has no intact backup left
 
@@ -218,23 +279,35 @@ def test_run_record_disagrees_with_manifest(fleet: Fleet) -> None:
 
 def test_missing_failing_and_recovered(fleet: Fleet) -> None:
     hosts = {**HOSTS, "new01": ("DEV", Role.SELF_SERVICE_PORTAL), "never01": ("DEV", Role.MANAGEMENT_SERVER)}
-    inventory = make_inventory(fleet.root, fleet.inventory.signing.public_key, hosts)  # type: ignore[union-attr]
+    inventory = make_inventory(fleet.root, fleet.public_key, hosts)
     failed_at = NOW - DAY
-    fleet.record(failed_at, [
-        HostOutcome("ms02", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth", message="HTTP 401"),
-        HostOutcome("new01", "DEV", "self_service_portal", OutcomeStatus.FAILED, kind="unreachable",
-                    message="connection refused"),
-        HostOutcome("ms01", "PROD", "management_server", OutcomeStatus.FAILED, kind="timeout", message="slow"),
-    ])  # fmt: skip
+    fleet.record(
+        failed_at,
+        [
+            HostOutcome("ms02", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth", message="HTTP 401"),
+            HostOutcome(
+                "new01",
+                "DEV",
+                "self_service_portal",
+                OutcomeStatus.FAILED,
+                kind="unreachable",
+                message="connection refused",
+            ),
+            HostOutcome("ms01", "PROD", "management_server", OutcomeStatus.FAILED, kind="timeout", message="slow"),
+        ],
+    )
     fleet.backup(NOW - DAY / 2, ["ms01"])  # ms01 failed, then succeeded: covered
     report = fleet.audit(inventory=inventory)
     state = statuses(report)
     assert (state["ms01"], state["ms02"], state["new01"], state["never01"]) == (
-        Status.COVERED, Status.FAILING, Status.FAILING, Status.MISSING,
-    )  # fmt: skip
+        Status.COVERED,
+        Status.FAILING,
+        Status.FAILING,
+        Status.MISSING,
+    )
     ms02 = next(s for s in report.servers if s.host == "ms02")
     assert ms02.reason == "latest attempt 2026-02-28T12:00:00Z failed: auth: HTTP 401"
-    assert ms02.last_good == fleet.entries["ms02"] or ms02.last_good is not None  # still recoverable
+    assert ms02.last_good == fleet.entries["ms02"]  # still recoverable
     assert report.exit_code == 1
     by_role = {c.name: (c.covered, c.servers) for c in report.roles}
     assert by_role["self_service_portal"] == (1, 2)
@@ -242,9 +315,13 @@ def test_missing_failing_and_recovered(fleet: Fleet) -> None:
 
 
 def test_version_change_after_backup_is_stale(fleet: Fleet) -> None:
-    fleet.record(NOW - DAY, [
-        HostOutcome("dw01", "PROD", "dw_management_server", OutcomeStatus.OK, scsm_version="10.25.1000.0"),
-    ], command="doctor")  # fmt: skip
+    fleet.record(
+        NOW - DAY,
+        [
+            HostOutcome("dw01", "PROD", "dw_management_server", OutcomeStatus.OK, scsm_version="10.25.1000.0"),
+        ],
+        command="doctor",
+    )
     report = fleet.audit()
     dw01 = next(s for s in report.servers if s.host == "dw01")
     assert dw01.status is Status.STALE
@@ -255,8 +332,11 @@ def test_version_change_after_backup_is_stale(fleet: Fleet) -> None:
 
 
 def test_doctor_failures_are_not_backup_attempts(fleet: Fleet) -> None:
-    fleet.record(NOW - DAY, [HostOutcome("ms01", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth")],
-                 command="doctor")  # fmt: skip
+    fleet.record(
+        NOW - DAY,
+        [HostOutcome("ms01", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth")],
+        command="doctor",
+    )
     assert statuses(fleet.audit())["ms01"] is Status.COVERED
 
 
@@ -322,9 +402,12 @@ def test_bad_max_age() -> None:
 @pytest.fixture
 def damaged(fleet: Fleet) -> AuditReport:
     fleet.file("dw01").unlink()
-    fleet.record(NOW - DAY, [
-        HostOutcome("ms02", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth", message="<401>"),
-    ])  # fmt: skip
+    fleet.record(
+        NOW - DAY,
+        [
+            HostOutcome("ms02", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth", message="<401>"),
+        ],
+    )
     return fleet.audit()
 
 
@@ -334,22 +417,44 @@ def test_json_schema(damaged: AuditReport) -> None:
     assert [s["host"] for s in document["servers"]] == list(HOSTS)
     assert document["exit_code"] == 3
     assert document["summary"] == {
-        "servers": 6, "covered": 4, "stale": 0, "missing": 0, "failing": 1, "altered": 0, "lost": 1,
-        "recoverable": 5, "coverage_percent": 66.7,
-    }  # fmt: skip
+        "servers": 6,
+        "covered": 4,
+        "stale": 0,
+        "missing": 0,
+        "failing": 1,
+        "altered": 0,
+        "lost": 1,
+        "recoverable": 5,
+        "coverage_percent": 66.7,
+    }
     ms02 = document["servers"][1]
     assert ms02["status"] == "failing" and ms02["last_attempt"]["kind"] == "auth"
     assert ms02["last_good_backup"] == "2026-02-27T12:00:00Z" and ms02["sha256_verified"] is True
     assert ms02["age_seconds"] == 2 * 86400 and ms02["password_id"] == "pw-2026"
     assert document["findings"] == [
-        {"kind": "lost", "severity": "integrity", "host": "dw01", "path": damaged.findings[0].path,
-         "message": f"key file {damaged.findings[0].path} is gone"},
-    ]  # fmt: skip
+        {
+            "kind": "lost",
+            "severity": "integrity",
+            "host": "dw01",
+            "path": damaged.findings[0].path,
+            "message": f"key file {damaged.findings[0].path} is gone",
+        },
+    ]
     assert document["manifest"]["signature"] == "valid"
     assert set(document) == {
-        "format", "generated", "inventory", "share", "max_age_seconds", "exit_code", "manifest", "summary",
-        "roles", "groups", "servers", "findings",
-    }  # fmt: skip
+        "format",
+        "generated",
+        "inventory",
+        "share",
+        "max_age_seconds",
+        "exit_code",
+        "manifest",
+        "summary",
+        "roles",
+        "groups",
+        "servers",
+        "findings",
+    }
 
 
 def test_html_is_self_contained(damaged: AuditReport) -> None:
@@ -357,7 +462,8 @@ def test_html_is_self_contained(damaged: AuditReport) -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert not re.search(r"<script|<link|<img|src=|url\(|@import|https?://", page)
     assert page.count('class="bar"') == len(damaged.roles) + len(damaged.groups)
-    assert 'style="width:66.7%"' not in page and 'style="width:75%"' in page  # PROD: 3 of 4
+    for percent in ("66.7", "50", "100"):  # management servers 2/3, PROD 2/4, DEV 2/2
+        assert f'<div class="fill" style="width:{percent}%">' in page
     assert "&lt;401&gt;" in page and "<401>" not in page
     for server in damaged.servers:
         assert f'<tr class="status-{server.status}">' in page
@@ -380,14 +486,15 @@ def test_command_line(fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixtur
     inventory = tmp_path / "inv.yml"
     inventory.write_text(
         "share: {url: share}\nbackup: {password_id: pw-2026, max_age: 30d}\n"
-        f"signing: {{public_key: '{fleet.inventory.signing.public_key}'}}\n"  # type: ignore[union-attr]
+        f"signing: {{public_key: '{fleet.public_key}'}}\n"
         "defaults: {credential: {username: svc, password: 'env:KEYFLEET_TEST_UNUSED'}}\n"
         "management_groups:\n  PROD:\n    hosts:\n      ms01: {role: management_server}\n"
         "      ms02: {role: management_server}\n"
     )
+    fleet.backup(datetime.now(UTC), ["ms01", "ms02"])  # the command audits at the real time
     out = tmp_path / "report.html"
     assert main(["audit", "-i", str(inventory), "--format", "html", "-o", str(out)]) == 0
     assert "ms02" in out.read_text() and "full coverage (exit 0)" in capsys.readouterr().err
-    assert main(["audit", "-i", str(inventory), "--format", "json", "--max-age", "1d"]) == 1
+    assert main(["audit", "-i", str(inventory), "--format", "json", "--max-age", "0s"]) == 1
     assert {s["status"] for s in json.loads(capsys.readouterr().out)["servers"]} == {"stale"}
     assert main(["audit", "-i", str(inventory), "--max-age", "later"]) == 2

@@ -20,6 +20,10 @@ def _source(name: str) -> bytes:
     return resources.files("orchestrator").joinpath("helpers", f"{name}.ps1").read_bytes()
 
 
+def _text(node: tree_sitter.Node) -> bytes:
+    return node.text or b""
+
+
 def _functions(name: str) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     stack = [_PARSER.parse(_source(name)).root_node]
@@ -27,7 +31,7 @@ def _functions(name: str) -> dict[str, bytes]:
         node = stack.pop()
         if node.type == "function_statement":
             title = next(c for c in node.children if c.type == "function_name")
-            found[title.text.decode()] = node.text
+            found[_text(title).decode()] = _text(node)
         stack.extend(node.children)
     return found
 
@@ -45,7 +49,7 @@ def test_script_parses_without_error_nodes(name: str) -> None:
     while stack:
         node = stack.pop()
         if node.type == "ERROR" or node.is_missing:
-            bad.append(f"{node.type} at line {node.start_point[0] + 1}: {node.text[:60]!r}")
+            bad.append(f"{node.type} at line {node.start_point[0] + 1}: {_text(node)[:60]!r}")
         stack.extend(node.children)
     assert not tree.root_node.has_error and not bad, bad
 

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -85,7 +85,7 @@ def run(p: Protocol, command: str, stdin: bytes | None = None) -> tuple[bytes, b
     return result
 
 
-def raw(p: Protocol, action: str, shell_id: str | None, body: dict[str, object] | None = None,
+def raw(p: Protocol, action: str, shell_id: str | None, body: Mapping[str, object] | None = None,
         message_id: uuid.UUID | None = None) -> ET.Element:
     req = {"env:Envelope": p.build_wsman_header(action=action, resource_uri=SHELL_CMD, shell_id=shell_id,
                                                  message_id=message_id)}
@@ -98,7 +98,7 @@ def test_every_auth_mode_runs_commands_with_stdin(fleet: LabFleet, name: str) ->
     p = client(fleet, name)
     assert run(p, "hostname") == (f"{name}\r\n".encode(), b"", 0)
     assert run(p, "more", b"line one\r\nline two\r\n") == (b"line one\r\nline two\r\n", b"", 0)
-    out, err, code = run(p, "nosuchtool", None)
+    _, err, code = run(p, "nosuchtool", None)
     assert code == 1 and b"is not recognized" in err
     ops = [e.operation for e in fleet.journal.entries(name)]
     if name == "ntlm-http":

@@ -48,9 +48,7 @@ def _add(store: BackupStore, data: bytes = b"key", created: datetime | None = No
     )
 
 
-def test_add_writes_file_and_signed_manifest(
-    store: BackupStore, tmp_path: Path, key: Ed25519PrivateKey
-) -> None:
+def test_add_writes_file_and_signed_manifest(store: BackupStore, tmp_path: Path, key: Ed25519PrivateKey) -> None:
     entry = store.add(
         host="ms01",
         group="PROD",
@@ -288,9 +286,7 @@ def test_key_formats(key: Ed25519PrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     public_pem = (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

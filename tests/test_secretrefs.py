@@ -203,7 +203,7 @@ def test_vault_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KEYFLEET_VAULT_PASSWORD_FILE", str(password))
     assert resolve(ref("vault:secrets.yml#winrm.password", tmp_path), purpose="p").reveal() == UNIQUE
     assert resolve(ref("vault:secrets.yml#backup_password", tmp_path), purpose="p").reveal() == "other-9911"
-    with pytest.raises(ConfigError, match="has no key 'winrm.user'") as info:
+    with pytest.raises(ConfigError, match=r"has no key 'winrm\.user'") as info:
         resolve(ref("vault:secrets.yml#winrm.user", tmp_path), purpose="p")
     assert UNIQUE not in str(info.value)
     with pytest.raises(ConfigError, match="not a single string"):
@@ -217,7 +217,7 @@ def test_vault_wrong_password_and_loose_password_file(tmp_path: Path, monkeypatc
         resolve(ref("vault:secrets.yml#k", tmp_path), purpose="p")
     secretrefs.clear_cache()
     monkeypatch.setenv("KEYFLEET_VAULT_PASSWORD_FILE", str(private(tmp_path / "pw", "right-pw", 0o644)))
-    with pytest.raises(ConfigError, match="KEYFLEET_VAULT_PASSWORD_FILE: .*group or others"):
+    with pytest.raises(ConfigError, match=r"KEYFLEET_VAULT_PASSWORD_FILE: .*group or others"):
         resolve(ref("vault:secrets.yml#k", tmp_path), purpose="p")
     os.chmod(tmp_path / "pw", 0o600)
     assert resolve(ref("vault:secrets.yml#k", tmp_path), purpose="p").reveal() == "v-1234"

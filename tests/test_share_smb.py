@@ -159,12 +159,6 @@ def _owner(path: Path) -> tuple[int, int]:
     return info.st_uid, info.st_gid
 
 
-def test_invalid_paths_are_refused(share: SMBShare) -> None:
-    for bad in ("../escape.bin", "a/../../b", "a\\b", "c:x", "a//b"):
-        with pytest.raises(ShareError, match="invalid share path"):
-            share.write_new(bad, b"x")
-
-
 def test_concurrent_writers_on_one_share_all_land(share: SMBShare) -> None:
     names = [f"g/r/h{n}/f{m}.bin" for n in range(6) for m in range(3)]
 

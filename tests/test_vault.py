@@ -61,7 +61,8 @@ def editor_writing(tmp_path: Path, content: bytes) -> str:
         f"#!{sys.executable}\n"
         "import os, stat, sys\n"
         "target = sys.argv[1]\n"
-        f"open({str(tmp_path / 'editor-seen')!r}, 'w').write(target + ' ' + oct(stat.S_IMODE(os.stat(target).st_mode)))\n"
+        "mode = oct(stat.S_IMODE(os.stat(target).st_mode))\n"
+        f"open({str(tmp_path / 'editor-seen')!r}, 'w').write(target + ' ' + mode)\n"
         f"data = open({str(source)!r}, 'rb').read()\n"
         "open(target, 'ab').write(data)\n"
     )

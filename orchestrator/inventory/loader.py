@@ -148,19 +148,16 @@ class _Loader:
 
     def _scalar(self, setting: Setting, raw: Any, node: Node, key: str) -> Any:
         kind = setting.kind
-        wrong = ConfigError(f"expected {_EXPECTED[kind]}, got {type_name(node)}")
         if kind is Kind.DURATION:
             return parse_duration(raw)
-        if kind is Kind.BOOL:
-            if not isinstance(raw, bool):
-                raise self.fail(wrong.message, node, key)
-            return raw
-        if kind is Kind.INT:
-            if isinstance(raw, bool) or not isinstance(raw, int):
-                raise self.fail(wrong.message, node, key)
+        mismatch = f"expected {_EXPECTED[kind]}, got {type_name(node)}"
+        if kind in (Kind.BOOL, Kind.INT):
+            wanted = bool if kind is Kind.BOOL else int
+            if not isinstance(raw, wanted) or (wanted is int and isinstance(raw, bool)):
+                raise self.fail(mismatch, node, key)
             return raw
         if not isinstance(raw, str):
-            raise self.fail(wrong.message, node, key)
+            raise self.fail(mismatch, node, key)
         if kind is Kind.SECRET:
             try:
                 return parse_ref(raw, base_dir=self.base_dir, allow_plain=self.lab is not None,

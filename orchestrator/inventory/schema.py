@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -231,9 +232,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("url", Kind.STR, (Scope.SHARE,), "Local path (relative to the inventory's folder), "
             "`smb://server[:port]/share/path` or `\\\\server\\share\\path`.", required=True,
             check=check_not_empty),
-    Setting("credential", Kind.MAPPING, (Scope.SHARE, *HOST_SCOPES), "`{username, password}`: share "
-            "credential (smb only) or WinRM credential (hosts). Mappings merge key by key when inherited.",
-            section=Scope.CREDENTIAL),
+    Setting("credential", Kind.MAPPING, (Scope.SHARE,), "`{username, password}` for an smb share. "
+            "`KEYFLEET_SHARE_USER` and `KEYFLEET_SHARE_PASSWORD` override it.", section=Scope.CREDENTIAL),
     Setting("require_encryption", Kind.BOOL, (Scope.SHARE,), "Require SMB 3 encryption.", False),
     # backup
     Setting("password", Kind.SECRET, (Scope.BACKUP,), "Reference to the backup password; none: a hidden "
@@ -246,15 +246,16 @@ SETTINGS: tuple[Setting, ...] = (
             "(PEM or base64 of the 32 raw bytes); none: the manifest cannot be signed."),
     Setting("public_key", Kind.STR, (Scope.SIGNING,), "The Ed25519 public key (PEM or base64 of the 32 raw "
             "bytes) the audit verifies the manifest with.", required=True, check=check_public_key),
-    # credential
-    Setting("username", Kind.STR, (Scope.CREDENTIAL,), "User name, e.g. `CONTOSO\\svc-keyfleet`.",
-            required=True, check=check_not_empty),
-    Setting("password", Kind.SECRET, (Scope.CREDENTIAL,), "Secret reference to the password.", required=True),
     # group only
     Setting("description", Kind.STR, (Scope.GROUP,), "Free text.", ""),
     Setting("hosts", Kind.HOSTS, (Scope.GROUP,), "The group's servers by host name (a DNS name whose first "
             "label has at most 15 characters).", required=True),
     # host settings
+    Setting("credential", Kind.MAPPING, HOST_SCOPES, "WinRM `{username, password}`; required for ntlm, "
+            "basic and credssp. Inherited mappings merge key by key.", section=Scope.CREDENTIAL),
+    Setting("username", Kind.STR, (Scope.CREDENTIAL,), "User name, e.g. `CONTOSO\\svc-keyfleet`.",
+            required=True, check=check_not_empty),
+    Setting("password", Kind.SECRET, (Scope.CREDENTIAL,), "Secret reference to the password.", required=True),
     Setting("role", Kind.CHOICE, HOST_SCOPES, "SCSM role of the server.", required=True, choices=ROLES),
     Setting("address", Kind.STR, HOST_SCOPES, "DNS name or IPv4 address to connect to.",
             default_doc="the host name", check=check_address),
@@ -298,6 +299,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+@functools.cache
 def settings_for(scope: Scope) -> dict[str, Setting]:
     """The settings allowed in one scope, by name."""
     return {s.name: s for s in SETTINGS if scope in s.scopes}

@@ -46,9 +46,7 @@ def plan_prune(inventory: Inventory, store: BackupStore, keep: int) -> PrunePlan
     decisions: list[PruneDecision] = []
     for host in inventory.hosts:
         entries = manifest.entries_for(host)
-        newest_good = next(
-            (e for e in entries if store.check_key_file(e).state is FileState.OK), None
-        )
+        newest_good = next((e for e in entries if store.check_key_file(e).state is FileState.OK), None)
         for index, entry in enumerate(entries):
             if index < keep:
                 decisions.append(PruneDecision(entry, Action.KEEP, f"among the newest {keep}"))

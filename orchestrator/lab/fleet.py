@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import socket
 import ssl
 from collections.abc import Iterator
@@ -129,8 +130,14 @@ class LabFleet:
         try:
             port = server.listen(listener, spec.address, spec.port)
         except OSError as exc:
+            hint = {
+                errno.EADDRINUSE: "is another lab fleet or WinRM listener using it?",
+                errno.EADDRNOTAVAIL: "this system does not route all of 127.0.0.0/8 to loopback "
+                f"(macOS: sudo ifconfig lo0 alias {spec.address})",
+            }.get(exc.errno or 0, "")
             raise KeyfleetError(
-                f"lab host {spec.name} cannot listen on {spec.address}:{spec.port}: {exc.strerror or exc}"
+                f"lab host {spec.name} cannot listen on {spec.address}:{spec.port}: "
+                f"{exc.strerror or exc}{'; ' + hint if hint else ''}"
             ) from None
         return dataclasses.replace(spec, port=port)
 

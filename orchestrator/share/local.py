@@ -109,9 +109,7 @@ class LocalShare(Share):
                 _unlink_quietly(temp)
             _sync_folder(target.parent)
         except FileExistsError:
-            raise ShareExistsError(
-                f"share {self.url}: {path} already exists; it is never overwritten"
-            ) from None
+            raise ShareExistsError(f"share {self.url}: {path} already exists; it is never overwritten") from None
         except OSError as exc:
             raise self._error("write", path, exc) from None
 

@@ -153,9 +153,7 @@ class Manifest:
             payload = self.signed_bytes if self.signed_bytes is not None else canonical_json(self.document())
             key.verify(base64.b64decode(self.signature.value, validate=True), payload)
         except (InvalidSignature, binascii.Error):
-            raise IntegrityError(
-                "manifest.json signature does not verify: the manifest was changed"
-            ) from None
+            raise IntegrityError("manifest.json signature does not verify: the manifest was changed") from None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -175,9 +173,7 @@ class Manifest:
                     isinstance(raw_signature.get(k), str) for k in ("alg", "public_key_sha256", "value")
                 ):
                     raise ValueError("'signature' is malformed")
-                signature = Signature(
-                    raw_signature["alg"], raw_signature["public_key_sha256"], raw_signature["value"]
-                )
+                signature = Signature(raw_signature["alg"], raw_signature["public_key_sha256"], raw_signature["value"])
             return cls(
                 entries=tuple(ManifestEntry.from_json(entry) for entry in entries),
                 updated=parse_iso(updated) if isinstance(updated, str) else None,
@@ -235,9 +231,7 @@ def load_public_key(text: str) -> Ed25519PublicKey:
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         key = None
     if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(
-            "not an Ed25519 public key (PEM or base64 of 32 raw bytes)", key="signing.public_key"
-        )
+        raise ConfigError("not an Ed25519 public key (PEM or base64 of 32 raw bytes)", key="signing.public_key")
     return key
 
 

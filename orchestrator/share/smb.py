@@ -14,7 +14,7 @@ import smbclient
 from smbprotocol.exceptions import SMBAuthenticationError, SMBConnectionClosed, SMBException, SMBOSError
 from smbprotocol.file_info import FileRenameInformation
 from smbprotocol.header import NtStatus
-from smbprotocol.open import FilePipePrinterAccessMask, SMB2SetInfoRequest
+from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask, SMB2SetInfoRequest
 
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
@@ -36,6 +36,8 @@ _LOST_STATUSES = frozenset(
 )
 _BUSY_STATUSES = frozenset({NtStatus.STATUS_ACCESS_DENIED, NtStatus.STATUS_SHARING_VIOLATION})
 _SMB_ERRORS = (SMBException, OSError, ValueError)
+_DELETE_ACCESS = FilePipePrinterAccessMask.DELETE | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
+_DELETE_OPTIONS = CreateOptions.FILE_DELETE_ON_CLOSE | CreateOptions.FILE_NON_DIRECTORY_FILE
 # The temp file is opened for writing and DELETE, so it can be renamed through its own handle.
 _TEMP_ACCESS = (
     FilePipePrinterAccessMask.FILE_WRITE_DATA
@@ -124,7 +126,7 @@ class SMBShare(Share):
 
     def remove(self, path: str) -> None:
         with self._translate(f"cannot remove {path}"):
-            smbclient.remove(self._unc(path), **self._session())
+            self._delete(self._unc(path))
 
     def lock(self, timeout: float = 60.0) -> AbstractContextManager[None]:
         return self._locked(timeout)
@@ -139,7 +141,7 @@ class SMBShare(Share):
             with self._translate(f"cannot remove the temporary {path}"):
                 try:
                     # Names the server listed (temp names are not valid layout paths), so no validation.
-                    smbclient.remove(self._root + "\\" + path.replace("/", "\\"), **self._session())
+                    self._delete(self._root + "\\" + path.replace("/", "\\"))
                 except SMBOSError as exc:
                     if exc.ntstatus == NtStatus.STATUS_SHARING_VIOLATION or exc.errno == errno.ENOENT:
                         continue  # a live writer holds it, or it is already gone
@@ -211,7 +213,7 @@ class SMBShare(Share):
                     raw.flush()
                     self._rename_open(raw, name, replace=replace, path=path)
         except BaseException:
-            self._discard(temp, kwargs)
+            self._discard(temp)
             raise
 
     def _rename_open(self, raw: Any, name: str, *, replace: bool, path: str) -> None:
@@ -249,13 +251,29 @@ class SMBShare(Share):
                     raise
             time.sleep(_REPLACE_POLL)
 
-    def _discard(self, temp: str, kwargs: dict[str, Any]) -> None:
+    def _delete(self, unc: str) -> None:
+        """Open for DELETE only, delete-on-close (smbclient.remove also asks FILE_WRITE_ATTRIBUTES,
+        which a file owned by someone else refuses; deleting needs only the folder's permission).
+
+        A file another handle holds open without delete sharing raises a sharing violation.
+        """
+        smbclient.open_file(
+            unc,
+            "rb",
+            buffering=0,
+            share_access="rwd",
+            desired_access=_DELETE_ACCESS,
+            create_options=_DELETE_OPTIONS,
+            **self._session(),
+        ).close()
+
+    def _discard(self, temp: str) -> None:
         """Best-effort removal of a failed writer's temp file; the original error is what gets raised.
 
         When the connection is gone the file stays behind and ``remove_stale_temporaries`` takes it.
         """
         with suppress(*_SMB_ERRORS):
-            smbclient.remove(temp, **kwargs)
+            self._delete(temp)
 
     def _walk(self, folder: str, relative: str, found: list[str], *, temporaries: bool = False) -> None:
         try:

@@ -56,9 +56,7 @@ class BackupStore:
         lock_timeout: float = 60.0,
     ) -> None:
         if signer and verifier and public_key_sha256(signer.public_key()) != public_key_sha256(verifier):
-            raise ConfigError(
-                "the signing private key does not belong to the public key", key="signing.public_key"
-            )
+            raise ConfigError("the signing private key does not belong to the public key", key="signing.public_key")
         self.share = share
         self.signer = signer
         self.verifier = verifier or (signer.public_key() if signer else None)
