@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
     bench.add_argument("--hosts", type=int, default=64, metavar="N")
     bench.add_argument("--forks", type=int, default=32, metavar="N")
+    bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
     _json(bench)
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -30,7 +31,7 @@ RESULT_TEXT = {0: "full coverage", 1: "coverage gaps", 3: "INTEGRITY FAILURE"}
 SERVER_COLUMNS = ("host", "group", "role", "status", "last good backup", "age", "password", "sha-256", "detail")
 
 
-def _iso(value: Any) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return format_iso(value) if value is not None else None
 
 

@@ -187,12 +187,11 @@ class SmbServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"smbd exited with {self._process.returncode}:\n{self.log_tail()}")
-            try:
+            with contextlib.suppress(OSError):
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
-                if os.getpgid(self._process.pid) == self._process.pid:
+                if os.getpgid(self._process.pid) == self._process.pid:  # its setsid() is done
                     return
-            except OSError:
-                time.sleep(0.02)
+            time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"smbd did not listen on {self.host}:{self.port}:\n{self.log_tail()}")
 
@@ -218,10 +217,6 @@ class SmbServer:
     def kill(self) -> None:
         """Kill smbd and every child at once, as a crash or a power cut would."""
         self._signal_group(signal.SIGKILL, wait=10.0)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def status(self) -> dict[str, Any]:
         """What the server reports (``smbstatus --json``): sessions, tree connects, open files."""
@@ -258,8 +253,13 @@ class SmbServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def url(self, path: str = "", share: str | None = None) -> str:
+        """The share URL a controller uses (the password goes in ``KEYFLEET_SHARE_PASSWORD``)."""
         tail = f"/{path}" if path else ""
-        return f"smb://{self.host}:{self.port}/{share or self.share}{tail}"
+        return f"smb://{self.user}@{self.host}:{self.port}/{share or self.share}{tail}"
+
+    def share_env(self) -> dict[str, str]:
+        """The environment that gives a keyfleet process this server's credentials."""
+        return {"KEYFLEET_SHARE_USER": self.user, "KEYFLEET_SHARE_PASSWORD": self.password.reveal()}
 
 
 @pytest.fixture(scope="session")

@@ -410,3 +410,14 @@ def test_cli_table_and_json() -> None:
     assert document["backup"]["password"] == "plain (lab)"
     for secret in ("Lab-R3WR1PS1", "lab-backup-Qc7w", "WWN8g2cNQuG3"):
         assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("extension", ["x-bad-date: 2026-13-45", "x-bad-key: {[1, 2]: x}"])
+def test_extension_keys_are_still_plain_data(tmp_path: Path, extension: str) -> None:
+    with pytest.raises(ConfigError):
+        load_inventory(write(tmp_path, PROD_HEAD + extension + "\n" + ONE_HOST))
+
+
+def test_control_characters_in_keys_stay_on_one_line(tmp_path: Path) -> None:
+    error = expect_error(tmp_path, PROD_HEAD + '"bad\\nkey": 1\n' + ONE_HOST, 3, "bad\\nkey", "unknown key")
+    assert "\n" not in str(error)

@@ -8,8 +8,10 @@ import json
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +37,8 @@ class Run:
     seconds: float
 
 
-def make(tmp_path: Path, *faults: str, name: str = HOST, role: Role = Role.MANAGEMENT_SERVER, **lab: object) -> Machine:
-    settings = replace(LabHostSettings(), faults=tuple(faults), **lab)  # type: ignore[arg-type]
+def make(tmp_path: Path, *faults: str, name: str = HOST, role: Role = Role.MANAGEMENT_SERVER, **lab: Any) -> Machine:
+    settings = replace(LabHostSettings(), faults=tuple(faults), **lab)
     return Machine(name, role, settings, tmp_path / "state", seed=7)
 
 
@@ -65,25 +67,25 @@ def execute(
     return run
 
 
-def helper(machine: Machine, name: str, params: dict[str, object], secret: Secret | None = SECRET, **kw: object) -> Run:
+def helper(machine: Machine, name: str, params: dict[str, object], secret: Secret | None = SECRET, **kw: Any) -> Run:
     command = remote.bootstrap_command_line()
     assert PASSWORD not in command
-    return execute(machine, command, remote.build_stdin(name, params, secret), **kw)  # type: ignore[arg-type]
+    return execute(machine, command, remote.build_stdin(name, params, secret), **kw)
 
 
-def export(machine: Machine, secret: Secret | None = SECRET, **kw: object) -> remote.ExportResult:
+def export(machine: Machine, secret: Secret | None = SECRET, **kw: Any) -> remote.ExportResult:
     run = helper(machine, "export", remote.export_params(None, 5), secret, **kw)
     return remote.parse_export(machine.name, run.stdout, run.stderr, run.code)
 
 
-def restore(machine: Machine, file: bytes, secret: Secret = SECRET, **params: object) -> remote.RestoreResult:
-    run = helper(machine, "restore", remote.restore_params(file, None, 5, **params), secret)  # type: ignore[arg-type]
+def restore(machine: Machine, file: bytes, secret: Secret = SECRET, **params: Any) -> remote.RestoreResult:
+    run = helper(machine, "restore", remote.restore_params(file, None, 5, **params), secret)
     return remote.parse_restore(machine.name, run.stdout, run.stderr, run.code)
 
 
-def failure(call: object, *args: object, **kw: object) -> HostFailure:
+def failure(call: Callable[..., object], *args: object, **kw: object) -> HostFailure:
     with pytest.raises(HostFailure) as caught:
-        call(*args, **kw)  # type: ignore[operator]
+        call(*args, **kw)
     assert PASSWORD not in str(caught.value)
     return caught.value
 

@@ -346,3 +346,18 @@ def test_startup_is_fast(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     fleet.stop()
     assert elapsed < 0.5
+
+
+def test_requests_are_parsed_by_namespace_not_prefix() -> None:
+    from orchestrator.lab.soap import SoapRequest
+
+    doc = (
+        f'<E:Envelope xmlns:E="{NS_S}" xmlns:X="{NS_A}" xmlns:M="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd">'
+        f"<E:Header><X:Action>{NS_RSP}/Receive</X:Action><X:MessageID>uuid:1</X:MessageID>"
+        '<M:OperationTimeout>PT1.5S</M:OperationTimeout><M:MaxEnvelopeSize>8192</M:MaxEnvelopeSize>'
+        '<M:SelectorSet><M:Selector Name="ShellId">abc</M:Selector></M:SelectorSet></E:Header>'
+        "<E:Body/></E:Envelope>"
+    )
+    req = SoapRequest.parse(doc.encode())
+    assert (req.operation, req.message_id, req.shell_id) == ("Receive", "uuid:1", "abc")
+    assert (req.operation_timeout, req.max_envelope_size) == (1.5, 8192)

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,13 @@ def test_manifest_roundtrip(key: Ed25519PrivateKey, store: BackupStore) -> None:
     again = Manifest.from_bytes(manifest.to_bytes())
     assert again == manifest and again.entries == (entry,)
     again.verify(key.public_key())
+
+
+def test_concurrent_adds_from_threads_all_land(store: BackupStore) -> None:
+    # Each add takes the share lock on its own file descriptor, so threads serialise like processes.
+    def add(i: int) -> ManifestEntry:
+        return store.add(host=f"ms{i:02}", group="PROD", role="management_server", data=b"k%d" % i, password_id="p")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        added = list(pool.map(add, range(32)))
+    assert sorted(e.id for e in store.load_manifest(verify=True).entries) == sorted(e.id for e in added)

@@ -81,7 +81,7 @@ def test_missing_root_lists_nothing(tmp_path: Path) -> None:
 
 def test_lock_timeout_names_the_share(tmp_path: Path) -> None:
     share, other = LocalShare(tmp_path), LocalShare(tmp_path)
-    # flock excludes a second open file description, even in the same process
+    # a second holder waits, even in the same process
     with (
         share.lock(),
         pytest.raises(ShareError, match=rf"share {tmp_path}: timed out after 0\.2 s"),

@@ -110,11 +110,7 @@ class TestSMBShareContract(ShareContract):
 
     @pytest.fixture
     def target(self, server: SmbServer, folder: str) -> ShareTarget:
-        return ShareTarget(
-            url=f"smb://{server.user}@{server.host}:{server.port}/{server.share}/{folder}",
-            env={"KEYFLEET_SHARE_USER": server.user, "KEYFLEET_SHARE_PASSWORD": server.password.reveal()},
-            local_root=on_disk(server, folder),
-        )
+        return ShareTarget(url=server.url(folder), env=server.share_env(), local_root=on_disk(server, folder))
 
 
 def test_url_names_server_port_share_and_path_but_no_credentials(server: SmbServer) -> None:
@@ -131,8 +127,7 @@ def test_remove_stale_temporaries_spares_a_live_writer(
     share.write_new(KEY, b"k")
     root = on_disk(server, folder)
     for stale in (root / ".manifest.json.tmp-aa", root / Path(KEY).parent / ".x.bin.tmp-bb"):
-        stale.write_bytes(b"partial")
-        os.chown(stale, *_owner(root))
+        stale.write_bytes(b"partial")  # owned by root here: deleting needs only the folder's permission
     # Another controller mid-write: its temp is open (the way SMBShare holds it: no delete sharing).
     pool: dict[str, object] = {}
     live = smbclient.open_file(
@@ -152,11 +147,6 @@ def test_remove_stale_temporaries_spares_a_live_writer(
         smbclient.reset_connection_cache(connection_cache=pool)
     assert share.remove_stale_temporaries() == 1
     assert list(share.list_files()) == [KEY]
-
-
-def _owner(path: Path) -> tuple[int, int]:
-    info = path.stat()
-    return info.st_uid, info.st_gid
 
 
 def test_concurrent_writers_on_one_share_all_land(share: SMBShare) -> None:
@@ -293,7 +283,9 @@ def test_require_encryption_is_what_the_server_sees(
 
 def test_share_that_demands_encryption_works_either_way(server: SmbServer, folder: str) -> None:
     for required in (False, True):
-        with open_share(server, f"{folder}-{required}", share="sealed", require_encryption=required) as smb:
+        with open_share(
+            server, f"{folder}-{required}", share=server.encrypted_share, require_encryption=required
+        ) as smb:
             smb.write_new(KEY, b"sealed")
             assert smb.read_bytes(KEY) == b"sealed"
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.audit import AuditReport, parse_max_age, run_audit
+from orchestrator.jobs.context import open_store, share_for
 from orchestrator.report import headline, print_table, render_json, render_markdown, render_text
 from orchestrator.report_html import render_html
-from orchestrator.share.manifest import load_public_key
-from orchestrator.share.open import open_inventory_share
-from orchestrator.share.store import BackupStore
 
 RENDERERS = {"table": render_text, "json": render_json, "markdown": render_markdown, "html": render_html}
 
@@ -22,9 +21,8 @@ RENDERERS = {"table": render_text, "json": render_json, "markdown": render_markd
 def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     max_age = parse_max_age(args.max_age) if args.max_age else inventory.backup.max_age
-    verifier = load_public_key(inventory.signing.public_key) if inventory.signing else None
-    with open_inventory_share(inventory, args.share) as share:
-        report = run_audit(inventory, BackupStore(share, verifier=verifier), max_age=max_age)
+    with share_for(inventory, args.share) as share:
+        report = run_audit(inventory, open_store(inventory, share, sign=False), max_age=max_age)
     write_report(report, args.format, args.output)
     return report.exit_code
 
@@ -32,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
 def write_report(report: AuditReport, fmt: str, output: str | None) -> None:
     """To ``output`` (and the result line on stderr), else stdout: rich on a terminal for ``table``."""
     if output:
-        Path(output).write_text(RENDERERS[fmt](report), encoding="utf-8")
+        try:
+            Path(output).write_text(RENDERERS[fmt](report), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the report to {output}: {exc.strerror}", key="--output") from None
         print(f"keyfleet: wrote {fmt} report to {output}; {headline(report)[-1]}", file=sys.stderr)
         return
     console = Console()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import ipaddress
+import json
 import secrets
 import shutil
 import signal
@@ -39,8 +40,22 @@ _GROUPS = (("LAB-PROD", "prod"), ("LAB-TEST", "test"))
 def run(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         return up(args)
-    print("keyfleet: lab bench is not implemented yet", file=sys.stderr)
-    return 2
+    return bench_command(args)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from orchestrator.console import Ui
+    from orchestrator.lab.bench import as_json, as_rows, bench
+
+    if args.hosts < 1 or args.forks < 1:
+        raise ConfigError("--hosts and --forks must be at least 1")
+    ui = Ui()
+    ui.line(f"bench: serving {args.hosts} lab hosts in a separate process, backing them up twice ...")
+    result = bench(hosts=args.hosts, forks=args.forks, latency=args.latency)
+    ui.table("keyfleet lab bench", ["measure", "value"], as_rows(result))
+    if args.json:
+        print(json.dumps(as_json(result), indent=2))
+    return 0 if result.failures == 0 else 1
 
 
 def plan_hosts(count: int, base_address: str, password: str,

@@ -5,30 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.inventory.model import Inventory
+from orchestrator.jobs.context import open_store, share_for
 from orchestrator.jobs.prune import PrunePlan, apply_prune, plan_prune
-from orchestrator.share.base import Share
-from orchestrator.share.manifest import format_iso, load_private_key, load_public_key
-from orchestrator.share.open import open_inventory_share
-from orchestrator.share.store import BackupStore
-
-
-def _store(inventory: Inventory, share: Share, check: bool) -> BackupStore:
-    """A store that verifies with the inventory's public key and, unless checking, signs."""
-    signing = inventory.signing
-    if signing is None:
-        return BackupStore(share)
-    verifier = load_public_key(signing.public_key)
-    if check:
-        return BackupStore(share, verifier=verifier)
-    if signing.private_key is None:
-        raise ConfigError("prune rewrites the signed manifest and needs it", key="signing.private_key")
-    from orchestrator.secretrefs import resolve
-
-    signer = load_private_key(resolve(signing.private_key, purpose="manifest signing key"))
-    return BackupStore(share, signer, verifier)
+from orchestrator.share.manifest import format_iso
 
 
 def plan_json(plan: PrunePlan, *, applied: bool) -> dict[str, object]:
@@ -53,8 +33,8 @@ def plan_json(plan: PrunePlan, *, applied: bool) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
-    with open_inventory_share(inventory, args.share) as share:
-        store = _store(inventory, share, args.check)
+    with share_for(inventory, args.share) as share:
+        store = open_store(inventory, share, sign=not args.check)
         plan = plan_prune(inventory, store, args.keep)
         removed = plan.removals if args.check else apply_prune(store, plan)
     if args.json:

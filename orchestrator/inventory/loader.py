@@ -98,7 +98,7 @@ class _Loader:
                 continue  # extension keys: a place for YAML anchors, as in docker compose
             setting = allowed.get(name)
             if setting is None:
-                raise self.fail(self._unknown_key(name, allowed, scope), key_node, _join(prefix, name))
+                raise self.fail(self._unknown_key(name, allowed), key_node, _join(prefix, name))
             value = self.convert(setting, value_node, _join(prefix, name), inherited=scope in HOST_SCOPES)
             values[name] = Value(value, value_node)
         if complete:
@@ -112,12 +112,12 @@ class _Loader:
                 raise self.fail(f"missing required key {setting.name!r}{choices}", node, prefix or None)
 
     @staticmethod
-    def _unknown_key(name: str, allowed: dict[str, Setting], scope: Scope) -> str:
+    def _unknown_key(name: str, allowed: dict[str, Setting]) -> str:
         message = f"unknown key {name!r}"
         close = difflib.get_close_matches(name, list(allowed), n=1)
         if close:
             message += f"; did you mean {close[0]!r}?"
-        elsewhere = sorted({scope.value for s in SETTINGS if s.name == name for scope in s.scopes})
+        elsewhere = sorted({where.value for s in SETTINGS if s.name == name for where in s.scopes})
         if elsewhere and not close:
             message += f" ({name!r} belongs in: {', '.join(elsewhere)})"
         return message + f" (valid keys here: {', '.join(allowed)})"

@@ -70,6 +70,8 @@ class YamlDocument:
             self._refuse_tags(self.root)
 
     def error(self, message: str, node: Node | None, key: str | None) -> ConfigError:
+        if key:  # keys come from the file: escape control characters so the error stays one line
+            key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
         return ConfigError(message, file=self.display, line=line_of(node) if node else None, key=key or None)
 
     def _refuse_tags(self, root: Node) -> None:
@@ -128,8 +130,15 @@ class YamlDocument:
         return {**merged, **explicit}
 
     def construct(self) -> Any:
-        """The whole document as plain Python data (only called once it validated)."""
-        return SafeConstructor().construct_document(self.root) if self.root is not None else None
+        """The whole document as plain Python data (called once it validated; ``x-`` keys were not)."""
+        try:
+            return SafeConstructor().construct_document(self.root) if self.root is not None else None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            line = mark.line + 1 if mark else None
+            raise ConfigError(f"invalid YAML value: {exc.problem}", file=self.display, line=line) from None
+        except (ValueError, RecursionError):
+            raise ConfigError("a YAML value cannot be read (e.g. an impossible date)", file=self.display) from None
 
 
 def _join(prefix: str, name: str) -> str:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import pairwise
 
 from orchestrator.errors import ConfigError, IntegrityError
 from orchestrator.inventory.model import HostConfig, Inventory, Role
@@ -161,9 +162,10 @@ def format_age(age: timedelta) -> str:
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
-    for big, small in ((f"{days}d", f"{hours}h"), (f"{hours}h", f"{minutes}m"), (f"{minutes}m", f"{seconds}s")):
-        if big[0] != "0":
-            return big if small[0] == "0" else f"{big} {small}"
+    units = ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
+    for (value, unit), (smaller, smaller_unit) in pairwise(units):
+        if value:
+            return f"{value}{unit}" + (f" {smaller}{smaller_unit}" if smaller else "")
     return f"{seconds}s"
 
 
@@ -176,8 +178,9 @@ class _Audit:
         self.problems: dict[str, list[str]] = {}  # host -> integrity problems of its entries
         self.altered_hosts: set[str] = set()
 
-    def find(self, kind: str, severity: Severity, message: str, host: str | None = None,
-             path: str | None = None) -> None:  # fmt: skip
+    def find(
+        self, kind: str, severity: Severity, message: str, host: str | None = None, path: str | None = None
+    ) -> None:
         self.findings.append(Finding(kind, severity, message, host, path))
         if severity is Severity.INTEGRITY and host is not None:
             self.problems.setdefault(host, []).append(message)
@@ -194,9 +197,12 @@ class _Audit:
         if not exists:
             return manifest, SignatureState.ABSENT
         if self.store.verifier is None:
-            self.find("signature-unverifiable", Severity.INTEGRITY,
-                      "the inventory has no signing.public_key: the manifest cannot be verified",
-                      path=layout.MANIFEST)  # fmt: skip
+            self.find(
+                "signature-unverifiable",
+                Severity.INTEGRITY,
+                "the inventory has no signing.public_key: the manifest cannot be verified",
+                path=layout.MANIFEST,
+            )
             return manifest, SignatureState.UNVERIFIABLE
         try:
             manifest.verify(self.store.verifier)
@@ -216,19 +222,28 @@ class _Audit:
             outcome = recorded.get((entry.run_id or "", entry.id))
             if outcome and (outcome.sha256 not in (None, entry.sha256) or outcome.size not in (None, entry.size)):
                 ok = False
-                self.find("run-record-mismatch", Severity.INTEGRITY,
-                          f"entry {entry.id}: SHA-256 or size differs from run record {entry.run_id}",
-                          entry.host, entry.path)  # fmt: skip
+                self.find(
+                    "run-record-mismatch",
+                    Severity.INTEGRITY,
+                    f"entry {entry.id}: SHA-256 or size differs from run record {entry.run_id}",
+                    entry.host,
+                    entry.path,
+                )
             check = self.store.check_key_file(entry)
             if check.state is FileState.LOST:
                 self.find("lost", Severity.INTEGRITY, f"key file {entry.path} is gone", entry.host, entry.path)
             elif check.state is FileState.ALTERED:
-                self.find("altered", Severity.INTEGRITY,
-                          f"key file {entry.path} no longer matches its SHA-256 in the manifest",
-                          entry.host, entry.path)  # fmt: skip
+                self.find(
+                    "altered",
+                    Severity.INTEGRITY,
+                    f"key file {entry.path} no longer matches its SHA-256 in the manifest",
+                    entry.host,
+                    entry.path,
+                )
             elif check.state is FileState.BAD_PATH:
-                self.find("bad-path", Severity.INTEGRITY, f"entry {entry.id} has an unsafe path {entry.path!r}",
-                          entry.host)  # fmt: skip
+                self.find(
+                    "bad-path", Severity.INTEGRITY, f"entry {entry.id} has an unsafe path {entry.path!r}", entry.host
+                )
             if ok and check.state is FileState.OK:
                 intact.add(entry.id)
         return intact
@@ -257,16 +272,25 @@ class _Audit:
             if path != layout.MANIFEST and not path.startswith(f"{layout.RUNS_DIR}/") and path not in known
         ]
         if orphans and state is SignatureState.ABSENT:
-            self.find("manifest-missing", Severity.INTEGRITY,
-                      f"{len(orphans)} key files but no manifest.json", path=layout.MANIFEST)  # fmt: skip
+            self.find(
+                "manifest-missing",
+                Severity.INTEGRITY,
+                f"{len(orphans)} files but no manifest.json",
+                path=layout.MANIFEST,
+            )
         for path in orphans:
             parsed = layout.parse_key_file_path(path)
-            self.find("orphan-file", Severity.WARNING, f"{path} is not in the manifest",
-                      parsed.host if parsed else None, path)  # fmt: skip
+            self.find(
+                "orphan-file", Severity.WARNING, f"{path} is not in the manifest", parsed.host if parsed else None, path
+            )
         unknown = Counter(e.host for e in manifest.entries if e.host not in self.inventory.hosts)
         for host, count in sorted(unknown.items()):
-            self.find("unknown-host", Severity.WARNING,
-                      f"{count} manifest entries for {host}, which is not in the inventory", host)  # fmt: skip
+            self.find(
+                "unknown-host",
+                Severity.WARNING,
+                f"{count} manifest entries for {host}, which is not in the inventory",
+                host,
+            )
 
     def server(
         self, host: HostConfig, manifest: Manifest, intact: set[str], records: list[RunRecord]
@@ -281,7 +305,8 @@ class _Audit:
             reason = problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
         elif attempt and attempt.status is OutcomeStatus.FAILED and (good is None or attempt.time > good.created):
             status = Status.FAILING
-            reason = f"latest attempt {format_iso(attempt.time)} failed: {attempt.kind}: {attempt.message}"
+            why = f"{attempt.kind}: {attempt.message}" if attempt.message else str(attempt.kind)
+            reason = f"latest attempt {format_iso(attempt.time)} failed: {why}"
         elif good is None or age is None:
             status, reason = Status.MISSING, "never backed up"
         elif age >= self.max_age:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import remote
@@ -30,6 +30,10 @@ DEFAULT_TOOL_TIMEOUT = 120.0
 MIN_FREE_BYTES = 10 * 1024 * 1024
 MAX_OUTPUT_CHARS = 8000
 POWERSHELL_VERSION = "5.1.17763.6414"
+_ONLY_BOOTSTRAP = (
+    "keyfleet lab: this simulated server runs no PowerShell but the keyfleet bootstrap "
+    "(powershell.exe -EncodedCommand <bootstrap.ps1>)\r\n"
+)
 _NOT_ENCODED = (
     "Cannot process the command because the value specified with -EncodedCommand is not properly "
     "encoded. The value must be Base64 encoded.\r\n"
@@ -76,11 +80,6 @@ class StdinPipe:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        with self._cond:
-            return self._closed
 
     def read_all(self, cancel: threading.Event) -> bytes:
         """Everything written until the stream is closed (Send with End=true), or so far if cancelled."""
@@ -145,24 +144,13 @@ class Machine:
 
     def _powershell(self, arguments: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event) -> int:
         encoded = _encoded_command(arguments.split())
-        if encoded is None:
-            emit(
-                "stderr",
-                b"keyfleet lab: this simulated server runs only the keyfleet bootstrap "
-                b"(powershell.exe -EncodedCommand ...)\r\n",
-            )
-            return 1
         try:
-            script = base64.b64decode(encoded, validate=True).decode("utf-16-le")
+            script = base64.b64decode(encoded or "", validate=True).decode("utf-16-le")
         except (binascii.Error, UnicodeDecodeError):
             emit("stderr", _NOT_ENCODED.encode())
             return 1
-        if script != remote.load_script("bootstrap").content.decode("utf-8-sig"):
-            emit(
-                "stderr",
-                b"keyfleet lab: the encoded command is not the keyfleet bootstrap; "
-                b"this simulated server runs nothing else\r\n",
-            )
+        if not encoded or script != remote.load_script("bootstrap").content.decode("utf-8-sig"):
+            emit("stderr", _ONLY_BOOTSTRAP.encode())
             return 1
         request = stdin.read_all(cancel)
         if cancel.is_set():
@@ -219,27 +207,18 @@ class Machine:
             raise HelperError("remote", "no backup password was given")
         timeout = _tool_timeout(params)
         tool = self._require_tool(params)
-        role, version = self.installation.reported_role(), self.settings.version or None
+        role = self.installation.reported_role()
         self._require_free_space(user)
         key = self.registry.load().key
         run = self._run_tool(
             "Backup", lambda: tool_backup(key, secret, self.computer_name, self.role.value), timeout, cancel
         )
-        if run.exit_code != 0 or run.file is None:
-            raise HelperError(
-                "tool-failed", f"SecureStorageBackup.exe Backup exited with code {run.exit_code}: {run.output}"
-            )
+        file = run.file or b""
         return {
-            "file": base64.b64encode(run.file).decode("ascii"),
-            "sha256": hashlib.sha256(run.file).hexdigest(),
-            "size": len(run.file),
-            "role": role,
-            "version": version,
-            "tool_path": tool,
-            "tool_exit": run.exit_code,
-            "tool_output": run.output,
-            "computer_name": self.computer_name,
-            "helper_version": remote.HELPER_VERSION,
+            "file": base64.b64encode(file).decode("ascii"),
+            "sha256": hashlib.sha256(file).hexdigest(),
+            "size": len(file),
+            **self._tool_fields(role, tool, run),
         }
 
     def _restore(
@@ -279,21 +258,8 @@ class Machine:
         tool = self._require_tool(params)
         self._require_free_space(user)
         run = self._run_tool("Restore", lambda: tool_restore(data, secret, self.computer_name), timeout, cancel)
-        if run.exit_code != 0 or run.key is None:
-            raise HelperError(
-                "tool-failed", f"SecureStorageBackup.exe Restore exited with code {run.exit_code}: {run.output}"
-            )
-        self.registry.replace_key(run.key)
-        return {
-            "sha256": sha256,
-            "role": role,
-            "version": self.settings.version or None,
-            "tool_path": tool,
-            "tool_exit": run.exit_code,
-            "tool_output": run.output,
-            "computer_name": self.computer_name,
-            "helper_version": remote.HELPER_VERSION,
-        }
+        self.registry.replace_key(run.key or b"")
+        return {"sha256": sha256, **self._tool_fields(role, tool, run)}
 
     def _probe(
         self, params: dict[str, object], secret: str | None, user: LabUser, cancel: threading.Event
@@ -345,8 +311,20 @@ class Machine:
                 f"at least {MIN_FREE_BYTES} needed",
             )
 
+    def _tool_fields(self, role: str, tool: str, run: ToolRun) -> dict[str, object]:
+        return {
+            "role": role,
+            "version": self.settings.version or None,
+            "tool_path": tool,
+            "tool_exit": run.exit_code,
+            "tool_output": run.output,
+            "computer_name": self.computer_name,
+            "helper_version": remote.HELPER_VERSION,
+        }
+
     def _run_tool(self, verb: str, run: Callable[[], ToolRun], timeout: float, cancel: threading.Event) -> ToolRun:
-        """The tool as Invoke-Tool sees it, with the tool faults; never waits past cancel."""
+        """The tool as Invoke-Tool sees it, tool faults included: a finished, successful run or a
+        HelperError; never waits past cancel."""
         if self._fault("tool-hanging"):
             if cancel.wait(timeout):
                 raise _Cancelled
@@ -358,12 +336,17 @@ class Machine:
             )
         if self._fault("tool-failing"):
             what = "Backup" if verb == "Backup" else "Key Restore"
-            return ToolRun(2, f"Secure Storage {what} failed: Keyset does not exist (0x80090016).")
-        result = run()
+            result = ToolRun(2, f"Secure Storage {what} failed: Keyset does not exist (0x80090016).")
+        else:
+            result = run()
         output = result.output.strip()
         if len(output) > MAX_OUTPUT_CHARS:
             output = output[:MAX_OUTPUT_CHARS] + "..."
-        return ToolRun(result.exit_code, output, result.file, result.key)
+        if result.exit_code != 0:
+            raise HelperError(
+                "tool-failed", f"SecureStorageBackup.exe {verb} exited with code {result.exit_code}: {output}"
+            )
+        return replace(result, output=output)
 
     def _damage(self, line: bytes) -> bytes:
         """Machine-level output faults: the result line altered or cut short."""

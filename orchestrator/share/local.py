@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -21,7 +22,9 @@ else:
 
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
-_LOCK_POLL = 0.05
+_LOCK_POLL_MIN, _LOCK_POLL_MAX = 0.005, 0.1
+_process_locks: dict[Path, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
 # link(2) is not offered by every mounted filesystem (FAT, some CIFS mounts): claim the name instead.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 _REASONS = {
@@ -161,23 +164,40 @@ class LocalShare(Share):
     def lock(self, timeout: float = 60.0) -> Iterator[None]:
         """Hold ``<root>/.keyfleet.lock`` exclusively (flock on POSIX, a byte lock on Windows).
 
-        The lock works between processes of one machine, and between controllers only where the
-        mounted filesystem forwards locks to the server (NFSv4, SMB mounts with locking enabled).
+        Threads of one process queue on an in-process lock first, so only other processes are
+        polled for. The lock works between controllers only where the mounted filesystem forwards
+        locks to the server (NFSv4, SMB mounts with locking enabled).
         """
+        deadline = time.monotonic() + timeout
+        in_process = _process_lock(self.root)
+        if not in_process.acquire(timeout=timeout):
+            raise self._lock_timeout(timeout)
+        try:
+            with self._file_lock(deadline, timeout):
+                yield
+        finally:
+            in_process.release()
+
+    def _lock_timeout(self, timeout: float) -> ShareError:
+        return ShareError(
+            f"share {self.url}: timed out after {timeout:g} s waiting for {layout.LOCK_NAME} "
+            "(another keyfleet run is updating the manifest)"
+        )
+
+    @contextmanager
+    def _file_lock(self, deadline: float, timeout: float) -> Iterator[None]:
         try:
             self._make_folders(self.root)
             fd = os.open(self.root / layout.LOCK_NAME, os.O_RDWR | os.O_CREAT, _FILE_MODE)
         except OSError as exc:
             raise self._error("open the lock file", layout.LOCK_NAME, exc) from None
         try:
-            deadline = time.monotonic() + timeout
+            pause = _LOCK_POLL_MIN
             while not _try_lock(fd):
                 if time.monotonic() >= deadline:
-                    raise ShareError(
-                        f"share {self.url}: timed out after {timeout:g} s waiting for {layout.LOCK_NAME} "
-                        "(another keyfleet run is updating the manifest)"
-                    )
-                time.sleep(_LOCK_POLL)
+                    raise self._lock_timeout(timeout)
+                time.sleep(pause)
+                pause = min(pause * 2, _LOCK_POLL_MAX)
             try:
                 yield
             finally:
@@ -199,6 +219,13 @@ class LocalShare(Share):
                         raise self._error("remove", name, exc) from None
                     removed += 1
         return removed
+
+
+def _process_lock(root: Path) -> threading.Lock:
+    """One lock per share folder in this process."""
+    key = root.absolute()
+    with _process_locks_guard:
+        return _process_locks.setdefault(key, threading.Lock())
 
 
 def _link_exclusively(temp: Path, target: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from orchestrator.errors import ConfigError
-from orchestrator.inventory.model import Credential, Inventory
+from orchestrator.inventory.model import Credential
 from orchestrator.secret import Secret
 from orchestrator.share.base import Share
 from orchestrator.share.local import LocalShare
@@ -34,7 +34,7 @@ class SMBLocation:
 
 def parse_smb_url(url: str) -> SMBLocation:
     """``smb://[user@]server[:port]/share[/path]`` or ``\\\\server\\share[\\path]``."""
-    if url.startswith(("\\\\", "//")) and not url.lower().startswith("smb:"):
+    if url.startswith(("\\\\", "//")):
         parts = [p for p in re.split(r"[\\/]+", url) if p]
         if len(parts) < 2:
             raise ConfigError(f"share {url!r}: a UNC path needs a server and a share name", key="share.url")
@@ -111,20 +111,3 @@ def open_share(
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     return LocalShare(path)
-
-
-def open_inventory_share(inventory: Inventory, override: str | None = None) -> Share:
-    """The inventory's share, or ``override`` (``--share``, relative to the working folder).
-
-    The inventory's credential and ``require_encryption`` apply to an override too.
-    """
-    config = inventory.share
-    if override is None and config is None:
-        raise ConfigError("no backup share: set share.url in the inventory or pass --share", key="share")
-    url = override or (config.url if config else "")
-    return open_share(
-        url,
-        credential=config.credential if config else None,
-        require_encryption=config.require_encryption if config else False,
-        base_dir=None if override else inventory.path.absolute().parent,
-    )
