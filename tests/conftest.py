@@ -34,7 +34,8 @@ SMALL_FLEET: dict[str, dict[str, Any]] = {
         "d-portal01": {"role": "self_service_portal"},
     },
 }
-_subnet = itertools.count(40)
+# a /24 per lab inventory; offset by the process id so concurrent test runs rarely collide
+_subnet = itertools.count(os.getpid() * 7)
 
 
 @dataclass
@@ -58,7 +59,7 @@ def make_lab_inventory(
     winrm_password: str = "Lab-Test-Pw-1",
 ) -> LabFiles:
     """Write a lab inventory under ``root`` with its own loopback /24, share and state folder."""
-    subnet = next(_subnet) % 200 + 40
+    subnet = next(_subnet) % 150 + 100
     groups: dict[str, Any] = {}
     index = 1
     for group, hosts in (fleet or SMALL_FLEET).items():

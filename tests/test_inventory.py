@@ -285,6 +285,8 @@ BAD_CASES = [
      ["0s or more"]),
     ("zero-timeout", PROD_HEAD + "  connect_timeout: 0s\n" + ONE_HOST, 3, "defaults.connect_timeout",
      ["greater than 0s"]),
+    ("huge-duration", PROD_HEAD + "backup: {max_age: 86400000000000}\n" + ONE_HOST, 3, "backup.max_age",
+     ["at most 3650d"]),
     ("bool-duration", PROD_HEAD + "backup: {max_age: true}\n" + ONE_HOST, 3, "backup.max_age", ["duration"]),
     ("basic-over-http", PROD_HEAD + ONE_HOST.replace("}", ", transport: basic}"), 6,
      "management_groups.G.hosts.ms01.transport", ["basic over plain http", "allow_insecure: true"]),

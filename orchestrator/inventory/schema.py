@@ -81,6 +81,7 @@ _WINDOWS_DEVICES = frozenset(
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _HEX = re.compile(r"^[0-9a-f]+$")
+MAX_DURATION = 3650 * 86400.0
 
 
 def check_dns_name(value: str, *, netbios: bool = True) -> str:
@@ -202,6 +203,8 @@ def parse_duration(value: object) -> float:
         raise Invalid("must be a duration such as 30d, 12h, 90m, 45s or a number of seconds")
     if seconds != seconds or seconds < 0 or seconds == float("inf"):
         raise Invalid("must be a finite duration of 0s or more")
+    if seconds > MAX_DURATION:
+        raise Invalid("must be at most 3650d")
     return seconds
 
 

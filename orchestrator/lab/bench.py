@@ -51,9 +51,16 @@ class BenchResult:
     rss_peak_mib: float
     rss_growth_ratio: float  # peak / before
     rss_per_host_kib: float
+    controller_cpu_ms_per_host: float  # user+system CPU of this process during the parallel run
+    lab_cpu_ms_per_host: float  # CPU of the lab process over both runs, per host backed up
     host_seconds_median: float
     host_seconds_p95: float
     failures: int
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss_mib() -> float:
@@ -137,9 +144,13 @@ def bench(hosts: int = 64, forks: int = 32, latency: float = 0.02, serial_sample
             serial, _, serial_failures = _backup(sample, workdir, "serial", 1, lab.inventory)
             rss_before = _rss_mib()
             since = time.time()
+            cpu_before = _cpu_seconds(resource.RUSAGE_SELF)
             parallel, durations, failures = _backup(selected, workdir, "parallel", forks, lab.inventory)
+            controller_cpu = _cpu_seconds(resource.RUSAGE_SELF) - cpu_before
             rss_peak = _rss_mib()
             requests, connections = _journal_counts(lab.state / "journal.jsonl", since)
+            children_before = _cpu_seconds(resource.RUSAGE_CHILDREN)
+        lab_cpu = _cpu_seconds(resource.RUSAGE_CHILDREN) - children_before
     serial_all = serial / len(sample) * hosts
     speedup = serial_all / parallel if parallel > 0 else 0.0
     ordered = sorted(durations)
@@ -159,6 +170,8 @@ def bench(hosts: int = 64, forks: int = 32, latency: float = 0.02, serial_sample
         rss_peak_mib=round(rss_peak, 1),
         rss_growth_ratio=round(rss_peak / rss_before, 3) if rss_before else 0.0,
         rss_per_host_kib=round(max(rss_peak - rss_before, 0) * 1024 / hosts, 1),
+        controller_cpu_ms_per_host=round(controller_cpu * 1000 / hosts, 1),
+        lab_cpu_ms_per_host=round(lab_cpu * 1000 / (hosts + len(sample)), 1),
         host_seconds_median=round(statistics.median(ordered), 3) if ordered else 0.0,
         host_seconds_p95=round(ordered[int(0.95 * (len(ordered) - 1))], 3) if ordered else 0.0,
         failures=failures + serial_failures,
@@ -173,6 +186,11 @@ def as_rows(result: BenchResult) -> list[tuple[str, str]]:
         ("WS-Man requests per host", f"{result.requests_per_host} = {result.request_budget_ratio} x budget of 5"),
         ("TCP connections per host", f"{result.connections_per_host}"),
         ("controller memory", f"peak/before {result.rss_growth_ratio} ({result.rss_per_host_kib} KiB per host)"),
+        (
+            "CPU per host",
+            f"controller {result.controller_cpu_ms_per_host} ms, lab {result.lab_cpu_ms_per_host} ms "
+            f"({os.cpu_count()} cores shared by both)",
+        ),
         ("per-host time", f"median {result.host_seconds_median}s, p95 {result.host_seconds_p95}s"),
         ("failures", str(result.failures)),
     ]

@@ -41,13 +41,14 @@ class LabHostSpec:
     users: dict[str, tuple[str, bool]] = field(repr=False)  # user name -> (password, admin)
     settings: LabHostSettings = field(default_factory=LabHostSettings)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    allow_unencrypted: bool = False  # Windows' AllowUnencrypted=true: Basic over plain HTTP
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
             raise ConfigError(f"lab host {self.name}: auth {self.auth!r} is not {' or '.join(AUTH_MODES)}")
         if self.scheme not in ("http", "https"):
             raise ConfigError(f"lab host {self.name}: scheme {self.scheme!r} is not http or https")
-        if self.auth == "basic" and self.scheme == "http":
+        if self.auth == "basic" and self.scheme == "http" and not self.allow_unencrypted:
             raise ConfigError(f"lab host {self.name}: Basic authentication is served over https only")
 
     @property
@@ -117,7 +118,8 @@ class LabFleet:
         write_user_file(user_file, {name: pw for name, (pw, _) in spec.users.items()})
         self._user_files.append(user_file)
         listener = HostListener(
-            spec.name, spec.scheme, spec.auth, dict(spec.users), service, faults, ntlm_user_file=user_file
+            spec.name, spec.scheme, spec.auth, dict(spec.users), service, faults, ntlm_user_file=user_file,
+            allow_unencrypted=spec.allow_unencrypted,
         )
         if spec.scheme == "https":
             cert = self._pki.host_certificate(spec.name, spec.address)
@@ -192,6 +194,7 @@ def fleet_from_inventory(inv: Inventory) -> LabFleet:
                 name=host.name, group=host.group, role=host.role, address=host.address, port=host.port,
                 scheme=host.scheme, auth=host.transport,
                 users={host.credential.username: (password, settings.admin)}, settings=settings,
+                allow_unencrypted=host.allow_insecure,
             )
         )
     return LabFleet(specs, state_dir, inv.lab.seed, journal_path=state_dir / "journal.jsonl")

@@ -54,6 +54,11 @@ class HostListener:
     ssl_context: ssl.SSLContext | None = None
     channel_bindings: GssChannelBindings | None = None
     ntlm_user_file: Path | None = None
+    allow_unencrypted: bool = False  # Windows' AllowUnencrypted=true: Basic over plain HTTP
+
+    @property
+    def basic_enabled(self) -> bool:
+        return self.auth == "basic" and (self.scheme == "https" or self.allow_unencrypted)
 
     def user(self, name: str) -> LabUser | None:
         """The lab user called ``name`` (case-insensitive; a bare name matches DOMAIN\\name)."""
@@ -65,7 +70,7 @@ class HostListener:
         return None
 
     def challenges(self) -> list[str]:
-        basic = ['Basic realm="WSMAN"'] if self.auth == "basic" and self.scheme == "https" else []
+        basic = ['Basic realm="WSMAN"'] if self.basic_enabled else []
         return ["Negotiate", *basic]
 
 
@@ -185,7 +190,7 @@ class _Connection:
             self._journal("encryption-init", 200, user)
             self._send(200)
             return True
-        elif self.host.scheme == "http":
+        elif self.host.scheme == "http" and not self.host.allow_unencrypted:
             # Windows with AllowUnencrypted=false refuses plaintext SOAP over HTTP with an empty 500.
             self._journal("rejected", 500, user, detail="unencrypted message refused")
             self._send(500)
@@ -242,7 +247,7 @@ class _Connection:
         return None
 
     def _basic(self, token: str) -> LabUser | None:
-        if self.host.auth != "basic" or self.host.scheme != "https":
+        if not self.host.basic_enabled:
             self._unauthorized(detail="Basic is not enabled on this listener")
             return None
         try:

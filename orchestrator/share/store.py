@@ -9,14 +9,15 @@ no writer works outside the lock, temporaries found while holding it are stale a
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from orchestrator.errors import ConfigError, IntegrityError, ShareExistsError
+from orchestrator.errors import ConfigError, IntegrityError, ShareError, ShareExistsError
 from orchestrator.share import layout
 from orchestrator.share.base import Share
 from orchestrator.share.manifest import Manifest, ManifestEntry, public_key_sha256
@@ -37,6 +38,17 @@ class KeyFileCheck:
     entry: ManifestEntry
     state: FileState
     actual_sha256: str | None = None  # of the bytes found, when the file exists
+
+
+@dataclass
+class _PendingAdd:
+    """One key file waiting for the next group commit, and how it ended."""
+
+    entry: ManifestEntry
+    data: bytes = field(repr=False)
+    done: bool = False
+    result: ManifestEntry | None = None
+    error: Exception | None = None
 
 
 class BackupStore:
@@ -61,6 +73,9 @@ class BackupStore:
         self.signer = signer
         self.verifier = verifier or (signer.public_key() if signer else None)
         self.lock_timeout = lock_timeout
+        self._queue: list[_PendingAdd] = []
+        self._queue_guard = threading.Lock()
+        self._commit_guard = threading.Lock()
 
     # -- manifest ------------------------------------------------------------------------------
 
@@ -129,19 +144,60 @@ class BackupStore:
             helper_version=helper_version,
             run_id=run_id,
         )
-        with self.share.lock(self.lock_timeout):
-            manifest = self._manifest_for_update()
-            known = next((e for e in manifest.entries if e.id == entry.id), None)
-            if known is not None and known.sha256 == sha256:
-                return known  # the same bytes, stored in the same second: already recorded
-            try:
-                self.share.write_new(entry.path, data)
-            except ShareExistsError:
-                # Left by an add interrupted before the manifest update: adopt it only if identical.
-                if hashlib.sha256(self.share.read_bytes(entry.path)).hexdigest() != sha256:
-                    raise
-            self._save_manifest((*manifest.entries, entry))
-        return entry
+        pending = _PendingAdd(entry, data)
+        with self._queue_guard:
+            self._queue.append(pending)
+        # Group commit: whoever holds the commit lock stores every add queued so far under one
+        # hold of the share's lock and one manifest write; the others find theirs done.
+        with self._commit_guard:
+            if not pending.done:
+                with self._queue_guard:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _commit(self, batch: list[_PendingAdd]) -> None:
+        try:
+            with self.share.lock(self.lock_timeout):
+                manifest = self._manifest_for_update()
+                known = {e.id: e for e in manifest.entries}
+                added: list[_PendingAdd] = []
+                for item in batch:
+                    recorded = known.get(item.entry.id)
+                    if recorded is not None and recorded.sha256 == item.entry.sha256:
+                        item.result = recorded  # the same bytes, stored in the same second: already recorded
+                        continue
+                    try:
+                        self._write_key_file(item.entry, item.data)
+                    except (ShareError, IntegrityError) as exc:
+                        item.error = exc
+                        continue
+                    known[item.entry.id] = item.entry
+                    added.append(item)
+                if added:
+                    self._save_manifest((*manifest.entries, *(item.entry for item in added)))
+                for item in added:
+                    item.result = item.entry
+        except (ShareError, IntegrityError, ConfigError) as exc:
+            for item in batch:
+                if item.result is None and item.error is None:
+                    item.error = exc
+        finally:
+            for item in batch:
+                if item.result is None and item.error is None:
+                    item.error = ShareError(f"share {self.share.url}: the manifest update did not complete")
+                item.done = True
+
+    def _write_key_file(self, entry: ManifestEntry, data: bytes) -> None:
+        try:
+            self.share.write_new(entry.path, data)
+        except ShareExistsError:
+            # Left by an add interrupted before the manifest update: adopt it only if identical.
+            if hashlib.sha256(self.share.read_bytes(entry.path)).hexdigest() != entry.sha256:
+                raise
 
     def write_run_record(self, record: RunRecord) -> str:
         """Write ``runs/<run-id>.json`` (never overwriting); return its share path."""

@@ -1,0 +1,130 @@
+"""``keyfleet doctor``: preflight every selected server and render each check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.text import Text
+
+from orchestrator.console import HINTS, Ui
+from orchestrator.errors import ErrorKind
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.jobs import context
+from orchestrator.jobs.doctor import CheckResult, CheckState, Diagnosis, diagnosis_json, format_bytes, run_doctor
+from orchestrator.lab.fleet import serving
+from orchestrator.runner import RunnerEvents, Status
+
+# short column headers, one per check
+COLUMNS = {
+    "reachable": "reach",
+    "authenticated": "auth",
+    "helper": "helper",
+    "administrator": "admin",
+    "role": "role ok",
+    "version": "scsm",
+    "tool": "tool",
+    "temp-space": "temp",
+    "computer-name": "name",
+}
+DOCTOR_HINTS = {
+    "version": "no Service Manager installation was found in the registry: is SCSM installed on this server?",
+    str(ErrorKind.NAME_MISMATCH): "name the host in the inventory after its computer name: a restore "
+    "needs the same computer name as the backup",
+}
+MARK = {CheckState.OK: ("✓", "green"), CheckState.FAILED: ("✗", "red"), CheckState.NOT_RUN: ("–", "dim")}
+
+
+def hint_for(kind: str | None) -> str:
+    if kind is None:
+        return ""
+    if kind in DOCTOR_HINTS:
+        return DOCTOR_HINTS[kind]
+    try:
+        return HINTS.get(ErrorKind(kind), "")
+    except ValueError:
+        return ""
+
+
+def run(args: argparse.Namespace) -> int:
+    ui = Ui()
+    inv = load_inventory(args.inventory)
+    hosts = inv.select(args.limit)
+    warnings = context.security_warnings(hosts)
+    for warning in warnings:
+        ui.warn(warning)
+    passwords = context.winrm_passwords(hosts)
+    with serving(inv), ui.fleet_progress("doctor", [h.name for h in hosts]) as progress:
+        diagnoses, interrupted = run_doctor(
+            hosts, passwords, events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done)
+        )
+    code = exit_code(diagnoses, interrupted)
+    render(ui, diagnoses, interrupted)
+    if args.json:
+        document = {
+            "command": "doctor",
+            "exit_code": code,
+            "interrupted": interrupted,
+            "summary": _counts(diagnoses),
+            "warnings": warnings,
+            "hosts": [{**diagnosis_json(d), "hint": hint_for(_kind(d)) or None} for d in diagnoses],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    return code
+
+
+def exit_code(diagnoses: Sequence[Diagnosis], interrupted: bool) -> int:
+    if interrupted:
+        return 130
+    return 1 if any(d.status() is Status.FAILED for d in diagnoses) else 0
+
+
+def _kind(diagnosis: Diagnosis) -> str | None:
+    cause = diagnosis.cause()
+    return cause.kind if cause else None
+
+
+def _counts(diagnoses: Sequence[Diagnosis]) -> dict[str, int]:
+    return {str(s): sum(1 for d in diagnoses if d.status() is s) for s in Status}
+
+
+def _cell(check: CheckResult) -> Text:
+    mark, style = MARK[check.state]
+    text = ""
+    if check.state is CheckState.FAILED:
+        text = check.kind or ""
+    elif check.state is CheckState.OK and check.name == "temp-space":
+        text = check.detail.removesuffix(" free")
+    elif check.state is CheckState.OK and check.name == "tool":
+        text = check.detail.rpartition("(")[2].rstrip(")")
+    return Text(f"{mark} {text}".rstrip(), style=style)
+
+
+def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
+    rows = []
+    for d in diagnoses:
+        probe = d.probe
+        role = str(probe.role) if probe and probe.role else ("(none)" if probe else "")
+        rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c) for c in d.checks]])
+    ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], rows)
+    by_kind: dict[str, list[str]] = {}
+    for d in diagnoses:
+        cause = d.cause()
+        if d.status() is not Status.FAILED or cause is None:
+            continue
+        for failed in d.failures():
+            ui.line(f"  {d.host.name}: {failed.name}: {failed.kind}: {failed.detail}", "red")
+        by_kind.setdefault(cause.kind or "", []).append(d.host.name)
+    for kind, names in sorted(by_kind.items()):
+        ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
+        ui.line(f"  hint: {hint_for(kind)}")
+    counts = _counts(diagnoses)
+    ok_hosts = [d for d in diagnoses if d.status() is Status.OK and d.probe]
+    temp = min((d.probe.temp_free_bytes for d in ok_hosts if d.probe and d.probe.temp_free_bytes), default=None)
+    ui.line(
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
+        + (f"; least free temp space {format_bytes(temp)}" if temp is not None else "")
+        + (" (interrupted)" if interrupted else "")
+    )

@@ -1,0 +1,147 @@
+"""``keyfleet restore``: put a verified key back onto a rebuilt server, after confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from rich.text import Text
+
+from orchestrator import remote
+from orchestrator.console import STATUS_STYLE, Ui
+from orchestrator.errors import ConfigError, KeyfleetError, ShareError
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.jobs import context, restore
+from orchestrator.lab.fleet import serving
+from orchestrator.runner import RunnerEvents, RunSummary
+from orchestrator.share.manifest import format_iso
+from orchestrator.share.runrecord import RunRecord, new_run_id
+from orchestrator.share.store import BackupStore
+
+
+def require_terminal(how_to_skip: str) -> None:
+    """A restore replaces a server's key: without a terminal to ask on, it needs explicit consent."""
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"a restore replaces the server's encryption key and must be confirmed, but there is no "
+            f"terminal to ask on; {how_to_skip}"
+        )
+
+
+def ask_confirmation(ui: Ui, request: restore.RestoreRequest) -> bool:
+    """Describe the restore and ask for ``yes`` on the terminal."""
+    entry, host = request.entry, request.host
+    ui.line(
+        f"About to restore the encryption key of {host.name} ({host.role}, {host.endpoint}) from backup "
+        f"{entry.id} taken {format_iso(entry.created)} (SCSM {entry.scsm_version or 'version unknown'}, "
+        f"password label {entry.password_id}). The server's current key is replaced.",
+        "bold",
+    )
+    print("Type yes to restore: ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() == "yes"
+
+
+def run(args: argparse.Namespace) -> int:
+    ui = Ui()
+    inv = load_inventory(args.inventory)
+    host = restore.find_host(inv, args.host)
+    if not args.yes:
+        require_terminal("pass --yes to restore without asking")
+    share = context.share_for(inv, args.share)
+    with share:
+        store = context.open_store(inv, share, sign=False)
+        request = restore.prepare_restore(store, host, args.entry)
+        label_warning = restore.password_label_warning(inv, request)
+        if label_warning:
+            ui.warn(label_warning)
+        if not args.yes and not ask_confirmation(ui, request):
+            raise KeyfleetError("restore cancelled: not confirmed")
+        password = context.backup_password(inv)
+        for warning in context.security_warnings([host]):
+            ui.warn(warning)
+        winrm_password = context.winrm_passwords([host])[host.name]
+        run_id, started = new_run_id(), datetime.now(UTC)
+        with serving(inv), ui.fleet_progress("restore", [host.name]) as progress:
+            summary = restore.run_restore(
+                request,
+                password,
+                winrm_password,
+                events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+            )
+        record = restore.build_run_record(
+            run_id=run_id, started=started, inv=inv, share_url=share.url, request=request, summary=summary
+        )
+        record_path = write_record(store, record, ui)
+    code = restore.exit_code(summary)
+    render(ui, request, summary, record_path)
+    if args.json:
+        sys.stdout.write(json.dumps(result_json(record, request, summary, record_path, code), indent=2) + "\n")
+    return code
+
+
+def write_record(store: BackupStore, record: RunRecord, ui: Ui) -> str | None:
+    try:
+        return store.write_run_record(record)
+    except ShareError as exc:
+        ui.warn(f"could not write the run record: {exc}")
+        return None
+
+
+def render(
+    ui: Ui, request: restore.RestoreRequest, summary: RunSummary[remote.RestoreResult], record_path: str | None
+) -> None:
+    entry = request.entry
+    rows = []
+    for result in summary.results:
+        restored = result.value
+        rows.append(
+            [
+                result.host.name,
+                str(result.host.role),
+                entry.id,
+                format_iso(entry.created),
+                Text(str(result.status), style=STATUS_STYLE.get(result.status, "")),
+                restored.tool_output.splitlines()[-1] if restored and restored.tool_output else "",
+                f"{result.kind}: {result.message}" if result.kind else "",
+            ]
+        )
+    ui.table("restore", ["host", "role", "entry", "taken", "status", "tool", "error"], rows)
+    ui.failure_hints(summary.results)
+    ok = all(r.value is not None for r in summary.results)
+    ui.line(
+        (f"restored {entry.id} onto {request.host.name}" if ok else f"{request.host.name}: restore failed")
+        + (f"; run record {record_path}" if record_path else "")
+    )
+
+
+def result_json(
+    record: RunRecord,
+    request: restore.RestoreRequest,
+    summary: RunSummary[remote.RestoreResult],
+    record_path: str | None,
+    code: int,
+) -> dict[str, object]:
+    """``{run record fields..., "entry": ManifestEntry, "server": {...} | null, "run_record", "exit_code"}``."""
+    restored = summary.results[0].value if summary.results else None
+    document = record.to_json()
+    document["entry"] = request.entry.to_json()
+    document["server"] = (
+        None
+        if restored is None
+        else {
+            "computer_name": restored.computer_name,
+            "role": restored.role.value if restored.role else None,
+            "version": restored.version,
+            "sha256": restored.sha256,
+            "tool_path": restored.tool_path,
+            "tool_exit": restored.tool_exit,
+            "tool_output": restored.tool_output,
+            "helper_version": restored.helper_version,
+        }
+    )
+    document["run_record"] = record_path
+    document["exit_code"] = code
+    return document
+

@@ -1,0 +1,244 @@
+"""Preflight (``keyfleet doctor``): probe each server and judge what it offers against the inventory.
+
+The probe helper changes nothing on the server and needs no secret. A connection failure fails
+the check it stops at (reachable, authenticated, helper) and leaves the later checks not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orchestrator import remote
+from orchestrator.errors import ErrorKind
+from orchestrator.inventory.model import HostConfig
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, Status
+from orchestrator.secret import Secret
+from orchestrator.session import WinRMSession
+
+# Every check, in the order it is judged; `require:` in a playbook names a subset.
+CHECKS = (
+    "reachable",
+    "authenticated",
+    "helper",
+    "administrator",
+    "role",
+    "version",
+    "tool",
+    "temp-space",
+    "computer-name",
+)
+MIN_TEMP_FREE_BYTES = 100 * 1024 * 1024  # the key file is tiny; less than this is a server in trouble
+# where a connection-level failure stops the checks; any other failure stops at "helper"
+_FAILED_AT = {
+    ErrorKind.UNREACHABLE: "reachable",
+    ErrorKind.TLS: "reachable",
+    ErrorKind.TIMEOUT: "reachable",
+    ErrorKind.CONFIG: "reachable",
+    ErrorKind.INTERRUPTED: "reachable",
+    ErrorKind.AUTH: "authenticated",
+}
+
+
+class CheckState(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    NOT_RUN = "not-run"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check on one host. ``kind`` (an ErrorKind value, or the check's name) when it failed."""
+
+    name: str
+    state: CheckState
+    detail: str = ""
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Everything doctor learned about one host."""
+
+    host: HostConfig
+    checks: tuple[CheckResult, ...]
+    probe: remote.ProbeResult | None
+    skipped: bool = False  # never started (interrupted)
+    duration: float = 0.0
+    attempts: int = 0
+
+    def check(self, name: str) -> CheckResult:
+        return next(c for c in self.checks if c.name == name)
+
+    def failures(self, require: Collection[str] = CHECKS) -> list[CheckResult]:
+        """The failed checks, when any required check did not pass (root cause first)."""
+        if all(self.check(name).state is CheckState.OK for name in require):
+            return []
+        return [c for c in self.checks if c.state is CheckState.FAILED]
+
+    def status(self, require: Collection[str] = CHECKS) -> Status:
+        if self.skipped:
+            return Status.SKIPPED
+        return Status.FAILED if self.failures(require) else Status.OK
+
+    def cause(self, require: Collection[str] = CHECKS) -> CheckResult | None:
+        """The first failed check (the root cause) when the host fails ``require``."""
+        failures = self.failures(require)
+        return failures[0] if failures else None
+
+
+class ProbeTask:
+    """Run the probe helper on one host (the runner's per-host work)."""
+
+    def __init__(self, winrm_passwords: dict[str, Secret | None]) -> None:
+        self._winrm_passwords = winrm_passwords
+
+    def __call__(self, ctx: HostContext) -> remote.ProbeResult:
+        host = ctx.host
+        ctx.report("connecting")
+        with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
+            ctx.report("probing")
+            result = session.run(
+                remote.bootstrap_command_line(),
+                remote.build_stdin("probe", remote.probe_params(host.tool_path), None),
+                deadline=ctx.deadline,
+                cancel=ctx.cancel,
+                max_output=remote.MAX_OUTPUT_BYTES,
+            )
+        return remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
+
+
+def run_doctor(
+    hosts: list[HostConfig],
+    winrm_passwords: dict[str, Secret | None],
+    *,
+    forks: int = 32,
+    events: RunnerEvents | None = None,
+) -> tuple[list[Diagnosis], bool]:
+    """Probe every host at once (at most ``forks``); one Diagnosis per host and whether interrupted."""
+    summary = Runner(ProbeTask(winrm_passwords), forks=forks, events=events).run(hosts)
+    return [diagnose(result) for result in summary.results], summary.interrupted
+
+
+def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
+    """Judge one probe result (or the failure that prevented it) check by check."""
+    timing = {"duration": result.duration, "attempts": result.attempts}
+    if result.status is Status.SKIPPED:
+        checks = tuple(CheckResult(name, CheckState.NOT_RUN, result.message) for name in CHECKS)
+        return Diagnosis(result.host, checks, None, skipped=True, **timing)
+    if result.status is Status.FAILED or result.value is None:
+        kind = result.kind or ErrorKind.INTERNAL
+        return Diagnosis(result.host, _stopped_at(_FAILED_AT.get(kind, "helper"), kind, result.message), None,
+                         **timing)  # fmt: skip
+    return Diagnosis(result.host, judge(result.host, result.value), result.value, **timing)
+
+
+def _stopped_at(failed: str, kind: ErrorKind, message: str) -> tuple[CheckResult, ...]:
+    index = CHECKS.index(failed)
+    return (
+        *(CheckResult(name, CheckState.OK) for name in CHECKS[:index]),
+        CheckResult(failed, CheckState.FAILED, message, str(kind)),
+        *(CheckResult(name, CheckState.NOT_RUN) for name in CHECKS[index + 1 :]),
+    )
+
+
+def judge(host: HostConfig, probe: remote.ProbeResult) -> tuple[CheckResult, ...]:
+    """The checks of a host whose probe answered."""
+    ok, failed = CheckState.OK, CheckState.FAILED
+    checks = [
+        CheckResult("reachable", ok, host.endpoint),
+        CheckResult("authenticated", ok, host.credential.username if host.credential else host.transport),
+        CheckResult("helper", ok, f"probe {probe.helper_version}, PowerShell {probe.powershell_version or '?'}"),
+    ]
+    if probe.admin:
+        checks.append(CheckResult("administrator", ok, "local administrator"))
+    else:
+        checks.append(CheckResult("administrator", failed, "the WinRM account is not a local administrator",
+                                  str(ErrorKind.NOT_ADMIN)))  # fmt: skip
+    if probe.role is None:
+        checks.append(CheckResult("role", failed, f"no SCSM role found in the registry (inventory: {host.role})",
+                                  str(ErrorKind.ROLE_MISMATCH)))  # fmt: skip
+    elif probe.role != host.role:
+        checks.append(CheckResult("role", failed, f"the server is a {probe.role}, the inventory says {host.role}",
+                                  str(ErrorKind.ROLE_MISMATCH)))  # fmt: skip
+    else:
+        checks.append(CheckResult("role", ok, str(probe.role)))
+    if probe.version:
+        checks.append(CheckResult("version", ok, probe.version))
+    else:
+        checks.append(CheckResult("version", failed, "no Service Manager version found (is SCSM installed?)",
+                                  "version"))  # fmt: skip
+    if probe.tool_path:
+        checks.append(CheckResult("tool", ok, f"{probe.tool_path} ({probe.tool_version or 'version unknown'})"))
+    else:
+        where = f"at {host.tool_path}" if host.tool_path else "in tool_path or any known location"
+        checks.append(CheckResult("tool", failed, f"SecureStorageBackup.exe not found {where}",
+                                  str(ErrorKind.TOOL_MISSING)))  # fmt: skip
+    checks.append(_temp_space(probe))
+    expected = host.name.split(".")[0].upper()
+    if probe.computer_name.upper() == expected:
+        checks.append(CheckResult("computer-name", ok, probe.computer_name))
+    else:
+        checks.append(CheckResult(
+            "computer-name", failed,
+            f"the server's computer name is {probe.computer_name}, the inventory says {expected}",
+            str(ErrorKind.NAME_MISMATCH)))  # fmt: skip
+    return tuple(checks)
+
+
+def _temp_space(probe: remote.ProbeResult) -> CheckResult:
+    where = probe.temp_path or "the temporary folder"
+    free = probe.temp_free_bytes
+    if free is None:
+        return CheckResult("temp-space", CheckState.OK, f"free space of {where} not reported")
+    if free < MIN_TEMP_FREE_BYTES:
+        return CheckResult(
+            "temp-space",
+            CheckState.FAILED,
+            f"only {format_bytes(free)} free in {where} (at least {format_bytes(MIN_TEMP_FREE_BYTES)} wanted)",
+            str(ErrorKind.DISK_FULL),
+        )
+    return CheckResult("temp-space", CheckState.OK, f"{format_bytes(free)} free")
+
+
+def format_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> dict[str, object]:
+    """The --json form of one host (the command adds the hint)."""
+    host, probe, cause = diagnosis.host, diagnosis.probe, diagnosis.cause(require)
+    return {
+        "host": host.name,
+        "group": host.group,
+        "role": host.role.value,
+        "endpoint": host.endpoint,
+        "status": str(diagnosis.status(require)),
+        "kind": cause.kind if cause else None,
+        "message": f"{cause.name}: {cause.detail}" if cause else None,
+        "server": None
+        if probe is None
+        else {
+            "computer_name": probe.computer_name,
+            "role": probe.role.value if probe.role else None,
+            "version": probe.version,
+            "admin": probe.admin,
+            "tool_path": probe.tool_path,
+            "tool_version": probe.tool_version,
+            "temp_path": probe.temp_path,
+            "temp_free_bytes": probe.temp_free_bytes,
+            "powershell_version": probe.powershell_version,
+            "helper_version": probe.helper_version,
+        },
+        "checks": [
+            {"name": c.name, "status": str(c.state), "detail": c.detail, "kind": c.kind} for c in diagnosis.checks
+        ],
+        "duration": round(diagnosis.duration, 3),
+        "attempts": diagnosis.attempts,
+    }

@@ -1,0 +1,205 @@
+"""The restore job: put a backed-up key back onto a rebuilt server of the same name and role.
+
+Nothing reaches the server before the manifest signature and the key file's SHA-256 are checked
+and the entry is known to belong to that server. The key file and the password travel on the
+restore helper's stdin; the helper runs ``SecureStorageBackup.exe Restore <file>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from orchestrator import remote
+from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError
+from orchestrator.inventory.model import HostConfig, Inventory
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
+from orchestrator.secret import Secret
+from orchestrator.session import WinRMSession
+from orchestrator.share.manifest import Manifest, ManifestEntry
+from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
+from orchestrator.share.store import BackupStore, FileState
+
+SAME_SERVER_RULE = (
+    "SecureStorageBackup restores a key only onto the server it was taken from: Microsoft's recovery "
+    "rebuilds the server with the same computer name and role, restores the key, then runs Setup "
+    "against the existing database"
+)
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """A verified key file and the server it goes back to."""
+
+    host: HostConfig
+    entry: ManifestEntry
+    data: bytes = field(repr=False)
+
+
+def find_host(inv: Inventory, name: str) -> HostConfig:
+    """The inventory host called ``name`` (any case); ConfigError naming close matches."""
+    for host in inv.hosts.values():
+        if host.name.lower() == name.lower():
+            return host
+    close = difflib.get_close_matches(name, list(inv.hosts), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{name!r} is not a host of {inv.path}{hint}", key="--host")
+
+
+def choose_entry(manifest: Manifest, host: HostConfig, entry_id: str | None) -> ManifestEntry:
+    """The given entry, else the host's newest; ConfigError when there is none."""
+    if entry_id is not None:
+        entry = next((e for e in manifest.entries if e.id == entry_id), None)
+        if entry is None:
+            known = ", ".join(e.id for e in manifest.entries_for(host.name)[:5]) or "none"
+            raise ConfigError(f"no manifest entry {entry_id!r} (backups of {host.name}: {known})", key="--entry")
+        return entry
+    entries = manifest.entries_for(host.name)
+    if not entries:
+        raise ConfigError(f"the share holds no backup of {host.name}: nothing to restore", key="--host")
+    return entries[0]
+
+
+def check_target(host: HostConfig, entry: ManifestEntry) -> None:
+    """Refuse a restore onto a server other than the one the backup was taken from."""
+    if entry.host.lower() != host.name.lower():
+        raise ConfigError(
+            f"entry {entry.id} is a backup of {entry.host}, not of {host.name}; {SAME_SERVER_RULE}",
+            key="--entry",
+        )
+    if entry.role != host.role.value:
+        raise ConfigError(
+            f"entry {entry.id} is the key of a {entry.role}, but the inventory says {host.name} is a "
+            f"{host.role}; the keys of management servers and DW management servers differ; "
+            f"{SAME_SERVER_RULE}",
+            key="--entry",
+        )
+
+
+def prepare_restore(store: BackupStore, host: HostConfig, entry_id: str | None) -> RestoreRequest:
+    """Verify the manifest signature, choose the entry, check it belongs to ``host``, read its bytes.
+
+    IntegrityError (exit 3) for a bad signature or an altered or missing key file.
+    """
+    manifest = store.load_manifest(verify=True)
+    entry = choose_entry(manifest, host, entry_id)
+    check_target(host, entry)
+    try:
+        data = store.read_key_file(entry)
+    except IntegrityError as exc:
+        if entry_id is not None:
+            raise
+        older = next(
+            (e for e in manifest.entries_for(host.name)[1:] if store.check_key_file(e).state is FileState.OK), None
+        )
+        hint = (
+            f"; the newest intact backup is {older.id} (restore it with --entry {older.id} only if it holds "
+            "the server's current key)"
+            if older
+            else "; no intact backup of this server is left"
+        )
+        raise IntegrityError(f"{exc}{hint}; run keyfleet audit") from None
+    return RestoreRequest(host, entry, data)
+
+
+def password_label_warning(inv: Inventory, request: RestoreRequest) -> str | None:
+    """A warning when the backup was sealed under another password label than the inventory's."""
+    if request.entry.password_id == inv.backup.password_id:
+        return None
+    return (
+        f"backup {request.entry.id} was taken with password label {request.entry.password_id!r}; the "
+        f"inventory's is {inv.backup.password_id!r}: the password given must be the one of that backup"
+    )
+
+
+class RestoreTask:
+    """Send the key file and its password to the restore helper of one host."""
+
+    def __init__(self, request: RestoreRequest, password: Secret, winrm_password: Secret | None) -> None:
+        self._request = request
+        self._password = password
+        self._winrm_password = winrm_password
+
+    def __call__(self, ctx: HostContext) -> remote.RestoreResult:
+        host, entry = ctx.host, self._request.entry
+        params = remote.restore_params(
+            self._request.data,
+            host.tool_path,
+            host.tool_timeout,
+            expected_computer_name=host.name,
+            expected_role=host.role,
+        )
+        ctx.report("connecting")
+        with WinRMSession(host, self._winrm_password) as session:
+            ctx.report("restoring")
+            result = session.run(
+                remote.bootstrap_command_line(),
+                remote.build_stdin("restore", params, self._password),
+                deadline=ctx.deadline,
+                cancel=ctx.cancel,
+                max_output=remote.MAX_OUTPUT_BYTES,
+            )
+        restored = remote.parse_restore(host.name, result.stdout, result.stderr, result.exit_code)
+        if restored.sha256 != entry.sha256:
+            raise HostFailure(
+                ErrorKind.INTEGRITY, host.name, "the server restored a file whose SHA-256 differs from the entry's"
+            )
+        return restored
+
+
+def run_restore(
+    request: RestoreRequest,
+    password: Secret,
+    winrm_password: Secret | None,
+    *,
+    events: RunnerEvents | None = None,
+) -> RunSummary[remote.RestoreResult]:
+    """Restore on the one host, with the runner's deadline, retries and Ctrl-C handling."""
+    task = RestoreTask(request, password, winrm_password)
+    return Runner(task, forks=1, events=events).run([request.host])
+
+
+def outcome_of(request: RestoreRequest, result: HostResult[remote.RestoreResult]) -> HostOutcome:
+    entry, restored = request.entry, result.value
+    return HostOutcome(
+        host=result.host.name,
+        group=result.host.group,
+        role=result.host.role.value,
+        status=OutcomeStatus(result.status.value),
+        kind=str(result.kind) if result.kind else None,
+        message=result.message or (f"restored {entry.id}" if restored else None),
+        entry_id=entry.id,
+        sha256=entry.sha256,
+        size=entry.size,
+        duration=round(result.duration, 3),
+        scsm_version=restored.version if restored else None,
+        attempts=result.attempts,
+    )
+
+
+def build_run_record(
+    *,
+    run_id: str,
+    started: datetime,
+    inv: Inventory,
+    share_url: str,
+    request: RestoreRequest,
+    summary: RunSummary[remote.RestoreResult],
+) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        command="restore",
+        started=started,
+        finished=datetime.now(UTC),
+        inventory=str(inv.path),
+        share=share_url,
+        interrupted=summary.interrupted,
+        outcomes=tuple(outcome_of(request, r) for r in summary.results),
+    )
+
+
+def exit_code(summary: RunSummary[remote.RestoreResult]) -> int:
+    if summary.interrupted:
+        return 130
+    return 0 if all(r.status is Status.OK for r in summary.results) else 1
