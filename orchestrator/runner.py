@@ -69,7 +69,7 @@ class RunSummary(Generic[T]):
     interrupted: bool = False
 
 
-class Runner:
+class Runner(Generic[T]):
     """Run ``task(ctx)`` for every host, at most ``forks`` at once.
 
     ``task`` raises HostFailure for a failure; transient kinds are retried with backoff while the

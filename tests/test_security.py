@@ -19,7 +19,7 @@ from tests.leaks import LeakSearch
 
 def test_secret_never_shows_its_value():
     secret = Secret("Top-Secret-Value-42", "env:X")
-    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", f"{secret:>30}", "%s" % secret):
+    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", f"{secret:>30}", "%s" % secret):  # noqa: UP031
         assert "Top-Secret-Value-42" not in shown
         assert "env:X" in shown
     assert secret.reveal() == "Top-Secret-Value-42"

@@ -33,14 +33,19 @@ def parse_age(text: str | None, option: str) -> timedelta | None:
         raise ConfigError(f"{text!r} {exc}", key=option) from None
 
 
+def _last_failed(store: BackupStore) -> set[str]:
+    """Hosts that did not succeed in the latest backup run recorded on the share."""
+    record = store.latest_run_record("backup")
+    if record is None:
+        raise ConfigError("@last-failed: the share has no backup run record yet", key="--limit")
+    return {o.host for o in record.outcomes if o.status == "failed" or o.kind == "interrupted"}
+
+
 def last_failed_resolver(store: BackupStore) -> Callable[[str], set[str]]:
     def resolve(token: str) -> set[str]:
         if token != "@last-failed":
             raise ConfigError(f"unknown selection {token!r} (supported: @last-failed)", key="--limit")
-        record = store.latest_run_record()
-        if record is None:
-            raise ConfigError("@last-failed: the share has no run record yet", key="--limit")
-        return {o.host for o in record.outcomes if o.status != "ok"}
+        return _last_failed(store)
 
     return resolve
 
@@ -51,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     share = context.share_for(inv, args.share)
     with share:
         store = context.open_store(inv, share, sign=not args.check)
+        if args.limit and args.limit.strip() == "@last-failed" and not _last_failed(store):
+            ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
+            return 0
         hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
         only_stale = parse_age(args.only_stale, "--only-stale")
         manifest = store.load_manifest(verify=True) if only_stale is not None else None

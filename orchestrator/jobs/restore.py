@@ -28,6 +28,14 @@ SAME_SERVER_RULE = (
 )
 
 
+class RestoreRefused(ConfigError):
+    """The backup belongs to another server or role: nothing is sent (exit 2; ``kind`` for reports)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        self.kind = kind
+        super().__init__(message, key="--entry")
+
+
 @dataclass(frozen=True)
 class RestoreRequest:
     """A verified key file and the server it goes back to."""
@@ -64,16 +72,15 @@ def choose_entry(manifest: Manifest, host: HostConfig, entry_id: str | None) -> 
 def check_target(host: HostConfig, entry: ManifestEntry) -> None:
     """Refuse a restore onto a server other than the one the backup was taken from."""
     if entry.host.lower() != host.name.lower():
-        raise ConfigError(
+        raise RestoreRefused(
+            ErrorKind.NAME_MISMATCH,
             f"entry {entry.id} is a backup of {entry.host}, not of {host.name}; {SAME_SERVER_RULE}",
-            key="--entry",
         )
     if entry.role != host.role.value:
-        raise ConfigError(
+        raise RestoreRefused(
+            ErrorKind.ROLE_MISMATCH,
             f"entry {entry.id} is the key of a {entry.role}, but the inventory says {host.name} is a "
-            f"{host.role}; the keys of management servers and DW management servers differ; "
-            f"{SAME_SERVER_RULE}",
-            key="--entry",
+            f"{host.role}; the keys of management servers and DW management servers differ; {SAME_SERVER_RULE}",
         )
 
 

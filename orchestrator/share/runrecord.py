@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.errors import IntegrityError
 from orchestrator.share.layout import format_time
-from orchestrator.share.manifest import format_iso, parse_iso
+from orchestrator.share.manifest import parse_iso
 
 
 class OutcomeStatus(StrEnum):
@@ -75,8 +75,8 @@ class RunRecord:
         return {
             "run_id": self.run_id,
             "command": self.command,
-            "started": format_iso(self.started),
-            "finished": format_iso(self.finished),
+            "started": format_precise(self.started),
+            "finished": format_precise(self.finished),
             "inventory": self.inventory,
             "share": self.share,
             "interrupted": self.interrupted,
@@ -111,6 +111,11 @@ class RunRecord:
             )
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
             raise IntegrityError(f"{name} is not a valid run record: {exc}") from None
+
+
+def format_precise(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds: run records of one second still sort by start."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_run_id(now: datetime | None = None) -> str:

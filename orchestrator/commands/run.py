@@ -1,0 +1,149 @@
+"""``keyfleet run PLAYBOOK``: run a runbook's steps over the selected hosts and render every result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+
+from rich.text import Text
+
+from orchestrator.commands.backup import last_failed_resolver
+from orchestrator.commands.doctor import hint_for
+from orchestrator.commands.restore import ask_confirmation, require_terminal
+from orchestrator.console import STATUS_STYLE, Ui
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.jobs import context
+from orchestrator.jobs.playbook import (
+    PlaybookContext,
+    PlaybookResult,
+    PlaybookRun,
+    StepResult,
+    describe_plan,
+    plan_json,
+    select_playbook_hosts,
+)
+from orchestrator.jobs.playbook_schema import Playbook, load_playbook
+from orchestrator.lab.fleet import serving
+from orchestrator.runner import RunnerEvents, Status
+from orchestrator.share.store import BackupStore
+
+
+@contextmanager
+def _progress(ui: Ui, title: str, hosts: list[str]) -> Iterator[RunnerEvents]:
+    with ui.fleet_progress(title, hosts) as progress:
+        yield RunnerEvents(on_state=progress.on_state, on_done=progress.on_done)
+
+
+def run(args: argparse.Namespace) -> int:
+    ui = Ui()
+    playbook = load_playbook(args.playbook)
+    inv = load_inventory(args.inventory)
+    with ExitStack() as stack:
+        store: BackupStore | None = None
+        if playbook.needs_share:
+            share = stack.enter_context(context.share_for(inv, args.share))
+            store = context.open_store(inv, share, sign=playbook.has("backup") and not args.check)
+        resolver = last_failed_resolver(store) if store else None
+        hosts = select_playbook_hosts(playbook, inv, args.limit, resolver)
+        if args.check:
+            for line in describe_plan(playbook, hosts, store.share.url if store else None):
+                ui.line(line)
+            if args.json:
+                _print_json({"command": "run", "check": True, "playbook": _playbook_json(playbook),
+                             "hosts": [h.name for h in hosts], "plan": plan_json(playbook, hosts)})  # fmt: skip
+            return 0
+        assume_yes = bool(getattr(args, "yes", False))
+        if playbook.confirmations() and not assume_yes:
+            require_terminal("set `confirm: false` on the playbook's restore step to run it unattended")
+        password = context.backup_password(inv) if playbook.needs_password else None
+        warnings = context.security_warnings(hosts)
+        for warning in warnings:
+            ui.warn(warning)
+        ctx = PlaybookContext(
+            inv=inv,
+            store=store,
+            password=password,
+            winrm_passwords=context.winrm_passwords(hosts),
+            progress=partial(_progress, ui),
+            confirm=(lambda _request: True) if assume_yes else partial(ask_confirmation, ui),
+        )
+        ui.line(f"playbook {playbook.name!r}: {len(playbook.steps)} step(s) on {len(hosts)} host(s)")
+        with serving(inv):
+            result = PlaybookRun(playbook, hosts, ctx).run()
+    render(ui, result)
+    if args.json:
+        _print_json(result_json(result, warnings))
+    return result.exit_code
+
+
+def _cell(step: StepResult, host: str) -> Text:
+    cell = step.cell(host)
+    if cell is None:
+        return Text("")
+    if cell.status is Status.FAILED:
+        return Text(f"✗ {cell.kind or 'failed'}", style="red")
+    if cell.status is Status.SKIPPED:
+        return Text("skipped", style="yellow" if step.status is not Status.SKIPPED else "dim")
+    return Text("✓ covered" if step.step.name == "audit" else "✓ ok", style="green")
+
+
+def render(ui: Ui, result: PlaybookResult) -> None:
+    rows = [[h.name, str(h.role), *[_cell(s, h.name) for s in result.steps]] for h in result.hosts]
+    ui.table(f"playbook {result.playbook.name}", ["host", "role", *[s.step.title for s in result.steps]], rows)
+    for step in result.steps:
+        style = STATUS_STYLE.get(step.status, "")
+        ui.line(f"step {step.step.title}: {step.status}: {step.summary}", style)
+        if step.run_record:
+            ui.line(f"  run record {step.run_record}")
+        for warning in step.warnings:
+            ui.warn(warning)
+    failures = result.failures()
+    by_kind: dict[str, list[str]] = {}
+    for step, cell in failures:
+        ui.line(f"  {cell.host}: step {step.step.title}: {cell.kind}: {cell.message}", "red")
+        by_kind.setdefault(cell.kind or "", []).append(cell.host)
+    for kind, names in sorted(by_kind.items()):
+        ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
+        if hint_for(kind):
+            ui.line(f"  hint: {hint_for(kind)}")
+    code = result.exit_code
+    verdict = {0: "ok", 1: "failed", 3: "INTEGRITY FAILURE", 130: "interrupted"}.get(code, "failed")
+    failed = f"; failed: {', '.join(cell.host for _, cell in failures)}" if failures else ""
+    ui.line(f"playbook {result.playbook.name!r}: {verdict} (exit {code}){failed}", "green" if code == 0 else "red")
+
+
+def _playbook_json(playbook: Playbook) -> dict[str, object]:
+    return {
+        "name": playbook.name,
+        "file": str(playbook.path),
+        "description": playbook.description,
+        "hosts": playbook.hosts,
+        "on_failure": playbook.on_failure,
+    }
+
+
+def result_json(result: PlaybookResult, warnings: list[str]) -> dict[str, object]:
+    return {
+        "command": "run",
+        "check": False,
+        "playbook": _playbook_json(result.playbook),
+        "hosts": [h.name for h in result.hosts],
+        "interrupted": result.interrupted,
+        "exit_code": result.exit_code,
+        "warnings": warnings,
+        "steps": [s.to_json() for s in result.steps],
+        "failed_hosts": [
+            {"host": c.host, "step": s.step.number, "name": s.step.name, "kind": c.kind, "message": c.message}
+            for s, c in result.failures()
+        ],
+        "run_records": [s.run_record for s in result.steps if s.run_record],
+    }
+
+
+def _print_json(document: object) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()

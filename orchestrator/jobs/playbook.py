@@ -1,0 +1,381 @@
+"""Running a playbook: its steps in order over the selected hosts, each step one of the jobs.
+
+A host that fails a host step (doctor, backup, verify, restore) sits out the later host steps;
+``on_failure: stop`` ends the playbook after the first failed step. The audit step judges every
+selected host. Every step's outcome per host is a value; the command renders them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from orchestrator import remote
+from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
+from orchestrator.inventory.limit import AtResolver, select_hosts
+from orchestrator.inventory.model import HostConfig, Inventory
+from orchestrator.jobs import backup, restore
+from orchestrator.jobs.audit import INTEGRITY, Severity, format_age, run_audit
+from orchestrator.jobs.audit import Status as Coverage
+from orchestrator.jobs.doctor import run_doctor
+from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
+from orchestrator.runner import RunnerEvents, Status
+from orchestrator.secret import Secret
+from orchestrator.share.manifest import ManifestEntry
+from orchestrator.share.runrecord import RunRecord, new_run_id
+from orchestrator.share.store import BackupStore, FileState
+
+Progress = Callable[[str, list[str]], AbstractContextManager[RunnerEvents]]
+
+
+@dataclass
+class HostStep:
+    """One host's outcome in one step. ``kind``: an ErrorKind value, a doctor check or a coverage status."""
+
+    host: str
+    status: Status
+    kind: str | None = None
+    message: str = ""
+    data: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "status": str(self.status), "kind": self.kind, "message": self.message or None,
+                **self.data}  # fmt: skip
+
+
+@dataclass
+class StepResult:
+    step: Step
+    status: Status
+    summary: str
+    hosts: list[HostStep] = field(default_factory=list)
+    integrity: bool = False
+    interrupted: bool = False
+    run_record: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    data: dict[str, object] = field(default_factory=dict)
+
+    def cell(self, host: str) -> HostStep | None:
+        return next((c for c in self.hosts if c.host == host), None)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "step": self.step.number, "name": self.step.name, "options": self.step.options_json(),
+            "status": str(self.status), "summary": self.summary, "integrity": self.integrity,
+            "interrupted": self.interrupted, "run_record": self.run_record, "warnings": self.warnings,
+            **self.data, "hosts": [c.to_json() for c in self.hosts],
+        }  # fmt: skip
+
+
+@dataclass
+class PlaybookResult:
+    playbook: Playbook
+    hosts: list[HostConfig]
+    steps: list[StepResult]
+
+    @property
+    def interrupted(self) -> bool:
+        return any(s.interrupted for s in self.steps)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        if any(s.integrity for s in self.steps):
+            return 3
+        return 1 if any(s.status is Status.FAILED for s in self.steps) else 0
+
+    def failures(self) -> list[tuple[StepResult, HostStep]]:
+        """The first failure of each host, in failed steps only (in host order)."""
+        found: dict[str, tuple[StepResult, HostStep]] = {}
+        for step in self.steps:
+            if step.status is Status.FAILED:
+                for c in step.hosts:
+                    if c.status is Status.FAILED:
+                        found.setdefault(c.host, (step, c))
+        return [found[h.name] for h in self.hosts if h.name in found]
+
+
+def select_playbook_hosts(
+    playbook: Playbook, inv: Inventory, limit: str | None, at_resolver: AtResolver | None = None
+) -> list[HostConfig]:
+    """The playbook's ``hosts`` intersected with ``--limit``; a restore step needs exactly one."""
+    try:
+        hosts = inv.select(None) if playbook.hosts == "all" else select_hosts(inv, playbook.hosts)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=str(playbook.path), line=playbook.hosts_line, key="hosts") from None
+    if limit:
+        chosen = {h.name for h in select_hosts(inv, limit, at_resolver)}
+        hosts = [h for h in hosts if h.name in chosen]
+        if not hosts:
+            raise ConfigError(f"the playbook's hosts ({playbook.hosts}) and {limit!r} have no host in common",
+                              key="--limit")  # fmt: skip
+    for step in playbook.steps:
+        if step.name == "restore" and len(hosts) != 1:
+            names = ", ".join(h.name for h in hosts[:5]) + (", ..." if len(hosts) > 5 else "")
+            raise ConfigError(
+                f"the restore step works on one server, but {len(hosts)} are selected ({names}): "
+                "choose the rebuilt server with --limit HOST",
+                file=str(playbook.path), line=step.line, key=f"steps[{step.number}]",
+            )  # fmt: skip
+    return hosts
+
+
+def describe_plan(playbook: Playbook, hosts: list[HostConfig], share_url: str | None) -> list[str]:
+    """The plan --check prints: every step and the hosts it would work on."""
+    names = ", ".join(h.name for h in hosts)
+    lines = [
+        f"playbook {playbook.name!r} ({playbook.path}): {len(hosts)} host(s), on_failure: {playbook.on_failure}",
+        *([f"  {playbook.description}"] if playbook.description else []),
+        *([f"  share: {share_url}"] if share_url else []),
+    ]
+    for step in playbook.steps:
+        options = ", ".join(f"{k}={v}" for k, v in step.options_json().items() if v is not None)
+        target = "every selected server (coverage)" if step.name == "audit" else names
+        lines.append(f"  step {step.title}{f' ({options})' if options else ''}: {target}")
+    return lines
+
+
+def plan_json(playbook: Playbook, hosts: list[HostConfig]) -> list[dict[str, object]]:
+    return [
+        {"step": s.number, "name": s.name, "options": s.options_json(), "hosts": [h.name for h in hosts]}
+        for s in playbook.steps
+    ]
+
+
+@dataclass
+class PlaybookContext:
+    """What the steps need besides the playbook: inventory, share, secrets, progress, confirmation."""
+
+    inv: Inventory
+    store: BackupStore | None
+    password: Secret | None
+    winrm_passwords: dict[str, Secret | None]
+    progress: Progress
+    confirm: Callable[[restore.RestoreRequest], bool]
+    forks: int = 32
+
+
+class PlaybookRun:
+    def __init__(self, playbook: Playbook, hosts: list[HostConfig], ctx: PlaybookContext) -> None:
+        self.playbook, self.hosts, self.ctx = playbook, hosts, ctx
+        self.written: dict[str, ManifestEntry] = {}  # host -> the entry a backup step stored
+        self.restored: dict[str, tuple[ManifestEntry, remote.RestoreResult]] = {}
+        self.failed: dict[str, str] = {}  # host -> title of the step it failed
+
+    def run(self) -> PlaybookResult:
+        results: list[StepResult] = []
+        stopped = ""
+        for step in self.playbook.steps:
+            if stopped:
+                cells = [HostStep(h.name, Status.SKIPPED, message=stopped) for h in self.hosts]
+                results.append(StepResult(step, Status.SKIPPED, f"not run: {stopped}", cells))
+                continue
+            result = self._step(step)
+            results.append(result)
+            if result.interrupted:
+                stopped = "interrupted"
+            elif result.status is Status.FAILED and self.playbook.on_failure == "stop":
+                stopped = f"step {step.title} failed (on_failure: stop)"
+        return PlaybookResult(self.playbook, self.hosts, results)
+
+    def _step(self, step: Step) -> StepResult:
+        if step.name == "audit":
+            return self._audit(step)
+        targets = [h for h in self.hosts if h.name not in self.failed]
+        if not targets:
+            result = StepResult(step, Status.SKIPPED, "no host left")
+        else:
+            result = {"doctor": self._doctor, "backup": self._backup, "verify": self._verify,
+                      "restore": self._restore}[step.name](step, targets)  # fmt: skip
+        for host in self.hosts:
+            if host.name in self.failed:
+                result.hosts.append(HostStep(host.name, Status.SKIPPED, message=f"failed step {self.failed[host.name]}"))
+        result.hosts.sort(key=lambda c: [h.name for h in self.hosts].index(c.host))
+        for cell in result.hosts:
+            if cell.status is Status.FAILED:
+                self.failed.setdefault(cell.host, step.title)
+        return result
+
+    def _store(self) -> BackupStore:
+        if self.ctx.store is None:
+            raise ConfigError("this playbook needs the backup share", file=str(self.playbook.path))
+        return self.ctx.store
+
+    def _secret(self) -> Secret:
+        if self.ctx.password is None:
+            raise ConfigError("this playbook needs the backup password", file=str(self.playbook.path))
+        return self.ctx.password
+
+    def _write(self, record: RunRecord, result: StepResult) -> None:
+        try:
+            result.run_record = self._store().write_run_record(record)
+        except ShareError as exc:
+            result.warnings.append(f"could not write the run record: {exc}")
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _doctor(self, step: Step, targets: list[HostConfig]) -> StepResult:
+        assert isinstance(step.options, DoctorOptions)
+        require = step.options.require
+        with self.ctx.progress(f"step {step.title}", [h.name for h in targets]) as events:
+            diagnoses, interrupted = run_doctor(targets, self.ctx.winrm_passwords, forks=self.ctx.forks,
+                                                events=events)  # fmt: skip
+        cells = []
+        for d in diagnoses:
+            cause, probe = d.cause(require), d.probe
+            data: dict[str, object] = {
+                "role": str(probe.role) if probe and probe.role else None,
+                "version": probe.version if probe else None,
+                "checks": {c.name: str(c.state) for c in d.checks},
+            }
+            message = f"{cause.name}: {cause.detail}" if cause else f"{probe.version if probe else ''}".strip()
+            cells.append(HostStep(d.host.name, d.status(require), cause.kind if cause else None, message, data))
+        failed = sum(1 for c in cells if c.status is Status.FAILED)
+        summary = f"{len(cells) - failed} passed, {failed} failed (required: {', '.join(require)})"
+        return StepResult(step, Status.FAILED if failed else Status.OK, summary, cells, interrupted=interrupted)
+
+    def _backup(self, step: Step, targets: list[HostConfig]) -> StepResult:
+        assert isinstance(step.options, BackupOptions)
+        store, only_stale = self._store(), step.options.only_stale
+        try:
+            manifest = store.load_manifest(verify=True) if only_stale is not None else None
+        except IntegrityError as exc:
+            return _integrity_failure(step, targets, str(exc))
+        plan = backup.plan_backup(targets, manifest=manifest, only_stale=only_stale)
+        run_id, started = new_run_id(), datetime.now(UTC)
+        task = backup.BackupTask(store=store, password=self._secret(), password_id=self.ctx.inv.backup.password_id,
+                                 winrm_passwords=self.ctx.winrm_passwords, run_id=run_id)  # fmt: skip
+        with self.ctx.progress(f"step {step.title}", [h.name for h in plan.hosts]) as events:
+            summary = backup.run_backup(plan, task, forks=self.ctx.forks, events=events)
+        left_out = [backup.SkippedHost(h, f"failed step {self.failed[h.name]}") for h in self.hosts
+                    if h.name in self.failed]  # fmt: skip
+        cells = []
+        for r in summary.results:
+            entry = r.value
+            if entry is not None:
+                self.written[r.host.name] = entry
+                cells.append(HostStep(r.host.name, r.status, message=entry.id,
+                                      data={"entry_id": entry.id, "sha256": entry.sha256, "size": entry.size}))  # fmt: skip
+            else:
+                cells.append(HostStep(r.host.name, r.status, str(r.kind) if r.kind else None, r.message))
+        cells += [HostStep(s.host.name, Status.SKIPPED, message=s.reason) for s in plan.skipped]
+        failed = sum(1 for c in cells if c.status is Status.FAILED)
+        result = StepResult(
+            step, Status.FAILED if failed else Status.OK,
+            f"{len(self.written)} backed up, {failed} failed, {len(plan.skipped)} skipped as fresh", cells,
+            interrupted=summary.interrupted,
+        )  # fmt: skip
+        record = backup.build_run_record(run_id=run_id, command="run", started=started, inv=self.ctx.inv,
+                                         share_url=store.share.url, summary=summary,
+                                         skipped=plan.skipped + left_out)  # fmt: skip
+        self._write(record, result)
+        return result
+
+    def _verify(self, step: Step, targets: list[HostConfig]) -> StepResult:
+        store = self._store()
+        try:
+            manifest = store.load_manifest(verify=True)
+        except IntegrityError as exc:
+            return _integrity_failure(step, targets, str(exc))
+        listed = {(e.id, e.sha256, e.size) for e in manifest.entries}
+        cells = []
+        for host in targets:
+            written = self.written.get(host.name)
+            restored = self.restored.get(host.name)
+            entry = written or (restored[0] if restored else None)
+            if entry is None:
+                cells.append(HostStep(host.name, Status.SKIPPED, message="nothing written or restored by this run"))
+                continue
+            problem = None
+            if (entry.id, entry.sha256, entry.size) not in listed:
+                problem = f"entry {entry.id} is not in the signed manifest"
+            elif (state := store.check_key_file(entry).state) is not FileState.OK:
+                problem = f"key file {entry.path} is {state} on the share"
+            elif restored and restored[1].sha256 != entry.sha256:
+                problem = f"the server restored bytes whose SHA-256 differs from {entry.id}"
+            if problem:
+                cells.append(HostStep(host.name, Status.FAILED, str(ErrorKind.INTEGRITY), problem))
+            else:
+                what = "restored" if restored and not written else "stored"
+                cells.append(HostStep(host.name, Status.OK, message=f"{what} {entry.id}: SHA-256 and signature verified",
+                                      data={"entry_id": entry.id, "sha256": entry.sha256}))  # fmt: skip
+        failed = sum(1 for c in cells if c.status is Status.FAILED)
+        verified = sum(1 for c in cells if c.status is Status.OK)
+        summary = f"manifest signature valid; {verified} key file(s) verified, {failed} failed"
+        return StepResult(step, Status.FAILED if failed else Status.OK, summary, cells, integrity=failed > 0)
+
+    def _audit(self, step: Step) -> StepResult:
+        assert isinstance(step.options, AuditOptions)
+        max_age = step.options.max_age or self.ctx.inv.backup.max_age
+        required = step.options.require_coverage
+        report = run_audit(self.ctx.inv, self._store(), max_age=max_age)
+        names = {h.name for h in self.hosts}
+        servers = [s for s in report.servers if s.host in names]
+        covered = sum(1 for s in servers if s.status is Coverage.COVERED)
+        percent = round(100.0 * covered / len(servers), 1) if servers else 100.0
+        integrity = any(s.status in INTEGRITY for s in servers) or any(
+            f.severity is Severity.INTEGRITY and (f.host is None or f.host in names) for f in report.findings
+        )
+        cells = [
+            HostStep(s.host, Status.OK if s.status is Coverage.COVERED else Status.FAILED,
+                     None if s.status is Coverage.COVERED else str(s.status), s.reason,
+                     {"coverage": str(s.status), "entry_id": s.last_good.id if s.last_good else None})
+            for s in servers
+        ]  # fmt: skip
+        summary = (
+            f"coverage {percent:g}% of {len(servers)} selected server(s) (required {required:g}%, "
+            f"max age {format_age(max_age)}); manifest signature {report.signature}"
+        )
+        findings = [f"{f.kind}: {f.message}" for f in report.findings if f.host is None or f.host in names]
+        status = Status.FAILED if integrity or percent < required else Status.OK
+        return StepResult(
+            step, status, summary, cells, integrity=integrity, warnings=findings,
+            data={"coverage": {"percent": percent, "covered": covered, "servers": len(servers),
+                               "required": required, "max_age_seconds": int(max_age.total_seconds()),
+                               "signature": str(report.signature)}},
+        )  # fmt: skip
+
+    def _restore(self, step: Step, targets: list[HostConfig]) -> StepResult:
+        assert isinstance(step.options, RestoreOptions)
+        host, store = targets[0], self._store()
+        try:
+            request = restore.prepare_restore(store, host, step.options.entry)
+        except IntegrityError as exc:
+            return _integrity_failure(step, targets, str(exc))
+        except restore.RestoreRefused as exc:
+            return StepResult(step, Status.FAILED, "refused", [HostStep(host.name, Status.FAILED, str(exc.kind),
+                                                                         exc.message)])  # fmt: skip
+        except ConfigError as exc:
+            return StepResult(step, Status.FAILED, "nothing to restore",
+                              [HostStep(host.name, Status.FAILED, str(ErrorKind.CONFIG), exc.message)])  # fmt: skip
+        warning = restore.password_label_warning(self.ctx.inv, request)
+        if step.options.confirm and not self.ctx.confirm(request):
+            cell = HostStep(host.name, Status.FAILED, str(ErrorKind.INTERRUPTED), "not confirmed by the operator")
+            return StepResult(step, Status.FAILED, "not confirmed", [cell])
+        run_id, started = new_run_id(), datetime.now(UTC)
+        with self.ctx.progress(f"step {step.title}", [host.name]) as events:
+            summary = restore.run_restore(request, self._secret(), self.ctx.winrm_passwords.get(host.name),
+                                          events=events)  # fmt: skip
+        outcome = summary.results[0]
+        if outcome.value is not None:
+            self.restored[host.name] = (request.entry, outcome.value)
+            cell = HostStep(host.name, Status.OK, message=f"restored {request.entry.id}",
+                            data={"entry_id": request.entry.id, "sha256": request.entry.sha256})  # fmt: skip
+        else:
+            cell = HostStep(host.name, outcome.status, str(outcome.kind) if outcome.kind else None, outcome.message,
+                            {"entry_id": request.entry.id})  # fmt: skip
+        result = StepResult(step, Status.OK if outcome.value else Status.FAILED,
+                            f"{request.entry.id} -> {host.name}", [cell], interrupted=summary.interrupted,
+                            warnings=[warning] if warning else [])  # fmt: skip
+        record = restore.build_run_record(run_id=run_id, started=started, inv=self.ctx.inv,
+                                          share_url=store.share.url, request=request, summary=summary)  # fmt: skip
+        self._write(record, result)
+        return result
+
+
+def _integrity_failure(step: Step, targets: list[HostConfig], message: str) -> StepResult:
+    cells = [HostStep(h.name, Status.FAILED, str(ErrorKind.INTEGRITY), message) for h in targets]
+    return StepResult(step, Status.FAILED, message, cells, integrity=True)
