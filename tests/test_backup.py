@@ -228,3 +228,29 @@ def test_sigint_leaves_a_valid_manifest_and_a_run_record(tmp_path):
     assert len(manifest["entries"]) == statuses["ok"]
     assert (lab.share / "runs" / f"{document['run_id']}.json").exists()
     assert not temp_files(lab.share)
+
+
+def test_second_sigint_aborts_at_once_and_leaves_the_share_consistent(tmp_path):
+    fleet = {"SLOW": {f"s-ms{i:02d}": {"role": "management_server"} for i in range(1, 7)}}
+    faults = {name: ["latency:1.0"] for name in fleet["SLOW"]}
+    lab = make_lab_inventory(tmp_path / "lab", fleet=fleet, faults=faults)
+    argv = [sys.executable, "-m", "orchestrator", "backup", "-i", str(lab.inventory), "--forks", "3", "--json"]
+    proc = subprocess.Popen(argv, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (lab.journal.exists() and lab.journal.read_text().count("Create") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    interrupted_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - interrupted_at < 5  # not waiting for the slow hosts to finish
+    document = json.loads(stdout)
+    assert document["interrupted"] is True
+    assert len(document["outcomes"]) == len(fleet["SLOW"])
+    kinds = Counter(o["kind"] for o in document["outcomes"])
+    assert kinds["interrupted"] == len(fleet["SLOW"]), document["outcomes"]
+    if (lab.share / "manifest.json").exists():
+        verify_signature_with_cryptography_alone(manifest_of(lab.share), lab.inventory)
+    assert (lab.share / "runs" / f"{document['run_id']}.json").exists()

@@ -144,4 +144,3 @@ def result_json(
     document["run_record"] = record_path
     document["exit_code"] = code
     return document
-

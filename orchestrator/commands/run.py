@@ -53,8 +53,15 @@ def run(args: argparse.Namespace) -> int:
             for line in describe_plan(playbook, hosts, store.share.url if store else None):
                 ui.line(line)
             if args.json:
-                _print_json({"command": "run", "check": True, "playbook": _playbook_json(playbook),
-                             "hosts": [h.name for h in hosts], "plan": plan_json(playbook, hosts)})  # fmt: skip
+                _print_json(
+                    {
+                        "command": "run",
+                        "check": True,
+                        "playbook": _playbook_json(playbook),
+                        "hosts": [h.name for h in hosts],
+                        "plan": plan_json(playbook, hosts),
+                    }
+                )
             return 0
         assume_yes = bool(getattr(args, "yes", False))
         if playbook.confirmations() and not assume_yes:

@@ -100,6 +100,8 @@ class BackupTask:
             )
         export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
         verify_export(host, export)
+        if ctx.cancel.is_set():  # aborted: the run record will say so; store nothing it does not list
+            raise HostFailure(ErrorKind.INTERRUPTED, host.name, "aborted before storing")
         ctx.report("storing")
         try:
             return self._store.add(

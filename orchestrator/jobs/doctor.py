@@ -123,15 +123,16 @@ def run_doctor(
 
 def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
     """Judge one probe result (or the failure that prevented it) check by check."""
-    timing = {"duration": result.duration, "attempts": result.attempts}
+    probe = result.value if result.status is Status.OK else None
     if result.status is Status.SKIPPED:
         checks = tuple(CheckResult(name, CheckState.NOT_RUN, result.message) for name in CHECKS)
-        return Diagnosis(result.host, checks, None, skipped=True, **timing)
-    if result.status is Status.FAILED or result.value is None:
+    elif probe is None:
         kind = result.kind or ErrorKind.INTERNAL
-        return Diagnosis(result.host, _stopped_at(_FAILED_AT.get(kind, "helper"), kind, result.message), None,
-                         **timing)  # fmt: skip
-    return Diagnosis(result.host, judge(result.host, result.value), result.value, **timing)
+        checks = _stopped_at(_FAILED_AT.get(kind, "helper"), kind, result.message)
+    else:
+        checks = judge(result.host, probe)
+    skipped = result.status is Status.SKIPPED
+    return Diagnosis(result.host, checks, probe, skipped, duration=result.duration, attempts=result.attempts)
 
 
 def _stopped_at(failed: str, kind: ErrorKind, message: str) -> tuple[CheckResult, ...]:
@@ -154,36 +155,57 @@ def judge(host: HostConfig, probe: remote.ProbeResult) -> tuple[CheckResult, ...
     if probe.admin:
         checks.append(CheckResult("administrator", ok, "local administrator"))
     else:
-        checks.append(CheckResult("administrator", failed, "the WinRM account is not a local administrator",
-                                  str(ErrorKind.NOT_ADMIN)))  # fmt: skip
+        checks.append(
+            CheckResult(
+                "administrator", failed, "the WinRM account is not a local administrator", str(ErrorKind.NOT_ADMIN)
+            )
+        )
     if probe.role is None:
-        checks.append(CheckResult("role", failed, f"no SCSM role found in the registry (inventory: {host.role})",
-                                  str(ErrorKind.ROLE_MISMATCH)))  # fmt: skip
+        checks.append(
+            CheckResult(
+                "role",
+                failed,
+                f"no SCSM role found in the registry (inventory: {host.role})",
+                str(ErrorKind.ROLE_MISMATCH),
+            )
+        )
     elif probe.role != host.role:
-        checks.append(CheckResult("role", failed, f"the server is a {probe.role}, the inventory says {host.role}",
-                                  str(ErrorKind.ROLE_MISMATCH)))  # fmt: skip
+        checks.append(
+            CheckResult(
+                "role",
+                failed,
+                f"the server is a {probe.role}, the inventory says {host.role}",
+                str(ErrorKind.ROLE_MISMATCH),
+            )
+        )
     else:
         checks.append(CheckResult("role", ok, str(probe.role)))
     if probe.version:
         checks.append(CheckResult("version", ok, probe.version))
     else:
-        checks.append(CheckResult("version", failed, "no Service Manager version found (is SCSM installed?)",
-                                  "version"))  # fmt: skip
+        checks.append(
+            CheckResult("version", failed, "no Service Manager version found (is SCSM installed?)", "version")
+        )
     if probe.tool_path:
         checks.append(CheckResult("tool", ok, f"{probe.tool_path} ({probe.tool_version or 'version unknown'})"))
     else:
         where = f"at {host.tool_path}" if host.tool_path else "in tool_path or any known location"
-        checks.append(CheckResult("tool", failed, f"SecureStorageBackup.exe not found {where}",
-                                  str(ErrorKind.TOOL_MISSING)))  # fmt: skip
+        checks.append(
+            CheckResult("tool", failed, f"SecureStorageBackup.exe not found {where}", str(ErrorKind.TOOL_MISSING))
+        )
     checks.append(_temp_space(probe))
     expected = host.name.split(".")[0].upper()
     if probe.computer_name.upper() == expected:
         checks.append(CheckResult("computer-name", ok, probe.computer_name))
     else:
-        checks.append(CheckResult(
-            "computer-name", failed,
-            f"the server's computer name is {probe.computer_name}, the inventory says {expected}",
-            str(ErrorKind.NAME_MISMATCH)))  # fmt: skip
+        checks.append(
+            CheckResult(
+                "computer-name",
+                failed,
+                f"the server's computer name is {probe.computer_name}, the inventory says {expected}",
+                str(ErrorKind.NAME_MISMATCH),
+            )
+        )
     return tuple(checks)
 
 

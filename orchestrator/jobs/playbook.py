@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
@@ -41,8 +41,13 @@ class HostStep:
     data: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "status": str(self.status), "kind": self.kind, "message": self.message or None,
-                **self.data}  # fmt: skip
+        return {
+            "host": self.host,
+            "status": str(self.status),
+            "kind": self.kind,
+            "message": self.message or None,
+            **self.data,
+        }
 
 
 @dataclass
@@ -62,11 +67,18 @@ class StepResult:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "step": self.step.number, "name": self.step.name, "options": self.step.options_json(),
-            "status": str(self.status), "summary": self.summary, "integrity": self.integrity,
-            "interrupted": self.interrupted, "run_record": self.run_record, "warnings": self.warnings,
-            **self.data, "hosts": [c.to_json() for c in self.hosts],
-        }  # fmt: skip
+            "step": self.step.number,
+            "name": self.step.name,
+            "options": self.step.options_json(),
+            "status": str(self.status),
+            "summary": self.summary,
+            "integrity": self.integrity,
+            "interrupted": self.interrupted,
+            "run_record": self.run_record,
+            "warnings": self.warnings,
+            **self.data,
+            "hosts": [c.to_json() for c in self.hosts],
+        }
 
 
 @dataclass
@@ -110,16 +122,19 @@ def select_playbook_hosts(
         chosen = {h.name for h in select_hosts(inv, limit, at_resolver)}
         hosts = [h for h in hosts if h.name in chosen]
         if not hosts:
-            raise ConfigError(f"the playbook's hosts ({playbook.hosts}) and {limit!r} have no host in common",
-                              key="--limit")  # fmt: skip
+            raise ConfigError(
+                f"the playbook's hosts ({playbook.hosts}) and {limit!r} have no host in common", key="--limit"
+            )
     for step in playbook.steps:
         if step.name == "restore" and len(hosts) != 1:
             names = ", ".join(h.name for h in hosts[:5]) + (", ..." if len(hosts) > 5 else "")
             raise ConfigError(
                 f"the restore step works on one server, but {len(hosts)} are selected ({names}): "
                 "choose the rebuilt server with --limit HOST",
-                file=str(playbook.path), line=step.line, key=f"steps[{step.number}]",
-            )  # fmt: skip
+                file=str(playbook.path),
+                line=step.line,
+                key=f"steps[{step.number}]",
+            )
     return hosts
 
 
@@ -132,10 +147,20 @@ def describe_plan(playbook: Playbook, hosts: list[HostConfig], share_url: str | 
         *([f"  share: {share_url}"] if share_url else []),
     ]
     for step in playbook.steps:
-        options = ", ".join(f"{k}={v}" for k, v in step.options_json().items() if v is not None)
+        options = ", ".join(f"{k}: {_option_text(v)}" for k, v in vars(step.options).items() if v is not None)
         target = "every selected server (coverage)" if step.name == "audit" else names
         lines.append(f"  step {step.title}{f' ({options})' if options else ''}: {target}")
     return lines
+
+
+def _option_text(value: object) -> str:
+    if isinstance(value, timedelta):
+        return format_age(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def plan_json(playbook: Playbook, hosts: list[HostConfig]) -> list[dict[str, object]]:
@@ -188,11 +213,14 @@ class PlaybookRun:
         if not targets:
             result = StepResult(step, Status.SKIPPED, "no host left")
         else:
-            result = {"doctor": self._doctor, "backup": self._backup, "verify": self._verify,
-                      "restore": self._restore}[step.name](step, targets)  # fmt: skip
+            result = {"doctor": self._doctor, "backup": self._backup, "verify": self._verify, "restore": self._restore}[
+                step.name
+            ](step, targets)
         for host in self.hosts:
             if host.name in self.failed:
-                result.hosts.append(HostStep(host.name, Status.SKIPPED, message=f"failed step {self.failed[host.name]}"))
+                result.hosts.append(
+                    HostStep(host.name, Status.SKIPPED, message=f"failed step {self.failed[host.name]}")
+                )
         result.hosts.sort(key=lambda c: [h.name for h in self.hosts].index(c.host))
         for cell in result.hosts:
             if cell.status is Status.FAILED:
@@ -221,8 +249,7 @@ class PlaybookRun:
         assert isinstance(step.options, DoctorOptions)
         require = step.options.require
         with self.ctx.progress(f"step {step.title}", [h.name for h in targets]) as events:
-            diagnoses, interrupted = run_doctor(targets, self.ctx.winrm_passwords, forks=self.ctx.forks,
-                                                events=events)  # fmt: skip
+            diagnoses, interrupted = run_doctor(targets, self.ctx.winrm_passwords, forks=self.ctx.forks, events=events)
         cells = []
         for d in diagnoses:
             cause, probe = d.cause(require), d.probe
@@ -246,31 +273,51 @@ class PlaybookRun:
             return _integrity_failure(step, targets, str(exc))
         plan = backup.plan_backup(targets, manifest=manifest, only_stale=only_stale)
         run_id, started = new_run_id(), datetime.now(UTC)
-        task = backup.BackupTask(store=store, password=self._secret(), password_id=self.ctx.inv.backup.password_id,
-                                 winrm_passwords=self.ctx.winrm_passwords, run_id=run_id)  # fmt: skip
+        task = backup.BackupTask(
+            store=store,
+            password=self._secret(),
+            password_id=self.ctx.inv.backup.password_id,
+            winrm_passwords=self.ctx.winrm_passwords,
+            run_id=run_id,
+        )
         with self.ctx.progress(f"step {step.title}", [h.name for h in plan.hosts]) as events:
             summary = backup.run_backup(plan, task, forks=self.ctx.forks, events=events)
-        left_out = [backup.SkippedHost(h, f"failed step {self.failed[h.name]}") for h in self.hosts
-                    if h.name in self.failed]  # fmt: skip
+        left_out = [
+            backup.SkippedHost(h, f"failed step {self.failed[h.name]}") for h in self.hosts if h.name in self.failed
+        ]
         cells = []
         for r in summary.results:
             entry = r.value
             if entry is not None:
                 self.written[r.host.name] = entry
-                cells.append(HostStep(r.host.name, r.status, message=entry.id,
-                                      data={"entry_id": entry.id, "sha256": entry.sha256, "size": entry.size}))  # fmt: skip
+                cells.append(
+                    HostStep(
+                        r.host.name,
+                        r.status,
+                        message=entry.id,
+                        data={"entry_id": entry.id, "sha256": entry.sha256, "size": entry.size},
+                    )
+                )
             else:
                 cells.append(HostStep(r.host.name, r.status, str(r.kind) if r.kind else None, r.message))
         cells += [HostStep(s.host.name, Status.SKIPPED, message=s.reason) for s in plan.skipped]
         failed = sum(1 for c in cells if c.status is Status.FAILED)
         result = StepResult(
-            step, Status.FAILED if failed else Status.OK,
-            f"{len(self.written)} backed up, {failed} failed, {len(plan.skipped)} skipped as fresh", cells,
+            step,
+            Status.FAILED if failed else Status.OK,
+            f"{len(self.written)} backed up, {failed} failed, {len(plan.skipped)} skipped as fresh",
+            cells,
             interrupted=summary.interrupted,
-        )  # fmt: skip
-        record = backup.build_run_record(run_id=run_id, command="run", started=started, inv=self.ctx.inv,
-                                         share_url=store.share.url, summary=summary,
-                                         skipped=plan.skipped + left_out)  # fmt: skip
+        )
+        record = backup.build_run_record(
+            run_id=run_id,
+            command="run",
+            started=started,
+            inv=self.ctx.inv,
+            share_url=store.share.url,
+            summary=summary,
+            skipped=plan.skipped + left_out,
+        )
         self._write(record, result)
         return result
 
@@ -300,8 +347,14 @@ class PlaybookRun:
                 cells.append(HostStep(host.name, Status.FAILED, str(ErrorKind.INTEGRITY), problem))
             else:
                 what = "restored" if restored and not written else "stored"
-                cells.append(HostStep(host.name, Status.OK, message=f"{what} {entry.id}: SHA-256 and signature verified",
-                                      data={"entry_id": entry.id, "sha256": entry.sha256}))  # fmt: skip
+                cells.append(
+                    HostStep(
+                        host.name,
+                        Status.OK,
+                        message=f"{what} {entry.id}: SHA-256 and signature verified",
+                        data={"entry_id": entry.id, "sha256": entry.sha256},
+                    )
+                )
         failed = sum(1 for c in cells if c.status is Status.FAILED)
         verified = sum(1 for c in cells if c.status is Status.OK)
         summary = f"manifest signature valid; {verified} key file(s) verified, {failed} failed"
@@ -320,11 +373,15 @@ class PlaybookRun:
             f.severity is Severity.INTEGRITY and (f.host is None or f.host in names) for f in report.findings
         )
         cells = [
-            HostStep(s.host, Status.OK if s.status is Coverage.COVERED else Status.FAILED,
-                     None if s.status is Coverage.COVERED else str(s.status), s.reason,
-                     {"coverage": str(s.status), "entry_id": s.last_good.id if s.last_good else None})
+            HostStep(
+                s.host,
+                Status.OK if s.status is Coverage.COVERED else Status.FAILED,
+                None if s.status is Coverage.COVERED else str(s.status),
+                s.reason,
+                {"coverage": str(s.status), "entry_id": s.last_good.id if s.last_good else None},
+            )
             for s in servers
-        ]  # fmt: skip
+        ]
         summary = (
             f"coverage {percent:g}% of {len(servers)} selected server(s) (required {required:g}%, "
             f"max age {format_age(max_age)}); manifest signature {report.signature}"
@@ -332,11 +389,23 @@ class PlaybookRun:
         findings = [f"{f.kind}: {f.message}" for f in report.findings if f.host is None or f.host in names]
         status = Status.FAILED if integrity or percent < required else Status.OK
         return StepResult(
-            step, status, summary, cells, integrity=integrity, warnings=findings,
-            data={"coverage": {"percent": percent, "covered": covered, "servers": len(servers),
-                               "required": required, "max_age_seconds": int(max_age.total_seconds()),
-                               "signature": str(report.signature)}},
-        )  # fmt: skip
+            step,
+            status,
+            summary,
+            cells,
+            integrity=integrity,
+            warnings=findings,
+            data={
+                "coverage": {
+                    "percent": percent,
+                    "covered": covered,
+                    "servers": len(servers),
+                    "required": required,
+                    "max_age_seconds": int(max_age.total_seconds()),
+                    "signature": str(report.signature),
+                }
+            },
+        )
 
     def _restore(self, step: Step, targets: list[HostConfig]) -> StepResult:
         assert isinstance(step.options, RestoreOptions)
@@ -346,32 +415,58 @@ class PlaybookRun:
         except IntegrityError as exc:
             return _integrity_failure(step, targets, str(exc))
         except restore.RestoreRefused as exc:
-            return StepResult(step, Status.FAILED, "refused", [HostStep(host.name, Status.FAILED, str(exc.kind),
-                                                                         exc.message)])  # fmt: skip
+            return StepResult(
+                step, Status.FAILED, "refused", [HostStep(host.name, Status.FAILED, str(exc.kind), exc.message)]
+            )
         except ConfigError as exc:
-            return StepResult(step, Status.FAILED, "nothing to restore",
-                              [HostStep(host.name, Status.FAILED, str(ErrorKind.CONFIG), exc.message)])  # fmt: skip
+            return StepResult(
+                step,
+                Status.FAILED,
+                "nothing to restore",
+                [HostStep(host.name, Status.FAILED, str(ErrorKind.CONFIG), exc.message)],
+            )
         warning = restore.password_label_warning(self.ctx.inv, request)
         if step.options.confirm and not self.ctx.confirm(request):
             cell = HostStep(host.name, Status.FAILED, str(ErrorKind.INTERRUPTED), "not confirmed by the operator")
             return StepResult(step, Status.FAILED, "not confirmed", [cell])
         run_id, started = new_run_id(), datetime.now(UTC)
         with self.ctx.progress(f"step {step.title}", [host.name]) as events:
-            summary = restore.run_restore(request, self._secret(), self.ctx.winrm_passwords.get(host.name),
-                                          events=events)  # fmt: skip
+            summary = restore.run_restore(
+                request, self._secret(), self.ctx.winrm_passwords.get(host.name), events=events
+            )
         outcome = summary.results[0]
         if outcome.value is not None:
             self.restored[host.name] = (request.entry, outcome.value)
-            cell = HostStep(host.name, Status.OK, message=f"restored {request.entry.id}",
-                            data={"entry_id": request.entry.id, "sha256": request.entry.sha256})  # fmt: skip
+            cell = HostStep(
+                host.name,
+                Status.OK,
+                message=f"restored {request.entry.id}",
+                data={"entry_id": request.entry.id, "sha256": request.entry.sha256},
+            )
         else:
-            cell = HostStep(host.name, outcome.status, str(outcome.kind) if outcome.kind else None, outcome.message,
-                            {"entry_id": request.entry.id})  # fmt: skip
-        result = StepResult(step, Status.OK if outcome.value else Status.FAILED,
-                            f"{request.entry.id} -> {host.name}", [cell], interrupted=summary.interrupted,
-                            warnings=[warning] if warning else [])  # fmt: skip
-        record = restore.build_run_record(run_id=run_id, started=started, inv=self.ctx.inv,
-                                          share_url=store.share.url, request=request, summary=summary)  # fmt: skip
+            cell = HostStep(
+                host.name,
+                outcome.status,
+                str(outcome.kind) if outcome.kind else None,
+                outcome.message,
+                {"entry_id": request.entry.id},
+            )
+        result = StepResult(
+            step,
+            Status.OK if outcome.value else Status.FAILED,
+            f"{request.entry.id} -> {host.name}",
+            [cell],
+            interrupted=summary.interrupted,
+            warnings=[warning] if warning else [],
+        )
+        record = restore.build_run_record(
+            run_id=run_id,
+            started=started,
+            inv=self.ctx.inv,
+            share_url=store.share.url,
+            request=request,
+            summary=summary,
+        )
         self._write(record, result)
         return result
 

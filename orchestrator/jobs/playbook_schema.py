@@ -151,8 +151,11 @@ def _checks(doc: YamlDocument, node: Node, key: str) -> tuple[str, ...]:
     for index, item in enumerate(node.value, 1):
         name = _text(doc, item, f"{key}[{index}]")
         if name not in CHECKS:
-            raise doc.error(f"unknown check {name!r}{_did_you_mean(name, CHECKS)} (checks: {', '.join(CHECKS)})",
-                            item, f"{key}[{index}]")  # fmt: skip
+            raise doc.error(
+                f"unknown check {name!r}{_did_you_mean(name, CHECKS)} (checks: {', '.join(CHECKS)})",
+                item,
+                f"{key}[{index}]",
+            )
         names.append(name)
     return tuple(dict.fromkeys(names))
 
@@ -182,8 +185,7 @@ def load_playbook(path: str | Path) -> Playbook:
     top = doc.mapping(doc.root, "")
     for name, (key_node, _) in top.items():
         if name not in TOP_KEYS:
-            raise doc.error(f"unknown key{_did_you_mean(name, TOP_KEYS)} (keys: {', '.join(TOP_KEYS)})",
-                            key_node, name)  # fmt: skip
+            raise doc.error(f"unknown key{_did_you_mean(name, TOP_KEYS)} (keys: {', '.join(TOP_KEYS)})", key_node, name)
     if "name" not in top:
         raise doc.error("a playbook needs a name", doc.root, "name")
     if "steps" not in top:
@@ -212,19 +214,22 @@ def _steps(doc: YamlDocument, node: Node) -> tuple[Step, ...]:
 def _step(doc: YamlDocument, node: Node, number: int) -> Step:
     key = f"steps[{number}]"
     options_node: Node | None = None
+    name_node: Node
     if isinstance(node, ScalarNode):
         name, name_node = _text(doc, node, key), node
     elif isinstance(node, MappingNode):
         items = doc.mapping(node, key)
         if len(items) != 1:
-            raise doc.error(f"a step is one of {', '.join(STEP_NAMES)} with its options (got {len(items)} keys)",
-                            node, key)  # fmt: skip
+            raise doc.error(
+                f"a step is one of {', '.join(STEP_NAMES)} with its options (got {len(items)} keys)", node, key
+            )
         ((name, (name_node, options_node)),) = items.items()
     else:
         raise doc.error("a step is a name or a mapping of one name to its options", node, key)
     if name not in OPTIONS:
-        raise doc.error(f"unknown step {name!r}{_did_you_mean(name, STEP_NAMES)} (steps: {', '.join(STEP_NAMES)})",
-                        name_node, key)  # fmt: skip
+        raise doc.error(
+            f"unknown step {name!r}{_did_you_mean(name, STEP_NAMES)} (steps: {', '.join(STEP_NAMES)})", name_node, key
+        )
     options_type, parsers = OPTIONS[name]
     values: dict[str, Any] = {}
     if options_node is not None:
@@ -232,7 +237,10 @@ def _step(doc: YamlDocument, node: Node, number: int) -> Step:
             option_path = f"{key}.{name}.{option}"
             if option not in parsers:
                 allowed = ", ".join(parsers) or "none"
-                raise doc.error(f"unknown option of {name}{_did_you_mean(option, list(parsers))} (options: {allowed})",
-                                option_key, option_path)  # fmt: skip
+                raise doc.error(
+                    f"unknown option of {name}{_did_you_mean(option, list(parsers))} (options: {allowed})",
+                    option_key,
+                    option_path,
+                )
             values[option] = parsers[option](doc, value_node, option_path)
     return Step(number, name, options_type(**values), line_of(name_node))
