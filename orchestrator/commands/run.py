@@ -17,16 +17,14 @@ from orchestrator.commands.restore import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
-from orchestrator.jobs.playbook import (
-    PlaybookContext,
-    PlaybookResult,
-    PlaybookRun,
-    StepResult,
+from orchestrator.jobs.playbook import PlaybookContext, PlaybookResult, PlaybookRun, StepResult
+from orchestrator.jobs.playbook_schema import (
+    Playbook,
     describe_plan,
+    load_playbook,
     plan_json,
     select_playbook_hosts,
 )
-from orchestrator.jobs.playbook_schema import Playbook, load_playbook
 from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, Status
 from orchestrator.share.store import BackupStore

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
-from orchestrator.inventory.limit import AtResolver, select_hosts
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs import backup, restore
 from orchestrator.jobs.audit import INTEGRITY, Severity, format_age, run_audit
@@ -108,66 +107,6 @@ class PlaybookResult:
                     if c.status is Status.FAILED:
                         found.setdefault(c.host, (step, c))
         return [found[h.name] for h in self.hosts if h.name in found]
-
-
-def select_playbook_hosts(
-    playbook: Playbook, inv: Inventory, limit: str | None, at_resolver: AtResolver | None = None
-) -> list[HostConfig]:
-    """The playbook's ``hosts`` intersected with ``--limit``; a restore step needs exactly one."""
-    try:
-        hosts = inv.select(None) if playbook.hosts == "all" else select_hosts(inv, playbook.hosts)
-    except ConfigError as exc:
-        raise ConfigError(exc.message, file=str(playbook.path), line=playbook.hosts_line, key="hosts") from None
-    if limit:
-        chosen = {h.name for h in select_hosts(inv, limit, at_resolver)}
-        hosts = [h for h in hosts if h.name in chosen]
-        if not hosts:
-            raise ConfigError(
-                f"the playbook's hosts ({playbook.hosts}) and {limit!r} have no host in common", key="--limit"
-            )
-    for step in playbook.steps:
-        if step.name == "restore" and len(hosts) != 1:
-            names = ", ".join(h.name for h in hosts[:5]) + (", ..." if len(hosts) > 5 else "")
-            raise ConfigError(
-                f"the restore step works on one server, but {len(hosts)} are selected ({names}): "
-                "choose the rebuilt server with --limit HOST",
-                file=str(playbook.path),
-                line=step.line,
-                key=f"steps[{step.number}]",
-            )
-    return hosts
-
-
-def describe_plan(playbook: Playbook, hosts: list[HostConfig], share_url: str | None) -> list[str]:
-    """The plan --check prints: every step and the hosts it would work on."""
-    names = ", ".join(h.name for h in hosts)
-    lines = [
-        f"playbook {playbook.name!r} ({playbook.path}): {len(hosts)} host(s), on_failure: {playbook.on_failure}",
-        *([f"  {playbook.description}"] if playbook.description else []),
-        *([f"  share: {share_url}"] if share_url else []),
-    ]
-    for step in playbook.steps:
-        options = ", ".join(f"{k}: {_option_text(v)}" for k, v in vars(step.options).items() if v is not None)
-        target = "every selected server (coverage)" if step.name == "audit" else names
-        lines.append(f"  step {step.title}{f' ({options})' if options else ''}: {target}")
-    return lines
-
-
-def _option_text(value: object) -> str:
-    if isinstance(value, timedelta):
-        return format_age(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plan_json(playbook: Playbook, hosts: list[HostConfig]) -> list[dict[str, object]]:
-    return [
-        {"step": s.number, "name": s.name, "options": s.options_json(), "hosts": [h.name for h in hosts]}
-        for s in playbook.steps
-    ]
 
 
 @dataclass
