@@ -1,8 +1,9 @@
 """The remote helper contract: the constant bootstrap command, the stdin request, typed results.
 
-A helper is a PowerShell script shipped as package data. The command line sent over WinRM is
-always the same short bootstrap; the helper script, its SHA-256, its parameters and the secret
-travel on stdin as one JSON line. The bootstrap answers with one ``KEYFLEET-RESULT {json}`` line:
+A helper is a PowerShell script shipped as package data: ``common.ps1`` (parameters, settings,
+shared functions) followed by ``<helper>.ps1``, sent as one script. The command line sent over
+WinRM is always the same short bootstrap; the helper script, its SHA-256, its parameters and the
+secret travel on stdin as one JSON line. The bootstrap answers with one ``KEYFLEET-RESULT {json}`` line:
 ``{"ok": true, "helper": NAME, "result": {...}}`` or
 ``{"ok": false, "helper": NAME, "error": {"kind": KIND, "message": TEXT}}``.
 """
@@ -17,13 +18,16 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from typing import Any, TypeVar
 
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import Role
 from orchestrator.secret import Secret, mask
 
 HELPERS = ("export", "restore", "probe")
-HELPER_VERSION = "1.0.0"  # each helper script declares the same value in $HelperVersion
+BOOTSTRAP = "bootstrap"
+COMMON = "common"  # the part every helper script starts with
+HELPER_VERSION = "1.0.0"  # common.ps1 declares the same value in $HelperVersion
 REQUEST_FORMAT = "keyfleet-helper/1"
 RESULT_MARKER = b"KEYFLEET-RESULT "
 MAX_KEY_FILE_BYTES = 256 * 1024  # the helpers refuse a larger key file
@@ -50,19 +54,27 @@ _HELPER_KINDS = {
 
 @dataclass(frozen=True)
 class HelperScript:
-    """A shipped PowerShell script: its exact bytes and their SHA-256 (hex)."""
+    """A script as keyfleet sends it: its exact bytes and their SHA-256 (hex)."""
 
     name: str
     content: bytes = field(repr=False)
     sha256: str
 
 
+def _package_file(name: str) -> bytes:
+    return resources.files("orchestrator").joinpath("helpers", f"{name}.ps1").read_bytes()
+
+
 @cache
 def load_script(name: str) -> HelperScript:
-    """Read ``orchestrator/helpers/<name>.ps1`` from the installed package."""
-    if name not in (*HELPERS, "bootstrap"):
+    """The script keyfleet sends for ``name``, from the installed package: ``bootstrap.ps1`` as it is;
+    for a helper, ``common.ps1``, a blank line, then ``<name>.ps1``, so the server needs no file."""
+    if name == BOOTSTRAP:
+        content = _package_file(BOOTSTRAP)
+    elif name in HELPERS:
+        content = _package_file(COMMON) + b"\n" + _package_file(name)
+    else:
         raise ValueError(f"unknown helper {name!r} (choose from {', '.join(HELPERS)})")
-    content = resources.files("orchestrator").joinpath("helpers", f"{name}.ps1").read_bytes()
     return HelperScript(name, content, hashlib.sha256(content).hexdigest())
 
 
@@ -74,7 +86,7 @@ def encode_command(script: str) -> str:
 @cache
 def bootstrap_command_line() -> str:
     """The one command line keyfleet ever runs remotely. It carries no data and no secret."""
-    text = load_script("bootstrap").content.decode("utf-8-sig")
+    text = load_script(BOOTSTRAP).content.decode("utf-8-sig")
     return f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encode_command(text)}"
 
 
@@ -229,34 +241,32 @@ class _Fields:
             raise self._bad(name, "valid base64") from None
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    """A key file exported by SecureStorageBackup.exe, with what the server said about itself."""
+@dataclass(frozen=True, kw_only=True)
+class ToolResult:
+    """What a helper that ran SecureStorageBackup.exe reports: the key file's SHA-256, what the
+    server said about itself, and the tool's exit code and output."""
+
+    sha256: str
+    role: Role | None
+    version: str | None
+    tool_exit: int
+    tool_output: str
+    helper_version: str
+    computer_name: str | None = None
+    tool_path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult(ToolResult):
+    """A key file exported by SecureStorageBackup.exe."""
 
     file: bytes = field(repr=False)
-    sha256: str
     size: int
-    role: Role | None
-    version: str | None
-    tool_exit: int
-    tool_output: str
-    helper_version: str
-    computer_name: str | None = None
-    tool_path: str | None = None
 
 
-@dataclass(frozen=True)
-class RestoreResult:
+@dataclass(frozen=True, kw_only=True)
+class RestoreResult(ToolResult):
     """A key file restored by SecureStorageBackup.exe."""
-
-    sha256: str
-    role: Role | None
-    version: str | None
-    tool_exit: int
-    tool_output: str
-    helper_version: str
-    computer_name: str | None = None
-    tool_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,13 +285,13 @@ class ProbeResult:
     helper_version: str
 
 
-def parse_export(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> ExportResult:
-    """Parse an export run; the key file must match the size and SHA-256 the server computed."""
-    f = _Fields(host, "export", parse_result(host, stdout, stderr, exit_code))
-    result = ExportResult(
-        file=f.base64("file"),
+_R = TypeVar("_R", bound=ToolResult)
+
+
+def _tool_result(result_type: type[_R], f: _Fields, **fields: Any) -> _R:
+    """A ToolResult (or subclass, whose own ``fields`` are given) from the fields every tool run reports."""
+    return result_type(
         sha256=f.sha256(),
-        size=f.integer("size"),
         role=f.role(),
         version=f.optional_text("version"),
         tool_exit=f.integer("tool_exit"),
@@ -289,7 +299,14 @@ def parse_export(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Exp
         helper_version=f.text("helper_version"),
         computer_name=f.optional_text("computer_name"),
         tool_path=f.optional_text("tool_path"),
+        **fields,
     )
+
+
+def parse_export(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> ExportResult:
+    """Parse an export run; the key file must match the size and SHA-256 the server computed."""
+    f = _Fields(host, "export", parse_result(host, stdout, stderr, exit_code))
+    result = _tool_result(ExportResult, f, file=f.base64("file"), size=f.integer("size"))
     if len(result.file) != result.size:
         raise HostFailure(
             ErrorKind.INTEGRITY, host, f"received {len(result.file)} bytes, the server reported {result.size}"
@@ -302,17 +319,7 @@ def parse_export(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Exp
 
 
 def parse_restore(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> RestoreResult:
-    f = _Fields(host, "restore", parse_result(host, stdout, stderr, exit_code))
-    return RestoreResult(
-        sha256=f.sha256(),
-        role=f.role(),
-        version=f.optional_text("version"),
-        tool_exit=f.integer("tool_exit"),
-        tool_output=mask(f.text("tool_output")),
-        helper_version=f.text("helper_version"),
-        computer_name=f.optional_text("computer_name"),
-        tool_path=f.optional_text("tool_path"),
-    )
+    return _tool_result(RestoreResult, _Fields(host, "restore", parse_result(host, stdout, stderr, exit_code)))
 
 
 def parse_probe(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> ProbeResult:

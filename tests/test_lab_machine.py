@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,12 @@ def test_a_modified_helper_script_is_refused(tmp_path: Path) -> None:
     error = failure(remote.parse_result, HOST, run.stdout, run.stderr, run.code)
     assert error.kind is ErrorKind.PROTOCOL and "SHA-256" in error.reason
     request["sha256"] = hashlib.sha256(script).hexdigest()
+    run = execute(machine, remote.bootstrap_command_line(), json.dumps(request).encode())
+    error = failure(remote.parse_result, HOST, run.stdout, run.stderr, run.code)
+    assert error.kind is ErrorKind.REMOTE and "byte-identical" in error.reason
+    # export.ps1 alone is not what keyfleet sends (common.ps1 + export.ps1)
+    alone = resources.files("orchestrator").joinpath("helpers", "export.ps1").read_bytes()
+    request.update(script=base64.b64encode(alone).decode(), sha256=hashlib.sha256(alone).hexdigest())
     run = execute(machine, remote.bootstrap_command_line(), json.dumps(request).encode())
     error = failure(remote.parse_result, HOST, run.stdout, run.stderr, run.code)
     assert error.kind is ErrorKind.REMOTE and "byte-identical" in error.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from importlib import resources
 
 import pytest
 
@@ -56,8 +57,17 @@ def test_scripts_load_with_their_sha256() -> None:
         script = remote.load_script(name)
         assert script.sha256 == hashlib.sha256(script.content).hexdigest()
         assert script.content.startswith(b"<#") or script.content.startswith(b"#")
-    with pytest.raises(ValueError, match="unknown helper"):
-        remote.load_script("../secrets")
+    for name in ("../secrets", remote.COMMON):  # common.ps1 is sent only as part of a helper
+        with pytest.raises(ValueError, match="unknown helper"):
+            remote.load_script(name)
+
+
+@pytest.mark.parametrize("helper", remote.HELPERS)
+def test_a_helper_script_is_common_then_the_helper(helper: str) -> None:
+    package = resources.files("orchestrator").joinpath("helpers")
+    common = package.joinpath("common.ps1").read_bytes()
+    own = package.joinpath(f"{helper}.ps1").read_bytes()
+    assert remote.load_script(helper).content == common + b"\n" + own
 
 
 def test_bootstrap_command_line_is_constant_and_carries_only_the_bootstrap() -> None:

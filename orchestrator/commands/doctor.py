@@ -15,6 +15,7 @@ from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
 from orchestrator.jobs.doctor import CheckResult, CheckState, Diagnosis, diagnosis_json, format_bytes, run_doctor
 from orchestrator.lab.fleet import serving
+from orchestrator.remote import ProbeResult
 from orchestrator.runner import RunnerEvents, Status
 
 # short column headers, one per check
@@ -29,10 +30,11 @@ COLUMNS = {
     "temp-space": "temp",
     "computer-name": "name",
 }
-DOCTOR_HINTS = {
-    "version": "no Service Manager installation was found in the registry: is SCSM installed on this server?",
+EXTRA_HINTS = {
     str(ErrorKind.NAME_MISMATCH): "name the host in the inventory after its computer name: a restore "
     "needs the same computer name as the backup",
+    str(ErrorKind.PROTOCOL): "the reply was malformed or cut; check the WinRM service and run with -v for detail",
+    str(ErrorKind.REMOTE): "the probe helper failed on the server; run with -v and check the PowerShell version",
 }
 MARK = {CheckState.OK: ("✓", "green"), CheckState.FAILED: ("✗", "red"), CheckState.NOT_RUN: ("–", "dim")}
 
@@ -40,8 +42,8 @@ MARK = {CheckState.OK: ("✓", "green"), CheckState.FAILED: ("✗", "red"), Chec
 def hint_for(kind: str | None) -> str:
     if kind is None:
         return ""
-    if kind in DOCTOR_HINTS:
-        return DOCTOR_HINTS[kind]
+    if kind in EXTRA_HINTS:
+        return EXTRA_HINTS[kind]
     try:
         return HINTS.get(ErrorKind(kind), "")
     except ValueError:
@@ -83,22 +85,22 @@ def exit_code(diagnoses: Sequence[Diagnosis], interrupted: bool) -> int:
 
 def _kind(diagnosis: Diagnosis) -> str | None:
     cause = diagnosis.cause()
-    return cause.kind if cause else None
+    return str(cause.kind) if cause and cause.kind else None
 
 
 def _counts(diagnoses: Sequence[Diagnosis]) -> dict[str, int]:
     return {str(s): sum(1 for d in diagnoses if d.status() is s) for s in Status}
 
 
-def _cell(check: CheckResult) -> Text:
+def _cell(check: CheckResult, probe: ProbeResult | None) -> Text:
     mark, style = MARK[check.state]
     text = ""
     if check.state is CheckState.FAILED:
-        text = check.kind or ""
-    elif check.state is CheckState.OK and check.name == "temp-space":
-        text = check.detail.removesuffix(" free")
-    elif check.state is CheckState.OK and check.name == "tool":
-        text = check.detail.rpartition("(")[2].rstrip(")")
+        text = str(check.kind or "")
+    elif probe and check.name == "tool":
+        text = probe.tool_version or ""
+    elif probe and check.name == "temp-space" and probe.temp_free_bytes is not None:
+        text = format_bytes(probe.temp_free_bytes)
     return Text(f"{mark} {text}".rstrip(), style=style)
 
 
@@ -107,7 +109,7 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
     for d in diagnoses:
         probe = d.probe
         role = str(probe.role) if probe and probe.role else ("(none)" if probe else "")
-        rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c) for c in d.checks]])
+        rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c, probe) for c in d.checks]])
     ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], rows)
     by_kind: dict[str, list[str]] = {}
     for d in diagnoses:
@@ -116,7 +118,7 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
             continue
         for failed in d.failures():
             ui.line(f"  {d.host.name}: {failed.name}: {failed.kind}: {failed.detail}", "red")
-        by_kind.setdefault(cause.kind or "", []).append(d.host.name)
+        by_kind.setdefault(str(cause.kind or ""), []).append(d.host.name)
     for kind, names in sorted(by_kind.items()):
         ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
         ui.line(f"  hint: {hint_for(kind)}")

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from orchestrator import remote
 from orchestrator.console import STATUS_STYLE, Ui
-from orchestrator.errors import ConfigError, KeyfleetError, ShareError
+from orchestrator.errors import ConfigError, ErrorKind, KeyfleetError, ShareError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, restore
 from orchestrator.lab.fleet import serving
@@ -109,6 +109,11 @@ def render(
         )
     ui.table("restore", ["host", "role", "entry", "taken", "status", "tool", "error"], rows)
     ui.failure_hints(summary.results)
+    if any(r.kind is ErrorKind.TOOL_FAILED for r in summary.results):
+        ui.line(
+            f"  a wrong password is the usual cause: the key file opens only with the password backup "
+            f"{entry.id} was taken with (label {entry.password_id!r})"
+        )
     ok = all(r.value is not None for r in summary.results)
     ui.line(
         (f"restored {entry.id} onto {request.host.name}" if ok else f"{request.host.name}: restore failed")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 
 from rich.text import Text
@@ -16,6 +16,7 @@ from orchestrator.commands.doctor import hint_for
 from orchestrator.commands.restore import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui
 from orchestrator.inventory.loader import load_inventory
+from orchestrator.inventory.model import HostConfig
 from orchestrator.jobs import context
 from orchestrator.jobs.playbook import PlaybookContext, PlaybookResult, PlaybookRun, StepResult
 from orchestrator.jobs.playbook_schema import (
@@ -28,6 +29,20 @@ from orchestrator.jobs.playbook_schema import (
 from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, Status
 from orchestrator.share.store import BackupStore
+
+# kinds only a playbook reports: coverage statuses of the audit step, a declined restore
+RUN_HINTS = {
+    "missing": "no intact backup on the share: back the server up (keyfleet backup --limit HOST)",
+    "stale": "the newest backup is older than max_age or predates an SCSM version change: back it up again",
+    "failing": "the latest backup attempt failed: see its run record and run keyfleet doctor on the server",
+    "altered": "a key file or its manifest entry was changed: run keyfleet audit, then back the server up again",
+    "lost": "a key file is gone from the share: run keyfleet audit, then back the server up again",
+    "not-confirmed": "the restore was declined at the prompt; nothing was sent to the server",
+}
+
+
+def _hint(kind: str) -> str:
+    return RUN_HINTS.get(kind) or hint_for(kind)
 
 
 @contextmanager
@@ -48,41 +63,39 @@ def run(args: argparse.Namespace) -> int:
         resolver = last_failed_resolver(store) if store else None
         hosts = select_playbook_hosts(playbook, inv, args.limit, resolver)
         if args.check:
-            for line in describe_plan(playbook, hosts, store.share.url if store else None):
-                ui.line(line)
-            if args.json:
-                _print_json(
-                    {
-                        "command": "run",
-                        "check": True,
-                        "playbook": _playbook_json(playbook),
-                        "hosts": [h.name for h in hosts],
-                        "plan": plan_json(playbook, hosts),
-                    }
-                )
+            print_plan(ui, playbook, hosts, store.share.url if store else None, as_json=args.json)
             return 0
         assume_yes = bool(getattr(args, "yes", False))
         if playbook.confirmations() and not assume_yes:
             require_terminal("set `confirm: false` on the playbook's restore step to run it unattended")
         password = context.backup_password(inv) if playbook.needs_password else None
-        warnings = context.security_warnings(hosts)
+        touches = playbook.touches_servers
+        warnings = context.security_warnings(hosts) if touches else []
         for warning in warnings:
             ui.warn(warning)
         ctx = PlaybookContext(
             inv=inv,
             store=store,
             password=password,
-            winrm_passwords=context.winrm_passwords(hosts),
+            winrm_passwords=context.winrm_passwords(hosts) if touches else {},
             progress=partial(_progress, ui),
             confirm=(lambda _request: True) if assume_yes else partial(ask_confirmation, ui),
         )
         ui.line(f"playbook {playbook.name!r}: {len(playbook.steps)} step(s) on {len(hosts)} host(s)")
-        with serving(inv):
+        with serving(inv) if touches else nullcontext():
             result = PlaybookRun(playbook, hosts, ctx).run()
     render(ui, result)
     if args.json:
         _print_json(result_json(result, warnings))
     return result.exit_code
+
+
+def print_plan(ui: Ui, playbook: Playbook, hosts: list[HostConfig], share_url: str | None, *, as_json: bool) -> None:
+    for line in describe_plan(playbook, hosts, share_url):
+        ui.line(line)
+    if as_json:
+        document = {"command": "run", "check": True, "playbook": _playbook_json(playbook)}
+        _print_json({**document, "hosts": [h.name for h in hosts], "plan": plan_json(playbook, hosts)})
 
 
 def _cell(step: StepResult, host: str) -> Text:
@@ -113,8 +126,8 @@ def render(ui: Ui, result: PlaybookResult) -> None:
         by_kind.setdefault(cell.kind or "", []).append(cell.host)
     for kind, names in sorted(by_kind.items()):
         ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
-        if hint_for(kind):
-            ui.line(f"  hint: {hint_for(kind)}")
+        if _hint(kind):
+            ui.line(f"  hint: {_hint(kind)}")
     code = result.exit_code
     verdict = {0: "ok", 1: "failed", 3: "INTEGRITY FAILURE", 130: "interrupted"}.get(code, "failed")
     failed = f"; failed: {', '.join(cell.host for _, cell in failures)}" if failures else ""

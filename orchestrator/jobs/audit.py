@@ -215,11 +215,27 @@ class _Audit:
     def check_entries(self, manifest: Manifest, records: list[RunRecord]) -> set[str]:
         """Re-hash every key file and cross-check every entry; return the ids of intact entries."""
         recorded = {(r.run_id, o.entry_id): o for r in records for o in r.outcomes if o.entry_id}
+        # what each run stored per host: an entry whose run recorded another file for its host was swapped
+        stored_by_run: dict[tuple[str, str], set[str]] = {}
+        for record in records:
+            for o in record.outcomes:
+                if o.entry_id:
+                    stored_by_run.setdefault((record.run_id, o.host), set()).add(o.entry_id)
         seen: set[str] = set()
         intact: set[str] = set()
         for entry in manifest.entries:
             ok = self._entry_consistent(entry, seen)
             outcome = recorded.get((entry.run_id or "", entry.id))
+            stored = stored_by_run.get((entry.run_id or "", entry.host))
+            if outcome is None and stored and entry.id not in stored:
+                ok = False
+                self.find(
+                    "run-record-mismatch",
+                    Severity.INTEGRITY,
+                    f"entry {entry.id}: run record {entry.run_id} stored another key file for {entry.host}",
+                    entry.host,
+                    entry.path,
+                )
             if outcome and (outcome.sha256 not in (None, entry.sha256) or outcome.size not in (None, entry.size)):
                 ok = False
                 self.find(

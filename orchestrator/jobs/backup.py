@@ -49,7 +49,7 @@ class BackupPlan:
 
 def last_good(manifest: Manifest, host: str) -> ManifestEntry | None:
     entries = manifest.entries_for(host)
-    return max(entries, key=lambda e: e.created) if entries else None
+    return entries[0] if entries else None
 
 
 def plan_backup(hosts: list[HostConfig], *, manifest: Manifest | None, only_stale: timedelta | None) -> BackupPlan:

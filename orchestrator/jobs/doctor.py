@@ -7,7 +7,7 @@ the check it stops at (reachable, authenticated, helper) and leaves the later ch
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from orchestrator import remote
@@ -49,12 +49,12 @@ class CheckState(StrEnum):
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One check on one host. ``kind`` (an ErrorKind value, or the check's name) when it failed."""
+    """One check on one host, with the kind of failure when it failed."""
 
     name: str
     state: CheckState
     detail: str = ""
-    kind: str | None = None
+    kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,22 @@ def run_doctor(
     hosts: list[HostConfig],
     winrm_passwords: dict[str, Secret | None],
     *,
+    require: Collection[str] = CHECKS,
     forks: int = 32,
     events: RunnerEvents | None = None,
 ) -> tuple[list[Diagnosis], bool]:
     """Probe every host at once (at most ``forks``); one Diagnosis per host and whether interrupted."""
-    summary = Runner(ProbeTask(winrm_passwords), forks=forks, events=events).run(hosts)
+    events = events or RunnerEvents()
+
+    def on_done(result: HostResult[remote.ProbeResult]) -> None:
+        # the progress shows the verdict, not only whether the probe answered
+        cause = diagnose(result).cause(require)
+        if result.status is Status.OK and cause is not None:
+            result = replace(result, status=Status.FAILED, kind=cause.kind, message=f"{cause.name}: {cause.detail}")
+        events.on_done(result)
+
+    runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
+    summary = Runner(ProbeTask(winrm_passwords), forks=forks, events=runner_events).run(hosts)
     return [diagnose(result) for result in summary.results], summary.interrupted
 
 
@@ -139,89 +150,65 @@ def _stopped_at(failed: str, kind: ErrorKind, message: str) -> tuple[CheckResult
     index = CHECKS.index(failed)
     return (
         *(CheckResult(name, CheckState.OK) for name in CHECKS[:index]),
-        CheckResult(failed, CheckState.FAILED, message, str(kind)),
+        CheckResult(failed, CheckState.FAILED, message, kind),
         *(CheckResult(name, CheckState.NOT_RUN) for name in CHECKS[index + 1 :]),
     )
 
 
+def _ok(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, CheckState.OK, detail)
+
+
+def _failed(name: str, detail: str, kind: ErrorKind) -> CheckResult:
+    return CheckResult(name, CheckState.FAILED, detail, kind)
+
+
 def judge(host: HostConfig, probe: remote.ProbeResult) -> tuple[CheckResult, ...]:
     """The checks of a host whose probe answered."""
-    ok, failed = CheckState.OK, CheckState.FAILED
-    checks = [
-        CheckResult("reachable", ok, host.endpoint),
-        CheckResult("authenticated", ok, host.credential.username if host.credential else host.transport),
-        CheckResult("helper", ok, f"probe {probe.helper_version}, PowerShell {probe.powershell_version or '?'}"),
-    ]
-    if probe.admin:
-        checks.append(CheckResult("administrator", ok, "local administrator"))
-    else:
-        checks.append(
-            CheckResult(
-                "administrator", failed, "the WinRM account is not a local administrator", str(ErrorKind.NOT_ADMIN)
-            )
-        )
+    computer_name = host.name.split(".")[0].upper()
+    tool_where = f"at {host.tool_path}" if host.tool_path else "in tool_path or any known location"
     if probe.role is None:
-        checks.append(
-            CheckResult(
-                "role",
-                failed,
-                f"no SCSM role found in the registry (inventory: {host.role})",
-                str(ErrorKind.ROLE_MISMATCH),
-            )
-        )
+        role = _failed("role", f"no SCSM role found in the registry (inventory: {host.role})", ErrorKind.ROLE_MISMATCH)
     elif probe.role != host.role:
-        checks.append(
-            CheckResult(
-                "role",
-                failed,
-                f"the server is a {probe.role}, the inventory says {host.role}",
-                str(ErrorKind.ROLE_MISMATCH),
-            )
-        )
+        role = _failed("role", f"the server is a {probe.role}, the inventory says {host.role}", ErrorKind.ROLE_MISMATCH)
     else:
-        checks.append(CheckResult("role", ok, str(probe.role)))
-    if probe.version:
-        checks.append(CheckResult("version", ok, probe.version))
-    else:
-        checks.append(
-            CheckResult("version", failed, "no Service Manager version found (is SCSM installed?)", "version")
-        )
-    if probe.tool_path:
-        checks.append(CheckResult("tool", ok, f"{probe.tool_path} ({probe.tool_version or 'version unknown'})"))
-    else:
-        where = f"at {host.tool_path}" if host.tool_path else "in tool_path or any known location"
-        checks.append(
-            CheckResult("tool", failed, f"SecureStorageBackup.exe not found {where}", str(ErrorKind.TOOL_MISSING))
-        )
-    checks.append(_temp_space(probe))
-    expected = host.name.split(".")[0].upper()
-    if probe.computer_name.upper() == expected:
-        checks.append(CheckResult("computer-name", ok, probe.computer_name))
-    else:
-        checks.append(
-            CheckResult(
-                "computer-name",
-                failed,
-                f"the server's computer name is {probe.computer_name}, the inventory says {expected}",
-                str(ErrorKind.NAME_MISMATCH),
-            )
-        )
-    return tuple(checks)
+        role = _ok("role", str(probe.role))
+    return (
+        _ok("reachable", host.endpoint),
+        _ok("authenticated", host.credential.username if host.credential else host.transport),
+        _ok("helper", f"probe {probe.helper_version}, PowerShell {probe.powershell_version or '?'}"),
+        _ok("administrator", "local administrator")
+        if probe.admin
+        else _failed("administrator", "the WinRM account is not a local administrator", ErrorKind.NOT_ADMIN),
+        role,
+        _ok("version", probe.version)
+        if probe.version
+        else _failed("version", "no Service Manager version found in the registry", ErrorKind.ROLE_MISMATCH),
+        _ok("tool", f"{probe.tool_path} ({probe.tool_version or 'version unknown'})")
+        if probe.tool_path
+        else _failed("tool", f"SecureStorageBackup.exe not found {tool_where}", ErrorKind.TOOL_MISSING),
+        _temp_space(probe),
+        _ok("computer-name", probe.computer_name)
+        if probe.computer_name.upper() == computer_name
+        else _failed(
+            "computer-name",
+            f"the server's computer name is {probe.computer_name}, the inventory says {computer_name}",
+            ErrorKind.NAME_MISMATCH,
+        ),
+    )
 
 
 def _temp_space(probe: remote.ProbeResult) -> CheckResult:
     where = probe.temp_path or "the temporary folder"
     free = probe.temp_free_bytes
     if free is None:
-        return CheckResult("temp-space", CheckState.OK, f"free space of {where} not reported")
+        return _ok("temp-space", f"free space of {where} not reported")
     if free < MIN_TEMP_FREE_BYTES:
-        return CheckResult(
-            "temp-space",
-            CheckState.FAILED,
-            f"only {format_bytes(free)} free in {where} (at least {format_bytes(MIN_TEMP_FREE_BYTES)} wanted)",
-            str(ErrorKind.DISK_FULL),
+        wanted = format_bytes(MIN_TEMP_FREE_BYTES)
+        return _failed(
+            "temp-space", f"only {format_bytes(free)} free in {where} (at least {wanted} wanted)", ErrorKind.DISK_FULL
         )
-    return CheckResult("temp-space", CheckState.OK, f"{format_bytes(free)} free")
+    return _ok("temp-space", f"{format_bytes(free)} free")
 
 
 def format_bytes(size: int) -> str:
@@ -242,7 +229,7 @@ def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> d
         "role": host.role.value,
         "endpoint": host.endpoint,
         "status": str(diagnosis.status(require)),
-        "kind": cause.kind if cause else None,
+        "kind": str(cause.kind) if cause and cause.kind else None,
         "message": f"{cause.name}: {cause.detail}" if cause else None,
         "server": None
         if probe is None
@@ -259,7 +246,8 @@ def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> d
             "helper_version": probe.helper_version,
         },
         "checks": [
-            {"name": c.name, "status": str(c.state), "detail": c.detail, "kind": c.kind} for c in diagnosis.checks
+            {"name": c.name, "status": str(c.state), "detail": c.detail, "kind": str(c.kind) if c.kind else None}
+            for c in diagnosis.checks
         ],
         "duration": round(diagnosis.duration, 3),
         "attempts": diagnosis.attempts,

@@ -31,7 +31,8 @@ Progress = Callable[[str, list[str]], AbstractContextManager[RunnerEvents]]
 
 @dataclass
 class HostStep:
-    """One host's outcome in one step. ``kind``: an ErrorKind value, a doctor check or a coverage status."""
+    """One host's outcome in one step. ``kind``: an ErrorKind value, a doctor check, a coverage status
+    (audit) or ``not-confirmed`` (restore declined at the prompt)."""
 
     host: str
     status: Status
@@ -47,6 +48,18 @@ class HostStep:
             "message": self.message or None,
             **self.data,
         }
+
+    @classmethod
+    def ok(cls, host: str, message: str, **data: object) -> HostStep:
+        return cls(host, Status.OK, None, message, data)
+
+    @classmethod
+    def failed(cls, host: str, kind: str | None, message: str, **data: object) -> HostStep:
+        return cls(host, Status.FAILED, kind, message, data)
+
+    @classmethod
+    def skipped(cls, host: str, message: str) -> HostStep:
+        return cls(host, Status.SKIPPED, message=message)
 
 
 @dataclass
@@ -134,7 +147,7 @@ class PlaybookRun:
         stopped = ""
         for step in self.playbook.steps:
             if stopped:
-                cells = [HostStep(h.name, Status.SKIPPED, message=stopped) for h in self.hosts]
+                cells = [HostStep.skipped(h.name, stopped) for h in self.hosts]
                 results.append(StepResult(step, Status.SKIPPED, f"not run: {stopped}", cells))
                 continue
             result = self._step(step)
@@ -149,22 +162,19 @@ class PlaybookRun:
         if step.name == "audit":
             return self._audit(step)
         targets = [h for h in self.hosts if h.name not in self.failed]
-        if not targets:
-            result = StepResult(step, Status.SKIPPED, "no host left")
-        else:
-            result = {"doctor": self._doctor, "backup": self._backup, "verify": self._verify, "restore": self._restore}[
-                step.name
-            ](step, targets)
-        for host in self.hosts:
-            if host.name in self.failed:
-                result.hosts.append(
-                    HostStep(host.name, Status.SKIPPED, message=f"failed step {self.failed[host.name]}")
-                )
-        result.hosts.sort(key=lambda c: [h.name for h in self.hosts].index(c.host))
+        handlers = {"doctor": self._doctor, "backup": self._backup, "verify": self._verify, "restore": self._restore}
+        result = handlers[step.name](step, targets) if targets else StepResult(step, Status.SKIPPED, "no host left")
+        result.hosts += [HostStep.skipped(h.name, f"failed step {self.failed[h.name]}") for h in self.left_out()]
+        order = {h.name: index for index, h in enumerate(self.hosts)}
+        result.hosts.sort(key=lambda c: order[c.host])
         for cell in result.hosts:
             if cell.status is Status.FAILED:
                 self.failed.setdefault(cell.host, step.title)
         return result
+
+    def left_out(self) -> list[HostConfig]:
+        """Hosts that failed an earlier host step."""
+        return [h for h in self.hosts if h.name in self.failed]
 
     def _store(self) -> BackupStore:
         if self.ctx.store is None:
@@ -188,7 +198,9 @@ class PlaybookRun:
         assert isinstance(step.options, DoctorOptions)
         require = step.options.require
         with self.ctx.progress(f"step {step.title}", [h.name for h in targets]) as events:
-            diagnoses, interrupted = run_doctor(targets, self.ctx.winrm_passwords, forks=self.ctx.forks, events=events)
+            diagnoses, interrupted = run_doctor(
+                targets, self.ctx.winrm_passwords, require=require, forks=self.ctx.forks, events=events
+            )
         cells = []
         for d in diagnoses:
             cause, probe = d.cause(require), d.probe
@@ -198,7 +210,8 @@ class PlaybookRun:
                 "checks": {c.name: str(c.state) for c in d.checks},
             }
             message = f"{cause.name}: {cause.detail}" if cause else f"{probe.version if probe else ''}".strip()
-            cells.append(HostStep(d.host.name, d.status(require), cause.kind if cause else None, message, data))
+            kind = str(cause.kind) if cause and cause.kind else None
+            cells.append(HostStep(d.host.name, d.status(require), kind, message, data))
         failed = sum(1 for c in cells if c.status is Status.FAILED)
         summary = f"{len(cells) - failed} passed, {failed} failed (required: {', '.join(require)})"
         return StepResult(step, Status.FAILED if failed else Status.OK, summary, cells, interrupted=interrupted)
@@ -221,30 +234,23 @@ class PlaybookRun:
         )
         with self.ctx.progress(f"step {step.title}", [h.name for h in plan.hosts]) as events:
             summary = backup.run_backup(plan, task, forks=self.ctx.forks, events=events)
-        left_out = [
-            backup.SkippedHost(h, f"failed step {self.failed[h.name]}") for h in self.hosts if h.name in self.failed
-        ]
+        left_out = [backup.SkippedHost(h, f"failed step {self.failed[h.name]}") for h in self.left_out()]
         cells = []
         for r in summary.results:
-            entry = r.value
-            if entry is not None:
+            if (entry := r.value) is not None:
                 self.written[r.host.name] = entry
                 cells.append(
-                    HostStep(
-                        r.host.name,
-                        r.status,
-                        message=entry.id,
-                        data={"entry_id": entry.id, "sha256": entry.sha256, "size": entry.size},
-                    )
+                    HostStep.ok(r.host.name, entry.id, entry_id=entry.id, sha256=entry.sha256, size=entry.size)
                 )
             else:
                 cells.append(HostStep(r.host.name, r.status, str(r.kind) if r.kind else None, r.message))
-        cells += [HostStep(s.host.name, Status.SKIPPED, message=s.reason) for s in plan.skipped]
+        cells += [HostStep.skipped(s.host.name, s.reason) for s in plan.skipped]
         failed = sum(1 for c in cells if c.status is Status.FAILED)
         result = StepResult(
             step,
             Status.FAILED if failed else Status.OK,
-            f"{len(self.written)} backed up, {failed} failed, {len(plan.skipped)} skipped as fresh",
+            f"{sum(1 for r in summary.results if r.value)} backed up, {failed} failed, "
+            f"{len(plan.skipped)} skipped as fresh",
             cells,
             interrupted=summary.interrupted,
         )
@@ -273,7 +279,7 @@ class PlaybookRun:
             restored = self.restored.get(host.name)
             entry = written or (restored[0] if restored else None)
             if entry is None:
-                cells.append(HostStep(host.name, Status.SKIPPED, message="nothing written or restored by this run"))
+                cells.append(HostStep.skipped(host.name, "nothing written or restored by this run"))
                 continue
             problem = None
             if (entry.id, entry.sha256, entry.size) not in listed:
@@ -283,17 +289,11 @@ class PlaybookRun:
             elif restored and restored[1].sha256 != entry.sha256:
                 problem = f"the server restored bytes whose SHA-256 differs from {entry.id}"
             if problem:
-                cells.append(HostStep(host.name, Status.FAILED, str(ErrorKind.INTEGRITY), problem))
+                cells.append(HostStep.failed(host.name, str(ErrorKind.INTEGRITY), problem))
             else:
                 what = "restored" if restored and not written else "stored"
-                cells.append(
-                    HostStep(
-                        host.name,
-                        Status.OK,
-                        message=f"{what} {entry.id}: SHA-256 and signature verified",
-                        data={"entry_id": entry.id, "sha256": entry.sha256},
-                    )
-                )
+                message = f"{what} {entry.id}: SHA-256 and signature verified"
+                cells.append(HostStep.ok(host.name, message, entry_id=entry.id, sha256=entry.sha256))
         failed = sum(1 for c in cells if c.status is Status.FAILED)
         verified = sum(1 for c in cells if c.status is Status.OK)
         summary = f"manifest signature valid; {verified} key file(s) verified, {failed} failed"
@@ -312,13 +312,9 @@ class PlaybookRun:
             f.severity is Severity.INTEGRITY and (f.host is None or f.host in names) for f in report.findings
         )
         cells = [
-            HostStep(
-                s.host,
-                Status.OK if s.status is Coverage.COVERED else Status.FAILED,
-                None if s.status is Coverage.COVERED else str(s.status),
-                s.reason,
-                {"coverage": str(s.status), "entry_id": s.last_good.id if s.last_good else None},
-            )
+            HostStep.ok(s.host, s.reason, coverage=str(s.status), entry_id=s.last_good.id)
+            if s.status is Coverage.COVERED and s.last_good
+            else HostStep.failed(s.host, str(s.status), s.reason, coverage=str(s.status), entry_id=None)
             for s in servers
         ]
         summary = (
@@ -353,20 +349,12 @@ class PlaybookRun:
             request = restore.prepare_restore(store, host, step.options.entry)
         except IntegrityError as exc:
             return _integrity_failure(step, targets, str(exc))
-        except restore.RestoreRefused as exc:
-            return StepResult(
-                step, Status.FAILED, "refused", [HostStep(host.name, Status.FAILED, str(exc.kind), exc.message)]
-            )
-        except ConfigError as exc:
-            return StepResult(
-                step,
-                Status.FAILED,
-                "nothing to restore",
-                [HostStep(host.name, Status.FAILED, str(ErrorKind.CONFIG), exc.message)],
-            )
+        except ConfigError as exc:  # refused (another server's or role's key) or nothing to restore
+            kind = exc.kind if isinstance(exc, restore.RestoreRefused) else ErrorKind.CONFIG
+            return StepResult(step, Status.FAILED, "not restored", [HostStep.failed(host.name, str(kind), exc.message)])
         warning = restore.password_label_warning(self.ctx.inv, request)
         if step.options.confirm and not self.ctx.confirm(request):
-            cell = HostStep(host.name, Status.FAILED, str(ErrorKind.INTERRUPTED), "not confirmed by the operator")
+            cell = HostStep.failed(host.name, "not-confirmed", "the operator declined the restore")
             return StepResult(step, Status.FAILED, "not confirmed", [cell])
         run_id, started = new_run_id(), datetime.now(UTC)
         with self.ctx.progress(f"step {step.title}", [host.name]) as events:
@@ -374,26 +362,17 @@ class PlaybookRun:
                 request, self._secret(), self.ctx.winrm_passwords.get(host.name), events=events
             )
         outcome = summary.results[0]
+        entry = request.entry
         if outcome.value is not None:
-            self.restored[host.name] = (request.entry, outcome.value)
-            cell = HostStep(
-                host.name,
-                Status.OK,
-                message=f"restored {request.entry.id}",
-                data={"entry_id": request.entry.id, "sha256": request.entry.sha256},
-            )
+            self.restored[host.name] = (entry, outcome.value)
+            cell = HostStep.ok(host.name, f"restored {entry.id}", entry_id=entry.id, sha256=entry.sha256)
         else:
-            cell = HostStep(
-                host.name,
-                outcome.status,
-                str(outcome.kind) if outcome.kind else None,
-                outcome.message,
-                {"entry_id": request.entry.id},
-            )
+            failure = str(outcome.kind) if outcome.kind else None
+            cell = HostStep(host.name, outcome.status, failure, outcome.message, {"entry_id": entry.id})
         result = StepResult(
             step,
             Status.OK if outcome.value else Status.FAILED,
-            f"{request.entry.id} -> {host.name}",
+            f"{entry.id} -> {host.name}",
             [cell],
             interrupted=summary.interrupted,
             warnings=[warning] if warning else [],
@@ -411,5 +390,5 @@ class PlaybookRun:
 
 
 def _integrity_failure(step: Step, targets: list[HostConfig], message: str) -> StepResult:
-    cells = [HostStep(h.name, Status.FAILED, str(ErrorKind.INTEGRITY), message) for h in targets]
+    cells = [HostStep.failed(h.name, str(ErrorKind.INTEGRITY), message) for h in targets]
     return StepResult(step, Status.FAILED, message, cells, integrity=True)

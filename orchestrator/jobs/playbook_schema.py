@@ -106,6 +106,10 @@ class Playbook:
         return any(step.name in names for step in self.steps)
 
     @property
+    def touches_servers(self) -> bool:
+        return self.has("doctor", "backup", "restore")
+
+    @property
     def needs_share(self) -> bool:
         return self.has("backup", "verify", "audit", "restore")
 

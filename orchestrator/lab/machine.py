@@ -1,35 +1,30 @@
 """A simulated SCSM server: runs the WinRS commands the lab's WS-Management server receives.
 
 It answers a few cmd built-ins, and the constant keyfleet bootstrap: the encoded command must be
-the shipped bootstrap, the helper on stdin must be byte-identical to a shipped helper, and the
-helper's contract is then simulated in Python, checks in the same order and with the same result
-line as the PowerShell. Anything else fails as it would on Windows.
+the shipped bootstrap; the request on stdin then goes to the simulated helpers (helpersim), and
+their result line comes back, damaged if an output fault says so. Anything else fails as it would
+on Windows.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import remote
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults
-from orchestrator.lab.keyfile import ToolRun, tool_backup, tool_restore
+from orchestrator.lab.helpersim import Cancelled, Logon, SimulatedHelpers
 from orchestrator.lab.registry import Installation, Registry
 
 Emit = Callable[[str, bytes], None]
 OUTPUT_CHUNK = 4096  # bytes per emit: long output reaches the server in several pieces
 _CANCELLED_EXIT = 0xC000013A  # STATUS_CONTROL_C_EXIT, what a terminated console process returns
-DEFAULT_TOOL_TIMEOUT = 120.0
-MIN_FREE_BYTES = 10 * 1024 * 1024
-MAX_OUTPUT_CHARS = 8000
-POWERSHELL_VERSION = "5.1.17763.6414"
 _ONLY_BOOTSTRAP = (
     "keyfleet lab: this simulated server runs no PowerShell but the keyfleet bootstrap "
     "(powershell.exe -EncodedCommand <bootstrap.ps1>)\r\n"
@@ -38,19 +33,6 @@ _NOT_ENCODED = (
     "Cannot process the command because the value specified with -EncodedCommand is not properly "
     "encoded. The value must be Base64 encoded.\r\n"
 )
-
-
-class HelperError(Exception):
-    """A failure the helper reports in its result line (kind as in Exception.Data['KeyfleetKind'])."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class _Cancelled(Exception):
-    """The command was terminated (Signal, Delete, server stop) while the helper ran."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +91,7 @@ class Machine:
         self.registry.load()  # a fresh installation on first start; the same key on later starts
         self.computer_name = name.split(".")[0].upper()
         self.installation = Installation.of(role, settings, self.faults)
+        self.helpers = SimulatedHelpers(self.computer_name, self.installation, self.registry)
 
     def current_key(self) -> bytes:
         """The encryption key now in the simulated registry (for tests and drills)."""
@@ -149,204 +132,27 @@ class Machine:
         except (binascii.Error, UnicodeDecodeError):
             emit("stderr", _NOT_ENCODED.encode())
             return 1
-        if not encoded or script != remote.load_script("bootstrap").content.decode("utf-8-sig"):
+        if not encoded or script != remote.load_script(remote.BOOTSTRAP).content.decode("utf-8-sig"):
             emit("stderr", _ONLY_BOOTSTRAP.encode())
             return 1
         request = stdin.read_all(cancel)
         if cancel.is_set():
             return _CANCELLED_EXIT
         try:
-            document, code = self._bootstrap(request, user, cancel)
-        except _Cancelled:
+            document, code = self.helpers.bootstrap(request, self._logon(user), cancel)
+        except Cancelled:
             return _CANCELLED_EXIT
         line = remote.RESULT_MARKER + json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode()
         line = self._damage(line + b"\n")
         _emit_chunks(emit, "stdout", line)
         return code
 
-    def _bootstrap(self, data: bytes, user: LabUser, cancel: threading.Event) -> tuple[dict[str, object], int]:
-        """What bootstrap.ps1 does with its stdin: verify, run the helper, one result document."""
-        helper: str | None = None
-        try:
-            try:
-                request = json.loads(data.decode("ascii"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise HelperError("protocol", "Invalid JSON primitive: stdin is not a JSON request") from None
-            if not isinstance(request, dict) or request.get("format") != remote.REQUEST_FORMAT:
-                raise HelperError("protocol", "stdin does not hold a keyfleet-helper/1 request")
-            helper = str(request.get("helper"))
-            try:
-                code = base64.b64decode(str(request.get("script")), validate=True)
-            except binascii.Error:
-                raise HelperError("protocol", "The input is not a valid Base-64 string.") from None
-            if hashlib.sha256(code).hexdigest() != str(request.get("sha256")):
-                raise HelperError("protocol", f"the {helper} helper script does not match its SHA-256")
-            if helper not in remote.HELPERS or code != remote.load_script(helper).content:
-                raise HelperError(
-                    "remote",
-                    "keyfleet lab: this helper script is not byte-identical to one keyfleet ships; "
-                    "the simulated server runs only shipped helpers",
-                )
-            secret = request.get("secret")
-            params = request.get("params")
-            if not isinstance(params, dict):
-                raise HelperError("remote", "Cannot bind argument to parameter 'Params' because it is null.")
-            run = {"export": self._export, "restore": self._restore, "probe": self._probe}[helper]
-            result = run(params, secret if isinstance(secret, str) else None, user, cancel)
-        except HelperError as exc:
-            return {"ok": False, "helper": helper, "error": {"kind": exc.kind, "message": exc.message}}, 1
-        return {"ok": True, "helper": helper, "result": result}, 0
-
-    # --- the helpers' contracts (same checks, same order, same fields as the .ps1 files) ---
-
-    def _export(
-        self, params: dict[str, object], secret: str | None, user: LabUser, cancel: threading.Event
-    ) -> dict[str, object]:
-        self._require_admin(user)
-        if not secret:
-            raise HelperError("remote", "no backup password was given")
-        timeout = _tool_timeout(params)
-        tool = self._require_tool(params)
-        role = self.installation.reported_role()
-        self._require_free_space(user)
-        key = self.registry.load().key
-        run = self._run_tool(
-            "Backup", lambda: tool_backup(key, secret, self.computer_name, self.role.value), timeout, cancel
-        )
-        file = run.file or b""
-        return {
-            "file": base64.b64encode(file).decode("ascii"),
-            "sha256": hashlib.sha256(file).hexdigest(),
-            "size": len(file),
-            **self._tool_fields(role, tool, run),
-        }
-
-    def _restore(
-        self, params: dict[str, object], secret: str | None, user: LabUser, cancel: threading.Event
-    ) -> dict[str, object]:
-        self._require_admin(user)
-        if not secret:
-            raise HelperError("remote", "no password for the key file was given")
-        timeout = _tool_timeout(params)
-        encoded = params.get("file")
-        if not encoded:
-            raise HelperError("protocol", "the request holds no key file")
-        try:
-            data = base64.b64decode(str(encoded), validate=True)
-        except binascii.Error:
-            raise HelperError("protocol", "the key file in the request is not valid base64") from None
-        if len(data) > remote.MAX_KEY_FILE_BYTES:
-            raise HelperError(
-                "protocol", f"the key file in the request is larger than {remote.MAX_KEY_FILE_BYTES} bytes"
-            )
-        sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 != str(params.get("sha256")):
-            raise HelperError("integrity", "the key file received does not match its SHA-256; nothing was restored")
-        expected_name = params.get("expected_computer_name")
-        if expected_name:
-            label = str(expected_name).split(".")[0]
-            if label.upper() != self.computer_name:
-                raise HelperError(
-                    "name-mismatch",
-                    f"this server is {self.computer_name} but the key file belongs to {label}: a key can "
-                    "only be restored onto a server with the same computer name",
-                )
-        role = self.installation.reported_role()
-        expected_role = params.get("expected_role")
-        if expected_role and role and role != expected_role:
-            raise HelperError("role-mismatch", f"this server is a {role} but the key file belongs to a {expected_role}")
-        tool = self._require_tool(params)
-        self._require_free_space(user)
-        run = self._run_tool("Restore", lambda: tool_restore(data, secret, self.computer_name), timeout, cancel)
-        self.registry.replace_key(run.key or b"")
-        return {"sha256": sha256, **self._tool_fields(role, tool, run)}
-
-    def _probe(
-        self, params: dict[str, object], secret: str | None, user: LabUser, cancel: threading.Event
-    ) -> dict[str, object]:
-        tool = self.installation.find_tool(_text(params, "tool_path"))
-        return {
-            "computer_name": self.computer_name,
-            "admin": self._is_admin(user),
-            "role": self.installation.reported_role(),
-            "version": self.settings.version or None,
-            "tool_path": tool,
-            "tool_version": self.settings.version if tool else None,
-            "temp_path": _temp_path(user),
-            "temp_free_bytes": self.installation.free_bytes(),
-            "powershell_version": POWERSHELL_VERSION,
-            "helper_version": remote.HELPER_VERSION,
-        }
-
-    def _fault(self, kind: str) -> Fault | None:
-        return find(self.faults, kind)
-
-    def _is_admin(self, user: LabUser) -> bool:
-        return user.admin and self.settings.admin and self._fault("not-admin") is None
-
-    def _require_admin(self, user: LabUser) -> None:
-        if not self._is_admin(user):
-            raise HelperError(
-                "not-admin",
-                f"{_qualified(user.name).upper()} is not a local administrator; "
-                "SecureStorageBackup.exe needs administrator rights",
-            )
-
-    def _require_tool(self, params: dict[str, object]) -> str:
-        tool = self.installation.find_tool(_text(params, "tool_path"))
-        if tool is None:
-            raise HelperError(
-                "tool-missing",
-                "SecureStorageBackup.exe not found: copy Tools\\SecureStorageBackup from the Service Manager "
-                "installation media to this server and set tool_path (or install it in a known location)",
-            )
-        return tool
-
-    def _require_free_space(self, user: LabUser) -> None:
-        free = self.installation.free_bytes()
-        if free < MIN_FREE_BYTES:
-            raise HelperError(
-                "disk-full",
-                f"only {free} bytes free on C:\\ (temporary folder {_temp_path(user)}); "
-                f"at least {MIN_FREE_BYTES} needed",
-            )
-
-    def _tool_fields(self, role: str, tool: str, run: ToolRun) -> dict[str, object]:
-        return {
-            "role": role,
-            "version": self.settings.version or None,
-            "tool_path": tool,
-            "tool_exit": run.exit_code,
-            "tool_output": run.output,
-            "computer_name": self.computer_name,
-            "helper_version": remote.HELPER_VERSION,
-        }
-
-    def _run_tool(self, verb: str, run: Callable[[], ToolRun], timeout: float, cancel: threading.Event) -> ToolRun:
-        """The tool as Invoke-Tool sees it, tool faults included: a finished, successful run or a
-        HelperError; never waits past cancel."""
-        if self._fault("tool-hanging"):
-            if cancel.wait(timeout):
-                raise _Cancelled
-            raise HelperError(
-                "tool-timeout",
-                f"SecureStorageBackup.exe did not finish within {timeout:g} s and was stopped; it may be "
-                "waiting for interactive input (a wizard page needs a desktop session). Run it once by "
-                "hand on this server, or raise tool_timeout.",
-            )
-        if self._fault("tool-failing"):
-            what = "Backup" if verb == "Backup" else "Key Restore"
-            result = ToolRun(2, f"Secure Storage {what} failed: Keyset does not exist (0x80090016).")
-        else:
-            result = run()
-        output = result.output.strip()
-        if len(output) > MAX_OUTPUT_CHARS:
-            output = output[:MAX_OUTPUT_CHARS] + "..."
-        if result.exit_code != 0:
-            raise HelperError(
-                "tool-failed", f"SecureStorageBackup.exe {verb} exited with code {result.exit_code}: {output}"
-            )
-        return replace(result, output=output)
+    def _logon(self, user: LabUser) -> Logon:
+        """The session Windows gives the user: the token is an administrator's only if the user is
+        one on this host and no not-admin fault says otherwise."""
+        admin = user.admin and self.settings.admin and find(self.faults, "not-admin") is None
+        account = user.name.rpartition("\\")[2]
+        return Logon(_qualified(user.name), admin, f"C:\\Users\\{account}\\AppData\\Local\\Temp\\")
 
     def _damage(self, line: bytes) -> bytes:
         """Machine-level output faults: the result line altered or cut short."""
@@ -372,29 +178,6 @@ def _encoded_command(words: list[str]) -> str | None:
         if word[:1] in "-/" and name and ("encodedcommand".startswith(name) or name == "ec"):
             return words[index + 1]
     return None
-
-
-def _text(params: dict[str, object], name: str) -> str | None:
-    value = params.get(name)
-    return None if value is None or value == "" else str(value)
-
-
-def _tool_timeout(params: dict[str, object]) -> float:
-    value = params.get("tool_timeout")
-    if value is None:
-        return DEFAULT_TOOL_TIMEOUT
-    try:
-        seconds = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else 0.0
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise HelperError("remote", f"tool_timeout must be a positive number of seconds, not '{value}'")
-    return seconds
-
-
-def _temp_path(user: LabUser) -> str:
-    account = user.name.rpartition("\\")[2]
-    return f"C:\\Users\\{account}\\AppData\\Local\\Temp\\"
 
 
 def _qualified(user: str) -> str:

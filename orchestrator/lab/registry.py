@@ -21,7 +21,7 @@ from pathlib import Path
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import Fault, find
 
-# the same list as $KnownToolPaths in the helper scripts (a test keeps them equal)
+# the same list as $KnownToolPaths in helpers/common.ps1 (a test keeps them equal)
 _TOOL = r"\Tools\SecureStorageBackup\SecureStorageBackup.exe"
 KNOWN_TOOL_PATHS = (
     r"C:\Program Files\Microsoft System Center\Service Manager" + _TOOL,

@@ -110,8 +110,9 @@ class Manifest:
     signed_bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     def entries_for(self, host: str) -> list[ManifestEntry]:
-        """``host``'s entries, newest first."""
-        return sorted((e for e in self.entries if e.host == host), key=lambda e: e.created, reverse=True)
+        """``host``'s entries, newest first (of two in one second, the one added later)."""
+        mine = [(e.created, index, e) for index, e in enumerate(self.entries) if e.host == host]
+        return [e for _created, _index, e in sorted(mine, key=lambda t: (t[0], t[1]), reverse=True)]
 
     def document(self) -> dict[str, Any]:
         """The JSON document without its signature."""

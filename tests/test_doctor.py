@@ -1,0 +1,147 @@
+"""Preflight through the real CLI against the lab fleet: every check, every fault kind, no leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from orchestrator.jobs.doctor import CHECKS
+from tests.conftest import SMALL_FLEET, make_lab_inventory
+from tests.leaks import LeakSearch
+
+ALL_HOSTS = {name: settings["role"] for hosts in SMALL_FLEET.values() for name, settings in hosts.items()}
+ONE = {"role": "management_server"}
+
+
+def hosts_of(run) -> dict[str, dict]:
+    return {h["host"]: h for h in json.loads(run.stdout)["hosts"]}
+
+
+def test_clean_lab_reports_every_role_and_version(lab_inventory, keyfleet):
+    lab = lab_inventory()
+    run = keyfleet("doctor", "-i", str(lab.inventory), "--json")
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert document["summary"] == {"ok": len(ALL_HOSTS), "failed": 0, "skipped": 0}
+    hosts = hosts_of(run)
+    assert set(hosts) == set(ALL_HOSTS)
+    for name, role in ALL_HOSTS.items():
+        host = hosts[name]
+        assert host["status"] == "ok" and host["kind"] is None
+        assert host["server"]["role"] == role
+        assert host["server"]["version"] == "10.22.1068.0"
+        assert host["server"]["computer_name"] == name.upper()
+        assert host["server"]["tool_path"].endswith("SecureStorageBackup.exe")
+        assert [c["name"] for c in host["checks"]] == list(CHECKS)
+        assert {c["status"] for c in host["checks"]} == {"ok"}
+    for name, role in ALL_HOSTS.items():  # the human table on stderr shows role and version too
+        line = next(line for line in run.stderr.splitlines() if line.startswith(f"{name} "))
+        assert role in line and "10.22.1068.0" in line and "✗" not in line
+
+
+FAULTS = {
+    "f-down": (["down"], "unreachable", "reachable"),
+    "f-auth": (["auth-failure"], "auth", "authenticated"),
+    "f-admin": (["not-admin"], "not-admin", "administrator"),
+    "f-tool": (["tool-missing"], "tool-missing", "tool"),
+    "f-role": (["wrong-role"], "role-mismatch", "role"),
+    "f-disk": (["disk-full"], "disk-full", "temp-space"),
+    "f-corrupt": (["corrupt-output"], "protocol", "helper"),
+    "f-http": (["http500:Command"], "http", "helper"),
+}
+
+
+def test_each_fault_is_reported_with_its_kind(tmp_path, keyfleet):
+    fleet = {"FAULTS": {name: dict(ONE) for name in FAULTS} | {"f-ok": dict(ONE)}}
+    lab = make_lab_inventory(tmp_path / "lab", fleet=fleet, faults={h: f for h, (f, _, _) in FAULTS.items()})
+    run = keyfleet("doctor", "-i", str(lab.inventory), "--json")
+    assert run.returncode == 1, run.stderr
+    hosts = hosts_of(run)
+    assert hosts["f-ok"]["status"] == "ok"
+    for name, (_faults, kind, check) in FAULTS.items():
+        host = hosts[name]
+        assert (host["status"], host["kind"]) == ("failed", kind), host
+        assert host["message"].startswith(f"{check}: ")
+        assert host["hint"]
+        checks = {c["name"]: c for c in host["checks"]}
+        assert checks[check]["status"] == "failed" and checks[check]["kind"] == kind
+        assert f"  {name}: {check}: {kind}: " in run.stderr
+    # a server that answered still reports what it is
+    assert hosts["f-role"]["server"]["role"] == "dw_management_server"
+    assert hosts["f-disk"]["server"]["temp_free_bytes"] < 100 * 1024 * 1024
+    # connection-level failures leave the later checks not run
+    assert {c["status"] for c in hosts["f-down"]["checks"][1:]} == {"not-run"}
+    assert "unreachable (1): f-down" in run.stderr and "hint:" in run.stderr
+
+
+def test_limit_and_security_warnings(tmp_path, keyfleet):
+    fleet = {
+        "G": {
+            "w-ms01": {"role": "management_server"},
+            "w-dw01": {
+                "role": "dw_management_server",
+                "scheme": "https",
+                "transport": "basic",
+                "cert_validation": False,
+            },
+        }
+    }
+    lab = make_lab_inventory(tmp_path / "lab", fleet=fleet)
+    run = keyfleet("doctor", "-i", str(lab.inventory), "--limit", "role:dw_management_server", "--json")
+    assert run.returncode == 0, run.stderr
+    assert list(hosts_of(run)) == ["w-dw01"]
+    warning = "w-dw01: TLS certificate validation is off"
+    assert warning in run.stderr
+    assert any(warning in w for w in json.loads(run.stdout)["warnings"])
+
+
+LEAK_FAULTS = [
+    "none",
+    "down",
+    "blackhole",
+    "latency:0.2",
+    "auth-failure",
+    "http500:Send",
+    "drop-receive",
+    "corrupt-output",
+    "truncate-output",
+    "tool-missing",
+    "tool-failing",
+    "tool-hanging",
+    "not-admin",
+    "wrong-role",
+    "disk-full",
+]
+PASSING = {"none", "latency:0.2", "tool-failing", "tool-hanging"}  # the probe never runs the tool
+
+
+@pytest.mark.parametrize("fault", LEAK_FAULTS)
+def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
+    winrm_password = f"Unique-WinRM-{os.urandom(6).hex()}"
+    backup_password = f"Unique-Backup-{os.urandom(6).hex()}"
+    fleet = {
+        "LEAK": {
+            "l-ms01": {"role": "management_server"},
+            "l-dw01": {"role": "dw_management_server", "scheme": "https", "transport": "basic", "ca_bundle": "lab"},
+        }
+    }
+    faults = {} if fault == "none" else {"l-ms01": [fault], "l-dw01": [fault]}
+    lab = make_lab_inventory(
+        tmp_path / "lab",
+        fleet=fleet,
+        faults=faults,
+        winrm_password="env:KF_TEST_WINRM_PASSWORD",
+        defaults={"connect_timeout": "1s", "operation_timeout": "1s", "host_timeout": "3s", "retries": 0},
+    )
+    env = {"KEYFLEET_BACKUP_PASSWORD": backup_password, "KF_TEST_WINRM_PASSWORD": winrm_password}
+    run = keyfleet("doctor", "-i", str(lab.inventory), "--json", "-v", env=env)
+    assert run.returncode == (0 if fault in PASSING else 1), run.stderr
+    assert set(hosts_of(run)) == {"l-ms01", "l-dw01"}
+    search = LeakSearch({"backup password": backup_password, "winrm password": winrm_password})
+    search.add("stdout", run.stdout)
+    search.add("stderr", run.stderr)
+    search.add("argv", " ".join(run.args))
+    search.add_folder(tmp_path)  # lab journal, lab state, debug log (HOME)
+    assert search.assert_clean() >= 3
