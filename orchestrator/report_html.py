@@ -27,7 +27,7 @@ h1 { font-size: 1.5em; margin: 0 0 .3em; } h2 { font-size: 1.15em; margin: 1.6em
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #d1d9e0; vertical-align: top; }
 th { background: #f6f8fa; }
-td.mono { font-family: ui-monospace, "SFMono-Regular", Consolas, monospace; font-size: .92em; }
+td.mono { font-family: ui-monospace, "SFMono-Regular", Consolas, monospace; font-size: .92em; white-space: nowrap; }
 .status { font-weight: 600; border-radius: 3px; padding: .1em .45em; white-space: nowrap; }
 .bars td { border: none; padding: .25em .6em; }
 .bar { width: 18em; height: 1em; background: #ffebe9; border: 1px solid #d1d9e0; border-radius: 3px; }
