@@ -28,6 +28,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #d1d9e0; vertical-align: top; }
 th { background: #f6f8fa; }
 td.mono { font-family: ui-monospace, "SFMono-Regular", Consolas, monospace; font-size: .92em; white-space: nowrap; }
+td.path { white-space: normal; overflow-wrap: anywhere; }
 .status { font-weight: 600; border-radius: 3px; padding: .1em .45em; white-space: nowrap; }
 .bars td { border: none; padding: .25em .6em; }
 .bar { width: 18em; height: 1em; background: #ffebe9; border: 1px solid #d1d9e0; border-radius: 3px; }
@@ -74,7 +75,7 @@ def _findings(report: AuditReport) -> str:
         return "<h2>Findings</h2>\n<p>None.</p>\n"
     rows = "".join(
         f'<tr><td class="sev-{f.severity}">{escape(str(f.severity))}</td><td>{escape(f.kind)}</td>'
-        f'<td class="mono">{escape(f.host or "-")}</td><td class="mono">{escape(f.path or "-")}</td>'
+        f'<td class="mono">{escape(f.host or "-")}</td><td class="mono path">{escape(f.path or "-")}</td>'
         f"<td>{escape(f.message)}</td></tr>"
         for f in report.findings
     )
