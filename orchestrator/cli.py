@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _limit(p)
     _share(p)
     p.add_argument("--check", action="store_true", help="print the plan and stop")
+    p.add_argument("--yes", action="store_true", help="confirm restore steps without asking")
     _json(p)
 
     p = sub.add_parser("restore", help="put a key back on a rebuilt server")
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--inventory-out", required=True, metavar="FILE")
     up.add_argument("--state-dir", metavar="DIR", help="CA, certificates, registries (default: temp)")
     up.add_argument("--base-address", default="127.0.20.1", metavar="IP")
+    rebuild = lab.add_parser("rebuild", help="replace a lab server's key, as a fresh install would")
+    _inventory(rebuild)
+    rebuild.add_argument("--host", required=True, metavar="H")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
     bench.add_argument("--hosts", type=int, default=64, metavar="N")
     bench.add_argument("--forks", type=int, default=32, metavar="N")

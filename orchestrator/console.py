@@ -52,12 +52,14 @@ class Ui:
         stream = stream or sys.stderr
         self.console = Console(file=stream, highlight=False, soft_wrap=False)
         self.interactive = self.console.is_terminal and not force_plain
+        self._lock = threading.RLock()
 
     def line(self, text: str, style: str | None = None) -> None:
-        if self.interactive:
-            self.console.print(Text(mask(text), style=style or ""))
-        else:
-            print(mask(text), file=self.console.file, flush=True)
+        with self._lock:  # worker threads report too: whole lines only
+            if self.interactive:
+                self.console.print(Text(mask(text), style=style or ""))
+            else:
+                print(mask(text), file=self.console.file, flush=True)
 
     def warn(self, text: str) -> None:
         self.line(f"warning: {text}", "yellow")

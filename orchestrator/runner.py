@@ -106,10 +106,11 @@ class Runner(Generic[T]):
         def record(result: HostResult[T]) -> None:
             with lock:
                 results[result.host.name] = result
+            self._events.on_done(result)  # before ``finished``: the last host is shown before run() returns
+            with lock:
                 remaining[0] -= 1
                 if remaining[0] == 0:
                     finished.set()
-            self._events.on_done(result)
 
         def worker() -> None:
             while True:
@@ -118,9 +119,7 @@ class Runner(Generic[T]):
                 except queue.Empty:
                     return
                 if self._stop_starting.is_set():
-                    record(
-                        HostResult(host, Status.SKIPPED, kind=ErrorKind.INTERRUPTED, message="not started")
-                    )
+                    record(HostResult(host, Status.SKIPPED, kind=ErrorKind.INTERRUPTED, message="not started"))
                     continue
                 record(self._run_host(host))
 
@@ -143,9 +142,7 @@ class Runner(Generic[T]):
                         log.warning("second interrupt: cancelling running hosts")
                         self._cancel.set()
                         break
-                    log.warning(
-                        "interrupt: no new hosts will start; running hosts finish (Ctrl-C again: abort)"
-                    )
+                    log.warning("interrupt: no new hosts will start; running hosts finish (Ctrl-C again: abort)")
                     self._stop_starting.set()
             if self._cancel.is_set():
                 # give cancel-aware tasks a moment to record their own outcome
@@ -174,9 +171,7 @@ class Runner(Generic[T]):
             self._events.on_state(host.name, "running" if attempt == 1 else f"retry {attempt - 1}")
             try:
                 value = self._task(ctx)
-                return HostResult(
-                    host, Status.OK, value, attempts=attempt, duration=time.monotonic() - started
-                )
+                return HostResult(host, Status.OK, value, attempts=attempt, duration=time.monotonic() - started)
             except HostFailure as failure:
                 retry_in = self._backoff * (2 ** (attempt - 1)) * (0.75 + random.random() / 2)
                 can_retry = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import queue
 import signal
 import subprocess
@@ -102,10 +101,6 @@ def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "unknown host(s) nohost" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_lab_bench_is_not_there_yet() -> None:
-    assert lab_command.run(argparse.Namespace(lab_command="bench")) == 2
 
 
 def test_plan_covers_groups_roles_and_auth_modes() -> None:

@@ -25,7 +25,8 @@ class Terminal:
     def read_until(self, text: bytes, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output:
-            assert time.monotonic() < deadline, f"{text!r} not shown; screen so far:\n{self.output.decode(errors='replace')}"
+            screen = self.output.decode(errors="replace")
+            assert time.monotonic() < deadline, f"{text!r} not shown; screen so far:\n{screen}"
             if not self._read(0.2):
                 break
         assert text in self.output, self.output.decode(errors="replace")

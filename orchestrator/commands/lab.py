@@ -29,9 +29,7 @@ from orchestrator.lab.pki import write_private
 LAB_USER = "LAB\\keyfleet"
 MAX_HOSTS = 1000
 _ROLES = (Role.MANAGEMENT_SERVER, Role.DW_MANAGEMENT_SERVER, Role.SELF_SERVICE_PORTAL)
-_ROLE_ABBR = {
-    Role.MANAGEMENT_SERVER: "ms", Role.DW_MANAGEMENT_SERVER: "dw", Role.SELF_SERVICE_PORTAL: "portal"
-}
+_ROLE_ABBR = {Role.MANAGEMENT_SERVER: "ms", Role.DW_MANAGEMENT_SERVER: "dw", Role.SELF_SERVICE_PORTAL: "portal"}
 # (scheme, auth) by host index: NTLM over HTTP with encryption, Basic over HTTPS, NTLM over HTTPS (CBT).
 _MODES = (("http", "ntlm"), ("https", "basic"), ("http", "ntlm"), ("https", "ntlm"))
 _GROUPS = (("LAB-PROD", "prod"), ("LAB-TEST", "test"))
@@ -40,7 +38,21 @@ _GROUPS = (("LAB-PROD", "prod"), ("LAB-TEST", "test"))
 def run(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         return up(args)
+    if args.lab_command == "rebuild":
+        return rebuild(args)
     return bench_command(args)
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    """Simulate reinstalling a lab server: its key is replaced, as a fresh SCSM install would."""
+    from orchestrator.inventory.loader import load_inventory
+    from orchestrator.lab.fleet import lab_machine
+
+    inv = load_inventory(args.inventory)
+    machine = lab_machine(inv, args.host)
+    machine.rebuild()
+    print(f"keyfleet: lab server {args.host} rebuilt: its encryption key was replaced", file=sys.stderr)
+    return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -58,8 +70,7 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0 if result.failures == 0 else 1
 
 
-def plan_hosts(count: int, base_address: str, password: str,
-               faults: dict[str, tuple[str, ...]]) -> list[LabHostSpec]:
+def plan_hosts(count: int, base_address: str, password: str, faults: dict[str, tuple[str, ...]]) -> list[LabHostSpec]:
     """``count`` hosts in two management groups, all three roles, NTLM/HTTP, Basic/HTTPS, NTLM/HTTPS."""
     if not 1 <= count <= MAX_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}")
@@ -81,8 +92,13 @@ def plan_hosts(count: int, base_address: str, password: str,
         scheme, auth = _MODES[i % len(_MODES)]
         specs.append(
             LabHostSpec(
-                name=name, group=group, role=role, address=str(base + i),
-                port=5986 if scheme == "https" else 5985, scheme=scheme, auth=auth,
+                name=name,
+                group=group,
+                role=role,
+                address=str(base + i),
+                port=5986 if scheme == "https" else 5985,
+                scheme=scheme,
+                auth=auth,
                 users={LAB_USER: (password, True)},
                 settings=LabHostSettings(faults=faults.get(name, ())),
             )
@@ -100,22 +116,21 @@ def ready_inventory(fleet: LabFleet, password: str, inventory_path: Path) -> dic
     raw_private = signing_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    raw_public = signing_key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw_public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     groups: dict[str, dict[str, object]] = {}
     for spec in fleet.specs:
         host: dict[str, object] = {
-            "role": str(spec.role), "address": spec.address, "port": spec.port,
-            "scheme": spec.scheme, "transport": spec.auth,
+            "role": str(spec.role),
+            "address": spec.address,
+            "port": spec.port,
+            "scheme": spec.scheme,
+            "transport": spec.auth,
         }
         if spec.scheme == "https":
             host["ca_bundle"] = str(fleet.ca_path)
         if spec.settings.faults:
             host["lab"] = {"faults": list(spec.settings.faults)}
-        group = groups.setdefault(
-            spec.group, {"description": "Lab group served by keyfleet lab up", "hosts": {}}
-        )
+        group = groups.setdefault(spec.group, {"description": "Lab group served by keyfleet lab up", "hosts": {}})
         group["hosts"][spec.name] = host  # type: ignore[index]
     return {
         "lab": {"serve": False, "state_dir": str(fleet.state_dir), "seed": fleet.seed},
@@ -127,7 +142,10 @@ def ready_inventory(fleet: LabFleet, password: str, inventory_path: Path) -> dic
         },
         "defaults": {
             "credential": {"username": LAB_USER, "password": password},
-            "connect_timeout": "5s", "operation_timeout": "20s", "host_timeout": "120s", "retries": 1,
+            "connect_timeout": "5s",
+            "operation_timeout": "20s",
+            "host_timeout": "120s",
+            "retries": 1,
         },
         "management_groups": groups,
     }
@@ -153,9 +171,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         with fleet:
             document = ready_inventory(fleet, password, inventory_path)
-            header = (
-                "# Written by `keyfleet lab up`: valid while it runs. Plaintext secrets are lab-only.\n"
-            )
+            header = "# Written by `keyfleet lab up`: valid while it runs. Plaintext secrets are lab-only.\n"
             write_private(inventory_path, (header + yaml.safe_dump(document, sort_keys=False)).encode())
             width = max(len(spec.name) for spec in fleet.specs)
             for spec in fleet.specs:
@@ -165,7 +181,8 @@ def up(args: argparse.Namespace) -> int:
             print(
                 f"ready: {len(specs)} lab hosts listening ({time.monotonic() - started:.2f}s); "
                 f"inventory: {inventory_path}; journal: {fleet.journal.path}; Ctrl-C to stop",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             while not stop.wait(0.5):
                 pass

@@ -59,8 +59,9 @@ class LabHostSpec:
 class LabFleet:
     """Start with ``start()`` or ``with LabFleet(...) as fleet:``; every host listens until ``stop()``."""
 
-    def __init__(self, specs: list[LabHostSpec], state_dir: Path, seed: int = 0,
-                 journal_path: Path | None = None) -> None:
+    def __init__(
+        self, specs: list[LabHostSpec], state_dir: Path, seed: int = 0, journal_path: Path | None = None
+    ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ConfigError("lab fleet: duplicate host names")
@@ -118,7 +119,13 @@ class LabFleet:
         write_user_file(user_file, {name: pw for name, (pw, _) in spec.users.items()})
         self._user_files.append(user_file)
         listener = HostListener(
-            spec.name, spec.scheme, spec.auth, dict(spec.users), service, faults, ntlm_user_file=user_file,
+            spec.name,
+            spec.scheme,
+            spec.auth,
+            dict(spec.users),
+            service,
+            faults,
+            ntlm_user_file=user_file,
             allow_unencrypted=spec.allow_unencrypted,
         )
         if spec.scheme == "https":
@@ -158,8 +165,9 @@ class LabFleet:
     def __enter__(self) -> LabFleet:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -170,30 +178,52 @@ def _free_port(address: str) -> int:
         return int(s.getsockname()[1])
 
 
+def lab_state_dir(inv: Inventory) -> Path:
+    """Where a lab inventory keeps its CA, certificates and simulated registries."""
+    if inv.lab is None:
+        raise ConfigError("the inventory has no lab: section", file=str(inv.path))
+    state_dir = inv.lab.state_dir
+    return state_dir if state_dir.is_absolute() else inv.path.parent / state_dir
+
+
+def lab_machine(inv: Inventory, name: str) -> Machine:
+    """The simulated server behind lab host ``name`` (its state persists between commands)."""
+    host = inv.hosts.get(name)
+    if host is None:
+        raise ConfigError(f"no host {name!r} in the inventory", file=str(inv.path), key="--host")
+    assert inv.lab is not None
+    return Machine(host.name, host.role, host.lab or LabHostSettings(), lab_state_dir(inv), inv.lab.seed)
+
+
 def fleet_from_inventory(inv: Inventory) -> LabFleet:
     """The fleet an inventory with a ``lab:`` section describes (credentials resolved now)."""
     from orchestrator.secretrefs import resolve
 
     if inv.lab is None:
         raise ConfigError("the inventory has no lab: section", file=str(inv.path))
-    state_dir = inv.lab.state_dir
-    if not state_dir.is_absolute():
-        state_dir = inv.path.parent / state_dir
+    state_dir = lab_state_dir(inv)
     specs = []
     for host in inv.hosts.values():
         loc = host.location
         if host.transport not in AUTH_MODES:
-            raise ConfigError(f"the lab serves ntlm and basic only, not {host.transport!r}",
-                              file=loc.file, line=loc.line, key=loc.key)
+            raise ConfigError(
+                f"the lab serves ntlm and basic only, not {host.transport!r}", file=loc.file, line=loc.line, key=loc.key
+            )
         if host.credential is None:
             raise ConfigError("a lab host needs a credential", file=loc.file, line=loc.line, key=loc.key)
         settings = host.lab or LabHostSettings()
         password = resolve(host.credential.password, purpose=f"lab password of {host.name}").reveal()
         specs.append(
             LabHostSpec(
-                name=host.name, group=host.group, role=host.role, address=host.address, port=host.port,
-                scheme=host.scheme, auth=host.transport,
-                users={host.credential.username: (password, settings.admin)}, settings=settings,
+                name=host.name,
+                group=host.group,
+                role=host.role,
+                address=host.address,
+                port=host.port,
+                scheme=host.scheme,
+                auth=host.transport,
+                users={host.credential.username: (password, settings.admin)},
+                settings=settings,
                 allow_unencrypted=host.allow_insecure,
             )
         )

@@ -1,0 +1,27 @@
+"""The disaster-recovery drill through the command line only: back up, rebuild, restore."""
+
+from __future__ import annotations
+
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.lab.fleet import lab_machine
+
+
+def test_dr_drill_through_the_command_line(lab_inventory, keyfleet):
+    lab = lab_inventory()
+    assert keyfleet("backup", "-i", str(lab.inventory), "--limit", "t-dw01").returncode == 0
+    machine = lab_machine(load_inventory(lab.inventory), "t-dw01")
+    original = machine.current_key()
+
+    rebuilt = keyfleet("lab", "rebuild", "-i", str(lab.inventory), "--host", "t-dw01")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert machine.current_key() != original
+
+    wrong = keyfleet("restore", "-i", str(lab.inventory), "--host", "t-dw01", "--yes",
+                     env={"KEYFLEET_BACKUP_PASSWORD": "Not-The-Password-1"})  # fmt: skip
+    assert wrong.returncode == 1
+    assert "tool-failed" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert machine.current_key() != original
+
+    restored = keyfleet("restore", "-i", str(lab.inventory), "--host", "t-dw01", "--yes")
+    assert restored.returncode == 0, restored.stderr
+    assert machine.current_key() == original
