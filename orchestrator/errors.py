@@ -85,11 +85,20 @@ class ShareExistsError(ShareError):
 class HostFailure(KeyfleetError):
     """One host's failure, as data: the kind, the host and a short reason (never a secret)."""
 
-    def __init__(self, kind: ErrorKind, host: str, reason: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        host: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        scsm_version: str | None = None,
+    ) -> None:
         self.kind = kind
         self.host = host
         self.reason = reason
         self.status = status
+        self.scsm_version = scsm_version  # what the server reported before it failed, if it got that far
         super().__init__(f"{host}: {kind}: {reason}")
 
 

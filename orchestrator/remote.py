@@ -180,7 +180,14 @@ def parse_result(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> dic
     if not isinstance(error, dict):
         raise _protocol(host, f"the {helper} helper failed without an error object")
     kind = _HELPER_KINDS.get(str(error.get("kind")), ErrorKind.REMOTE)
-    raise HostFailure(kind, host, _reason(f"{helper} helper: {error.get('message') or 'no message'}"))
+    server = document.get("server")
+    version = server.get("version") if isinstance(server, dict) else None
+    raise HostFailure(
+        kind,
+        host,
+        _reason(f"{helper} helper: {error.get('message') or 'no message'}"),
+        scsm_version=version if isinstance(version, str) and version else None,
+    )
 
 
 class _Fields:

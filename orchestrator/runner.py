@@ -53,6 +53,7 @@ class HostResult(Generic[T]):
     message: str = ""
     attempts: int = 0
     duration: float = 0.0
+    scsm_version: str | None = None  # reported by a server before it failed
 
 
 @dataclass
@@ -188,6 +189,7 @@ class Runner(Generic[T]):
                         message=mask(failure.reason),
                         attempts=attempt,
                         duration=time.monotonic() - started,
+                        scsm_version=failure.scsm_version,
                     )
                 log.info("%s: %s: %s; retrying in %.1fs", host.name, failure.kind, failure.reason, retry_in)
                 if self._cancel.wait(retry_in):

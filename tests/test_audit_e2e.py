@@ -453,12 +453,6 @@ def test_scsm_version_change_then_failed_backup_is_a_gap(upgraded_then_failed: J
     assert server["last_attempt"]["kind"] == "tool-failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed backup records no SCSM version (jobs/backup.py build_run_record calls outcome_of without "
-    "scsm_version; the export helper's error result carries no role/version), so the audit never learns "
-    "the server was upgraded after its last good backup",
-)
 def test_scsm_version_change_then_failed_backup_records_the_new_version(upgraded_then_failed: Json) -> None:
     assert servers(upgraded_then_failed)["t-dw01"]["current_scsm_version"] == NEW_VERSION
 

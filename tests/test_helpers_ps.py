@@ -119,7 +119,8 @@ def test_bootstrap_reads_all_stdin_and_verifies_the_script() -> None:
     text = _source(remote.BOOTSTRAP).decode()
     assert "[Console]::In.ReadToEnd()" in text
     assert "SHA256" in text and "[ScriptBlock]::Create(" in text
-    assert text.count("Write-KeyfleetResult @{") == 2  # one success, one failure path, each then exits
+    assert text.count("Write-KeyfleetResult ") == 2  # one success, one failure path, each then exits
+    assert "$failure.server = $global:KeyfleetServer" in text  # a failure still reports role and version
 
 
 def test_bootstrap_command_line_fits_cmd_limits() -> None:

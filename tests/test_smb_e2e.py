@@ -242,7 +242,9 @@ def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     try:
         deadline = time.monotonic() + 30
         while not (root / "manifest.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no manifest appeared on the share"
+            if proc.poll() is not None:
+                pytest.fail(f"the backup ended ({proc.returncode}) before its manifest appeared:\n{proc.communicate()}")
+            assert time.monotonic() < deadline, "no manifest appeared on the share"
             time.sleep(0.01)
         server.kill()
         stdout, stderr = proc.communicate(timeout=90)
@@ -257,21 +259,48 @@ def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     assert sorted(outcomes) == sorted(fleet["SLOW"])
     ok = {host for host, o in outcomes.items() if o["status"] == "ok"}
     failed = [o for o in outcomes.values() if o["status"] == "failed"]
-    print("OUTCOMES", [(h, o["status"], o["message"]) for h, o in outcomes.items()][:3], "MANIFEST", [e["host"] for e in manifest_at(root)["entries"]])
-    assert ok and failed and len(ok) + len(failed) == len(outcomes)
+    assert len(failed) >= len(outcomes) - 2 and len(ok) + len(failed) == len(outcomes)
     for outcome in failed:
         assert outcome["kind"] == "share", outcome
         assert "lost" in outcome["message"] or "unreachable" in outcome["message"], outcome
     assert "could not write the run record" in stderr
-    # the manifest on the share is whole and signed; it holds at least every host reported ok
+    # the manifest on the share is whole and signed; it holds every host reported ok (and, when the kill
+    # came between the rename and the reply, a host reported failed: see the xfail test below)
     manifest = manifest_at(root)
     verify_signature(manifest, lab.inventory)
-    assert ok <= {e["host"] for e in manifest["entries"]}
+    assert manifest["entries"] and ok <= {e["host"] for e in manifest["entries"]}
     assert_files_match(root, manifest)
     # the restarted server serves the same share again: the audit reads it and sees the gap
     code, report = audit(keyfleet, lab, "--share", server.url(folder), env=server.share_env())
     assert code == 1 and report["manifest"]["signature"] == "valid"
     assert report["summary"]["covered"] == len(manifest["entries"]) < len(outcomes)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="share/smb.py SMBShare._write: the temp handle is closed after _rename_open succeeded, inside "
+    "_translate; when the connection drops right then, replace() raises ShareError although the new "
+    "manifest is in place, so BackupStore._commit reports every host of the batch failed (kind share) "
+    "while their entries are in the signed manifest",
+)
+def test_connection_lost_after_the_rename_does_not_fail_the_write(
+    server: SmbServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic form of a race test 3 hits about one run in thirty: smbd dies just after the rename."""
+    rename = SMBShare._rename_open
+
+    def rename_then_crash(self: SMBShare, raw: Any, name: str, **kwargs: Any) -> None:
+        rename(self, raw, name, **kwargs)  # the server acknowledged: manifest.json is the new one
+        server.kill()
+
+    with SMBShare(server.host, server.port, server.share, folder, server.user, server.password, False) as share:
+        share.replace("manifest.json", b"old")
+        monkeypatch.setattr(SMBShare, "_rename_open", rename_then_crash)
+        try:
+            share.replace("manifest.json", b"new")
+        finally:
+            server.start()
+    assert (server.root / folder / "manifest.json").read_bytes() == b"new"
 
 
 # -- 4. prune and restore -------------------------------------------------------------------------------
@@ -284,7 +313,6 @@ def test_prune_then_restore_onto_a_rebuilt_server_from_samba(
     url, env = server.url(folder), server.share_env()
     run_ids = []
     for _ in range(2):
-        time.sleep(1.01 - time.time() % 1)  # entries are stamped in whole seconds: one second per backup
         run = keyfleet("backup", "-i", str(lab.inventory), "--share", url, "--json", env=env)
         assert run.returncode == 0, run.stderr
         run_ids.append(json.loads(run.stdout)["run_id"])
@@ -317,15 +345,10 @@ def test_prune_then_restore_onto_a_rebuilt_server_from_samba(
     assert (root / document["run_record"]).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="share/manifest.py Manifest.entries_for sorts by `created` (whole seconds) with a stable reverse "
-    "sort, so of two backups stamped in the same second the one appended first counts as the newest: "
-    "prune --keep 1 deletes the backup taken last",
-)
 def test_prune_keeps_the_later_of_two_backups_stamped_in_the_same_second(
     tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
 ) -> None:
+    """Entries are stamped in whole seconds; the lab backs up a fleet twice within one second easily."""
     lab = make_lab_inventory(tmp_path / "lab", fleet=PAIR)
     inv = load_inventory(lab.inventory)
     stamp = datetime.now(UTC).replace(microsecond=0)

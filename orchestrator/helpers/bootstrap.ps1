@@ -5,6 +5,7 @@ $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
 $helper = $null
 $kind = 'protocol'
+$global:KeyfleetServer = $null
 
 function Write-KeyfleetResult([hashtable] $Result) {
     $json = ConvertTo-Json -InputObject $Result -Compress -Depth 8
@@ -41,6 +42,8 @@ catch {
     $cause = $_.Exception
     while ($cause.InnerException -and -not $cause.Data['KeyfleetKind']) { $cause = $cause.InnerException }
     if ($cause.Data['KeyfleetKind']) { $kind = $cause.Data['KeyfleetKind'] }
-    Write-KeyfleetResult @{ ok = $false; helper = $helper; error = @{ kind = $kind; message = $cause.Message } }
+    $failure = @{ ok = $false; helper = $helper; error = @{ kind = $kind; message = $cause.Message } }
+    if ($global:KeyfleetServer) { $failure.server = $global:KeyfleetServer }
+    Write-KeyfleetResult $failure
     exit 1
 }

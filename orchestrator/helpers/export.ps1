@@ -9,11 +9,13 @@
     and version, and the tool's exit code and output. The temporary folder is always removed.
 #>
 Assert-Administrator
+$role = Get-ScsmRole
+$version = Get-ScsmVersion
+# reported with a failure too, so the controller learns of an upgrade even when the backup fails
+$global:KeyfleetServer = @{ role = $role; version = $version }
 if ($null -eq $Secret -or $Secret.Length -eq 0) { Stop-Helper 'remote' 'no backup password was given' }
 $timeout = Get-ToolTimeout
 $tool = Get-RequiredTool
-$role = Get-ScsmRole
-$version = Get-ScsmVersion
 $folder = New-PrivateFolder
 try {
     $keyFile = Join-Path $folder 'SMBackupkey.bin'

@@ -146,7 +146,7 @@ def run_backup(
     return Runner(task, forks=forks, events=events).run(plan.hosts)
 
 
-def outcome_of(result: HostResult[ManifestEntry], scsm_version: str | None = None) -> HostOutcome:
+def outcome_of(result: HostResult[ManifestEntry]) -> HostOutcome:
     entry = result.value
     return HostOutcome(
         host=result.host.name,
@@ -159,7 +159,7 @@ def outcome_of(result: HostResult[ManifestEntry], scsm_version: str | None = Non
         sha256=entry.sha256 if entry else None,
         size=entry.size if entry else None,
         duration=round(result.duration, 3),
-        scsm_version=entry.scsm_version if entry else scsm_version,
+        scsm_version=entry.scsm_version if entry else result.scsm_version,
         attempts=result.attempts,
     )
 

@@ -48,7 +48,7 @@ class Logon:
     temp_path: str  # [IO.Path]::GetTempPath() of the user's profile
 
 
-@dataclass(frozen=True)
+@dataclass
 class HelperCall:
     """One helper run: what the bootstrap passes it (-Params, -Secret) and the session it runs in."""
 
@@ -56,6 +56,7 @@ class HelperCall:
     secret: str | None = field(repr=False)
     logon: Logon
     cancel: threading.Event
+    server: dict[str, object] | None = None  # role and version once detected, reported with a failure
 
 
 class SimulatedHelpers:
@@ -70,6 +71,7 @@ class SimulatedHelpers:
         """What bootstrap.ps1 does with its stdin: verify, run the helper; the result document and
         the exit code. Raises Cancelled when ``cancel`` is set while the tool runs."""
         helper: str | None = None
+        call: HelperCall | None = None
         try:
             try:
                 request = json.loads(data.decode("ascii"))
@@ -95,17 +97,26 @@ class SimulatedHelpers:
             if not isinstance(params, dict):
                 raise HelperError("remote", "Cannot bind argument to parameter 'Params' because it is null.")
             run = {"export": self._export, "restore": self._restore, "probe": self._probe}[helper]
-            result = run(HelperCall(params, secret if isinstance(secret, str) else None, logon, cancel))
+            call = HelperCall(params, secret if isinstance(secret, str) else None, logon, cancel)
+            result = run(call)
         except HelperError as exc:
-            return {"ok": False, "helper": helper, "error": {"kind": exc.kind, "message": exc.message}}, 1
+            failure: dict[str, object] = {
+                "ok": False,
+                "helper": helper,
+                "error": {"kind": exc.kind, "message": exc.message},
+            }
+            if call is not None and call.server is not None:
+                failure["server"] = call.server
+            return failure, 1
         return {"ok": True, "helper": helper, "result": result}, 0
 
     def _export(self, call: HelperCall) -> dict[str, object]:
         _require_admin(call.logon)
+        role = self.installation.reported_role()
+        call.server = {"role": role, "version": self.installation.version or None}
         secret = _require_secret(call, "no backup password was given")
         timeout = _tool_timeout(call.params)
         tool = self._require_tool(call.params)
-        role = self.installation.reported_role()
         self._require_free_space(call.logon)
         key = self.registry.load().key
         installed = self.installation.role.value  # the key file names it, even under wrong-role
