@@ -84,7 +84,7 @@ def make_lab_inventory(
             "operation_timeout": "2s",
             "host_timeout": "20s",
             "retries": 1,
-            "tool_timeout": "1s",
+            "tool_timeout": "2s",
             **(defaults or {}),
         },
         "management_groups": groups,

@@ -133,7 +133,7 @@ def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
         fleet=fleet,
         faults=faults,
         winrm_password="env:KF_TEST_WINRM_PASSWORD",
-        defaults={"connect_timeout": "1s", "operation_timeout": "1s", "host_timeout": "3s", "retries": 0},
+        defaults={"connect_timeout": "2s", "operation_timeout": "1s", "host_timeout": "5s", "retries": 0},
     )
     env = {"KEYFLEET_BACKUP_PASSWORD": backup_password, "KF_TEST_WINRM_PASSWORD": winrm_password}
     run = keyfleet("doctor", "-i", str(lab.inventory), "--json", "-v", env=env)

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
         only_stale = parse_age(args.only_stale, "--only-stale")
-        manifest = store.load_manifest(verify=True) if only_stale is not None else None
+        # read (and verify) the manifest before any host is touched: an unreachable share or a
+        # tampered manifest is one clear error, not a failure repeated on every host after its export
+        manifest = store.load_manifest(verify=True) if only_stale is not None or not args.check else None
         plan = backup.plan_backup(hosts, manifest=manifest, only_stale=only_stale)
         if args.check:
             for line in plan.describe(inv, share.url):

@@ -201,19 +201,31 @@ class SMBShare(Share):
         folder, name = ntpath.split(target)
         temp = ntpath.join(folder, layout.temporary_name(name))
         kwargs = self._session()
+        renamed = False
         try:
             with self._translate(f"cannot write {path}"):
                 smbclient.makedirs(folder, exist_ok=True, **kwargs)
-                with smbclient.open_file(
+                raw = smbclient.open_file(
                     temp, "xb", buffering=0, share_access="r", desired_access=_TEMP_ACCESS, **kwargs
-                ) as raw:
+                )
+                try:
                     view = memoryview(data)
                     while view:
                         view = view[raw.write(view) :]
                     raw.flush()
                     self._rename_open(raw, name, replace=replace, path=path)
+                    renamed = True
+                finally:
+                    if renamed:
+                        # the file is in place: a connection lost now does not undo the write, and
+                        # the server frees the handles of a dropped connection itself
+                        with suppress(OSError, SMBException):
+                            raw.close()
+                    else:
+                        raw.close()
         except BaseException:
-            self._discard(temp)
+            if not renamed:
+                self._discard(temp)
             raise
 
     def _rename_open(self, raw: Any, name: str, *, replace: bool, path: str) -> None:
