@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -43,6 +44,12 @@ HINTS: dict[ErrorKind, str] = {
 }
 
 STATUS_STYLE = {Status.OK: "green", Status.FAILED: "red", Status.SKIPPED: "yellow"}
+
+
+def print_json(document: object) -> None:
+    """The one JSON document of ``--json`` on stdout; known secret values masked as a second net."""
+    sys.stdout.write(mask(json.dumps(document, indent=2)) + "\n")
+    sys.stdout.flush()
 
 
 class Ui:

@@ -197,8 +197,9 @@ def _run_command(ref: SecretRef, purpose: str) -> str:
     return lines[0]
 
 
-def vault_password(path: Path, *, env: str = VAULT_PASSWORD_FILE_ENV, confirm: bool = False,
-                   purpose: str | None = None) -> Secret:
+def vault_password(
+    path: Path, *, env: str = VAULT_PASSWORD_FILE_ENV, confirm: bool = False, purpose: str | None = None
+) -> Secret:
     """The password of a vault file: from the file named by ``env`` (mode 0600), else a hidden prompt.
     Read vault passwords are cached per vault file."""
     with _lock:

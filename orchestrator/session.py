@@ -179,9 +179,7 @@ class WinRMSession:
             stderr.append(err)
             size += len(out) + len(err)
             if size > max_output:
-                raise HostFailure(
-                    ErrorKind.PROTOCOL, self.host.name, f"command output exceeds {max_output} bytes"
-                )
+                raise HostFailure(ErrorKind.PROTOCOL, self.host.name, f"command output exceeds {max_output} bytes")
             if done:
                 return b"".join(stdout), b"".join(stderr), code
 
@@ -221,17 +219,13 @@ class WinRMSession:
         name = self.host.name
         where = f"{self.host.address}:{self.host.port}"
         if isinstance(exc, InvalidCredentialsError):
-            return HostFailure(
-                ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)", status=401
-            )
+            return HostFailure(ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)", status=401)
         if isinstance(exc, WSManFaultError):
             reason = mask(exc.reason or "")
             if exc.code in (401, 403) or _ACCESS_DENIED.search(reason):
                 return HostFailure(ErrorKind.AUTH, name, f"{operation}: {reason}", status=exc.code)
             kind = ErrorKind.HTTP if exc.code >= 500 else ErrorKind.REMOTE
-            return HostFailure(
-                kind, name, f"{operation}: WS-Man fault (HTTP {exc.code}): {reason}", status=exc.code
-            )
+            return HostFailure(kind, name, f"{operation}: WS-Man fault (HTTP {exc.code}): {reason}", status=exc.code)
         if isinstance(exc, WinRMTransportError):
             kind = ErrorKind.HTTP if exc.code >= 500 else ErrorKind.PROTOCOL
             return HostFailure(kind, name, f"{operation}: HTTP {exc.code} from {where}", status=exc.code)
@@ -249,12 +243,8 @@ class WinRMSession:
                 return HostFailure(ErrorKind.UNREACHABLE, name, f"cannot connect to {where}")
             return HostFailure(ErrorKind.UNREACHABLE, name, f"{operation}: connection to {where} lost")
         if isinstance(exc, (WinRMError, XMLParseError, StopIteration, KeyError, ValueError)):
-            return HostFailure(
-                ErrorKind.PROTOCOL, name, f"{operation}: malformed reply: {mask(str(exc))[:200]}"
-            )
-        return HostFailure(
-            ErrorKind.INTERNAL, name, f"{operation}: {type(exc).__name__}: {mask(str(exc))[:200]}"
-        )
+            return HostFailure(ErrorKind.PROTOCOL, name, f"{operation}: malformed reply: {mask(str(exc))[:200]}")
+        return HostFailure(ErrorKind.INTERNAL, name, f"{operation}: {type(exc).__name__}: {mask(str(exc))[:200]}")
 
     def _tls_reason(self, exc: Exception) -> str:
         text = str(exc)

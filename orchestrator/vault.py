@@ -37,9 +37,7 @@ def is_vault(data: bytes) -> bool:
 
 
 def _derive(password: Secret, salt: bytes) -> tuple[bytes, bytes, bytes]:
-    kdf = PBKDF2HMAC(
-        algorithm=hashes.SHA256(), length=2 * KEY_LENGTH + IV_LENGTH, salt=salt, iterations=ITERATIONS
-    )
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=2 * KEY_LENGTH + IV_LENGTH, salt=salt, iterations=ITERATIONS)
     derived = kdf.derive(password.reveal().encode("utf-8"))
     return derived[:KEY_LENGTH], derived[KEY_LENGTH : 2 * KEY_LENGTH], derived[2 * KEY_LENGTH :]
 
@@ -56,9 +54,7 @@ def encrypt(plaintext: bytes, password: Secret) -> bytes:
     ciphertext = encryptor.update(padded) + encryptor.finalize()
     mac = crypto_hmac.HMAC(hmac_key, hashes.SHA256())
     mac.update(ciphertext)
-    inner = b"\n".join(
-        [binascii.hexlify(salt), binascii.hexlify(mac.finalize()), binascii.hexlify(ciphertext)]
-    )
+    inner = b"\n".join([binascii.hexlify(salt), binascii.hexlify(mac.finalize()), binascii.hexlify(ciphertext)])
     body = binascii.hexlify(inner)
     lines = [VERSION_HEADER] + [body[i : i + LINE_WIDTH] for i in range(0, len(body), LINE_WIDTH)]
     return b"\n".join(lines) + b"\n"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
 
-from orchestrator.console import STATUS_STYLE, Ui
-from orchestrator.errors import ConfigError, ShareError
+from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
@@ -69,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             for line in plan.describe(inv, share.url):
                 ui.line(line)
             if args.json:
-                _print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
+                print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
             return 0
         password = context.backup_password(inv)  # before any host is touched
         for warning in context.security_warnings(plan.hosts):
@@ -100,26 +98,18 @@ def run(args: argparse.Namespace) -> int:
             summary=summary,
             skipped=plan.skipped,
         )
-        record_path = _write_record(store, record, ui)
+        record_path = context.record_run(store, record, ui.warn)
         if summary.interrupted:
             store.remove_stale_temporaries()
     code = backup.exit_code(summary)
     _render(ui, summary, record, record_path)
     if args.json:
-        _print_json(_result_json(record, record_path, code))
+        print_json(_result_json(record, record_path, code))
     return code
 
 
 def _select(inv: Inventory, limit: str, store: BackupStore) -> list[HostConfig]:
     return select_hosts(inv, limit, at_resolver=last_failed_resolver(store))
-
-
-def _write_record(store: BackupStore, record: RunRecord, ui: Ui) -> str | None:
-    try:
-        return store.write_run_record(record)
-    except ShareError as exc:
-        ui.warn(f"could not write the run record: {exc}")
-        return None
 
 
 def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, record_path: str | None) -> None:
@@ -157,10 +147,7 @@ def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, recor
 
 def _plan_json(plan: backup.BackupPlan) -> dict[str, object]:
     return {
-        "hosts": [
-            {"host": h.name, "group": h.group, "role": h.role.value, "endpoint": h.endpoint}
-            for h in plan.hosts
-        ],
+        "hosts": [{"host": h.name, "group": h.group, "role": h.role.value, "endpoint": h.endpoint} for h in plan.hosts],
         "skipped": [{"host": s.host.name, "reason": s.reason} for s in plan.skipped],
     }
 
@@ -169,12 +156,5 @@ def _result_json(record: RunRecord, record_path: str | None, code: int) -> dict[
     document = record.to_json()
     document["run_record"] = record_path
     document["exit_code"] = code
-    document["summary"] = {
-        s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")
-    }
+    document["summary"] = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
     return document
-
-
-def _print_json(document: object) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    sys.stdout.flush()

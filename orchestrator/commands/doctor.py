@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Sequence
 
 from rich.text import Text
 
-from orchestrator.console import HINTS, Ui
+from orchestrator.console import HINTS, Ui, print_json
 from orchestrator.errors import ErrorKind
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
@@ -73,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             "warnings": warnings,
             "hosts": [{**diagnosis_json(d), "hint": hint_for(_kind(d)) or None} for d in diagnoses],
         }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        print_json(document)
     return code
 
 

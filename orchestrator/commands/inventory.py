@@ -6,13 +6,12 @@ Secrets are never resolved or shown: only their references (``SecretRef.describe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from orchestrator.console import Ui, print_json
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Credential, HostConfig, Inventory, LabHostSettings
-from orchestrator.secret import mask
 
 
 def format_duration(seconds: float) -> str:
@@ -95,9 +94,7 @@ def inventory_document(inv: Inventory, selected: list[HostConfig]) -> dict[str, 
             "private_key": inv.signing.private_key.describe() if inv.signing.private_key else None,
             "public_key": inv.signing.public_key,
         },
-        "groups": [
-            {"name": g.name, "description": g.description, "hosts": list(g.hosts)} for g in inv.groups.values()
-        ],
+        "groups": [{"name": g.name, "description": g.description, "hosts": list(g.hosts)} for g in inv.groups.values()],
         "hosts": [host_document(h) for h in selected],
         "selected": len(selected),
         "total": len(inv.hosts),
@@ -141,10 +138,8 @@ def run(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     selected = inv.select(args.limit)
     if args.json:
-        print(mask(json.dumps(inventory_document(inv, selected), indent=2)))
+        print_json(inventory_document(inv, selected))
         return 0
-    from orchestrator.console import Ui
-
     ui = Ui(sys.stdout)
     rows = [
         [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import ipaddress
-import json
 import secrets
 import shutil
 import signal
@@ -56,7 +55,7 @@ def rebuild(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from orchestrator.console import Ui
+    from orchestrator.console import Ui, print_json
     from orchestrator.lab.bench import as_json, as_rows, bench
 
     if args.hosts < 1 or args.forks < 1:
@@ -66,7 +65,7 @@ def bench_command(args: argparse.Namespace) -> int:
     result = bench(hosts=args.hosts, forks=args.forks, latency=args.latency)
     ui.table("keyfleet lab bench", ["measure", "value"], as_rows(result))
     if args.json:
-        print(json.dumps(as_json(result), indent=2))
+        print_json(as_json(result))
     return 0 if result.failures == 0 else 1
 
 

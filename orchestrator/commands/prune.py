@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from orchestrator.console import print_json
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.context import open_store, share_for
 from orchestrator.jobs.prune import PrunePlan, apply_prune, plan_prune
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_prune(inventory, store, args.keep)
         removed = plan.removals if args.check else apply_prune(store, plan)
     if args.json:
-        print(json.dumps(plan_json(plan, applied=not args.check), indent=2))
+        print_json(plan_json(plan, applied=not args.check))
         return 0
     verb = "would remove" if args.check else "removed"
     for entry in removed:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 
 from rich.text import Text
 
 from orchestrator import remote
-from orchestrator.console import STATUS_STYLE, Ui
-from orchestrator.errors import ConfigError, ErrorKind, KeyfleetError, ShareError
+from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.errors import ConfigError, ErrorKind, KeyfleetError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, restore
 from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso
 from orchestrator.share.runrecord import RunRecord, new_run_id
-from orchestrator.share.store import BackupStore
 
 
 def require_terminal(how_to_skip: str) -> None:
@@ -73,20 +71,12 @@ def run(args: argparse.Namespace) -> int:
         record = restore.build_run_record(
             run_id=run_id, started=started, inv=inv, share_url=share.url, request=request, summary=summary
         )
-        record_path = write_record(store, record, ui)
+        record_path = context.record_run(store, record, ui.warn)
     code = restore.exit_code(summary)
     render(ui, request, summary, record_path)
     if args.json:
-        sys.stdout.write(json.dumps(result_json(record, request, summary, record_path, code), indent=2) + "\n")
+        print_json(result_json(record, request, summary, record_path, code))
     return code
-
-
-def write_record(store: BackupStore, record: RunRecord, ui: Ui) -> str | None:
-    try:
-        return store.write_run_record(record)
-    except ShareError as exc:
-        ui.warn(f"could not write the run record: {exc}")
-        return None
 
 
 def render(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
@@ -14,7 +12,7 @@ from rich.text import Text
 from orchestrator.commands.backup import last_failed_resolver
 from orchestrator.commands.doctor import hint_for
 from orchestrator.commands.restore import ask_confirmation, require_terminal
-from orchestrator.console import STATUS_STYLE, Ui
+from orchestrator.console import STATUS_STYLE, Ui, print_json
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
 from orchestrator.jobs import context
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             result = PlaybookRun(playbook, hosts, ctx).run()
     render(ui, result)
     if args.json:
-        _print_json(result_json(result, warnings))
+        print_json(result_json(result, warnings))
     return result.exit_code
 
 
@@ -95,7 +93,7 @@ def print_plan(ui: Ui, playbook: Playbook, hosts: list[HostConfig], share_url: s
         ui.line(line)
     if as_json:
         document = {"command": "run", "check": True, "playbook": _playbook_json(playbook)}
-        _print_json({**document, "hosts": [h.name for h in hosts], "plan": plan_json(playbook, hosts)})
+        print_json({**document, "hosts": [h.name for h in hosts], "plan": plan_json(playbook, hosts)})
 
 
 def _cell(step: StepResult, host: str) -> Text:
@@ -160,8 +158,3 @@ def result_json(result: PlaybookResult, warnings: list[str]) -> dict[str, object
         ],
         "run_records": [s.run_record for s in result.steps if s.run_record],
     }
-
-
-def _print_json(document: object) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    sys.stdout.flush()

@@ -86,9 +86,7 @@ def _match(inv: Inventory, term: str, at_resolver: AtResolver | None) -> set[str
     return selected
 
 
-def select_hosts(
-    inv: Inventory, limit: str | None, at_resolver: AtResolver | None = None
-) -> list[HostConfig]:
+def select_hosts(inv: Inventory, limit: str | None, at_resolver: AtResolver | None = None) -> list[HostConfig]:
     """The hosts ``limit`` selects, in inventory order (all when ``limit`` is None)."""
     if limit is None:
         return list(inv.hosts.values())

@@ -160,8 +160,12 @@ class _Loader:
             raise self.fail(mismatch, node, key)
         if kind is Kind.SECRET:
             try:
-                return parse_ref(raw, base_dir=self.base_dir, allow_plain=self.lab is not None,
-                                 location=Location(self.display, line_of(node), key))
+                return parse_ref(
+                    raw,
+                    base_dir=self.base_dir,
+                    allow_plain=self.lab is not None,
+                    location=Location(self.display, line_of(node), key),
+                )
             except ConfigError as exc:
                 raise self.fail(exc.message, node, key) from None
         if kind is Kind.CHOICE and raw not in setting.choices:
@@ -234,8 +238,10 @@ class _Loader:
             if group_name.lower() in seen_groups:
                 first = seen_groups[group_name.lower()]
                 raise self.fail(
-                    f"duplicate management group {group_name!r} (names are case-insensitive; first at line "
-                    f"{first})", group_key_node, group_key)
+                    f"duplicate management group {group_name!r} (names are case-insensitive; first at line {first})",
+                    group_key_node,
+                    group_key,
+                )
             seen_groups[group_name.lower()] = line_of(group_key_node)
             group = self.section(group_node, Scope.GROUP, group_key, complete=False)
             if "hosts" not in group:
@@ -253,22 +259,19 @@ class _Loader:
                     other, first = seen_hosts[host_name.lower()]
                     raise self.fail(
                         f"duplicate host {host_name!r}: already defined in group {other!r} at line {first}",
-                        host_key_node, host_key)
+                        host_key_node,
+                        host_key,
+                    )
                 seen_hosts[host_name.lower()] = (group_name, line_of(host_key_node))
                 own = self.section(host_node, Scope.HOST, host_key, complete=False)
-                hosts[host_name] = self.host(host_name, group_name, host_key, host_key_node,
-                                             (defaults, group, own))
+                hosts[host_name] = self.host(host_name, group_name, host_key, host_key_node, (defaults, group, own))
                 names.append(host_name)
-            groups[group_name] = ManagementGroup(
-                group_name, self._get(group, Scope.GROUP, "description"), tuple(names)
-            )
+            groups[group_name] = ManagementGroup(group_name, self._get(group, Scope.GROUP, "description"), tuple(names))
         if not hosts:
             raise self.fail("the inventory has no hosts", node, key)
         return groups, hosts
 
-    def host(
-        self, name: str, group: str, key: str, key_node: Node, layers: tuple[dict[str, Value], ...]
-    ) -> HostConfig:
+    def host(self, name: str, group: str, key: str, key_node: Node, layers: tuple[dict[str, Value], ...]) -> HostConfig:
         allowed = settings_for(Scope.HOST)
         merged: dict[str, Value] = {}
         for layer in layers:  # defaults -> management group -> host; mappings merge key by key
@@ -289,14 +292,19 @@ class _Loader:
         if scheme == "http" and transport in UNENCRYPTED_TRANSPORTS and not allow_insecure:
             raise self.fail(
                 f"transport {transport} over plain http would send credentials and data unencrypted: "
-                "use scheme: https, or set allow_insecure: true on this host", key_node, f"{key}.transport")
+                "use scheme: https, or set allow_insecure: true on this host",
+                key_node,
+                f"{key}.transport",
+            )
         credential = None
         if "credential" in merged:
             credential = self.credential(merged["credential"], f"{key}.credential")
         elif transport in ("ntlm", "basic", "credssp"):
             raise self.fail(
                 f"missing required key 'credential' (transport {transport} needs a username and password)",
-                key_node, key)
+                key_node,
+                key,
+            )
         if transport == "certificate":
             for needed in ("client_cert", "client_key"):
                 if needed not in merged:
@@ -365,19 +373,21 @@ class _Loader:
         url = url_value.value.strip()
         remote = url.lower().startswith("smb://") or url.startswith("\\\\")
         if url.lower().startswith("smb://"):
-            server, _, share = url[len("smb://"):].partition("/")
+            server, _, share = url[len("smb://") :].partition("/")
             if not server or not share.strip("/"):
                 raise self.fail("an smb URL is smb://server[:port]/share[/path]", url_value.node, "share.url")
         elif "://" in url:
-            raise self.fail("unsupported share URL: use a path or smb://server/share/path",
-                            url_value.node, "share.url")
+            raise self.fail("unsupported share URL: use a path or smb://server/share/path", url_value.node, "share.url")
         elif not remote:
             url = self.resolve_path(url)
         credential = None
         if "credential" in values:
             if not remote:
-                raise self.fail("a share credential is used only with smb:// or \\\\server\\share URLs",
-                                values["credential"].node, "share.credential")
+                raise self.fail(
+                    "a share credential is used only with smb:// or \\\\server\\share URLs",
+                    values["credential"].node,
+                    "share.credential",
+                )
             credential = self.credential(values["credential"], "share.credential")
         return ShareConfig(url, credential, self._get(values, Scope.SHARE, "require_encryption"))
 

@@ -98,8 +98,7 @@ def check_dns_name(value: str, *, netbios: bool = True) -> str:
             raise Invalid(f"label {label[:20]!r}... is longer than 63 characters")
         if not _LABEL.match(label):
             raise Invalid(
-                f"{value!r} is not a DNS name: labels use A-Z, a-z, 0-9 and '-', "
-                "and do not start or end with '-'"
+                f"{value!r} is not a DNS name: labels use A-Z, a-z, 0-9 and '-', and do not start or end with '-'"
             )
     if netbios and len(labels[0]) > 15:
         raise Invalid(f"{labels[0]!r} is longer than 15 characters, the NetBIOS computer name limit")
@@ -217,88 +216,215 @@ UNENCRYPTED_TRANSPORTS = ("basic", "certificate")  # cannot seal messages over p
 
 SETTINGS: tuple[Setting, ...] = (
     # top level
-    Setting("lab", Kind.MAPPING, (Scope.TOP,), "Present only in lab inventories: an emulated fleet. "
-            "Plaintext secrets are allowed only when it is present.", section=Scope.LAB),
+    Setting(
+        "lab",
+        Kind.MAPPING,
+        (Scope.TOP,),
+        "Present only in lab inventories: an emulated fleet. Plaintext secrets are allowed only when it is present.",
+        section=Scope.LAB,
+    ),
     Setting("share", Kind.MAPPING, (Scope.TOP,), "The backup share.", section=Scope.SHARE),
     Setting("backup", Kind.MAPPING, (Scope.TOP,), "The backup policy.", section=Scope.BACKUP),
     Setting("signing", Kind.MAPPING, (Scope.TOP,), "The manifest signing key pair.", section=Scope.SIGNING),
-    Setting("defaults", Kind.MAPPING, (Scope.TOP,), "Host settings inherited by every host.",
-            section=Scope.DEFAULTS),
-    Setting("management_groups", Kind.GROUPS, (Scope.TOP,), "SCSM management groups by name "
-            "([A-Za-z0-9_.-]+), each with its hosts.", required=True),
+    Setting("defaults", Kind.MAPPING, (Scope.TOP,), "Host settings inherited by every host.", section=Scope.DEFAULTS),
+    Setting(
+        "management_groups",
+        Kind.GROUPS,
+        (Scope.TOP,),
+        "SCSM management groups by name ([A-Za-z0-9_.-]+), each with its hosts.",
+        required=True,
+    ),
     # lab
     Setting("serve", Kind.BOOL, (Scope.LAB,), "Start the embedded lab fleet for each command.", True),
-    Setting("state_dir", Kind.PATH, (Scope.LAB,), "Lab CA, certificates and simulated registries "
-            "(relative to the inventory's folder).", "lab-state"),
+    Setting(
+        "state_dir",
+        Kind.PATH,
+        (Scope.LAB,),
+        "Lab CA, certificates and simulated registries (relative to the inventory's folder).",
+        "lab-state",
+    ),
     Setting("seed", Kind.INT, (Scope.LAB,), "Seed of the simulated keys.", 0),
     # share
-    Setting("url", Kind.STR, (Scope.SHARE,), "Local path (relative to the inventory's folder), "
-            "`smb://server[:port]/share/path` or `\\\\server\\share\\path`.", required=True,
-            check=check_not_empty),
-    Setting("credential", Kind.MAPPING, (Scope.SHARE,), "`{username, password}` for an smb share. "
-            "`KEYFLEET_SHARE_USER` and `KEYFLEET_SHARE_PASSWORD` override it.", section=Scope.CREDENTIAL),
+    Setting(
+        "url",
+        Kind.STR,
+        (Scope.SHARE,),
+        "Local path (relative to the inventory's folder), "
+        "`smb://server[:port]/share/path` or `\\\\server\\share\\path`.",
+        required=True,
+        check=check_not_empty,
+    ),
+    Setting(
+        "credential",
+        Kind.MAPPING,
+        (Scope.SHARE,),
+        "`{username, password}` for an smb share. `KEYFLEET_SHARE_USER` and `KEYFLEET_SHARE_PASSWORD` override it.",
+        section=Scope.CREDENTIAL,
+    ),
     Setting("require_encryption", Kind.BOOL, (Scope.SHARE,), "Require SMB 3 encryption.", False),
     # backup
-    Setting("password", Kind.SECRET, (Scope.BACKUP,), "Reference to the backup password; none: a hidden "
-            "prompt, asked twice. `KEYFLEET_BACKUP_PASSWORD` overrides it."),
-    Setting("password_id", Kind.STR, (Scope.BACKUP,), "Label of which password opens the key files.",
-            "default", check=check_not_empty),
+    Setting(
+        "password",
+        Kind.SECRET,
+        (Scope.BACKUP,),
+        "Reference to the backup password; none: a hidden "
+        "prompt, asked twice. `KEYFLEET_BACKUP_PASSWORD` overrides it.",
+    ),
+    Setting(
+        "password_id",
+        Kind.STR,
+        (Scope.BACKUP,),
+        "Label of which password opens the key files.",
+        "default",
+        check=check_not_empty,
+    ),
     Setting("max_age", Kind.DURATION, (Scope.BACKUP,), "A backup older than this is stale.", "30d"),
     # signing
-    Setting("private_key", Kind.SECRET, (Scope.SIGNING,), "Reference to the Ed25519 manifest signing key "
-            "(PEM or base64 of the 32 raw bytes); none: the manifest cannot be signed."),
-    Setting("public_key", Kind.STR, (Scope.SIGNING,), "The Ed25519 public key (PEM or base64 of the 32 raw "
-            "bytes) the audit verifies the manifest with.", required=True, check=check_public_key),
+    Setting(
+        "private_key",
+        Kind.SECRET,
+        (Scope.SIGNING,),
+        "Reference to the Ed25519 manifest signing key "
+        "(PEM or base64 of the 32 raw bytes); none: the manifest cannot be signed.",
+    ),
+    Setting(
+        "public_key",
+        Kind.STR,
+        (Scope.SIGNING,),
+        "The Ed25519 public key (PEM or base64 of the 32 raw bytes) the audit verifies the manifest with.",
+        required=True,
+        check=check_public_key,
+    ),
     # group only
     Setting("description", Kind.STR, (Scope.GROUP,), "Free text.", ""),
-    Setting("hosts", Kind.HOSTS, (Scope.GROUP,), "The group's servers by host name (a DNS name whose first "
-            "label has at most 15 characters).", required=True),
+    Setting(
+        "hosts",
+        Kind.HOSTS,
+        (Scope.GROUP,),
+        "The group's servers by host name (a DNS name whose first label has at most 15 characters).",
+        required=True,
+    ),
     # host settings
-    Setting("credential", Kind.MAPPING, HOST_SCOPES, "WinRM `{username, password}`; required for ntlm, "
-            "basic and credssp. Inherited mappings merge key by key.", section=Scope.CREDENTIAL),
-    Setting("username", Kind.STR, (Scope.CREDENTIAL,), "User name, e.g. `CONTOSO\\svc-keyfleet`.",
-            required=True, check=check_not_empty),
+    Setting(
+        "credential",
+        Kind.MAPPING,
+        HOST_SCOPES,
+        "WinRM `{username, password}`; required for ntlm, basic and credssp. Inherited mappings merge key by key.",
+        section=Scope.CREDENTIAL,
+    ),
+    Setting(
+        "username",
+        Kind.STR,
+        (Scope.CREDENTIAL,),
+        "User name, e.g. `CONTOSO\\svc-keyfleet`.",
+        required=True,
+        check=check_not_empty,
+    ),
     Setting("password", Kind.SECRET, (Scope.CREDENTIAL,), "Secret reference to the password.", required=True),
     Setting("role", Kind.CHOICE, HOST_SCOPES, "SCSM role of the server.", required=True, choices=ROLES),
-    Setting("address", Kind.STR, HOST_SCOPES, "DNS name or IPv4 address to connect to.",
-            default_doc="the host name", check=check_address),
-    Setting("port", Kind.INT, HOST_SCOPES, "WinRM listener port.", default_doc="5985 (http), 5986 (https)",
-            check=check_port),
+    Setting(
+        "address",
+        Kind.STR,
+        HOST_SCOPES,
+        "DNS name or IPv4 address to connect to.",
+        default_doc="the host name",
+        check=check_address,
+    ),
+    Setting(
+        "port", Kind.INT, HOST_SCOPES, "WinRM listener port.", default_doc="5985 (http), 5986 (https)", check=check_port
+    ),
     Setting("scheme", Kind.CHOICE, HOST_SCOPES, "WinRM listener scheme.", "http", choices=SCHEMES),
-    Setting("transport", Kind.CHOICE, HOST_SCOPES, "WinRM authentication. `basic` and `certificate` need "
-            "https.", "ntlm", choices=TRANSPORTS),
+    Setting(
+        "transport",
+        Kind.CHOICE,
+        HOST_SCOPES,
+        "WinRM authentication. `basic` and `certificate` need https.",
+        "ntlm",
+        choices=TRANSPORTS,
+    ),
     Setting("cert_validation", Kind.BOOL, HOST_SCOPES, "Validate the listener certificate (https).", True),
-    Setting("ca_bundle", Kind.PATH, HOST_SCOPES, "CA file for https; the word `lab` means the lab CA at "
-            "`<lab.state_dir>/ca.pem`.", default_doc="the system store"),
-    Setting("cert_thumbprint", Kind.STR, HOST_SCOPES, "Pin of the listener certificate: SHA-256 or SHA-1 hex "
-            "(colons and spaces allowed).", check=check_thumbprint),
-    Setting("allow_insecure", Kind.BOOL, HOST_SCOPES, "Allow Basic or certificate auth over plain http "
-            "(warned on every run).", False),
+    Setting(
+        "ca_bundle",
+        Kind.PATH,
+        HOST_SCOPES,
+        "CA file for https; the word `lab` means the lab CA at `<lab.state_dir>/ca.pem`.",
+        default_doc="the system store",
+    ),
+    Setting(
+        "cert_thumbprint",
+        Kind.STR,
+        HOST_SCOPES,
+        "Pin of the listener certificate: SHA-256 or SHA-1 hex (colons and spaces allowed).",
+        check=check_thumbprint,
+    ),
+    Setting(
+        "allow_insecure",
+        Kind.BOOL,
+        HOST_SCOPES,
+        "Allow Basic or certificate auth over plain http (warned on every run).",
+        False,
+    ),
     Setting("client_cert", Kind.PATH, HOST_SCOPES, "Client certificate PEM (certificate transport)."),
     Setting("client_key", Kind.PATH, HOST_SCOPES, "Client key PEM (certificate transport)."),
-    Setting("connect_timeout", Kind.DURATION, HOST_SCOPES, "TCP/TLS connect timeout.", "10s",
-            check=check_positive),
-    Setting("operation_timeout", Kind.DURATION, HOST_SCOPES, "WS-Man OperationTimeout of one Receive.", "20s",
-            check=check_positive),
-    Setting("host_timeout", Kind.DURATION, HOST_SCOPES, "Deadline of all work on one host in one run.",
-            "300s", check=check_positive),
-    Setting("retries", Kind.INT, HOST_SCOPES, "Retries of transient failures (0-10).", 2,
-            check=check_retries),
-    Setting("tool_path", Kind.STR, HOST_SCOPES, "Path of SecureStorageBackup.exe on the server.",
-            default_doc="known install locations", check=check_not_empty),
-    Setting("tool_timeout", Kind.DURATION, HOST_SCOPES, "Hard timeout of SecureStorageBackup.exe.", "120s",
-            check=check_positive),
-    Setting("lab", Kind.MAPPING, HOST_SCOPES, "Lab simulation of this server (lab inventories only).",
-            section=Scope.HOST_LAB),
+    Setting("connect_timeout", Kind.DURATION, HOST_SCOPES, "TCP/TLS connect timeout.", "10s", check=check_positive),
+    Setting(
+        "operation_timeout",
+        Kind.DURATION,
+        HOST_SCOPES,
+        "WS-Man OperationTimeout of one Receive.",
+        "20s",
+        check=check_positive,
+    ),
+    Setting(
+        "host_timeout",
+        Kind.DURATION,
+        HOST_SCOPES,
+        "Deadline of all work on one host in one run.",
+        "300s",
+        check=check_positive,
+    ),
+    Setting("retries", Kind.INT, HOST_SCOPES, "Retries of transient failures (0-10).", 2, check=check_retries),
+    Setting(
+        "tool_path",
+        Kind.STR,
+        HOST_SCOPES,
+        "Path of SecureStorageBackup.exe on the server.",
+        default_doc="known install locations",
+        check=check_not_empty,
+    ),
+    Setting(
+        "tool_timeout",
+        Kind.DURATION,
+        HOST_SCOPES,
+        "Hard timeout of SecureStorageBackup.exe.",
+        "120s",
+        check=check_positive,
+    ),
+    Setting(
+        "lab",
+        Kind.MAPPING,
+        HOST_SCOPES,
+        "Lab simulation of this server (lab inventories only).",
+        section=Scope.HOST_LAB,
+    ),
     # host lab
-    Setting("version", Kind.STR, (Scope.HOST_LAB,), "Simulated SCSM version.", "10.22.1068.0",
-            check=check_not_empty),
+    Setting("version", Kind.STR, (Scope.HOST_LAB,), "Simulated SCSM version.", "10.22.1068.0", check=check_not_empty),
     Setting("admin", Kind.BOOL, (Scope.HOST_LAB,), "Whether the WinRM user is an administrator.", True),
     Setting("tool_installed", Kind.BOOL, (Scope.HOST_LAB,), "Whether SecureStorageBackup.exe exists.", True),
-    Setting("tool_path", Kind.STR, (Scope.HOST_LAB,), "Where the simulated tool lives.",
-            default_doc="the SCSM install folder"),
-    Setting("faults", Kind.STR_LIST, (Scope.HOST_LAB,), "Fault specs, e.g. `latency:0.5`, `http500:Receive`, "
-            "`tool-hanging`.", ()),
+    Setting(
+        "tool_path",
+        Kind.STR,
+        (Scope.HOST_LAB,),
+        "Where the simulated tool lives.",
+        default_doc="the SCSM install folder",
+    ),
+    Setting(
+        "faults",
+        Kind.STR_LIST,
+        (Scope.HOST_LAB,),
+        "Fault specs, e.g. `latency:0.5`, `http500:Receive`, `tool-hanging`.",
+        (),
+    ),
 )
 
 

@@ -12,9 +12,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from orchestrator.errors import ConfigError
 
 _CORE = "tag:yaml.org,2002:"
-PLAIN_TAGS = frozenset(
-    _CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge", "timestamp")
-)
+PLAIN_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge", "timestamp"))
 MERGE_TAG = _CORE + "merge"
 _TYPE_NAMES = {
     _CORE + "str": "a string",
@@ -100,9 +98,7 @@ class YamlDocument:
         except (ValueError, yaml.YAMLError):
             raise self.error(f"invalid {type_name(node)[2:]} value", node, key) from None
 
-    def mapping(
-        self, node: Node, key: str, _merging: frozenset[int] = frozenset()
-    ) -> dict[str, tuple[Node, Node]]:
+    def mapping(self, node: Node, key: str, _merging: frozenset[int] = frozenset()) -> dict[str, tuple[Node, Node]]:
         """Key -> (key node, value node), refusing duplicate and non-string keys; merges ``<<``."""
         if id(node) in _merging:
             raise self.error("a YAML merge (<<) includes itself", node, key)

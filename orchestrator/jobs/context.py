@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.secret import Secret
 from orchestrator.secretrefs import prompt_secret, resolve
 from orchestrator.share.base import Share
 from orchestrator.share.manifest import load_private_key, load_public_key
 from orchestrator.share.open import open_share
+from orchestrator.share.runrecord import RunRecord
 from orchestrator.share.store import BackupStore
 
 BACKUP_PASSWORD_ENV = "KEYFLEET_BACKUP_PASSWORD"
@@ -46,6 +47,15 @@ def open_store(inv: Inventory, share: Share, *, sign: bool) -> BackupStore:
             raise ConfigError("signing.private_key is needed to write the manifest", file=str(inv.path))
         signer = load_private_key(resolve(inv.signing.private_key, purpose="manifest signing key"))
     return BackupStore(share, signer, verifier)
+
+
+def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None]) -> str | None:
+    """Write the run record; a share that fails now is warned about, not raised (the run is over)."""
+    try:
+        return store.write_run_record(record)
+    except ShareError as exc:
+        warn(f"could not write the run record: {exc}")
+        return None
 
 
 def backup_password(inv: Inventory) -> Secret:

@@ -36,9 +36,16 @@ _BACKLOG = 512
 _MAX_BODY = 16 * 1024 * 1024  # beyond this the connection is closed without reading the body
 _MAX_LINE = 65536
 _SOAP_TYPE = "application/soap+xml;charset=UTF-8"
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 411: "Length Required", 413: "Request Entity Too Large",
-            500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Request Entity Too Large",
+    500: "Internal Server Error",
+}
 
 
 @dataclass
@@ -145,8 +152,9 @@ class _Connection:
             self.server.forget(self)
             self.sock.close()
 
-    def _send(self, status: int, body: bytes = b"", *, content_type: str | None = None,
-              challenge: list[str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes = b"", *, content_type: str | None = None, challenge: list[str] | None = None
+    ) -> None:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Server: Microsoft-HTTPAPI/2.0"]
         if body or content_type:
             head.append(f"Content-Type: {content_type or _SOAP_TYPE}")

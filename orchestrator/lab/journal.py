@@ -50,9 +50,7 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def record(
-        self, host: str, connection: int, operation: str, status: int, **fields: object
-    ) -> JournalEntry:
+    def record(self, host: str, connection: int, operation: str, status: int, **fields: object) -> JournalEntry:
         entry = JournalEntry(time.time(), host, connection, operation, status, **fields)  # type: ignore[arg-type]
         with self._lock:
             self._entries.append(entry)

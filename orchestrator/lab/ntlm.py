@@ -100,10 +100,16 @@ class NTLMAcceptor:
             BOUNDARY + b"\r\n"
             b"\tContent-Type: " + PROTOCOL.encode() + b"\r\n"
             b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
-            + str(len(message)).encode() + b"\r\n"
-            + BOUNDARY + b"\r\n" + _OCTET
-            + struct.pack("<I", len(signature)) + signature + sealed
-            + BOUNDARY + b"--\r\n"
+            + str(len(message)).encode()
+            + b"\r\n"
+            + BOUNDARY
+            + b"\r\n"
+            + _OCTET
+            + struct.pack("<I", len(signature))
+            + signature
+            + sealed
+            + BOUNDARY
+            + b"--\r\n"
         )
 
     def unseal(self, body: bytes) -> bytes:

@@ -115,9 +115,15 @@ class LabPKI:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(
                     x509.KeyUsage(
-                        digital_signature=False, content_commitment=False, key_encipherment=False,
-                        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                        encipher_only=False, decipher_only=False,
+                        digital_signature=False,
+                        content_commitment=False,
+                        key_encipherment=False,
+                        data_encipherment=False,
+                        key_agreement=False,
+                        key_cert_sign=True,
+                        crl_sign=True,
+                        encipher_only=False,
+                        decipher_only=False,
                     ),
                     critical=True,
                 )
@@ -169,9 +175,7 @@ class LabPKI:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=_HOST_DAYS))
             .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(address))]
-                ),
+                x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(address))]),
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

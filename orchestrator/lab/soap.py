@@ -56,16 +56,16 @@ class WSManError:
 
 
 def operation_timeout_fault() -> WSManError:
-    msg = (
-        "The WS-Management service cannot complete the operation within the time specified in "
-        "OperationTimeout.  "
-    )
+    msg = "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.  "
     return WSManError(500, "s:Receiver", "w:TimedOut", 2150858793, msg)
 
 
 def shells_quota_fault(limit: int) -> WSManError:
     return WSManError(
-        500, "s:Receiver", "w:InternalError", 2150859173,
+        500,
+        "s:Receiver",
+        "w:InternalError",
+        2150859173,
         f"The WS-Management service cannot process the request. This user is allowed a maximum number of "
         f"{limit} concurrent shells, which has been exceeded. Close existing shells or raise the quota for "
         f"this user. ",
@@ -75,7 +75,10 @@ def shells_quota_fault(limit: int) -> WSManError:
 def envelope_too_large_fault(limit_kb: int) -> WSManError:
     # HTTP 413 is what the WinRM service answers; Windows clients report it as HRESULT 0x80338111.
     return WSManError(
-        413, "s:Sender", "w:EncodingLimit", 2150859025,
+        413,
+        "s:Sender",
+        "w:EncodingLimit",
+        2150859025,
         "The WinRM client sent a request to the remote WS-Management service and was notified that the "
         f"request size exceeded the configured MaxEnvelopeSize quota ({limit_kb} KB).",
     )
@@ -83,7 +86,10 @@ def envelope_too_large_fault(limit_kb: int) -> WSManError:
 
 def shell_not_found_fault(shell_id: str) -> WSManError:
     return WSManError(
-        500, "s:Sender", "w:InvalidSelectors", 2150858843,
+        500,
+        "s:Sender",
+        "w:InvalidSelectors",
+        2150858843,
         f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell was not "
         "found on the server. Possible causes are: the specified ShellId is incorrect or the shell no longer "
         "exists on the server. Provide the correct ShellId or create a new shell and retry the operation. ",
@@ -92,14 +98,20 @@ def shell_not_found_fault(shell_id: str) -> WSManError:
 
 def action_not_supported_fault(action: str) -> WSManError:
     return WSManError(
-        500, "s:Sender", "a:ActionNotSupported", 2150858771,
+        500,
+        "s:Sender",
+        "a:ActionNotSupported",
+        2150858771,
         f"The WS-Management service does not support the action specified in the request: {action}",
     )
 
 
 def invalid_request_fault(reason: str) -> WSManError:
     return WSManError(
-        400, "s:Sender", "w:InvalidBody", 2150858791,
+        400,
+        "s:Sender",
+        "w:InvalidBody",
+        2150858791,
         f"The WS-Management service cannot process the request because the request packet does not have a "
         f"valid SOAP body. {reason}",
     )
@@ -107,7 +119,10 @@ def invalid_request_fault(reason: str) -> WSManError:
 
 def injected_fault(operation: str) -> WSManError:
     return WSManError(
-        500, "s:Receiver", "w:InternalError", 2150858755,
+        500,
+        "s:Receiver",
+        "w:InternalError",
+        2150858755,
         f"An error was encountered inside the plugin. (lab fault http500:{operation})",
     )
 
@@ -149,13 +164,9 @@ class SoapRequest:
         if root.tag != q(NS_S, "Envelope") or header is None or body is None:
             raise SoapFaultError(invalid_request_fault("Not a SOAP 1.2 envelope with Header and Body."))
         action = (header.findtext(q(NS_A, "Action")) or "").strip()
-        selector = next(
-            (s for s in header.iter(q(NS_W, "Selector")) if s.get("Name") == "ShellId"), None
-        )
+        selector = next((s for s in header.iter(q(NS_W, "Selector")) if s.get("Name") == "ShellId"), None)
         max_env = (header.findtext(q(NS_W, "MaxEnvelopeSize")) or "").strip()
-        options = {
-            o.get("Name", ""): (o.text or "").strip() for o in header.iter(q(NS_W, "Option"))
-        }
+        options = {o.get("Name", ""): (o.text or "").strip() for o in header.iter(q(NS_W, "Option"))}
         return cls(
             action=action,
             operation=ACTIONS.get(action, "unknown"),
@@ -168,9 +179,7 @@ class SoapRequest:
         )
 
 
-_NAMESPACES = (
-    f'xmlns:s="{NS_S}" xmlns:a="{NS_A}" xmlns:x="{NS_X}" xmlns:w="{NS_W}" xmlns:rsp="{NS_RSP}"'
-)
+_NAMESPACES = f'xmlns:s="{NS_S}" xmlns:a="{NS_A}" xmlns:x="{NS_X}" xmlns:w="{NS_W}" xmlns:rsp="{NS_RSP}"'
 
 
 def envelope(action: str, relates_to: str, body_xml: str) -> bytes:
@@ -181,9 +190,7 @@ def envelope(action: str, relates_to: str, body_xml: str) -> bytes:
         f"<a:To>{ANONYMOUS}</a:To>"
         f"<a:RelatesTo>{escape(relates_to)}</a:RelatesTo></s:Header>"
     )
-    return (
-        f'<s:Envelope xml:lang="en-US" {_NAMESPACES}>{header}<s:Body>{body_xml}</s:Body></s:Envelope>'
-    ).encode()
+    return (f'<s:Envelope xml:lang="en-US" {_NAMESPACES}>{header}<s:Body>{body_xml}</s:Body></s:Envelope>').encode()
 
 
 def fault_envelope(fault: WSManError, relates_to: str, machine: str) -> bytes:

@@ -174,9 +174,7 @@ class WinRSService:
         cmd = _Command((line_el.get("CommandId") or str(uuid.uuid4())).upper(), command_line)
         with self._lock:
             shell.commands[cmd.id] = cmd
-        threading.Thread(
-            target=self._run, args=(cmd, user), name=f"lab-{self.host}-command", daemon=True
-        ).start()
+        threading.Thread(target=self._run, args=(cmd, user), name=f"lab-{self.host}-command", daemon=True).start()
         body = f"<rsp:CommandResponse><rsp:CommandId>{cmd.id}</rsp:CommandId></rsp:CommandResponse>"
         return self.reply(req, body, command_line=command_line)
 
@@ -279,7 +277,10 @@ class WinRSService:
         if cmd is None:
             raise SoapFaultError(
                 WSManError(
-                    500, "s:Sender", "w:InvalidSelectors", 2150858843,
+                    500,
+                    "s:Sender",
+                    "w:InvalidSelectors",
+                    2150858843,
                     f"The request for the Windows Remote Shell with ShellId {shell.id} failed because the "
                     f"command with CommandId {command_id} was not found. ",
                 )
