@@ -6,6 +6,26 @@ import base64
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from orchestrator.lab.faults import FAULT_KINDS
+
+_EXAMPLE_ARGUMENT = {"latency": "latency:0.2", "http500": "http500:Send"}
+# one example of every lab fault kind, plus a run without faults
+EVERY_FAULT = ["none", *(_EXAMPLE_ARGUMENT.get(kind, kind) for kind in FAULT_KINDS)]
+# two hosts, one per auth mode, with timeouts short enough for blackhole and tool-hanging
+LEAK_FLEET: dict[str, dict[str, Any]] = {
+    "LEAK": {
+        "l-ms01": {"role": "management_server"},
+        "l-dw01": {"role": "dw_management_server", "scheme": "https", "transport": "basic", "ca_bundle": "lab"},
+    }
+}
+LEAK_TIMEOUTS = {"connect_timeout": "2s", "operation_timeout": "1s", "host_timeout": "5s", "retries": 0}
+
+
+def leak_faults(fault: str) -> dict[str, list[str]]:
+    """The ``faults`` argument of make_lab_inventory that puts ``fault`` on every leak-test host."""
+    return {} if fault == "none" else {host: [fault] for host in LEAK_FLEET["LEAK"]}
 
 
 def encodings(secret: str) -> dict[str, bytes]:

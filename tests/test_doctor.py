@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.jobs.doctor import CHECKS
 from tests.conftest import SMALL_FLEET, make_lab_inventory
-from tests.leaks import LeakSearch
+from tests.leaks import EVERY_FAULT, LEAK_FLEET, LEAK_TIMEOUTS, LeakSearch, leak_faults
 
 ALL_HOSTS = {name: settings["role"] for hosts in SMALL_FLEET.values() for name, settings in hosts.items()}
 ONE = {"role": "management_server"}
@@ -97,43 +97,19 @@ def test_limit_and_security_warnings(tmp_path, keyfleet):
     assert any(warning in w for w in json.loads(run.stdout)["warnings"])
 
 
-LEAK_FAULTS = [
-    "none",
-    "down",
-    "blackhole",
-    "latency:0.2",
-    "auth-failure",
-    "http500:Send",
-    "drop-receive",
-    "corrupt-output",
-    "truncate-output",
-    "tool-missing",
-    "tool-failing",
-    "tool-hanging",
-    "not-admin",
-    "wrong-role",
-    "disk-full",
-]
 PASSING = {"none", "latency:0.2", "tool-failing", "tool-hanging"}  # the probe never runs the tool
 
 
-@pytest.mark.parametrize("fault", LEAK_FAULTS)
+@pytest.mark.parametrize("fault", EVERY_FAULT)
 def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
     winrm_password = f"Unique-WinRM-{os.urandom(6).hex()}"
     backup_password = f"Unique-Backup-{os.urandom(6).hex()}"
-    fleet = {
-        "LEAK": {
-            "l-ms01": {"role": "management_server"},
-            "l-dw01": {"role": "dw_management_server", "scheme": "https", "transport": "basic", "ca_bundle": "lab"},
-        }
-    }
-    faults = {} if fault == "none" else {"l-ms01": [fault], "l-dw01": [fault]}
     lab = make_lab_inventory(
         tmp_path / "lab",
-        fleet=fleet,
-        faults=faults,
+        fleet=LEAK_FLEET,
+        faults=leak_faults(fault),
         winrm_password="env:KF_TEST_WINRM_PASSWORD",
-        defaults={"connect_timeout": "2s", "operation_timeout": "1s", "host_timeout": "5s", "retries": 0},
+        defaults=LEAK_TIMEOUTS,
     )
     env = {"KEYFLEET_BACKUP_PASSWORD": backup_password, "KF_TEST_WINRM_PASSWORD": winrm_password}
     run = keyfleet("doctor", "-i", str(lab.inventory), "--json", "-v", env=env)

@@ -113,7 +113,11 @@ def test_production_example_loads_without_its_env_vars(monkeypatch: pytest.Monke
 
 
 def test_defaults_group_host_inheritance(tmp_path: Path) -> None:
-    inv = load_inventory(write(tmp_path, PROD_HEAD + """\
+    inv = load_inventory(
+        write(
+            tmp_path,
+            PROD_HEAD
+            + """\
   tool_timeout: 5m
   retries: 4
   scheme: https
@@ -125,7 +129,9 @@ management_groups:
       ms01: {role: management_server}
       ms02: {role: management_server, tool_timeout: 45s, scheme: http, port: 15985}
       dw01: {role: dw_management_server, address: dw01.example.org, cert_thumbprint: "AB:CD EF"}
-""".replace('"AB:CD EF"', '"' + "AB:" * 19 + 'CD"')))
+""".replace('"AB:CD EF"', '"' + "AB:" * 19 + 'CD"'),
+        )
+    )
     ms01, ms02, dw01 = inv.hosts.values()
     assert ms01.tool_timeout == 90 and ms02.tool_timeout == 45 and ms01.retries == 4
     assert ms01.port == 5986 and ms01.scheme == "https" and ms02.port == 15985
@@ -141,7 +147,11 @@ management_groups:
 
 
 def test_durations_and_anchors_and_merge_keys(tmp_path: Path) -> None:
-    inv = load_inventory(write(tmp_path, PROD_HEAD + """\
+    inv = load_inventory(
+        write(
+            tmp_path,
+            PROD_HEAD
+            + """\
 backup: {password_id: p1, max_age: 12h}
 x-common: &common
   role: management_server
@@ -153,7 +163,9 @@ management_groups:
         <<: *common
         host_timeout: 1d
       ms02: {<<: *common, role: dw_management_server, connect_timeout: 90m}
-"""))
+""",
+        )
+    )
     assert inv.backup.max_age.total_seconds() == 12 * 3600
     ms01, ms02 = inv.hosts.values()
     assert ms01.role is Role.MANAGEMENT_SERVER and ms01.host_timeout == 86400 and ms01.tool_timeout == 0.5
@@ -161,7 +173,11 @@ management_groups:
 
 
 def test_paths_resolve_against_the_inventory_folder(tmp_path: Path) -> None:
-    inv = load_inventory(write(tmp_path, LAB_HEAD + """\
+    inv = load_inventory(
+        write(
+            tmp_path,
+            LAB_HEAD
+            + """\
   scheme: https
   transport: basic
 share: {url: backups}
@@ -172,7 +188,9 @@ management_groups:
       ms02: {role: management_server, ca_bundle: certs/ca.pem}
       ms03: {role: management_server, credential: {password: file:secrets/pw}}
       ms04: {role: management_server, credential: {password: vault:v.yml#a.b}}
-"""))
+""",
+        )
+    )
     assert inv.lab is not None and inv.lab.state_dir == tmp_path / "state" and inv.lab.seed == 3
     assert inv.share is not None and inv.share.url == str(tmp_path / "backups")
     hosts = inv.hosts
@@ -184,27 +202,37 @@ management_groups:
     assert hosts["ms04"].credential.password.target == f"{tmp_path / 'v.yml'}#a.b"
 
 
-@pytest.mark.parametrize(
-    "url", ["smb://files01/keys", "smb://files01:4445/keys/scsm", "\\\\files01\\keys\\scsm"]
-)
+@pytest.mark.parametrize("url", ["smb://files01/keys", "smb://files01:4445/keys/scsm", "\\\\files01\\keys\\scsm"])
 def test_smb_share_urls_are_kept(tmp_path: Path, url: str) -> None:
-    inv = load_inventory(write(tmp_path, PROD_HEAD + f"""\
+    inv = load_inventory(
+        write(
+            tmp_path,
+            PROD_HEAD
+            + f"""\
 share:
   url: '{url}'
   credential: {{username: backup, password: env:SHARE_PW}}
 management_groups: {{G: {{hosts: {{ms01: {{role: management_server}}}}}}}}
-"""))
+""",
+        )
+    )
     assert inv.share is not None and inv.share.url == url
     assert inv.share.credential is not None and inv.share.credential.password.describe() == "env:SHARE_PW"
 
 
 def test_allow_insecure_permits_basic_over_http(tmp_path: Path) -> None:
-    inv = load_inventory(write(tmp_path, PROD_HEAD + """\
+    inv = load_inventory(
+        write(
+            tmp_path,
+            PROD_HEAD
+            + """\
 management_groups:
   G:
     hosts:
       ms01: {role: management_server, transport: basic, allow_insecure: true}
-"""))
+""",
+        )
+    )
     assert inv.hosts["ms01"].allow_insecure and inv.hosts["ms01"].endpoint == "http://ms01:5985/wsman"
 
 
@@ -222,117 +250,339 @@ ONE_HOST = "management_groups:\n  G:\n    hosts:\n      ms01: {role: management_
 BAD_CASES = [
     # (name, text, line, key, fragments)
     ("syntax", PROD_HEAD + "management_groups:\n  G: [a, b\n", 5, None, ["YAML syntax error"]),
-    ("python-tag", PROD_HEAD + "management_groups: !!python/object:os.system {}\n", 3, None,
-     ["!!python/object:os.system", "not allowed"]),
-    ("custom-tag", PROD_HEAD + ONE_HOST.replace("management_server}", "!vault management_server}"), 6, None,
-     ["!vault", "not allowed"]),
+    (
+        "python-tag",
+        PROD_HEAD + "management_groups: !!python/object:os.system {}\n",
+        3,
+        None,
+        ["!!python/object:os.system", "not allowed"],
+    ),
+    (
+        "custom-tag",
+        PROD_HEAD + ONE_HOST.replace("management_server}", "!vault management_server}"),
+        6,
+        None,
+        ["!vault", "not allowed"],
+    ),
     ("binary-tag", PROD_HEAD + "share: {url: !!binary aGVsbG8=}\n" + ONE_HOST, 3, None, ["!!binary"]),
     ("unknown-top-key", PROD_HEAD + "sahre: {url: x}\n" + ONE_HOST, 3, "sahre", ["did you mean 'share'"]),
-    ("unknown-host-key", PROD_HEAD + ONE_HOST.replace("}", ", trasnport: ntlm}"), 6,
-     "management_groups.G.hosts.ms01.trasnport", ["unknown key 'trasnport'", "did you mean 'transport'"]),
-    ("key-in-wrong-scope", PROD_HEAD + ONE_HOST.replace("}", ", description: x}"), 6,
-     "management_groups.G.hosts.ms01.description", ["belongs in: group"]),
-    ("unknown-role", PROD_HEAD + ONE_HOST.replace("management_server", "managment_server"), 6,
-     "management_groups.G.hosts.ms01.role",
-     ["unknown role 'managment_server'", "management_server, dw_management_server, self_service_portal"]),
-    ("duplicate-host", PROD_HEAD + ONE_HOST + "  H:\n    hosts:\n      MS01: {role: management_server}\n",
-     9, "management_groups.H.hosts.MS01", ["duplicate host 'MS01'", "group 'G' at line 6"]),
-    ("duplicate-yaml-key", PROD_HEAD + ONE_HOST + "      ms01: {role: management_server}\n", 7,
-     "management_groups.G.hosts.ms01", ["duplicate key 'ms01'", "line 6"]),
-    ("host-underscore", PROD_HEAD + ONE_HOST.replace("ms01", "ms_01"), 6, "management_groups.G.hosts.ms_01",
-     ["invalid host name", "not a DNS name"]),
-    ("host-netbios", PROD_HEAD + ONE_HOST.replace("ms01", "scsm-management01"), 6,
-     "management_groups.G.hosts.scsm-management01", ["longer than 15", "NetBIOS"]),
-    ("host-hyphen", PROD_HEAD + ONE_HOST.replace("ms01", "ms01-.example.org"), 6,
-     "management_groups.G.hosts.ms01-.example.org", ["not a DNS name"]),
-    ("host-label-63", PROD_HEAD + ONE_HOST.replace("ms01", "ms01." + "a" * 64 + ".org"), 6,
-     f"management_groups.G.hosts.ms01.{'a' * 64}.org", ["longer than 63"]),
-    ("host-total-253", PROD_HEAD + ONE_HOST.replace("ms01", "ms01" + ".abcdefghij" * 23), 6,
-     "management_groups.G.hosts.ms01" + ".abcdefghij" * 23, ["at most 253"]),
-    ("host-separator", PROD_HEAD + ONE_HOST.replace("ms01", "'..\\ms01'"), 6,
-     "management_groups.G.hosts...\\ms01", ["invalid host name"]),
-    ("group-dotdot", PROD_HEAD + ONE_HOST.replace("  G:", "  '..':"), 4, "management_groups...",
-     ["not a safe folder name"]),
-    ("group-separator", PROD_HEAD + ONE_HOST.replace("  G:", "  a/b:"), 4, "management_groups.a/b",
-     ["not a valid management group name"]),
-    ("group-drive", PROD_HEAD + ONE_HOST.replace("  G:", "  'C:':"), 4, "management_groups.C:",
-     ["not a valid management group name"]),
-    ("wrong-type-port", PROD_HEAD + ONE_HOST.replace("}", ", port: http}"), 6,
-     "management_groups.G.hosts.ms01.port", ["expected an integer, got a string"]),
-    ("wrong-type-bool", PROD_HEAD + "  cert_validation: 1\n" + ONE_HOST, 3, "defaults.cert_validation",
-     ["expected a boolean"]),
-    ("wrong-type-hosts", PROD_HEAD + "management_groups:\n  G:\n    hosts: [ms01, ms02]\n", 5,
-     "management_groups.G.hosts", ["expected a mapping, got a list"]),
+    (
+        "unknown-host-key",
+        PROD_HEAD + ONE_HOST.replace("}", ", trasnport: ntlm}"),
+        6,
+        "management_groups.G.hosts.ms01.trasnport",
+        ["unknown key 'trasnport'", "did you mean 'transport'"],
+    ),
+    (
+        "key-in-wrong-scope",
+        PROD_HEAD + ONE_HOST.replace("}", ", description: x}"),
+        6,
+        "management_groups.G.hosts.ms01.description",
+        ["belongs in: group"],
+    ),
+    (
+        "unknown-role",
+        PROD_HEAD + ONE_HOST.replace("management_server", "managment_server"),
+        6,
+        "management_groups.G.hosts.ms01.role",
+        ["unknown role 'managment_server'", "management_server, dw_management_server, self_service_portal"],
+    ),
+    (
+        "duplicate-host",
+        PROD_HEAD + ONE_HOST + "  H:\n    hosts:\n      MS01: {role: management_server}\n",
+        9,
+        "management_groups.H.hosts.MS01",
+        ["duplicate host 'MS01'", "group 'G' at line 6"],
+    ),
+    (
+        "duplicate-yaml-key",
+        PROD_HEAD + ONE_HOST + "      ms01: {role: management_server}\n",
+        7,
+        "management_groups.G.hosts.ms01",
+        ["duplicate key 'ms01'", "line 6"],
+    ),
+    (
+        "host-underscore",
+        PROD_HEAD + ONE_HOST.replace("ms01", "ms_01"),
+        6,
+        "management_groups.G.hosts.ms_01",
+        ["invalid host name", "not a DNS name"],
+    ),
+    (
+        "host-netbios",
+        PROD_HEAD + ONE_HOST.replace("ms01", "scsm-management01"),
+        6,
+        "management_groups.G.hosts.scsm-management01",
+        ["longer than 15", "NetBIOS"],
+    ),
+    (
+        "host-hyphen",
+        PROD_HEAD + ONE_HOST.replace("ms01", "ms01-.example.org"),
+        6,
+        "management_groups.G.hosts.ms01-.example.org",
+        ["not a DNS name"],
+    ),
+    (
+        "host-label-63",
+        PROD_HEAD + ONE_HOST.replace("ms01", "ms01." + "a" * 64 + ".org"),
+        6,
+        f"management_groups.G.hosts.ms01.{'a' * 64}.org",
+        ["longer than 63"],
+    ),
+    (
+        "host-total-253",
+        PROD_HEAD + ONE_HOST.replace("ms01", "ms01" + ".abcdefghij" * 23),
+        6,
+        "management_groups.G.hosts.ms01" + ".abcdefghij" * 23,
+        ["at most 253"],
+    ),
+    (
+        "host-separator",
+        PROD_HEAD + ONE_HOST.replace("ms01", "'..\\ms01'"),
+        6,
+        "management_groups.G.hosts...\\ms01",
+        ["invalid host name"],
+    ),
+    (
+        "group-dotdot",
+        PROD_HEAD + ONE_HOST.replace("  G:", "  '..':"),
+        4,
+        "management_groups...",
+        ["not a safe folder name"],
+    ),
+    (
+        "group-separator",
+        PROD_HEAD + ONE_HOST.replace("  G:", "  a/b:"),
+        4,
+        "management_groups.a/b",
+        ["not a valid management group name"],
+    ),
+    (
+        "group-drive",
+        PROD_HEAD + ONE_HOST.replace("  G:", "  'C:':"),
+        4,
+        "management_groups.C:",
+        ["not a valid management group name"],
+    ),
+    (
+        "wrong-type-port",
+        PROD_HEAD + ONE_HOST.replace("}", ", port: http}"),
+        6,
+        "management_groups.G.hosts.ms01.port",
+        ["expected an integer, got a string"],
+    ),
+    (
+        "wrong-type-bool",
+        PROD_HEAD + "  cert_validation: 1\n" + ONE_HOST,
+        3,
+        "defaults.cert_validation",
+        ["expected a boolean"],
+    ),
+    (
+        "wrong-type-hosts",
+        PROD_HEAD + "management_groups:\n  G:\n    hosts: [ms01, ms02]\n",
+        5,
+        "management_groups.G.hosts",
+        ["expected a mapping, got a list"],
+    ),
     ("wrong-type-root", "- a\n- b\n", 1, None, ["expected a mapping, got a list"]),
-    ("port-range", PROD_HEAD + ONE_HOST.replace("}", ", port: 70000}"), 6,
-     "management_groups.G.hosts.ms01.port", ["outside 1-65535"]),
-    ("missing-role", PROD_HEAD + ONE_HOST.replace("{role: management_server}", "{address: 10.0.0.1}"), 6,
-     "management_groups.G.hosts.ms01", ["missing required key 'role'", "dw_management_server"]),
-    ("missing-hosts", PROD_HEAD + "management_groups:\n  G: {description: x}\n", 4, "management_groups.G",
-     ["missing required key 'hosts'"]),
+    (
+        "port-range",
+        PROD_HEAD + ONE_HOST.replace("}", ", port: 70000}"),
+        6,
+        "management_groups.G.hosts.ms01.port",
+        ["outside 1-65535"],
+    ),
+    (
+        "missing-role",
+        PROD_HEAD + ONE_HOST.replace("{role: management_server}", "{address: 10.0.0.1}"),
+        6,
+        "management_groups.G.hosts.ms01",
+        ["missing required key 'role'", "dw_management_server"],
+    ),
+    (
+        "missing-hosts",
+        PROD_HEAD + "management_groups:\n  G: {description: x}\n",
+        4,
+        "management_groups.G",
+        ["missing required key 'hosts'"],
+    ),
     ("missing-groups", PROD_HEAD, 1, None, ["missing required key 'management_groups'"]),
-    ("missing-username", "defaults:\n  credential: {password: env:X}\n" + ONE_HOST, 2,
-     "management_groups.G.hosts.ms01.credential", ["missing required key 'username'"]),
+    (
+        "missing-username",
+        "defaults:\n  credential: {password: env:X}\n" + ONE_HOST,
+        2,
+        "management_groups.G.hosts.ms01.credential",
+        ["missing required key 'username'"],
+    ),
     ("missing-credential", ONE_HOST, 4, "management_groups.G.hosts.ms01", ["missing required key 'credential'"]),
     ("empty-file", "", None, None, ["empty inventory"]),
     ("only-comments", "# nothing here\n", None, None, ["empty inventory"]),
     ("empty-mapping", "{}\n", 1, None, ["empty inventory"]),
-    ("no-hosts", PROD_HEAD + "management_groups:\n  G:\n    hosts: {}\n", 4, "management_groups",
-     ["no hosts"]),
-    ("bad-duration", PROD_HEAD + "  host_timeout: 10x\n" + ONE_HOST, 3, "defaults.host_timeout",
-     ["30d, 12h, 90m, 45s"]),
-    ("negative-duration", PROD_HEAD + "  tool_timeout: -5\n" + ONE_HOST, 3, "defaults.tool_timeout",
-     ["0s or more"]),
-    ("zero-timeout", PROD_HEAD + "  connect_timeout: 0s\n" + ONE_HOST, 3, "defaults.connect_timeout",
-     ["greater than 0s"]),
-    ("huge-duration", PROD_HEAD + "backup: {max_age: 86400000000000}\n" + ONE_HOST, 3, "backup.max_age",
-     ["at most 3650d"]),
+    ("no-hosts", PROD_HEAD + "management_groups:\n  G:\n    hosts: {}\n", 4, "management_groups", ["no hosts"]),
+    (
+        "bad-duration",
+        PROD_HEAD + "  host_timeout: 10x\n" + ONE_HOST,
+        3,
+        "defaults.host_timeout",
+        ["30d, 12h, 90m, 45s"],
+    ),
+    ("negative-duration", PROD_HEAD + "  tool_timeout: -5\n" + ONE_HOST, 3, "defaults.tool_timeout", ["0s or more"]),
+    (
+        "zero-timeout",
+        PROD_HEAD + "  connect_timeout: 0s\n" + ONE_HOST,
+        3,
+        "defaults.connect_timeout",
+        ["greater than 0s"],
+    ),
+    (
+        "huge-duration",
+        PROD_HEAD + "backup: {max_age: 86400000000000}\n" + ONE_HOST,
+        3,
+        "backup.max_age",
+        ["at most 3650d"],
+    ),
     ("bool-duration", PROD_HEAD + "backup: {max_age: true}\n" + ONE_HOST, 3, "backup.max_age", ["duration"]),
-    ("basic-over-http", PROD_HEAD + ONE_HOST.replace("}", ", transport: basic}"), 6,
-     "management_groups.G.hosts.ms01.transport", ["basic over plain http", "allow_insecure: true"]),
-    ("certificate-over-http", PROD_HEAD + ONE_HOST.replace("}", ", transport: certificate}"), 6,
-     "management_groups.G.hosts.ms01.transport", ["certificate over plain http"]),
-    ("certificate-needs-cert", PROD_HEAD + ONE_HOST.replace("}", ", transport: certificate, scheme: https}"),
-     6, "management_groups.G.hosts.ms01", ["missing required key 'client_cert'"]),
-    ("unknown-transport", PROD_HEAD + "  transport: kerberoes\n" + ONE_HOST, 3, "defaults.transport",
-     ["did you mean 'kerberos'", "ntlm, kerberos, credssp, basic, certificate"]),
-    ("bad-thumbprint", PROD_HEAD + ONE_HOST.replace("}", ", cert_thumbprint: 'abc'}"), 6,
-     "management_groups.G.hosts.ms01.cert_thumbprint", ["40 hex digits", "64 hex digits"]),
-    ("ca-bundle-lab-outside-lab", PROD_HEAD + "  ca_bundle: lab\n" + ONE_HOST, 3, "management_groups.G.hosts"
-     ".ms01.ca_bundle", ["lab inventories only"]),
-    ("plaintext-in-production", "defaults:\n  credential: {username: u, password: Sup3rS3cret-Value}\n"
-     + ONE_HOST, 2, "defaults.credential.password", ["plaintext secret in a production inventory"]),
-    ("plaintext-backup", PROD_HEAD + "backup: {password: Sup3rS3cret-Value}\n" + ONE_HOST, 3,
-     "backup.password", ["use env:, file:, prompt, command: or vault:"]),
-    ("secret-not-string", PROD_HEAD + "backup: {password: 12345678}\n" + ONE_HOST, 3, "backup.password",
-     ["expected a string", "got an integer"]),
-    ("bad-env-ref", PROD_HEAD + "backup: {password: 'env:BAD-NAME'}\n" + ONE_HOST, 3, "backup.password",
-     ["env: needs an environment variable name"]),
-    ("bad-vault-ref", PROD_HEAD + "backup: {password: 'vault:secrets.yml'}\n" + ONE_HOST, 3,
-     "backup.password", ["FILE#key"]),
-    ("bad-command-ref", PROD_HEAD + "backup: {password: \"command:pass show 'x\"}\n" + ONE_HOST, 3,
-     "backup.password", ["cannot be split"]),
-    ("bad-public-key", PROD_HEAD + "signing: {public_key: not-a-key}\n" + ONE_HOST, 3, "signing.public_key",
-     ["Ed25519 public key"]),
-    ("smb-without-share", PROD_HEAD + "share: {url: 'smb://server'}\n" + ONE_HOST, 3, "share.url",
-     ["smb://server[:port]/share"]),
-    ("share-credential-local", PROD_HEAD + "share: {url: /srv/keys, credential: {username: u, password: env:P}}\n"
-     + ONE_HOST, 3, "share.credential", ["only with smb://"]),
-    ("ipv6-address", PROD_HEAD + ONE_HOST.replace("}", ", address: '::1'}"), 6,
-     "management_groups.G.hosts.ms01.address", ["IPv6"]),
-    ("lab-fault", LAB_HEAD + ONE_HOST.replace("}", ", lab: {faults: [latency:slow]}}"), 7,
-     "management_groups.G.hosts.ms01.lab.faults", ["latency needs seconds"]),
-    ("bad-date", PROD_HEAD + "backup: {password_id: 2026-13-45}\n" + ONE_HOST, 3, "backup.password_id",
-     ["invalid"]),
-    ("int-key", PROD_HEAD + "management_groups:\n  G:\n    hosts:\n      12345: {role: management_server}\n",
-     6, "management_groups.G.hosts", ["keys must be strings"]),
-    ("self-merge", PROD_HEAD + ONE_HOST.replace("ms01: {role: management_server}", "ms01: &m {<<: *m}"),
-     6, "management_groups.G.hosts.ms01", ["YAML merge (<<) includes itself"]),
+    (
+        "basic-over-http",
+        PROD_HEAD + ONE_HOST.replace("}", ", transport: basic}"),
+        6,
+        "management_groups.G.hosts.ms01.transport",
+        ["basic over plain http", "allow_insecure: true"],
+    ),
+    (
+        "certificate-over-http",
+        PROD_HEAD + ONE_HOST.replace("}", ", transport: certificate}"),
+        6,
+        "management_groups.G.hosts.ms01.transport",
+        ["certificate over plain http"],
+    ),
+    (
+        "certificate-needs-cert",
+        PROD_HEAD + ONE_HOST.replace("}", ", transport: certificate, scheme: https}"),
+        6,
+        "management_groups.G.hosts.ms01",
+        ["missing required key 'client_cert'"],
+    ),
+    (
+        "unknown-transport",
+        PROD_HEAD + "  transport: kerberoes\n" + ONE_HOST,
+        3,
+        "defaults.transport",
+        ["did you mean 'kerberos'", "ntlm, kerberos, credssp, basic, certificate"],
+    ),
+    (
+        "bad-thumbprint",
+        PROD_HEAD + ONE_HOST.replace("}", ", cert_thumbprint: 'abc'}"),
+        6,
+        "management_groups.G.hosts.ms01.cert_thumbprint",
+        ["40 hex digits", "64 hex digits"],
+    ),
+    (
+        "ca-bundle-lab-outside-lab",
+        PROD_HEAD + "  ca_bundle: lab\n" + ONE_HOST,
+        3,
+        "management_groups.G.hosts.ms01.ca_bundle",
+        ["lab inventories only"],
+    ),
+    (
+        "plaintext-in-production",
+        "defaults:\n  credential: {username: u, password: Sup3rS3cret-Value}\n" + ONE_HOST,
+        2,
+        "defaults.credential.password",
+        ["plaintext secret in a production inventory"],
+    ),
+    (
+        "plaintext-backup",
+        PROD_HEAD + "backup: {password: Sup3rS3cret-Value}\n" + ONE_HOST,
+        3,
+        "backup.password",
+        ["use env:, file:, prompt, command: or vault:"],
+    ),
+    (
+        "secret-not-string",
+        PROD_HEAD + "backup: {password: 12345678}\n" + ONE_HOST,
+        3,
+        "backup.password",
+        ["expected a string", "got an integer"],
+    ),
+    (
+        "bad-env-ref",
+        PROD_HEAD + "backup: {password: 'env:BAD-NAME'}\n" + ONE_HOST,
+        3,
+        "backup.password",
+        ["env: needs an environment variable name"],
+    ),
+    (
+        "bad-vault-ref",
+        PROD_HEAD + "backup: {password: 'vault:secrets.yml'}\n" + ONE_HOST,
+        3,
+        "backup.password",
+        ["FILE#key"],
+    ),
+    (
+        "bad-command-ref",
+        PROD_HEAD + 'backup: {password: "command:pass show \'x"}\n' + ONE_HOST,
+        3,
+        "backup.password",
+        ["cannot be split"],
+    ),
+    (
+        "bad-public-key",
+        PROD_HEAD + "signing: {public_key: not-a-key}\n" + ONE_HOST,
+        3,
+        "signing.public_key",
+        ["Ed25519 public key"],
+    ),
+    (
+        "smb-without-share",
+        PROD_HEAD + "share: {url: 'smb://server'}\n" + ONE_HOST,
+        3,
+        "share.url",
+        ["smb://server[:port]/share"],
+    ),
+    (
+        "share-credential-local",
+        PROD_HEAD + "share: {url: /srv/keys, credential: {username: u, password: env:P}}\n" + ONE_HOST,
+        3,
+        "share.credential",
+        ["only with smb://"],
+    ),
+    (
+        "ipv6-address",
+        PROD_HEAD + ONE_HOST.replace("}", ", address: '::1'}"),
+        6,
+        "management_groups.G.hosts.ms01.address",
+        ["IPv6"],
+    ),
+    (
+        "lab-fault",
+        LAB_HEAD + ONE_HOST.replace("}", ", lab: {faults: [latency:slow]}}"),
+        7,
+        "management_groups.G.hosts.ms01.lab.faults",
+        ["latency needs seconds"],
+    ),
+    ("bad-date", PROD_HEAD + "backup: {password_id: 2026-13-45}\n" + ONE_HOST, 3, "backup.password_id", ["invalid"]),
+    (
+        "int-key",
+        PROD_HEAD + "management_groups:\n  G:\n    hosts:\n      12345: {role: management_server}\n",
+        6,
+        "management_groups.G.hosts",
+        ["keys must be strings"],
+    ),
+    (
+        "self-merge",
+        PROD_HEAD + ONE_HOST.replace("ms01: {role: management_server}", "ms01: &m {<<: *m}"),
+        6,
+        "management_groups.G.hosts.ms01",
+        ["YAML merge (<<) includes itself"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "key", "fragments"), [c[1:] for c in BAD_CASES],
-                         ids=[c[0] for c in BAD_CASES])
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragments"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
+)
 def test_bad_input_is_one_clear_line(
     tmp_path: Path, text: str, line: int | None, key: str | None, fragments: list[str]
 ) -> None:

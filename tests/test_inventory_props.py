@@ -19,8 +19,27 @@ REPO = Path(__file__).resolve().parents[1]
 LAB_DATA = yaml.safe_load((REPO / "inventories" / "lab.yml").read_text())
 
 KEYS = sorted({s.name for s in SETTINGS} | {"G1", "scsm-ms01", "x-anchor", "<<"})
-VALUES = [*ROLES, *TRANSPORTS, "http", "https", "lab", "30d", "0s", "-1", "env:X", "file:x", "prompt",
-          "command:true", "vault:v.yml#k", "smb://s/share", "\\\\s\\share", "plain-secret", "..", "a/b", ""]
+VALUES = [
+    *ROLES,
+    *TRANSPORTS,
+    "http",
+    "https",
+    "lab",
+    "30d",
+    "0s",
+    "-1",
+    "env:X",
+    "file:x",
+    "prompt",
+    "command:true",
+    "vault:v.yml#k",
+    "smb://s/share",
+    "\\\\s\\share",
+    "plain-secret",
+    "..",
+    "a/b",
+    "",
+]
 
 scalars = st.one_of(
     st.none(),

@@ -35,11 +35,24 @@ NS_RSP = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 SHELL_CMD = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 
 
-def _host(name: str, last: int, scheme: str = "http", auth: str = "ntlm", faults: tuple[str, ...] = (),
-          limits: ServiceLimits | None = None) -> LabHostSpec:
+def _host(
+    name: str,
+    last: int,
+    scheme: str = "http",
+    auth: str = "ntlm",
+    faults: tuple[str, ...] = (),
+    limits: ServiceLimits | None = None,
+) -> LabHostSpec:
     return LabHostSpec(
-        name=name, group="TEST", role=Role.MANAGEMENT_SERVER, address=f"127.0.77.{last}", port=0,
-        scheme=scheme, auth=auth, users=USERS, settings=LabHostSettings(faults=faults),
+        name=name,
+        group="TEST",
+        role=Role.MANAGEMENT_SERVER,
+        address=f"127.0.77.{last}",
+        port=0,
+        scheme=scheme,
+        auth=auth,
+        users=USERS,
+        settings=LabHostSettings(faults=faults),
         limits=limits or ServiceLimits(),
     )
 
@@ -68,9 +81,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFleet]:
 def client(fleet: LabFleet, name: str, *, password: str = PASSWORD, op_timeout: int = 5, **kw: object) -> Protocol:
     spec = fleet.spec(name)
     return Protocol(
-        spec.endpoint, transport="basic" if spec.auth == "basic" else "ntlm", username=USER, password=password,
-        ca_trust_path=str(fleet.ca_path), proxy=None, operation_timeout_sec=op_timeout,
-        read_timeout_sec=op_timeout + 2, **kw,  # type: ignore[arg-type]
+        spec.endpoint,
+        transport="basic" if spec.auth == "basic" else "ntlm",
+        username=USER,
+        password=password,
+        ca_trust_path=str(fleet.ca_path),
+        proxy=None,
+        operation_timeout_sec=op_timeout,
+        read_timeout_sec=op_timeout + 2,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -85,10 +104,18 @@ def run(p: Protocol, command: str, stdin: bytes | None = None) -> tuple[bytes, b
     return result
 
 
-def raw(p: Protocol, action: str, shell_id: str | None, body: Mapping[str, object] | None = None,
-        message_id: uuid.UUID | None = None) -> ET.Element:
-    req = {"env:Envelope": p.build_wsman_header(action=action, resource_uri=SHELL_CMD, shell_id=shell_id,
-                                                 message_id=message_id)}
+def raw(
+    p: Protocol,
+    action: str,
+    shell_id: str | None,
+    body: Mapping[str, object] | None = None,
+    message_id: uuid.UUID | None = None,
+) -> ET.Element:
+    req = {
+        "env:Envelope": p.build_wsman_header(
+            action=action, resource_uri=SHELL_CMD, shell_id=shell_id, message_id=message_id
+        )
+    }
     req["env:Envelope"]["env:Body"] = body or {}
     return ET.fromstring(p.transport.send_message(xmltodict.unparse(req)))
 
@@ -130,8 +157,9 @@ def test_ntlm_over_https_requires_channel_binding(fleet: LabFleet) -> None:
 def test_https_certificate_is_issued_by_the_lab_ca(fleet: LabFleet) -> None:
     spec = fleet.spec("basic-https")
     with pytest.raises(requests.exceptions.SSLError):
-        Protocol(spec.endpoint, transport="basic", username=USER, password=PASSWORD,
-                 ca_trust_path=None, proxy=None).open_shell()  # type: ignore[arg-type]
+        Protocol(
+            spec.endpoint, transport="basic", username=USER, password=PASSWORD, ca_trust_path=None, proxy=None
+        ).open_shell()  # type: ignore[arg-type]
 
 
 def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
@@ -142,8 +170,7 @@ def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
     with pytest.raises(WinRMOperationTimeoutError):
         p.get_command_output_raw(shell, cmd)
     assert 0.9 < time.monotonic() - started < 3
-    req = {"env:Envelope": p.build_wsman_header(action=f"{NS_RSP}/Receive", resource_uri=SHELL_CMD,
-                                                 shell_id=shell)}
+    req = {"env:Envelope": p.build_wsman_header(action=f"{NS_RSP}/Receive", resource_uri=SHELL_CMD, shell_id=shell)}
     req["env:Envelope"]["env:Body"] = {"rsp:Receive": {"rsp:DesiredStream": {"@CommandId": cmd, "#text": "stdout"}}}
     with pytest.raises(WinRMTransportError) as info:
         p.transport.send_message(xmltodict.unparse(req))
@@ -163,11 +190,10 @@ def test_large_output_spans_several_receives_within_max_envelope(fleet: LabFleet
     shell = p.open_shell()
     cmd = p.run_command(shell, "more")
     for i in range(0, len(data), 100_000):
-        p.send_command_input(shell, cmd, data[i:i + 100_000], end=i + 100_000 >= len(data))
+        p.send_command_input(shell, cmd, data[i : i + 100_000], end=i + 100_000 >= len(data))
     received, replies, done = b"", 0, False
     while not done:
-        req = {"env:Envelope": p.build_wsman_header(action=f"{NS_RSP}/Receive", resource_uri=SHELL_CMD,
-                                                     shell_id=shell)}
+        req = {"env:Envelope": p.build_wsman_header(action=f"{NS_RSP}/Receive", resource_uri=SHELL_CMD, shell_id=shell)}
         req["env:Envelope"]["env:Body"] = {
             "rsp:Receive": {"rsp:DesiredStream": {"@CommandId": cmd, "#text": "stdout stderr"}}
         }
@@ -188,8 +214,12 @@ def test_signal_and_delete_relate_to_the_request(fleet: LabFleet) -> None:
     shell = p.open_shell()
     cmd = p.run_command(shell, "more")
     mid = uuid.uuid4()
-    body = {"rsp:Signal": {"@CommandId": cmd,
-                           "rsp:Code": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/terminate"}}
+    body = {
+        "rsp:Signal": {
+            "@CommandId": cmd,
+            "rsp:Code": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/terminate",
+        }
+    }
     root = raw(p, f"{NS_RSP}/Signal", shell, body, mid)
     assert root.findtext(f".//{{{NS_A}}}RelatesTo") == f"uuid:{mid}"
     mid = uuid.uuid4()
@@ -229,9 +259,18 @@ def test_shells_per_user_quota(fleet: LabFleet) -> None:
 def test_unknown_action_is_a_soap_fault(fleet: LabFleet) -> None:
     p = client(fleet, "basic-https")
     with pytest.raises(WSManFaultError) as info:
-        p.send_message(xmltodict.unparse({"env:Envelope": {
-            **p.build_wsman_header(action="http://schemas.xmlsoap.org/ws/2004/09/transfer/Get",
-                                   resource_uri=SHELL_CMD), "env:Body": {}}}))
+        p.send_message(
+            xmltodict.unparse(
+                {
+                    "env:Envelope": {
+                        **p.build_wsman_header(
+                            action="http://schemas.xmlsoap.org/ws/2004/09/transfer/Get", resource_uri=SHELL_CMD
+                        ),
+                        "env:Body": {},
+                    }
+                }
+            )
+        )
     assert info.value.wsman_fault_code == 2150858771 and info.value.fault_subcode == "a:ActionNotSupported"
 
 
@@ -329,8 +368,9 @@ def test_certificates_are_private_cached_and_carry_ip_and_name(tmp_path: Path) -
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = LabPKI(tmp_path).host_certificate("scsm-ms01", "127.0.77.50")
     assert again.der == first.der  # reused, not re-issued
-    san = x509.load_der_x509_certificate(first.der).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+    san = (
+        x509.load_der_x509_certificate(first.der).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )
     assert "scsm-ms01" in san.get_values_for_type(x509.DNSName)
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.77.50"]
     moved = LabPKI(tmp_path).host_certificate("scsm-ms01", "127.0.77.51")
@@ -338,8 +378,9 @@ def test_certificates_are_private_cached_and_carry_ip_and_name(tmp_path: Path) -
 
 
 def test_startup_is_fast(tmp_path: Path) -> None:
-    specs = [_host(f"fast{i:02d}", 100 + i, "https" if i % 2 else "http", "basic" if i % 2 else "ntlm")
-             for i in range(12)]
+    specs = [
+        _host(f"fast{i:02d}", 100 + i, "https" if i % 2 else "http", "basic" if i % 2 else "ntlm") for i in range(12)
+    ]
     LabFleet(specs, tmp_path).start().stop()  # first start issues certificates
     started = time.monotonic()
     fleet = LabFleet(specs, tmp_path).start()
@@ -354,7 +395,7 @@ def test_requests_are_parsed_by_namespace_not_prefix() -> None:
     doc = (
         f'<E:Envelope xmlns:E="{NS_S}" xmlns:X="{NS_A}" xmlns:M="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd">'
         f"<E:Header><X:Action>{NS_RSP}/Receive</X:Action><X:MessageID>uuid:1</X:MessageID>"
-        '<M:OperationTimeout>PT1.5S</M:OperationTimeout><M:MaxEnvelopeSize>8192</M:MaxEnvelopeSize>'
+        "<M:OperationTimeout>PT1.5S</M:OperationTimeout><M:MaxEnvelopeSize>8192</M:MaxEnvelopeSize>"
         '<M:SelectorSet><M:Selector Name="ShellId">abc</M:Selector></M:SelectorSet></E:Header>'
         "<E:Body/></E:Envelope>"
     )

@@ -25,9 +25,16 @@ from orchestrator.lab.journal import Journal
 def _bare_pywinrm(host: dict[str, object], username: str, password: str) -> tuple[bytes, bytes, int]:
     """What an operator's script does: plain pywinrm, a command reading stdin."""
     endpoint = f"{host['scheme']}://{host['address']}:{host['port']}/wsman"
-    p = Protocol(endpoint, transport=str(host["transport"]), username=username, password=password,  # type: ignore[arg-type]
-                 ca_trust_path=host.get("ca_bundle"), proxy=None,  # type: ignore[arg-type]
-                 operation_timeout_sec=5, read_timeout_sec=10)
+    p = Protocol(
+        endpoint,
+        transport=str(host["transport"]),
+        username=username,
+        password=password,  # type: ignore[arg-type]
+        ca_trust_path=host.get("ca_bundle"),
+        proxy=None,  # type: ignore[arg-type]
+        operation_timeout_sec=5,
+        read_timeout_sec=10,
+    )
     shell = p.open_shell()
     cmd = p.run_command(shell, "more")
     p.send_command_input(shell, cmd, b"stdin reaches the lab\r\n", end=True)
@@ -56,9 +63,24 @@ def _wait_for_ready(proc: subprocess.Popen[str], lines: queue.Queue[str], timeou
 def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path) -> None:
     inventory = tmp_path / "lab-up.yml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "lab", "up", "--hosts", "4", "--inventory-out", str(inventory),
-         "--state-dir", str(tmp_path / "state"), "--base-address", "127.0.77.120"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "lab",
+            "up",
+            "--hosts",
+            "4",
+            "--inventory-out",
+            str(inventory),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--base-address",
+            "127.0.77.120",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
     stderr = proc.stderr
@@ -95,9 +117,24 @@ def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path) -> None
 
 def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "lab", "up", "--hosts", "2", "--faults", "nohost=down",
-         "--inventory-out", str(tmp_path / "inv.yml"), "--base-address", "127.0.77.130"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "lab",
+            "up",
+            "--hosts",
+            "2",
+            "--faults",
+            "nohost=down",
+            "--inventory-out",
+            str(tmp_path / "inv.yml"),
+            "--base-address",
+            "127.0.77.130",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "unknown host(s) nohost" in proc.stderr and "Traceback" not in proc.stderr
@@ -146,8 +183,13 @@ def test_serving_starts_the_embedded_lab_only_when_asked(tmp_path: Path) -> None
         assert fleet is not None and fleet.ca_path == tmp_path / "state" / "ca.pem"
         assert fleet.machine("emb-dw01").role == Role.DW_MANAGEMENT_SERVER
         for host in inv.hosts.values():
-            doc = {"scheme": host.scheme, "address": host.address, "port": host.port,
-                   "transport": host.transport, "ca_bundle": host.ca_bundle}
+            doc = {
+                "scheme": host.scheme,
+                "address": host.address,
+                "port": host.port,
+                "transport": host.transport,
+                "ca_bundle": host.ca_bundle,
+            }
             assert _bare_pywinrm(doc, "LAB\\embedded", "Emb3dded-pw")[2] == 0
     journal = Journal.read(tmp_path / "state" / "journal.jsonl")
     assert {e.host for e in journal} == {"emb-ms01", "emb-dw01"}

@@ -39,8 +39,7 @@ def test_none_selects_all_in_file_order(inv: Inventory) -> None:
         ("dr-ms01:scsm-ms01", ["scsm-ms01", "dr-ms01"]),
         ("role:dw_management_server", ["scsm-dw01", "dev-dw01", "dr-dw01"]),
         ("group:LAB-DEV", ["dev-ms01", "dev-ms02", "dev-dw01", "dev-portal01"]),
-        ("group:lab-d*", ["dev-ms01", "dev-ms02", "dev-dw01", "dev-portal01",
-                          "dr-ms01", "dr-dw01", "dr-portal01"]),
+        ("group:lab-d*", ["dev-ms01", "dev-ms02", "dev-dw01", "dev-portal01", "dr-ms01", "dr-dw01", "dr-portal01"]),
         ("LAB-DR", ["dr-ms01", "dr-dw01", "dr-portal01"]),  # a bare term may name a group
         ("group:LAB-DEV,!dev-ms0*", ["dev-dw01", "dev-portal01"]),
         ("!group:LAB-PROD,!group:LAB-DEV", ["dr-ms01", "dr-dw01", "dr-portal01"]),

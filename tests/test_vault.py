@@ -42,7 +42,11 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
 def keyfleet(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "vault", *args],
-        capture_output=True, env=env_for(tmp_path, **extra), cwd=REPO, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env_for(tmp_path, **extra),
+        cwd=REPO,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -108,8 +112,9 @@ def test_ansible_encrypted_file_is_read_by_keyfleet(tmp_path: Path) -> None:
 def test_keyfleet_create_opens_with_ansible_vault(tmp_path: Path) -> None:
     pw = password_file(tmp_path, "pw", "interop-pw-32")
     secrets = tmp_path / "new.yml"
-    result = keyfleet(tmp_path, "create", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(pw),
-                      EDITOR=editor_writing(tmp_path, CONTENT))
+    result = keyfleet(
+        tmp_path, "create", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(pw), EDITOR=editor_writing(tmp_path, CONTENT)
+    )
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     assert b"Vq3-unique" not in secrets.read_bytes()
@@ -130,8 +135,13 @@ def test_encrypt_edit_decrypt(tmp_path: Path) -> None:
     assert keyfleet(tmp_path, "encrypt", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(pw)).returncode == 0
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600 and is_vault(secrets.read_bytes())
     assert keyfleet(tmp_path, "encrypt", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(pw)).returncode == 2
-    edit = keyfleet(tmp_path, "edit", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(pw),
-                    EDITOR=editor_writing(tmp_path, b"extra: 1\n"))
+    edit = keyfleet(
+        tmp_path,
+        "edit",
+        str(secrets),
+        KEYFLEET_VAULT_PASSWORD_FILE=str(pw),
+        EDITOR=editor_writing(tmp_path, b"extra: 1\n"),
+    )
     assert edit.returncode == 0, edit.stderr
     view = ansible(tmp_path, "view", "--vault-password-file", str(pw), str(secrets))
     assert view.stdout == CONTENT + b"extra: 1\n"
@@ -146,21 +156,31 @@ def test_rekey_round_trip(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.yml"
     secrets.write_bytes(CONTENT)
     assert ansible(tmp_path, "encrypt", "--vault-password-file", str(old), str(secrets)).returncode == 0
-    result = keyfleet(tmp_path, "rekey", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(old),
-                      KEYFLEET_NEW_VAULT_PASSWORD_FILE=str(new))
+    result = keyfleet(
+        tmp_path,
+        "rekey",
+        str(secrets),
+        KEYFLEET_VAULT_PASSWORD_FILE=str(old),
+        KEYFLEET_NEW_VAULT_PASSWORD_FILE=str(new),
+    )
     assert result.returncode == 0, result.stderr
     assert ansible(tmp_path, "view", "--vault-password-file", str(old), str(secrets)).returncode != 0
     assert ansible(tmp_path, "view", "--vault-password-file", str(new), str(secrets)).stdout == CONTENT
-    assert ansible(tmp_path, "rekey", "--vault-password-file", str(new), "--new-vault-password-file",
-                   str(old), str(secrets)).returncode == 0
+    assert (
+        ansible(
+            tmp_path, "rekey", "--vault-password-file", str(new), "--new-vault-password-file", str(old), str(secrets)
+        ).returncode
+        == 0
+    )
     assert decrypt(secrets.read_bytes(), Secret("interop-pw-34")) == CONTENT
 
 
 def test_wrong_password_and_no_terminal_exit_2(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.yml"
     secrets.write_bytes(encrypt(CONTENT, Secret("right-pw")))
-    wrong = keyfleet(tmp_path, "view", str(secrets),
-                     KEYFLEET_VAULT_PASSWORD_FILE=str(password_file(tmp_path, "pw", "wrong-pw")))
+    wrong = keyfleet(
+        tmp_path, "view", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(password_file(tmp_path, "pw", "wrong-pw"))
+    )
     assert wrong.returncode == 2 and wrong.stdout == b""
     assert wrong.stderr.decode().count("\n") == 1 and b"wrong vault password" in wrong.stderr
     prompt = keyfleet(tmp_path, "view", str(secrets))
