@@ -153,16 +153,41 @@ def test_same_bytes_same_second_recorded_once(store: BackupStore) -> None:
 
 @pytest.mark.parametrize("left_behind", [b"key", b"other bytes"])
 def test_file_left_by_an_interrupted_add(store: BackupStore, left_behind: bytes) -> None:
+    first = store.add(host="ms02", group="PROD", role="management_server", data=b"first", password_id="p")
     path = layout.key_file_path("PROD", "management_server", "ms01", T0, hashlib.sha256(b"key").hexdigest())
     store.share.write_new(path, left_behind)
     if left_behind == b"key":  # identical: adopted
         entry = _add(store, created=T0)
-        assert store.load_manifest().entries == (entry,)
+        assert store.load_manifest().entries == (first, entry)
     else:  # never overwritten, never recorded
         with pytest.raises(ShareExistsError):
             _add(store, created=T0)
-        assert store.load_manifest().entries == ()
+        assert store.load_manifest().entries == (first,)
         assert store.share.read_bytes(path) == b"other bytes"
+
+
+def test_the_first_add_writes_a_signed_manifest_before_any_key_file(store: BackupStore) -> None:
+    written: list[str] = []
+    replace, write_new = store.share.replace, store.share.write_new
+    store.share.replace = lambda path, data: (written.append(path), replace(path, data))[1]  # type: ignore[method-assign]
+    store.share.write_new = lambda path, data: (written.append(path), write_new(path, data))[1]  # type: ignore[method-assign]
+    _add(store, created=T0)
+    assert written[0] == layout.MANIFEST and written[1].endswith(".bin")
+
+
+def test_a_deleted_manifest_is_not_silently_replaced(store: BackupStore, tmp_path: Path) -> None:
+    _add(store, created=T0)
+    (tmp_path / layout.MANIFEST).unlink()
+    with pytest.raises(IntegrityError, match=r"manifest\.json is missing but the share holds key files"):
+        store.load_manifest()
+    with pytest.raises(IntegrityError, match="refusing"):
+        store.add(host="ms02", group="PROD", role="management_server", data=b"x", password_id="p")
+
+
+def test_an_unsigned_empty_manifest_does_not_verify(store: BackupStore, tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    (tmp_path / layout.MANIFEST).write_bytes(Manifest().to_bytes())
+    with pytest.raises(IntegrityError, match="not signed"):
+        store.load_manifest()
 
 
 def test_read_key_file_checks_hash(store: BackupStore, tmp_path: Path) -> None:

@@ -139,8 +139,6 @@ class Manifest:
     def verify(self, key: Ed25519PublicKey) -> None:
         """Raise IntegrityError unless the manifest carries a valid signature made by ``key``."""
         if self.signature is None:
-            if not self.entries and self.updated is None:
-                return  # no manifest yet: nothing to vouch for
             raise IntegrityError("manifest.json is not signed")
         if self.signature.alg != ALGORITHM:
             raise IntegrityError(f"manifest.json is signed with an unknown algorithm {self.signature.alg!r}")

@@ -80,14 +80,23 @@ class BackupStore:
     # -- manifest ------------------------------------------------------------------------------
 
     def load_manifest(self, verify: bool = True) -> Manifest:
-        """The manifest (empty when the share has none); ``verify`` checks its signature first."""
+        """The manifest; ``verify`` checks its signature first.
+
+        A share without a manifest is new (an empty manifest) only while it holds no key files;
+        otherwise the manifest was deleted, and starting a new one would bury the history:
+        IntegrityError.
+        """
         if not self.share.exists(layout.MANIFEST):
-            manifest = Manifest()
-        else:
-            try:
-                manifest = Manifest.from_bytes(self.share.read_bytes(layout.MANIFEST))
-            except IntegrityError as exc:
-                raise IntegrityError(f"share {self.share.url}: {exc}") from None
+            if verify and self._holds_backups():
+                raise IntegrityError(
+                    f"share {self.share.url}: manifest.json is missing but the share holds key files; "
+                    "refusing to start a new manifest (run `keyfleet audit`)"
+                )
+            return Manifest()
+        try:
+            manifest = Manifest.from_bytes(self.share.read_bytes(layout.MANIFEST))
+        except IntegrityError as exc:
+            raise IntegrityError(f"share {self.share.url}: {exc}") from None
         if verify:
             if self.verifier is None:
                 raise ConfigError("no public key to verify manifest.json with", key="signing.public_key")
@@ -96,6 +105,9 @@ class BackupStore:
             except IntegrityError as exc:
                 raise IntegrityError(f"share {self.share.url}: {exc}") from None
         return manifest
+
+    def _holds_backups(self) -> bool:
+        return any(layout.parse_key_file_path(path) is not None for path in self.share.list_files())
 
     def _manifest_for_update(self) -> Manifest:
         try:
@@ -163,6 +175,10 @@ class BackupStore:
         try:
             with self.share.lock(self.lock_timeout):
                 manifest = self._manifest_for_update()
+                if manifest.updated is None:
+                    # a new share: a signed manifest exists before the first key file, so a share
+                    # with key files and no manifest can only mean a deleted manifest
+                    manifest = self._save_manifest(())
                 known = {e.id: e for e in manifest.entries}
                 added: list[_PendingAdd] = []
                 for item in batch:
