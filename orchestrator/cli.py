@@ -19,6 +19,16 @@ from orchestrator.secret import mask
 DEBUG_LOG = Path.home() / ".cache" / "keyfleet" / "debug.log"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def _inventory(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("-i", "--inventory", required=required, metavar="INV", help="inventory YAML file")
 
@@ -53,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backup", help="back up the selected servers")
     _inventory(p)
     _limit(p)
-    p.add_argument("--forks", type=int, default=32, metavar="N", help="hosts worked on at once (32)")
+    p.add_argument("--forks", type=_positive_int, default=32, metavar="N", help="hosts worked on at once (32)")
     p.add_argument("--check", action="store_true", help="print what would run and touch nothing")
     _share(p)
     p.add_argument("--only-stale", metavar="AGE", help="skip servers with a good backup younger than AGE")
@@ -100,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove old key files beyond the newest N per server")
     _inventory(p)
     _share(p)
-    p.add_argument("--keep", type=int, required=True, metavar="N")
+    p.add_argument("--keep", type=_positive_int, required=True, metavar="N")
     p.add_argument("--check", action="store_true", help="show what would be removed")
     _json(p)
 
     p = sub.add_parser("lab", help="serve or measure an emulated fleet")
     lab = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
     up = lab.add_parser("up", help="serve an emulated fleet until Ctrl-C")
-    up.add_argument("--hosts", type=int, default=12, metavar="N")
+    up.add_argument("--hosts", type=_positive_int, default=12, metavar="N")
     up.add_argument("--faults", default="", metavar="SPEC", help="'HOST=FAULT[,FAULT];HOST2=FAULT'")
     up.add_argument("--inventory-out", required=True, metavar="FILE")
     up.add_argument("--state-dir", metavar="DIR", help="CA, certificates, registries (default: temp)")
@@ -116,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     _inventory(rebuild)
     rebuild.add_argument("--host", required=True, metavar="H")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
-    bench.add_argument("--hosts", type=int, default=64, metavar="N")
-    bench.add_argument("--forks", type=int, default=32, metavar="N")
+    bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N")
+    bench.add_argument("--forks", type=_positive_int, default=32, metavar="N")
     bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
     _json(bench)
     return parser

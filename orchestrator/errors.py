@@ -91,18 +91,10 @@ class HostFailure(KeyfleetError):
         host: str,
         reason: str,
         *,
-        status: int | None = None,
         scsm_version: str | None = None,
     ) -> None:
         self.kind = kind
         self.host = host
         self.reason = reason
-        self.status = status
         self.scsm_version = scsm_version  # what the server reported before it failed, if it got that far
         super().__init__(f"{host}: {kind}: {reason}")
-
-
-class Interrupted(KeyfleetError):
-    """The operator pressed Ctrl-C. Exit code 130."""
-
-    exit_code = 130

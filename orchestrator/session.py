@@ -8,6 +8,7 @@ auth handshake when the command finishes within one Receive.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import ssl
 import threading
@@ -37,14 +38,6 @@ log = logging.getLogger("keyfleet.session")
 
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 _READ_MARGIN = 5.0  # seconds a reply may take beyond the WS-Man OperationTimeout
-# pywinrm transport names by inventory transport
-_PYWINRM_TRANSPORT = {
-    "ntlm": "ntlm",
-    "basic": "basic",
-    "kerberos": "kerberos",
-    "credssp": "credssp",
-    "certificate": "certificate",
-}
 _FINGERPRINT_MISMATCH = re.compile(r'Expected "([0-9a-fA-F:]+)", got "([0-9a-fA-F:]+)"')
 _ACCESS_DENIED = re.compile(r"access is denied|access denied", re.IGNORECASE)
 
@@ -69,10 +62,14 @@ class _PinnedAdapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def system_ca_bundle() -> str | None:
-    """The operating system's CA file (not certifi's, not REQUESTS_CA_BUNDLE)."""
+def system_ca_bundle() -> str | bool:
+    """The operating system's CA store as OpenSSL was built to find it: not certifi's bundle, and not
+    REQUESTS_CA_BUNDLE or SSL_CERT_FILE. True (requests' own bundle) where the system has none."""
     paths = ssl.get_default_verify_paths()
-    return paths.cafile or paths.openssl_cafile or None
+    for candidate in (paths.openssl_cafile, paths.openssl_capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return True
 
 
 class WinRMSession:
@@ -87,7 +84,7 @@ class WinRMSession:
         try:
             self._protocol = winrm.Protocol(
                 endpoint=host.endpoint,
-                transport=_PYWINRM_TRANSPORT[host.transport],  # type: ignore[arg-type]
+                transport=host.transport,  # type: ignore[arg-type]  # the inventory's names are pywinrm's
                 username=username,
                 password=password.reveal() if password else None,
                 cert_pem=host.client_cert,
@@ -194,9 +191,9 @@ class WinRMSession:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise HostFailure(ErrorKind.TIMEOUT, self.host.name, f"host deadline reached before {operation}")
-        self._limit_socket_timeouts(remaining)
         self.requests_sent += 1
         try:
+            self._limit_socket_timeouts(remaining)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
                 return func(*args, **kwargs)
@@ -219,16 +216,16 @@ class WinRMSession:
         name = self.host.name
         where = f"{self.host.address}:{self.host.port}"
         if isinstance(exc, InvalidCredentialsError):
-            return HostFailure(ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)", status=401)
+            return HostFailure(ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)")
         if isinstance(exc, WSManFaultError):
             reason = mask(exc.reason or "")
             if exc.code in (401, 403) or _ACCESS_DENIED.search(reason):
-                return HostFailure(ErrorKind.AUTH, name, f"{operation}: {reason}", status=exc.code)
+                return HostFailure(ErrorKind.AUTH, name, f"{operation}: {reason}")
             kind = ErrorKind.HTTP if exc.code >= 500 else ErrorKind.REMOTE
-            return HostFailure(kind, name, f"{operation}: WS-Man fault (HTTP {exc.code}): {reason}", status=exc.code)
+            return HostFailure(kind, name, f"{operation}: WS-Man fault (HTTP {exc.code}): {reason}")
         if isinstance(exc, WinRMTransportError):
             kind = ErrorKind.HTTP if exc.code >= 500 else ErrorKind.PROTOCOL
-            return HostFailure(kind, name, f"{operation}: HTTP {exc.code} from {where}", status=exc.code)
+            return HostFailure(kind, name, f"{operation}: HTTP {exc.code} from {where}")
         if isinstance(exc, requests.exceptions.SSLError):
             return HostFailure(ErrorKind.TLS, name, self._tls_reason(exc))
         if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -242,6 +239,9 @@ class WinRMSession:
             if "Max retries" in text and "NewConnectionError" in text:
                 return HostFailure(ErrorKind.UNREACHABLE, name, f"cannot connect to {where}")
             return HostFailure(ErrorKind.UNREACHABLE, name, f"{operation}: connection to {where} lost")
+        if isinstance(exc, OSError) and "certificate" in str(exc).lower():
+            # requests: "Could not find a suitable TLS CA certificate bundle, invalid path: ..."
+            return HostFailure(ErrorKind.TLS, name, f"cannot use the CA bundle: {mask(str(exc))[:200]}")
         if isinstance(exc, (WinRMError, XMLParseError, StopIteration, KeyError, ValueError)):
             return HostFailure(ErrorKind.PROTOCOL, name, f"{operation}: malformed reply: {mask(str(exc))[:200]}")
         return HostFailure(ErrorKind.INTERNAL, name, f"{operation}: {type(exc).__name__}: {mask(str(exc))[:200]}")

@@ -28,15 +28,26 @@ def leak_faults(fault: str) -> dict[str, list[str]]:
     return {} if fault == "none" else {host: [fault] for host in LEAK_FLEET["LEAK"]}
 
 
+def _base64_forms(raw: bytes) -> list[bytes]:
+    """The secret's base64 at each of the three alignments it can have inside a longer base64 text
+    (a Basic auth header, base64'd JSON): the characters that depend on the secret alone."""
+    forms = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw)
+        start = (offset * 4 + 2) // 3  # skip characters mixed with the bytes before the secret
+        end = ((offset + len(raw)) // 3) * 4  # and the ones mixed with what follows
+        forms.append(encoded[start:end])
+    return forms
+
+
 def encodings(secret: str) -> dict[str, bytes]:
     """The forms a leaked secret could take: UTF-8, UTF-16LE (Windows, -EncodedCommand), base64."""
-    raw = secret.encode()
-    return {
-        "utf-8": raw,
-        "utf-16le": secret.encode("utf-16-le"),
-        "base64": base64.b64encode(raw).rstrip(b"="),
-        "base64-utf16": base64.b64encode(secret.encode("utf-16-le")).rstrip(b"="),
-    }
+    raw, wide = secret.encode(), secret.encode("utf-16-le")
+    found = {"utf-8": raw, "utf-16le": wide}
+    for name, data in (("base64", raw), ("base64-utf16", wide)):
+        for offset, form in enumerate(_base64_forms(data)):
+            found[f"{name}@{offset}"] = form
+    return found
 
 
 @dataclass

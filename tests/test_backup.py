@@ -102,6 +102,11 @@ def test_faulty_hosts_fail_with_their_own_kind_and_others_succeed(tmp_path, keyf
         assert outcomes[host]["status"] == "failed", outcomes[host]
         assert outcomes[host]["kind"] == kind, outcomes[host]
     assert outcomes["ok-ms01"]["status"] == "ok"
+    record = json.loads((lab.share / "runs" / f"{json.loads(run.stdout)['run_id']}.json").read_text())
+    assert {o["host"]: o["kind"] for o in record["outcomes"]} == {
+        **{h: k for h, (_, k) in FAULTS.items()},
+        "ok-ms01": None,
+    }
     manifest = manifest_of(lab.share)
     assert [e["host"] for e in manifest["entries"]] == ["ok-ms01"]
     verify_signature_with_cryptography_alone(manifest, lab.inventory)
@@ -228,7 +233,7 @@ def test_second_sigint_aborts_at_once_and_leaves_the_share_consistent(tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert time.monotonic() - interrupted_at < 5  # not waiting for the slow hosts to finish
+    assert time.monotonic() - interrupted_at < 15  # not waiting for the slow hosts (about 1 s per request)
     document = json.loads(stdout)
     assert document["interrupted"] is True
     assert len(document["outcomes"]) == len(fleet["SLOW"])

@@ -14,13 +14,14 @@ def test_dr_drill_through_the_command_line(lab_inventory, keyfleet):
 
     rebuilt = keyfleet("lab", "rebuild", "-i", str(lab.inventory), "--host", "t-dw01")
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert machine.current_key() != original
+    rebuilt_key = machine.current_key()
+    assert rebuilt_key != original
 
     wrong = keyfleet("restore", "-i", str(lab.inventory), "--host", "t-dw01", "--yes",
                      env={"KEYFLEET_BACKUP_PASSWORD": "Not-The-Password-1"})  # fmt: skip
     assert wrong.returncode == 1
     assert "tool-failed" in wrong.stderr and "Traceback" not in wrong.stderr
-    assert machine.current_key() != original
+    assert machine.current_key() == rebuilt_key  # a failed restore leaves the server's key alone
 
     restored = keyfleet("restore", "-i", str(lab.inventory), "--host", "t-dw01", "--yes")
     assert restored.returncode == 0, restored.stderr

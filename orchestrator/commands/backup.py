@@ -32,8 +32,9 @@ def parse_age(text: str | None, option: str) -> timedelta | None:
 
 
 def _last_failed(store: BackupStore) -> set[str]:
-    """Hosts that did not succeed in the latest backup run recorded on the share."""
-    record = store.latest_run_record("backup")
+    """Hosts that did not succeed in the latest backup (``backup`` or a runbook's ``run``) on the share."""
+    records = [r for r in store.run_records(invalid=[]) if r.command in ("backup", "run")]
+    record = records[-1] if records else None
     if record is None:
         raise ConfigError("@last-failed: the share has no backup run record yet", key="--limit")
     return {o.host for o in record.outcomes if o.status == "failed" or o.kind == "interrupted"}
@@ -56,13 +57,12 @@ def run(args: argparse.Namespace) -> int:
         store = context.open_store(inv, share, sign=not args.check)
         if args.limit and args.limit.strip() == "@last-failed" and not _last_failed(store):
             ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
+            if args.json:
+                nothing = {"ok": 0, "failed": 0, "skipped": 0}
+                print_json({"command": "backup", "outcomes": [], "summary": nothing, "exit_code": 0})
             return 0
         hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
-        only_stale = parse_age(args.only_stale, "--only-stale")
-        # read (and verify) the manifest before any host is touched: an unreachable share or a
-        # tampered manifest is one clear error, not a failure repeated on every host after its export
-        manifest = store.load_manifest(verify=True) if only_stale is not None or not args.check else None
-        plan = backup.plan_backup(hosts, manifest=manifest, only_stale=only_stale)
+        plan = backup.prepare_backup(store, hosts, only_stale=parse_age(args.only_stale, "--only-stale"))
         if args.check:
             for line in plan.describe(inv, share.url):
                 ui.line(line)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             ui.warn(label_warning)
         if not args.yes and not ask_confirmation(ui, request):
             raise KeyfleetError("restore cancelled: not confirmed")
-        password = context.backup_password(inv)
+        password = context.backup_password(inv, new=False)
         for warning in context.security_warnings([host]):
             ui.warn(warning)
         winrm_password = context.winrm_passwords([host])[host.name]

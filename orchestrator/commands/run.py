@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         assume_yes = bool(getattr(args, "yes", False))
         if playbook.confirmations() and not assume_yes:
-            require_terminal("set `confirm: false` on the playbook's restore step to run it unattended")
-        password = context.backup_password(inv) if playbook.needs_password else None
+            require_terminal("pass --yes (or set `confirm: false` on the restore step) to run it unattended")
+        password = context.backup_password(inv, new=playbook.backs_up) if playbook.needs_password else None
         touches = playbook.touches_servers
         warnings = context.security_warnings(hosts) if touches else []
         for warning in warnings:

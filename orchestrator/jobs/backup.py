@@ -15,7 +15,7 @@ from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
 from orchestrator.share.manifest import Manifest, ManifestEntry
 from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
-from orchestrator.share.store import BackupStore
+from orchestrator.share.store import BackupStore, FileState
 
 log = logging.getLogger("keyfleet.backup")
 
@@ -47,19 +47,31 @@ class BackupPlan:
         return lines
 
 
-def last_good(manifest: Manifest, host: str) -> ManifestEntry | None:
-    entries = manifest.entries_for(host)
-    return entries[0] if entries else None
+def last_good(store: BackupStore, manifest: Manifest, host: str) -> ManifestEntry | None:
+    """The newest of ``host``'s backups whose key file is still intact."""
+    return next(
+        (e for e in manifest.entries_for(host) if store.check_key_file(e).state is FileState.OK),
+        None,
+    )
 
 
-def plan_backup(hosts: list[HostConfig], *, manifest: Manifest | None, only_stale: timedelta | None) -> BackupPlan:
-    """Skip hosts whose newest backup is younger than ``only_stale`` (needs the manifest)."""
-    if only_stale is None or manifest is None:
+def prepare_backup(store: BackupStore, hosts: list[HostConfig], *, only_stale: timedelta | None) -> BackupPlan:
+    """Read and verify the manifest before any host is touched (an unreachable share or a tampered
+    manifest is one clear error, not a failure repeated on every host after its export), then plan."""
+    manifest = store.load_manifest(verify=True)
+    return plan_backup(store, hosts, manifest=manifest, only_stale=only_stale)
+
+
+def plan_backup(
+    store: BackupStore, hosts: list[HostConfig], *, manifest: Manifest, only_stale: timedelta | None
+) -> BackupPlan:
+    """Skip hosts whose last good backup is younger than ``only_stale``."""
+    if only_stale is None:
         return BackupPlan(list(hosts))
     now = datetime.now(UTC)
     selected, skipped = [], []
     for host in hosts:
-        newest = last_good(manifest, host.name)
+        newest = last_good(store, manifest, host.name)
         if newest is not None and now - newest.created < only_stale:
             age = int((now - newest.created).total_seconds())
             skipped.append(SkippedHost(host, f"backed up {age}s ago ({newest.id}), younger than --only-stale"))

@@ -20,8 +20,13 @@ MIN_PASSWORD_LENGTH = 8  # SecureStorageBackup's own rule
 
 
 def share_for(inv: Inventory, override: str | None) -> Share:
-    """The share named by ``--share``, else the inventory's."""
+    """The share named by ``--share``, else the inventory's. An SMB ``--share`` keeps the inventory's
+    SMB credential and encryption requirement: a command-line override never weakens them."""
     if override:
+        if inv.share is not None and _is_smb(override) and _is_smb(inv.share.url):
+            return open_share(
+                override, credential=inv.share.credential, require_encryption=inv.share.require_encryption
+            )
         return open_share(override, base_dir=None)
     if inv.share is None:
         raise ConfigError("no share: set share.url in the inventory or pass --share", file=str(inv.path))
@@ -31,6 +36,10 @@ def share_for(inv: Inventory, override: str | None) -> Share:
         require_encryption=inv.share.require_encryption,
         base_dir=inv.path.parent,
     )
+
+
+def _is_smb(url: str) -> bool:
+    return url.lower().startswith("smb://") or url.startswith(("\\\\", "//"))
 
 
 def open_store(inv: Inventory, share: Share, *, sign: bool) -> BackupStore:
@@ -58,16 +67,18 @@ def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None
         return None
 
 
-def backup_password(inv: Inventory) -> Secret:
-    """The backup password: KEYFLEET_BACKUP_PASSWORD, else the inventory's reference, else a prompt
-    asked twice (as the wizard does). At least 8 characters, else exit 2 before any host is touched."""
+def backup_password(inv: Inventory, *, new: bool = True) -> Secret:
+    """The backup password: KEYFLEET_BACKUP_PASSWORD, else the inventory's reference, else a hidden
+    prompt, asked twice when it sets the password of new key files (``new``, as the wizard does) and
+    once when it opens an existing one (restore). At least 8 characters, else exit 2 before any host
+    is touched."""
     value = os.environ.get(BACKUP_PASSWORD_ENV)
     if value:
         secret = Secret(value, f"env:{BACKUP_PASSWORD_ENV}")
     elif inv.backup.password is not None:
-        secret = resolve(inv.backup.password, purpose="backup password", confirm=True)
+        secret = resolve(inv.backup.password, purpose="backup password", confirm=new)
     else:
-        secret = prompt_secret("backup password", confirm=True)
+        secret = prompt_secret("backup password", confirm=new)
     if len(secret) < MIN_PASSWORD_LENGTH:
         raise ConfigError(
             f"the backup password must have at least {MIN_PASSWORD_LENGTH} characters (SecureStorageBackup's rule)",

@@ -220,10 +220,9 @@ class PlaybookRun:
         assert isinstance(step.options, BackupOptions)
         store, only_stale = self._store(), step.options.only_stale
         try:
-            manifest = store.load_manifest(verify=True) if only_stale is not None else None
+            plan = backup.prepare_backup(store, targets, only_stale=only_stale)
         except IntegrityError as exc:
             return _integrity_failure(step, targets, str(exc))
-        plan = backup.plan_backup(targets, manifest=manifest, only_stale=only_stale)
         run_id, started = new_run_id(), datetime.now(UTC)
         task = backup.BackupTask(
             store=store,

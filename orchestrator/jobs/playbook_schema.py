@@ -117,6 +117,11 @@ class Playbook:
     def needs_password(self) -> bool:
         return self.has("backup", "restore")
 
+    @property
+    def backs_up(self) -> bool:
+        """Whether the playbook writes new key files (their password is asked twice)."""
+        return self.has("backup")
+
     def confirmations(self) -> list[Step]:
         return [s for s in self.steps if isinstance(s.options, RestoreOptions) and s.options.confirm]
 
