@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
@@ -31,31 +30,13 @@ def parse_age(text: str | None, option: str) -> timedelta | None:
         raise ConfigError(f"{text!r} {exc}", key=option) from None
 
 
-def _last_failed(store: BackupStore) -> set[str]:
-    """Hosts that did not succeed in the latest backup (``backup`` or a runbook's ``run``) on the share."""
-    records = [r for r in store.run_records(invalid=[]) if r.command in ("backup", "run")]
-    record = records[-1] if records else None
-    if record is None:
-        raise ConfigError("@last-failed: the share has no backup run record yet", key="--limit")
-    return {o.host for o in record.outcomes if o.status == "failed" or o.kind == "interrupted"}
-
-
-def last_failed_resolver(store: BackupStore) -> Callable[[str], set[str]]:
-    def resolve(token: str) -> set[str]:
-        if token != "@last-failed":
-            raise ConfigError(f"unknown selection {token!r} (supported: @last-failed)", key="--limit")
-        return _last_failed(store)
-
-    return resolve
-
-
 def run(args: argparse.Namespace) -> int:
     ui = Ui()
     inv = load_inventory(args.inventory)
     share = context.share_for(inv, args.share)
     with share:
         store = context.open_store(inv, share, sign=not args.check)
-        if args.limit and args.limit.strip() == "@last-failed" and not _last_failed(store):
+        if args.limit and args.limit.strip() == "@last-failed" and not backup.last_failed_hosts(store):
             ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
             if args.json:
                 nothing = {"ok": 0, "failed": 0, "skipped": 0}
@@ -109,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _select(inv: Inventory, limit: str, store: BackupStore) -> list[HostConfig]:
-    return select_hosts(inv, limit, at_resolver=last_failed_resolver(store))
+    return select_hosts(inv, limit, at_resolver=backup.last_failed_resolver(store))
 
 
 def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, record_path: str | None) -> None:

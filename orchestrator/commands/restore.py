@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 
 from rich.text import Text
 
 from orchestrator import remote
+from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui, print_json
-from orchestrator.errors import ConfigError, ErrorKind, KeyfleetError
+from orchestrator.errors import ErrorKind, KeyfleetError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, restore
 from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso
 from orchestrator.share.runrecord import RunRecord, new_run_id
-
-
-def require_terminal(how_to_skip: str) -> None:
-    """A restore replaces a server's key: without a terminal to ask on, it needs explicit consent."""
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            f"a restore replaces the server's encryption key and must be confirmed, but there is no "
-            f"terminal to ask on; {how_to_skip}"
-        )
-
-
-def ask_confirmation(ui: Ui, request: restore.RestoreRequest) -> bool:
-    """Describe the restore and ask for ``yes`` on the terminal."""
-    entry, host = request.entry, request.host
-    ui.line(
-        f"About to restore the encryption key of {host.name} ({host.role}, {host.endpoint}) from backup "
-        f"{entry.id} taken {format_iso(entry.created)} (SCSM {entry.scsm_version or 'version unknown'}, "
-        f"password label {entry.password_id}). The server's current key is replaced.",
-        "bold",
-    )
-    print("Type yes to restore: ", end="", file=sys.stderr, flush=True)
-    return sys.stdin.readline().strip().lower() == "yes"
 
 
 def run(args: argparse.Namespace) -> int:

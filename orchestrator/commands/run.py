@@ -9,13 +9,12 @@ from functools import partial
 
 from rich.text import Text
 
-from orchestrator.commands.backup import last_failed_resolver
+from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.commands.doctor import hint_for
-from orchestrator.commands.restore import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui, print_json
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
-from orchestrator.jobs import context
+from orchestrator.jobs import backup, context
 from orchestrator.jobs.playbook import PlaybookContext, PlaybookResult, PlaybookRun, StepResult
 from orchestrator.jobs.playbook_schema import (
     Playbook,
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if playbook.needs_share:
             share = stack.enter_context(context.share_for(inv, args.share))
             store = context.open_store(inv, share, sign=playbook.has("backup") and not args.check)
-        resolver = last_failed_resolver(store) if store else None
+        resolver = backup.last_failed_resolver(store) if store else None
         hosts = select_playbook_hosts(playbook, inv, args.limit, resolver)
         if args.check:
             print_plan(ui, playbook, hosts, store.share.url if store else None, as_json=args.json)

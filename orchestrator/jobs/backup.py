@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from orchestrator import remote
-from orchestrator.errors import ErrorKind, HostFailure, IntegrityError, ShareError
+from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
 from orchestrator.secret import Secret
@@ -78,6 +79,24 @@ def plan_backup(
         else:
             selected.append(host)
     return BackupPlan(selected, skipped)
+
+
+def last_failed_hosts(store: BackupStore) -> set[str]:
+    """Hosts that did not succeed in the latest backup (``backup`` or a runbook's ``run``) on the share."""
+    records = [r for r in store.run_records(invalid=[]) if r.command in ("backup", "run")]
+    record = records[-1] if records else None
+    if record is None:
+        raise ConfigError("@last-failed: the share has no backup run record yet", key="--limit")
+    return {o.host for o in record.outcomes if o.status == "failed" or o.kind == "interrupted"}
+
+
+def last_failed_resolver(store: BackupStore) -> Callable[[str], set[str]]:
+    def resolve(token: str) -> set[str]:
+        if token != "@last-failed":
+            raise ConfigError(f"unknown selection {token!r} (supported: @last-failed)", key="--limit")
+        return last_failed_hosts(store)
+
+    return resolve
 
 
 class BackupTask:
