@@ -23,8 +23,10 @@ from orchestrator.inventory.model import Location, SecretRef
 from orchestrator.secret import Secret
 
 SCHEMES = ("env", "file", "prompt", "command", "vault")
-PLAINTEXT_REFUSED = "plaintext secret in a production inventory: use env:, file:, prompt, command: or vault:"
+PLAINTEXT_ADVICE = "use env:, file:, prompt, command: or vault:"
+PLAINTEXT_REFUSED = f"plaintext secret in a production inventory: {PLAINTEXT_ADVICE}"
 COMMAND_TIMEOUT = 30.0
+SCRUBBED_ENV_PREFIX = "KEYFLEET_"  # keyfleet's own secrets and settings: never passed to helpers or editors
 VAULT_PASSWORD_FILE_ENV = "KEYFLEET_VAULT_PASSWORD_FILE"
 NEW_VAULT_PASSWORD_FILE_ENV = "KEYFLEET_NEW_VAULT_PASSWORD_FILE"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -170,12 +172,23 @@ def prompt_secret(purpose: str, *, confirm: bool = False) -> Secret:
     return Secret(first, f"prompt ({purpose})")
 
 
+def child_environment() -> dict[str, str]:
+    """The environment for programs keyfleet starts on the user's behalf (``command:`` helpers,
+    ``$EDITOR``): this process's, without any ``KEYFLEET_*`` variable (backup, share, vault secrets)."""
+    return {name: value for name, value in os.environ.items() if not name.upper().startswith(SCRUBBED_ENV_PREFIX)}
+
+
 def _run_command(ref: SecretRef, purpose: str) -> str:
     argv = shlex.split(ref.target)
     program = argv[0]
     try:
         completed = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=COMMAND_TIMEOUT, check=False
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+            env=child_environment(),
         )
     except FileNotFoundError:
         raise _error(ref, f"secret command not found: {program} ({purpose})") from None

@@ -35,6 +35,9 @@ defaults:
 def write(tmp_path: Path, text: str, name: str = "inv.yml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text), encoding="utf-8")
+    (tmp_path / "certs").mkdir(exist_ok=True)
+    for pem in ("ca.pem", "client.pem", "client.key"):  # files the inventories here may point at
+        (tmp_path / "certs" / pem).write_text("stand-in PEM\n")
     return path
 
 
@@ -94,11 +97,15 @@ def test_lab_signing_key_pair_matches() -> None:
     assert base64.b64encode(public).decode() == inv.signing.public_key
 
 
-def test_production_example_loads_without_its_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_example_loads_without_its_env_vars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("KEYFLEET_"):
             monkeypatch.delenv(name)
-    inv = load_inventory(PRODUCTION)
+    # the example's CA file lives on a controller, not here: point it at a stand-in beside a copy
+    ca = tmp_path / "root-ca.pem"
+    ca.write_text("stand-in CA\n")
+    text = PRODUCTION.read_text(encoding="utf-8").replace("/etc/pki/contoso/root-ca.pem", str(ca))
+    inv = load_inventory(write(tmp_path, text, "example-production.yml"))
     assert inv.lab is None
     schemes = {h.credential.password.scheme for h in inv.hosts.values() if h.credential}
     assert schemes <= {"env", "file", "prompt", "command", "vault"}
@@ -106,7 +113,7 @@ def test_production_example_loads_without_its_env_vars(monkeypatch: pytest.Monke
     pinned = inv.hosts["scsm-ms02.contoso.com"]
     assert pinned.cert_thumbprint == "3f1a9b220c4d5e6f708192a3b4c5d6e7f8091a2b"
     assert inv.backup.password is not None and inv.backup.password.scheme == "vault"
-    assert inv.backup.password.target.startswith(str(PRODUCTION.parent / "secrets"))
+    assert inv.backup.password.target.startswith(str(tmp_path / "secrets"))
 
 
 # -- defaults, inheritance, normalisation --------------------------------------------------------
@@ -184,13 +191,14 @@ share: {url: backups}
 management_groups:
   G1:
     hosts:
-      ms01: {role: management_server, ca_bundle: lab}
-      ms02: {role: management_server, ca_bundle: certs/ca.pem}
-      ms03: {role: management_server, credential: {password: file:secrets/pw}}
-      ms04: {role: management_server, credential: {password: vault:v.yml#a.b}}
+      ms01: {role: management_server, address: 127.0.0.1, ca_bundle: lab}
+      ms02: {role: management_server, address: 127.0.0.2, ca_bundle: certs/ca.pem}
+      ms03: {role: management_server, address: 127.0.0.3, credential: {password: file:secrets/pw}}
+      ms04: {role: management_server, address: 127.0.0.4, credential: {password: vault:v.yml#a.b}}
 """,
         )
     )
+    assert not (tmp_path / "state" / "ca.pem").exists()  # the lab CA is written when the lab starts
     assert inv.lab is not None and inv.lab.state_dir == tmp_path / "state" and inv.lab.seed == 3
     assert inv.share is not None and inv.share.url == str(tmp_path / "backups")
     hosts = inv.hosts
@@ -246,6 +254,7 @@ def test_settings_reference_covers_the_schema() -> None:
 # -- bad input: one line, file:line: key: message ------------------------------------------------
 
 ONE_HOST = "management_groups:\n  G:\n    hosts:\n      ms01: {role: management_server}\n"
+LOOPBACK_HOST = ONE_HOST.replace("}", ", address: 127.0.0.9}")
 
 BAD_CASES = [
     # (name, text, line, key, fragments)
@@ -500,6 +509,83 @@ BAD_CASES = [
         ["use env:, file:, prompt, command: or vault:"],
     ),
     (
+        "plaintext-lab-remote-host",
+        LAB_HEAD + ONE_HOST.replace("}", ", address: 10.20.1.11}"),
+        3,
+        "defaults.credential.password",
+        [
+            "plaintext secret",
+            "host ms01 (10.20.1.11) is not on loopback",
+            "use env:, file:, prompt, command: or vault:",
+        ],
+    ),
+    (
+        "plaintext-lab-host-name",
+        LAB_HEAD + ONE_HOST,
+        3,
+        "defaults.credential.password",
+        ["host ms01 is not on loopback (127.0.0.0/8)"],
+    ),
+    (
+        "plaintext-lab-first-secret-named",
+        "lab: {serve: false}\ndefaults:\n  credential: {username: u, password: env:W}\n"
+        "backup: {password: Lab-Backup-9}\n"
+        + LOOPBACK_HOST
+        + "      ms02: {role: management_server, address: scsm-ms02.contoso.com}\n"
+        + "      ms03: {role: management_server, address: 10.0.0.3}\n",
+        4,
+        "backup.password",
+        ["host ms02 (scsm-ms02.contoso.com) (and 1 more) is not on loopback"],
+    ),
+    (
+        "plaintext-lab-remote-share",
+        LAB_HEAD
+        + "share: {url: 'smb://files01.contoso.com/keys', credential: {username: b, password: env:S}}\n"
+        + LOOPBACK_HOST,
+        3,
+        "defaults.credential.password",
+        ["share server files01.contoso.com is not on loopback"],
+    ),
+    (
+        "plaintext-lab-remote-unc-share",
+        LAB_HEAD + "share: {url: '\\\\10.1.1.1\\keys'}\n" + LOOPBACK_HOST,
+        3,
+        "defaults.credential.password",
+        ["share server 10.1.1.1 is not on loopback"],
+    ),
+    (
+        "ca-bundle-missing",
+        PROD_HEAD + "  ca_bundle: certs/nope.pem\n" + ONE_HOST,
+        3,
+        "defaults.ca_bundle",
+        ["certs/nope.pem does not exist", "relative paths start at the inventory's folder"],
+    ),
+    (
+        "ca-bundle-folder",
+        PROD_HEAD + ONE_HOST.replace("}", ", ca_bundle: certs}"),
+        6,
+        "management_groups.G.hosts.ms01.ca_bundle",
+        ["certs is not a file"],
+    ),
+    (
+        "client-key-missing",
+        PROD_HEAD
+        + ONE_HOST.replace(
+            "}",
+            ", scheme: https, transport: certificate, client_cert: certs/client.pem, client_key: /nonexistent/c.key}",
+        ),
+        6,
+        "management_groups.G.hosts.ms01.client_key",
+        ["file /nonexistent/c.key does not exist"],
+    ),
+    (
+        "client-cert-missing-in-lab",
+        LAB_HEAD + "  client_cert: missing.pem\n" + LOOPBACK_HOST,
+        4,
+        "defaults.client_cert",
+        ["missing.pem does not exist"],
+    ),
+    (
         "secret-not-string",
         PROD_HEAD + "backup: {password: 12345678}\n" + ONE_HOST,
         3,
@@ -595,6 +681,7 @@ def test_plaintext_never_in_error_messages(tmp_path: Path) -> None:
         f"defaults:\n  credential: {{username: u, password: {secret}}}\n" + ONE_HOST,
         f'defaults:\n  credential: {{username: u, password: "{secret}\n' + ONE_HOST,  # unterminated
         f"backup: {{password: '{secret}', password_id: 7}}\n" + ONE_HOST,
+        f"lab: {{serve: false}}\nbackup: {{password: '{secret}'}}\n" + ONE_HOST.replace("}", ", address: 10.0.0.1}"),
     ):
         path = write(tmp_path, text)
         with pytest.raises(ConfigError) as info:
@@ -615,9 +702,59 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 
 def test_plaintext_allowed_in_lab(tmp_path: Path) -> None:
-    inv = load_inventory(write(tmp_path, LAB_HEAD + "backup: {password: 'hunter2:pass'}\n" + ONE_HOST))
+    inv = load_inventory(write(tmp_path, LAB_HEAD + "backup: {password: 'hunter2:pass'}\n" + LOOPBACK_HOST))
     assert inv.backup.password is not None and inv.backup.password.scheme == "plain"
     assert "hunter2" not in repr(inv.backup.password) and inv.backup.password.describe() == "plain (lab)"
+
+
+@pytest.mark.parametrize("url", ["smb://127.0.0.1:4445/keys", "smb://backup@127.0.0.1/keys/x", "\\\\127.0.0.2\\keys"])
+def test_plaintext_allowed_in_lab_with_a_loopback_smb_share(tmp_path: Path, url: str) -> None:
+    share = f"share: {{url: '{url}', credential: {{username: b, password: Lab-Share-Pw-1}}}}\n"
+    inv = load_inventory(write(tmp_path, LAB_HEAD + share + LOOPBACK_HOST))
+    assert inv.share is not None and inv.share.credential is not None
+    assert inv.share.credential.password.scheme == "plain"
+
+
+def test_lab_with_remote_hosts_loads_when_every_secret_is_a_reference(tmp_path: Path) -> None:
+    text = "lab: {serve: false}\n" + PROD_HEAD + ONE_HOST.replace("}", ", address: 10.20.1.11}")
+    inv = load_inventory(write(tmp_path, text))
+    assert inv.lab is not None and inv.hosts["ms01"].address == "10.20.1.11"
+
+
+def test_certificate_transport_files_resolve_and_exist(tmp_path: Path) -> None:
+    host = "{role: management_server, scheme: https, transport: certificate, client_cert: certs/client.pem, "
+    host += "client_key: certs/client.key, ca_bundle: certs/ca.pem}"
+    inv = load_inventory(write(tmp_path, PROD_HEAD + ONE_HOST.replace("{role: management_server}", host)))
+    ms01 = inv.hosts["ms01"]
+    assert ms01.client_cert == str(tmp_path / "certs" / "client.pem")
+    assert ms01.client_key == str(tmp_path / "certs" / "client.key")
+    assert ms01.ca_bundle == str(tmp_path / "certs" / "ca.pem")
+
+
+def test_schema_reexports_its_parts() -> None:
+    from orchestrator.inventory import reference, schema, settings, values
+
+    assert schema.parse_duration is values.parse_duration and schema.Invalid is values.Invalid
+    assert schema.check_dns_name is values.check_dns_name and schema.MAX_DURATION == values.MAX_DURATION
+    assert schema.SETTINGS is settings.SETTINGS and schema.settings_for is settings.settings_for
+    assert schema.Kind is settings.Kind and schema.Scope is settings.Scope and schema.ROLES is settings.ROLES
+    assert schema.settings_reference_markdown is reference.settings_reference_markdown
+    assert all(hasattr(schema, name) for name in schema.__all__)
+
+
+def test_yaml_errors_name_the_kind_of_document(tmp_path: Path) -> None:
+    from orchestrator.inventory.yamlnodes import YamlDocument
+
+    with pytest.raises(ConfigError, match="cannot read the playbook"):
+        YamlDocument(tmp_path / "nope.yml", "nope.yml", document="playbook")
+    path = write(tmp_path, "steps: !!python/object:os.system {}\n", "play.yml")
+    with pytest.raises(ConfigError, match="the playbook is plain data") as info:
+        YamlDocument(path, str(path), document="playbook")
+    assert "inventory" not in str(info.value)
+    with pytest.raises(ConfigError, match="the inventory is plain data"):
+        YamlDocument(path, str(path))
+    with pytest.raises(ConfigError, match="cannot read the inventory"):
+        YamlDocument(tmp_path / "nope.yml", "nope.yml")
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -629,7 +766,17 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("case", ["unknown-role", "python-tag", "syntax", "plaintext-in-production"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown-role",
+        "python-tag",
+        "syntax",
+        "plaintext-in-production",
+        "plaintext-lab-remote-host",
+        "ca-bundle-missing",
+    ],
+)
 def test_cli_bad_inventory_exit_2_one_line(tmp_path: Path, case: str) -> None:
     _, text, line, key, _ = next(c for c in BAD_CASES if c[0] == case)
     path = write(tmp_path, text)
@@ -639,7 +786,7 @@ def test_cli_bad_inventory_exit_2_one_line(tmp_path: Path, case: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith(f"keyfleet: {path}:{line}: " + (f"{key}: " if key else ""))
-    assert "Sup3rS3cret" not in result.stderr
+    assert "Sup3rS3cret" not in result.stderr and "lab-pass-1234" not in result.stderr
 
 
 def test_cli_bad_limit_exit_2() -> None:

@@ -128,6 +128,20 @@ def test_command_first_line(tmp_path: Path) -> None:
     assert resolve(ref(text, tmp_path), purpose="p").reveal() == UNIQUE
 
 
+def test_command_does_not_inherit_keyfleet_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KEYFLEET_BACKUP_PASSWORD", "KEYFLEET_SHARE_PASSWORD", "KEYFLEET_VAULT_PASSWORD_FILE", "keyfleet_x"):
+        monkeypatch.setenv(name, UNIQUE)
+    monkeypatch.setenv("KF_TEST_KEEP", "kept")
+    body = (
+        "import os\n"
+        "names = sorted(k for k in os.environ if k.upper().startswith('KEYFLEET_'))\n"
+        "print(','.join(names) or 'none', os.environ.get('KF_TEST_KEEP'))\n"
+    )
+    assert resolve(ref(script(tmp_path, body), tmp_path), purpose="p").reveal() == "none kept"
+    assert UNIQUE not in secretrefs.child_environment().values()
+    assert secretrefs.child_environment()["KF_TEST_KEEP"] == "kept"
+
+
 def test_command_runs_without_a_shell(tmp_path: Path) -> None:
     secret = resolve(ref("command:echo $HOME; ls", tmp_path), purpose="p")
     assert secret.reveal() == "$HOME; ls"

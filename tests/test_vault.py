@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -57,16 +58,20 @@ def ansible(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def editor_writing(tmp_path: Path, content: bytes) -> str:
-    """An $EDITOR that appends ``content`` to the file it is given and records the file's mode."""
+    """An $EDITOR that appends ``content`` to the file it is given and records the file's mode, and
+    the names of the KEYFLEET_* variables and the value of KF_TEST_KEEP it got (editor-env.json)."""
     source = tmp_path / "content.bin"
     source.write_bytes(content)
     path = tmp_path / "editor.py"
     path.write_text(
         f"#!{sys.executable}\n"
-        "import os, stat, sys\n"
+        "import json, os, stat, sys\n"
         "target = sys.argv[1]\n"
         "mode = oct(stat.S_IMODE(os.stat(target).st_mode))\n"
         f"open({str(tmp_path / 'editor-seen')!r}, 'w').write(target + ' ' + mode)\n"
+        "names = sorted(k for k in os.environ if k.upper().startswith('KEYFLEET_'))\n"
+        f"record = {{'keyfleet': names, 'keep': os.environ.get('KF_TEST_KEEP')}}\n"
+        f"open({str(tmp_path / 'editor-env.json')!r}, 'w').write(json.dumps(record))\n"
         f"data = open({str(source)!r}, 'rb').read()\n"
         "open(target, 'ab').write(data)\n"
     )
@@ -140,9 +145,14 @@ def test_encrypt_edit_decrypt(tmp_path: Path) -> None:
         "edit",
         str(secrets),
         KEYFLEET_VAULT_PASSWORD_FILE=str(pw),
+        KEYFLEET_BACKUP_PASSWORD="Backup-Pw-In-Env-9",
+        KEYFLEET_SHARE_PASSWORD="Share-Pw-In-Env-9",
+        KF_TEST_KEEP="kept",
         EDITOR=editor_writing(tmp_path, b"extra: 1\n"),
     )
     assert edit.returncode == 0, edit.stderr
+    # the editor gets the user's environment without keyfleet's secrets
+    assert json.loads((tmp_path / "editor-env.json").read_text()) == {"keyfleet": [], "keep": "kept"}
     view = ansible(tmp_path, "view", "--vault-password-file", str(pw), str(secrets))
     assert view.stdout == CONTENT + b"extra: 1\n"
     assert keyfleet(tmp_path, "decrypt", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(pw)).returncode == 0

@@ -2,7 +2,8 @@
 
 The vault password comes from ``KEYFLEET_VAULT_PASSWORD_FILE`` or a hidden prompt; ``rekey`` takes
 the new one from ``KEYFLEET_NEW_VAULT_PASSWORD_FILE`` or a prompt asked twice. Files are written
-0600, atomically; create/edit open ``$EDITOR`` on a private temporary copy removed afterwards.
+0600, atomically; create/edit open ``$EDITOR`` (without ``KEYFLEET_*`` variables) on a private
+temporary copy removed afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.secret import Secret
-from orchestrator.secretrefs import NEW_VAULT_PASSWORD_FILE_ENV, vault_password
+from orchestrator.secretrefs import NEW_VAULT_PASSWORD_FILE_ENV, child_environment, vault_password
 from orchestrator.vault import VaultError, decrypt, encrypt, is_vault, write_private
 
 
@@ -48,7 +49,8 @@ def _private_dir() -> str:
 
 
 def edit_in_editor(content: bytes, suffix: str) -> bytes:
-    """Let the user edit ``content`` in $VISUAL/$EDITOR (default vi) on a private temp file."""
+    """Let the user edit ``content`` in $VISUAL/$EDITOR (default vi) on a private temp file; the editor
+    does not inherit ``KEYFLEET_*`` variables."""
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     folder = _private_dir()
     try:
@@ -57,7 +59,7 @@ def edit_in_editor(content: bytes, suffix: str) -> bytes:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
         try:
-            status = subprocess.run([*shlex.split(editor), str(temp)], check=False).returncode
+            status = subprocess.run([*shlex.split(editor), str(temp)], check=False, env=child_environment()).returncode
         except OSError as exc:
             raise ConfigError(f"cannot start the editor {editor!r}: {exc.strerror}") from None
         if status != 0:

@@ -1,21 +1,21 @@
 """Load an inventory YAML file into the resolved :class:`Inventory`, or raise one clear ConfigError.
 
-Validation, defaults and inheritance (defaults -> management group -> host) all come from
-``inventory.schema``; secret references are parsed here but never resolved.
+Validation and defaults come from ``inventory.schema`` (converted by ``inventory.convert``); this
+module adds inheritance (defaults -> management group -> host) and the rules that span settings.
+Secret references are parsed but never resolved.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from yaml.nodes import Node, SequenceNode
+from yaml.nodes import Node
 
 from orchestrator.errors import ConfigError
+from orchestrator.inventory.convert import SchemaReader, Value
 from orchestrator.inventory.model import (
     BackupPolicy,
     Credential,
@@ -31,40 +31,19 @@ from orchestrator.inventory.model import (
     SigningConfig,
 )
 from orchestrator.inventory.schema import (
-    HOST_SCOPES,
-    SETTINGS,
+    LAB_CA,
     UNENCRYPTED_TRANSPORTS,
     Invalid,
-    Kind,
     Scope,
-    Setting,
     check_dns_name,
     check_group_name,
-    parse_duration,
+    is_loopback,
     settings_for,
 )
-from orchestrator.inventory.yamlnodes import YamlDocument, line_of, type_name
-from orchestrator.secretrefs import parse_ref
+from orchestrator.inventory.yamlnodes import YamlDocument, line_of
+from orchestrator.secretrefs import PLAINTEXT_ADVICE
 
-_EXPECTED = {
-    Kind.STR: "a string",
-    Kind.BOOL: "a boolean (true or false)",
-    Kind.INT: "an integer",
-    Kind.DURATION: "a duration (30d, 12h, 90m, 45s or seconds)",
-    Kind.SECRET: "a string (a secret reference such as env:NAME)",
-    Kind.CHOICE: "a string",
-    Kind.PATH: "a path string",
-    Kind.STR_LIST: "a list of strings",
-}
 _PORTS = {"http": 5985, "https": 5986}
-
-
-@dataclass(frozen=True)
-class Value:
-    """A converted setting and the YAML node it came from (for errors naming its line)."""
-
-    value: Any
-    node: Node
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -72,115 +51,25 @@ def load_inventory(path: str | Path) -> Inventory:
     return _Loader(Path(path)).load()
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+def _smb_server(url: str) -> str | None:
+    """The server of an ``smb://`` or ``\\\\server\\share`` URL; None for a local path."""
+    if url.startswith("\\\\"):
+        return url.lstrip("\\").split("\\")[0]
+    if url.lower().startswith("smb://"):
+        try:
+            return urlsplit(url).hostname or None
+        except ValueError:  # e.g. an unclosed [ in the server part: surely not a loopback address
+            return url
+    return None
 
 
-class _Loader:
+class _Loader(SchemaReader):
+    """Builds the resolved inventory from the converted sections: inheritance and cross-setting rules."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.display = str(path)
-        self.base_dir = path.absolute().parent
-        self.doc = YamlDocument(path, self.display)
+        super().__init__(YamlDocument(path, str(path)), path.absolute().parent)
         self.lab: LabConfig | None = None
-
-    def fail(self, message: str, node: Node | None, key: str | None) -> ConfigError:
-        return self.doc.error(message, node, key)
-
-    # -- generic, schema-driven conversion ----------------------------------------------------
-
-    def section(self, node: Node, scope: Scope, prefix: str, *, complete: bool) -> dict[str, Value]:
-        """Convert one mapping of ``scope``; ``complete``: also require its required keys."""
-        allowed = settings_for(scope)
-        values: dict[str, Value] = {}
-        for name, (key_node, value_node) in self.doc.mapping(node, prefix).items():
-            if scope is Scope.TOP and name.startswith("x-"):
-                continue  # extension keys: a place for YAML anchors, as in docker compose
-            setting = allowed.get(name)
-            if setting is None:
-                raise self.fail(self._unknown_key(name, allowed), key_node, _join(prefix, name))
-            value = self.convert(setting, value_node, _join(prefix, name), inherited=scope in HOST_SCOPES)
-            values[name] = Value(value, value_node)
-        if complete:
-            self.require(allowed, values, node, prefix)
-        return values
-
-    def require(self, allowed: dict[str, Setting], values: dict[str, Value], node: Node, prefix: str) -> None:
-        for setting in allowed.values():
-            if setting.required and setting.name not in values:
-                choices = f" (one of {', '.join(setting.choices)})" if setting.choices else ""
-                raise self.fail(f"missing required key {setting.name!r}{choices}", node, prefix or None)
-
-    @staticmethod
-    def _unknown_key(name: str, allowed: dict[str, Setting]) -> str:
-        message = f"unknown key {name!r}"
-        close = difflib.get_close_matches(name, list(allowed), n=1)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
-        elsewhere = sorted({where.value for s in SETTINGS if s.name == name for where in s.scopes})
-        if elsewhere and not close:
-            message += f" ({name!r} belongs in: {', '.join(elsewhere)})"
-        return message + f" (valid keys here: {', '.join(allowed)})"
-
-    def convert(self, setting: Setting, node: Node, key: str, *, inherited: bool) -> Any:
-        """One value; mappings of host settings are completed only after inheritance."""
-        kind = setting.kind
-        if kind is Kind.MAPPING:
-            assert setting.section is not None
-            complete = not inherited and setting.section not in HOST_SCOPES
-            return self.section(node, setting.section, key, complete=complete)
-        if kind in (Kind.GROUPS, Kind.HOSTS):
-            return node
-        if kind is Kind.STR_LIST:
-            if not isinstance(node, SequenceNode):
-                raise self.fail(f"expected a list of strings, got {type_name(node)}", node, key)
-            items = [self.doc.scalar(item, key) for item in node.value]
-            for item_node, item in zip(node.value, items, strict=True):
-                if not isinstance(item, str):
-                    raise self.fail(f"list items must be strings, got {type_name(item_node)}", item_node, key)
-            return tuple(items)
-        raw = self.doc.scalar(node, key)
-        try:
-            value = self._scalar(setting, raw, node, key)
-            return setting.check(value) if setting.check else value
-        except Invalid as exc:
-            raise self.fail(str(exc), node, key) from None
-
-    def _scalar(self, setting: Setting, raw: Any, node: Node, key: str) -> Any:
-        kind = setting.kind
-        if kind is Kind.DURATION:
-            return parse_duration(raw)
-        mismatch = f"expected {_EXPECTED[kind]}, got {type_name(node)}"
-        if kind in (Kind.BOOL, Kind.INT):
-            wanted = bool if kind is Kind.BOOL else int
-            if not isinstance(raw, wanted) or (wanted is int and isinstance(raw, bool)):
-                raise self.fail(mismatch, node, key)
-            return raw
-        if not isinstance(raw, str):
-            raise self.fail(mismatch, node, key)
-        if kind is Kind.SECRET:
-            try:
-                return parse_ref(
-                    raw,
-                    base_dir=self.base_dir,
-                    allow_plain=self.lab is not None,
-                    location=Location(self.display, line_of(node), key),
-                )
-            except ConfigError as exc:
-                raise self.fail(exc.message, node, key) from None
-        if kind is Kind.CHOICE and raw not in setting.choices:
-            close = difflib.get_close_matches(raw, setting.choices, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise Invalid(f"unknown {setting.name} {raw!r}{hint} (choose from {', '.join(setting.choices)})")
-        if kind is Kind.PATH and (not raw.strip() or "\0" in raw):
-            raise Invalid("must be a non-empty path")
-        return raw
-
-    def resolve_path(self, raw: str) -> str:
-        """A path setting resolved against the inventory's folder."""
-        return os.path.normpath(self.base_dir / os.path.expanduser(raw))
-
-    # -- the inventory ------------------------------------------------------------------------
 
     def load(self) -> Inventory:
         root = self.doc.root
@@ -192,34 +81,45 @@ class _Loader:
         if "lab" in top_pairs:  # first: it decides whether plaintext secrets are allowed
             lab_node = top_pairs["lab"][1]
             lab = self.section(lab_node, Scope.LAB, "lab", complete=True)
+            self.allow_plain = True
             self.lab = LabConfig(
-                serve=self._get(lab, Scope.LAB, "serve"),
-                state_dir=Path(self.resolve_path(self._get(lab, Scope.LAB, "state_dir"))),
-                seed=self._get(lab, Scope.LAB, "seed"),
+                serve=self.value_of(lab, Scope.LAB, "serve"),
+                state_dir=Path(self.resolve_path(self.value_of(lab, Scope.LAB, "state_dir"))),
+                seed=self.value_of(lab, Scope.LAB, "seed"),
             )
         top = self.section(root, Scope.TOP, "", complete=True)
         defaults = top["defaults"].value if "defaults" in top else {}
         groups, hosts = self.groups(top["management_groups"].value, defaults)
+        share = self.share(top.get("share"))
+        self.refuse_plaintext_off_loopback(hosts, share)
         return Inventory(
             path=self.path.absolute(),
             groups=groups,
             hosts=hosts,
-            share=self.share(top.get("share")),
+            share=share,
             backup=self.backup(top.get("backup")),
             signing=self.signing(top.get("signing")),
             lab=self.lab,
             raw=self.doc.construct(),
         )
 
-    @staticmethod
-    def _get(values: dict[str, Value], scope: Scope, name: str) -> Any:
-        """The converted value, else the schema's default."""
-        if name in values:
-            return values[name].value
-        setting = settings_for(scope)[name]
-        if setting.kind is Kind.DURATION and setting.default is not None:
-            return parse_duration(setting.default)
-        return setting.default
+    def refuse_plaintext_off_loopback(self, hosts: dict[str, HostConfig], share: ShareConfig | None) -> None:
+        """A lab section alone does not allow plaintext secrets: every server must be on loopback too."""
+        if not self.plaintext:
+            return
+        remote = [
+            f"host {h.name}" + (f" ({h.address})" if h.address != h.name else "")
+            for h in hosts.values()
+            if not is_loopback(h.address)
+        ]
+        server = _smb_server(share.url) if share is not None else None
+        if server is not None and not is_loopback(server):
+            remote.append(f"share server {server}")
+        if remote:
+            more = f" (and {len(remote) - 1} more)" if len(remote) > 1 else ""
+            node, key = min(self.plaintext, key=lambda pair: line_of(pair[0]))
+            message = f"plaintext secret, but {remote[0]}{more} is not on loopback (127.0.0.0/8): {PLAINTEXT_ADVICE}"
+            raise self.fail(message, node, key)
 
     def groups(
         self, node: Node, defaults: dict[str, Value]
@@ -266,7 +166,9 @@ class _Loader:
                 own = self.section(host_node, Scope.HOST, host_key, complete=False)
                 hosts[host_name] = self.host(host_name, group_name, host_key, host_key_node, (defaults, group, own))
                 names.append(host_name)
-            groups[group_name] = ManagementGroup(group_name, self._get(group, Scope.GROUP, "description"), tuple(names))
+            groups[group_name] = ManagementGroup(
+                group_name, self.value_of(group, Scope.GROUP, "description"), tuple(names)
+            )
         if not hosts:
             raise self.fail("the inventory has no hosts", node, key)
         return groups, hosts
@@ -285,7 +187,7 @@ class _Loader:
         self.require(allowed, merged, key_node, key)
 
         def get(setting_name: str) -> Any:
-            return self._get(merged, Scope.HOST, setting_name)
+            return self.value_of(merged, Scope.HOST, setting_name)
 
         scheme, transport = get("scheme"), get("transport")
         allow_insecure = get("allow_insecure")
@@ -322,8 +224,8 @@ class _Loader:
             cert_thumbprint=get("cert_thumbprint"),
             allow_insecure=allow_insecure,
             credential=credential,
-            client_cert=self.resolve_path(get("client_cert")) if "client_cert" in merged else None,
-            client_key=self.resolve_path(get("client_key")) if "client_key" in merged else None,
+            client_cert=get("client_cert"),  # resolved and checked on conversion
+            client_key=get("client_key"),
             connect_timeout=get("connect_timeout"),
             operation_timeout=get("operation_timeout"),
             host_timeout=get("host_timeout"),
@@ -341,27 +243,27 @@ class _Loader:
     def ca_bundle(self, value: Value | None, key: str) -> str | None:
         if value is None:
             return None
-        if value.value == "lab":
+        if value.value == LAB_CA:
             if self.lab is None:
                 raise self.fail("ca_bundle: lab needs a lab: section (lab inventories only)", value.node, key)
             return str(self.lab.state_dir / "ca.pem")
-        return self.resolve_path(value.value)
+        return str(value.value)  # resolved and checked on conversion
 
     def lab_host(self, value: Value | None, key: str) -> LabHostSettings:
         from orchestrator.lab.faults import parse_fault
 
         values: dict[str, Value] = value.value if value is not None else {}
-        faults = self._get(values, Scope.HOST_LAB, "faults")
+        faults = self.value_of(values, Scope.HOST_LAB, "faults")
         for spec in faults:
             try:
                 parse_fault(spec)
             except ConfigError as exc:
                 raise self.fail(exc.message, values["faults"].node, f"{key}.faults") from None
         return LabHostSettings(
-            version=self._get(values, Scope.HOST_LAB, "version"),
-            admin=self._get(values, Scope.HOST_LAB, "admin"),
-            tool_installed=self._get(values, Scope.HOST_LAB, "tool_installed"),
-            tool_path=self._get(values, Scope.HOST_LAB, "tool_path"),
+            version=self.value_of(values, Scope.HOST_LAB, "version"),
+            admin=self.value_of(values, Scope.HOST_LAB, "admin"),
+            tool_installed=self.value_of(values, Scope.HOST_LAB, "tool_installed"),
+            tool_path=self.value_of(values, Scope.HOST_LAB, "tool_path"),
             faults=tuple(faults),
         )
 
@@ -389,15 +291,15 @@ class _Loader:
                     "share.credential",
                 )
             credential = self.credential(values["credential"], "share.credential")
-        return ShareConfig(url, credential, self._get(values, Scope.SHARE, "require_encryption"))
+        return ShareConfig(url, credential, self.value_of(values, Scope.SHARE, "require_encryption"))
 
     def backup(self, value: Value | None) -> BackupPolicy:
         values: dict[str, Value] = value.value if value is not None else {}
-        password: SecretRef | None = self._get(values, Scope.BACKUP, "password")
+        password: SecretRef | None = self.value_of(values, Scope.BACKUP, "password")
         return BackupPolicy(
             password=password,
-            password_id=self._get(values, Scope.BACKUP, "password_id"),
-            max_age=timedelta(seconds=self._get(values, Scope.BACKUP, "max_age")),
+            password_id=self.value_of(values, Scope.BACKUP, "password_id"),
+            max_age=timedelta(seconds=self.value_of(values, Scope.BACKUP, "max_age")),
         )
 
     def signing(self, value: Value | None) -> SigningConfig | None:
@@ -405,6 +307,6 @@ class _Loader:
             return None
         values: dict[str, Value] = value.value
         return SigningConfig(
-            private_key=self._get(values, Scope.SIGNING, "private_key"),
-            public_key=self._get(values, Scope.SIGNING, "public_key"),
+            private_key=self.value_of(values, Scope.SIGNING, "private_key"),
+            public_key=self.value_of(values, Scope.SIGNING, "public_key"),
         )

@@ -35,14 +35,18 @@ def type_name(node: Node) -> str:
 
 
 class YamlDocument:
-    """One composed YAML file; builds ConfigErrors that name the file, the line and the key."""
+    """One composed YAML file; builds ConfigErrors that name the file, the line and the key.
 
-    def __init__(self, path: Path, display: str) -> None:
+    ``document`` names what the file is in messages: "inventory" (the default) or "playbook".
+    """
+
+    def __init__(self, path: Path, display: str, document: str = "inventory") -> None:
         self.display = display
+        self.document = document
         try:
             text = path.read_bytes().decode("utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read the inventory: {exc.strerror}", file=display) from None
+            raise ConfigError(f"cannot read the {document}: {exc.strerror}", file=display) from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=display) from None
         try:
@@ -82,7 +86,7 @@ class YamlDocument:
             seen.add(id(node))
             if node.tag not in PLAIN_TAGS:
                 tag = node.tag.replace(_CORE, "!!")
-                raise self.error(f"YAML tag {tag} is not allowed: the inventory is plain data", node, None)
+                raise self.error(f"YAML tag {tag} is not allowed: the {self.document} is plain data", node, None)
             if isinstance(node, SequenceNode):
                 stack.extend(node.value)
             elif isinstance(node, MappingNode):

@@ -192,7 +192,7 @@ def load_playbook(path: str | Path) -> Playbook:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("no such playbook file", file=str(path))
-    doc = YamlDocument(path, str(path))
+    doc = YamlDocument(path, str(path), document="playbook")
     if doc.root is None:
         raise ConfigError("the playbook is empty", file=str(path))
     top = doc.mapping(doc.root, "")
