@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=_positive_int, default=12, metavar="N")
     up.add_argument("--faults", default="", metavar="SPEC", help="'HOST=FAULT[,FAULT];HOST2=FAULT'")
     up.add_argument("--inventory-out", required=True, metavar="FILE")
-    up.add_argument("--state-dir", metavar="DIR", help="CA, certificates, registries (default: temp)")
+    up.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="CA, certificates, registries, lab secrets (default: <inventory stem>-state beside --inventory-out)",
+    )
     up.add_argument("--base-address", default="127.0.20.1", metavar="IP")
     rebuild = lab.add_parser("rebuild", help="replace a lab server's key, as a fresh install would")
     _inventory(rebuild)

@@ -215,6 +215,9 @@ class WinRMSession:
     def _classify(self, exc: Exception, operation: str) -> HostFailure:
         name = self.host.name
         where = f"{self.host.address}:{self.host.port}"
+        if isinstance(exc, PermissionError) and "NTLM" in str(exc):
+            # requests_ntlm: "Access denied: Server did not respond with NTLM challenge token"
+            return HostFailure(ErrorKind.AUTH, name, f"NTLM logon refused by {where}")
         if isinstance(exc, InvalidCredentialsError):
             return HostFailure(ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)")
         if isinstance(exc, WSManFaultError):

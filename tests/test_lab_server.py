@@ -20,6 +20,7 @@ from cryptography import x509
 from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WinRMTransportError, WSManFaultError
 from winrm.protocol import Protocol
 
+from orchestrator.errors import KeyfleetError
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.fleet import LabFleet, LabHostSpec
 from orchestrator.lab.journal import Journal
@@ -158,8 +159,13 @@ def test_https_certificate_is_issued_by_the_lab_ca(fleet: LabFleet) -> None:
     spec = fleet.spec("basic-https")
     with pytest.raises(requests.exceptions.SSLError):
         Protocol(
-            spec.endpoint, transport="basic", username=USER, password=PASSWORD, ca_trust_path=None, proxy=None
-        ).open_shell()  # type: ignore[arg-type]
+            spec.endpoint,
+            transport="basic",
+            username=USER,
+            password=PASSWORD,
+            ca_trust_path=None,  # type: ignore[arg-type]
+            proxy=None,
+        ).open_shell()
 
 
 def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
@@ -377,16 +383,56 @@ def test_certificates_are_private_cached_and_carry_ip_and_name(tmp_path: Path) -
     assert moved.der != first.der
 
 
-def test_startup_is_fast(tmp_path: Path) -> None:
+def test_a_restarted_fleet_reuses_its_certificates_and_every_host_accepts(tmp_path: Path) -> None:
+    # No clock here: start-up speed is measured by `keyfleet lab bench`, never by a timed test. What makes
+    # a restart cheap is checked instead: no certificate or key is issued again.
     specs = [
         _host(f"fast{i:02d}", 100 + i, "https" if i % 2 else "http", "basic" if i % 2 else "ntlm") for i in range(12)
     ]
     LabFleet(specs, tmp_path).start().stop()  # first start issues certificates
-    started = time.monotonic()
+    issued = {p.name: p.read_bytes() for p in tmp_path.glob("*.*") if p.suffix in (".pem", ".key")}
+    assert len(issued) == 2 + 2 * 6  # the CA and the six https hosts, certificate and key each
     fleet = LabFleet(specs, tmp_path).start()
-    elapsed = time.monotonic() - started
-    fleet.stop()
-    assert elapsed < 0.5
+    try:
+        assert {name: (tmp_path / name).read_bytes() for name in issued} == issued
+        for spec in fleet.specs:
+            socket.create_connection((spec.address, spec.port), timeout=5).close()
+        assert run(client(fleet, "fast01"), "hostname")[0] == b"fast01\r\n"
+    finally:
+        fleet.stop()
+
+
+def test_a_second_fleet_on_the_same_state_fails_to_bind_without_breaking_the_first(tmp_path: Path) -> None:
+    first = LabFleet([_host("twin-http", 200), _host("twin-https", 201, "https", "ntlm")], tmp_path).start()
+    try:
+        # Same addresses, ports and state_dir: what a second `keyfleet backup` on one lab inventory starts.
+        with pytest.raises(KeyfleetError) as info:
+            LabFleet(first.specs, tmp_path).start()
+        message = str(info.value)
+        assert "\n" not in message and "cannot listen on 127.0.77.200" in message and "another lab fleet" in message
+        assert len(list(tmp_path.glob(".ntlm-users-*/*"))) == 2  # the first fleet's user files are intact
+        for name in ("twin-http", "twin-https"):  # new connections: new NTLM acceptors read the user files
+            assert run(client(first, name), "hostname") == (f"{name}\r\n".encode(), b"", 0)
+    finally:
+        first.stop()
+    assert not list(tmp_path.glob(".ntlm-users-*"))
+
+
+def test_ntlm_set_up_failure_is_a_refused_logon_in_the_journal_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashed: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    with LabFleet([_host("lost-users", 202)], tmp_path, journal_path=tmp_path / "journal.jsonl") as fleet:
+        for user_file in tmp_path.glob(".ntlm-users-*/*"):
+            user_file.unlink()  # what another process could do to the acceptor's credential store
+        # a bare 401 to the Negotiate message: requests_ntlm reports it as access denied, no challenge
+        with pytest.raises(PermissionError, match="did not respond with NTLM challenge"):
+            client(fleet, "lost-users").open_shell()
+        last = fleet.journal.entries("lost-users")[-1]
+    assert (last.operation, last.status) == ("auth-handshake", 401)
+    assert last.detail == "NTLM acceptor unavailable: OperationNotAvailableError"
+    assert crashed == []
 
 
 def test_requests_are_parsed_by_namespace_not_prefix() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,18 +24,22 @@ from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Role
 from orchestrator.lab.fleet import serving
 from orchestrator.lab.journal import Journal
+from orchestrator.lab.plan import SECRETS_FILE, lab_secrets, plan_hosts
+from orchestrator.share.manifest import load_public_key, new_signing_key_pair
+from tests.conftest import CliRun, LabFiles
 
 
 def _bare_pywinrm(host: dict[str, object], username: str, password: str) -> tuple[bytes, bytes, int]:
     """What an operator's script does: plain pywinrm, a command reading stdin."""
     endpoint = f"{host['scheme']}://{host['address']}:{host['port']}/wsman"
+    ca_bundle = host.get("ca_bundle")
     p = Protocol(
         endpoint,
-        transport=str(host["transport"]),
+        transport=str(host["transport"]),  # type: ignore[arg-type]
         username=username,
-        password=password,  # type: ignore[arg-type]
-        ca_trust_path=host.get("ca_bundle"),
-        proxy=None,  # type: ignore[arg-type]
+        password=password,
+        ca_trust_path=str(ca_bundle) if ca_bundle else None,  # type: ignore[arg-type]
+        proxy=None,
         operation_timeout_sec=5,
         read_timeout_sec=10,
     )
@@ -42,6 +50,31 @@ def _bare_pywinrm(host: dict[str, object], username: str, password: str) -> tupl
     p.cleanup_command(shell, cmd)
     p.close_shell(shell)
     return result
+
+
+@contextmanager
+def _lab_up(*args: str) -> Iterator[list[str]]:
+    """``keyfleet lab up ARGS`` in a subprocess: yields its stderr lines up to "ready", then stops it (SIGTERM)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "lab", "up", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    stderr = proc.stderr
+    assert stderr is not None
+
+    def pump() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        yield _wait_for_ready(proc, lines, timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
 
 
 def _wait_for_ready(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout: float) -> list[str]:
@@ -62,37 +95,8 @@ def _wait_for_ready(proc: subprocess.Popen[str], lines: queue.Queue[str], timeou
 
 def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path) -> None:
     inventory = tmp_path / "lab-up.yml"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "lab",
-            "up",
-            "--hosts",
-            "4",
-            "--inventory-out",
-            str(inventory),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--base-address",
-            "127.0.77.120",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    stderr = proc.stderr
-    assert stderr is not None
-
-    def pump() -> None:
-        for line in stderr:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        seen = _wait_for_ready(proc, lines, timeout=20)
+    state = ("--state-dir", str(tmp_path / "state"))
+    with _lab_up("--hosts", "4", "--inventory-out", str(inventory), *state, "--base-address", "127.0.77.120") as seen:
         assert len(seen) == 5  # one line per host, then "ready"
         doc = yaml.safe_load(inventory.read_text())
         assert doc["lab"]["serve"] is False and Path(doc["lab"]["state_dir"]).is_absolute()
@@ -106,13 +110,46 @@ def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path) -> None
                 assert Path(host["ca_bundle"]).is_absolute()
             assert _bare_pywinrm(host, username, password) == (b"stdin reaches the lab\r\n", b"", 0)
         assert len(load_inventory(inventory).hosts) == 4  # the inventory loader accepts what lab up wrote
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
     journal = Journal.read(tmp_path / "state" / "journal.jsonl")
     sends = [e for e in journal if e.operation == "Send"]
     assert len(sends) == 2 and all(e.stdin_bytes == 23 for e in sends)
     assert "stdin reaches" not in (tmp_path / "state" / "journal.jsonl").read_text()
+
+
+def test_lab_up_keeps_its_secrets_and_share_across_starts(tmp_path: Path, keyfleet: Callable[..., CliRun]) -> None:
+    inventory = tmp_path / "rehearsal.yml"
+    args = ("--hosts", "2", "--inventory-out", str(inventory), "--base-address", "127.0.77.150")
+    docs = []
+    for _ in range(2):
+        with _lab_up(*args):
+            docs.append(yaml.safe_load(inventory.read_text()))
+            backup = keyfleet("backup", "-i", str(inventory))
+            assert backup.returncode == 0, backup.stderr  # the second start's backup is not "signed by another key"
+    first, second = docs
+    for section in ("share", "backup", "signing", "defaults"):
+        assert second[section] == first[section]
+    assert first["share"]["url"] == str(tmp_path / "rehearsal-share")  # named after the inventory, not lab-share
+    assert first["lab"]["state_dir"] == str(tmp_path / "rehearsal-state")  # default: next to the inventory
+    assert len(json.loads((tmp_path / "rehearsal-share" / "manifest.json").read_text())["entries"]) == 4
+    secrets_file = tmp_path / "rehearsal-state" / SECRETS_FILE
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(inventory.stat().st_mode) == 0o600
+
+
+def test_lab_secrets_are_generated_once_and_checked(tmp_path: Path) -> None:
+    first = lab_secrets(tmp_path / "state")
+    assert lab_secrets(tmp_path / "state") == first
+    load_public_key(first.signing_public_key)
+    assert first.backup_password.reveal() not in repr(first)
+    path = tmp_path / "state" / SECRETS_FILE
+    document = json.loads(path.read_text())
+    document["signing_public_key"] = new_signing_key_pair()[1]  # a key pair that does not belong together
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="is damaged; delete it"):
+        lab_secrets(tmp_path / "state")
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="is damaged; delete it"):
+        lab_secrets(tmp_path / "state")
 
 
 def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
@@ -141,16 +178,17 @@ def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
 
 
 def test_plan_covers_groups_roles_and_auth_modes() -> None:
-    specs = lab_command.plan_hosts(12, "127.0.20.1", "pw", {"test-dw02": ("down",)})
+    assert lab_command.plan_hosts is plan_hosts  # re-exported for orchestrator.lab.bench
+    specs = plan_hosts(12, "127.0.20.1", "pw", {"test-dw02": ("down",)})
     assert len({s.group for s in specs}) == 2
     assert {s.role for s in specs} == set(Role)
     assert {(s.scheme, s.auth) for s in specs} == {("http", "ntlm"), ("https", "basic"), ("https", "ntlm")}
     assert len({s.address for s in specs}) == 12 and all(len(s.name.split(".")[0]) <= 15 for s in specs)
     assert next(s for s in specs if s.name == "test-dw02").settings.faults == ("down",)
     with pytest.raises(ConfigError):
-        lab_command.plan_hosts(3, "10.0.0.1", "pw", {})
+        plan_hosts(3, "10.0.0.1", "pw", {})
     with pytest.raises(ConfigError):
-        lab_command.plan_hosts(3, "127.255.255.254", "pw", {})
+        plan_hosts(3, "127.255.255.254", "pw", {})
 
 
 LAB_INVENTORY = """
@@ -193,3 +231,18 @@ def test_serving_starts_the_embedded_lab_only_when_asked(tmp_path: Path) -> None
             assert _bare_pywinrm(doc, "LAB\\embedded", "Emb3dded-pw")[2] == 0
     journal = Journal.read(tmp_path / "state" / "journal.jsonl")
     assert {e.host for e in journal} == {"emb-ms01", "emb-dw01"}
+
+
+def test_a_second_command_on_a_served_lab_fails_in_one_line_and_leaves_it_serving(
+    lab_inventory: Callable[..., LabFiles], keyfleet: Callable[..., CliRun]
+) -> None:
+    lab = lab_inventory()
+    inv = load_inventory(lab.inventory)
+    with serving(inv) as fleet:  # the first command's lab
+        assert fleet is not None
+        second = keyfleet("backup", "-i", str(lab.inventory))
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert len(second.stderr.splitlines()) == 1 and "cannot listen on" in second.stderr
+        host = inv.hosts["t-ms01"]  # NTLM: its user file must have survived the second command
+        doc = {"scheme": host.scheme, "address": host.address, "port": host.port, "transport": host.transport}
+        assert _bare_pywinrm(doc, "LAB\\keyfleet", "Lab-Test-Pw-1")[2] == 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import shutil
 import socket
 import ssl
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,7 +76,7 @@ class LabFleet:
         self._machines: dict[str, Machine] = {}
         self._services: list[WinRSService] = []
         self._server: LabHTTPServer | None = None
-        self._user_files: list[Path] = []
+        self._users_dir: Path | None = None  # this fleet's own NTLM user files, removed by stop()
 
     @property
     def ca_path(self) -> Path:
@@ -99,6 +101,9 @@ class LabFleet:
         self.journal = Journal(self._journal_path)
         server = self._server = LabHTTPServer(self.journal)
         try:
+            # Unique per fleet: another fleet on the same state_dir (a second command on the same lab
+            # inventory) must neither overwrite nor delete the user files this one is serving with.
+            self._users_dir = Path(tempfile.mkdtemp(prefix=".ntlm-users-", dir=self.state_dir))
             for spec in list(self._specs.values()):
                 self._specs[spec.name] = self._start_host(server, spec)
         except BaseException:
@@ -115,9 +120,9 @@ class LabFleet:
             return dataclasses.replace(spec, port=spec.port or _free_port(spec.address))
         service = WinRSService(spec.name, machine, spec.limits)
         self._services.append(service)
-        user_file = self.state_dir / f"{spec.name}.ntlm-users"
+        assert self._users_dir is not None
+        user_file = self._users_dir / f"{spec.name}.ntlm-users"
         write_user_file(user_file, {name: pw for name, (pw, _) in spec.users.items()})
-        self._user_files.append(user_file)
         listener = HostListener(
             spec.name,
             spec.scheme,
@@ -157,9 +162,9 @@ class LabFleet:
             self._server.stop()
             self._server = None
         self._services.clear()
-        for path in self._user_files:
-            path.unlink(missing_ok=True)
-        self._user_files.clear()
+        if self._users_dir is not None:
+            shutil.rmtree(self._users_dir, ignore_errors=True)
+            self._users_dir = None
         self.journal.close()
 
     def __enter__(self) -> LabFleet:

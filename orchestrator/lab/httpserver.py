@@ -21,7 +21,7 @@ from spnego.channel_bindings import GssChannelBindings
 from orchestrator.lab.faults import Fault, find
 from orchestrator.lab.journal import Journal
 from orchestrator.lab.machine import LabUser
-from orchestrator.lab.ntlm import PROTOCOL, SEALED_CONTENT_TYPE, NTLMAcceptor, NTLMUnavailableError
+from orchestrator.lab.ntlm import PROTOCOL, SEALED_CONTENT_TYPE, NTLMAcceptor, NTLMSetupError, NTLMUnavailableError
 from orchestrator.lab.soap import (
     SoapFaultError,
     SoapRequest,
@@ -280,8 +280,13 @@ class _Connection:
         msg_type = int.from_bytes(data[8:12], "little") if data.startswith(b"NTLMSSP\x00") else 0
         if msg_type == 1:
             assert self.host.ntlm_user_file is not None
-            self.ntlm_user = None
-            self.ntlm = NTLMAcceptor(self.host.ntlm_user_file, self.host.channel_bindings)
+            self.ntlm_user = self.ntlm = None
+            try:
+                self.ntlm = NTLMAcceptor(self.host.ntlm_user_file, self.host.channel_bindings)
+            except NTLMSetupError as exc:
+                # HTTP.sys answers a failure of its own security subsystem as any refused logon: a bare 401.
+                self._unauthorized(detail=f"NTLM acceptor unavailable: {exc}")
+                return None
         if msg_type not in (1, 3) or self.ntlm is None:
             self._unauthorized(detail="not an NTLM token")
             return None

@@ -30,6 +30,10 @@ class NTLMUnavailableError(Exception):
     """An NTLM token was malformed or the credentials did not match (answer 401)."""
 
 
+class NTLMSetupError(Exception):
+    """The server could not set up an NTLM context, e.g. its user file is gone (answer 401, as Windows does)."""
+
+
 def write_user_file(path: Path, users: dict[str, str]) -> None:
     """Write ``DOMAIN:USER:PASSWORD`` lines (0600) for ``users`` (name -> password)."""
     lines = []
@@ -69,12 +73,15 @@ class NTLMAcceptor:
 
     def __init__(self, user_file: Path, channel_bindings: GssChannelBindings | None) -> None:
         self._user_file = user_file
-        with _user_file(user_file):
-            self._ctx = spnego.server(
-                protocol="ntlm",
-                options=spnego.NegotiateOptions.use_ntlm,
-                channel_bindings=channel_bindings,
-            )
+        try:
+            with _user_file(user_file):
+                self._ctx = spnego.server(
+                    protocol="ntlm",
+                    options=spnego.NegotiateOptions.use_ntlm,
+                    channel_bindings=channel_bindings,
+                )
+        except SpnegoError as exc:
+            raise NTLMSetupError(type(exc).__name__) from None
 
     def step(self, token: bytes) -> bytes | None:
         """Process one token from the client; return the reply token (the challenge) if any."""
