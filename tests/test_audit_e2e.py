@@ -397,7 +397,9 @@ def test_host_failing_in_the_latest_run(lab: LabFiles, keyfleet: Keyfleet) -> No
 
 def add_host(document: Json) -> None:
     """A server installed after the backup: t-ms02."""
-    document["management_groups"]["TEST-PROD"]["hosts"]["t-ms02"] = {"role": "management_server"}
+    # on loopback, as every host of a lab inventory must be (its secrets are plaintext)
+    hosts = document["management_groups"]["TEST-PROD"]["hosts"]
+    hosts["t-ms02"] = {"role": "management_server", "address": "127.0.99.2"}
 
 
 def test_host_never_backed_up_is_missing(lab: LabFiles, keyfleet: Keyfleet) -> None:

@@ -35,6 +35,14 @@ def verify_signature_with_cryptography_alone(manifest: dict, inventory: Path) ->
     key.verify(base64.b64decode(manifest["signature"]["value"]), canonical)  # raises if invalid
 
 
+def has_entries(share: Path) -> bool:
+    """Whether the manifest lists a key file yet (a new share starts with an empty signed one)."""
+    try:
+        return bool(manifest_of(share)["entries"])
+    except (OSError, ValueError):
+        return False
+
+
 def journal(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -201,7 +209,7 @@ def test_sigint_leaves_a_valid_manifest_and_a_run_record(tmp_path):
     argv = [sys.executable, "-m", "orchestrator", "backup", "-i", str(lab.inventory), "--forks", "2", "--json"]
     proc = subprocess.Popen(argv, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (lab.share / "manifest.json").exists():
+    while time.monotonic() < deadline and not has_entries(lab.share):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
