@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,34 @@ LEAK_TIMEOUTS = {"connect_timeout": "2s", "operation_timeout": "1s", "host_timeo
 def leak_faults(fault: str) -> dict[str, list[str]]:
     """The ``faults`` argument of make_lab_inventory that puts ``fault`` on every leak-test host."""
     return {} if fault == "none" else {host: [fault] for host in LEAK_FLEET["LEAK"]}
+
+
+def run_with_unique_secrets(
+    tmp_path: Path, keyfleet: Callable[..., Any], fault: str, *args: str
+) -> tuple[Any, Any, LeakSearch]:
+    """Run ``keyfleet ARGS -i INV --json -v`` on the leak fleet with ``fault`` and a unique backup
+    password and WinRM password (both given by environment); return the run, the lab files and a
+    LeakSearch over everything the run produced: stdout, stderr, argv and every file under tmp_path
+    (share, run records, lab journal and state, the debug log in the private HOME)."""
+    from tests.conftest import make_lab_inventory
+
+    password = f"Unique-Backup-{os.urandom(6).hex()}"
+    winrm_password = f"Unique-WinRM-{os.urandom(6).hex()}"
+    lab = make_lab_inventory(
+        tmp_path / "lab",
+        fleet=LEAK_FLEET,
+        faults=leak_faults(fault),
+        winrm_password="env:KF_TEST_WINRM_PASSWORD",
+        defaults=LEAK_TIMEOUTS,
+    )
+    env = {"KEYFLEET_BACKUP_PASSWORD": password, "KF_TEST_WINRM_PASSWORD": winrm_password}
+    run = keyfleet(*args, "-i", str(lab.inventory), "--json", "-v", env=env)
+    search = LeakSearch({"backup password": password, "winrm password": winrm_password})
+    search.add("stdout", run.stdout)
+    search.add("stderr", run.stderr)
+    search.add("argv", " ".join(run.args))
+    search.add_folder(tmp_path)
+    return run, lab, search
 
 
 def _base64_forms(raw: bytes) -> list[bytes]:

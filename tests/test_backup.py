@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tests.conftest import SMALL_FLEET, cli_env, make_lab_inventory
-from tests.leaks import EVERY_FAULT, LEAK_FLEET, LEAK_TIMEOUTS, LeakSearch, leak_faults
+from tests.leaks import EVERY_FAULT, run_with_unique_secrets
 
 ALL_HOSTS = [name for hosts in SMALL_FLEET.values() for name in hosts]
 
@@ -154,28 +153,11 @@ def test_last_failed_and_only_stale(tmp_path, keyfleet):
 
 @pytest.mark.parametrize("fault", EVERY_FAULT)
 def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
-    password = f"Unique-Backup-{os.urandom(6).hex()}"
-    winrm_password = f"Unique-WinRM-{os.urandom(6).hex()}"
-    lab = make_lab_inventory(
-        tmp_path / "lab",
-        fleet=LEAK_FLEET,
-        faults=leak_faults(fault),
-        winrm_password="env:KF_TEST_WINRM_PASSWORD",
-        defaults=LEAK_TIMEOUTS,
-    )
-    env = {"KEYFLEET_BACKUP_PASSWORD": password, "KF_TEST_WINRM_PASSWORD": winrm_password}
-    run = keyfleet("backup", "-i", str(lab.inventory), "--json", "-v", env=env)
+    run, lab, search = run_with_unique_secrets(tmp_path, keyfleet, fault, "backup")
     succeeds = fault in ("none", "latency:0.2")
     assert run.returncode == (0 if succeeds else 1), run.stderr
-    search = LeakSearch({"backup password": password, "winrm password": winrm_password})
-    search.add("stdout", run.stdout)
-    search.add("stderr", run.stderr)
-    search.add("argv", " ".join(run.args))
-    search.add_folder(tmp_path)  # share, run records, lab journal, lab state, debug log (HOME)
-    searched = search.assert_clean()
-    assert searched >= 5
-    key_files = list(lab.share.rglob("*.bin"))
-    assert len(key_files) == (2 if succeeds else 0)
+    assert search.assert_clean() >= 5
+    assert len(list(lab.share.rglob("*.bin"))) == (2 if succeeds else 0)
 
 
 def test_two_backups_of_the_same_share_at_once_both_land(lab_inventory, tmp_path):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from orchestrator.jobs.doctor import CHECKS
 from tests.conftest import SMALL_FLEET, make_lab_inventory
-from tests.leaks import EVERY_FAULT, LEAK_FLEET, LEAK_TIMEOUTS, LeakSearch, leak_faults
+from tests.leaks import EVERY_FAULT, run_with_unique_secrets
 
 ALL_HOSTS = {name: settings["role"] for hosts in SMALL_FLEET.values() for name, settings in hosts.items()}
 ONE = {"role": "management_server"}
@@ -102,22 +101,7 @@ PASSING = {"none", "latency:0.2", "tool-failing", "tool-hanging"}  # the probe n
 
 @pytest.mark.parametrize("fault", EVERY_FAULT)
 def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
-    winrm_password = f"Unique-WinRM-{os.urandom(6).hex()}"
-    backup_password = f"Unique-Backup-{os.urandom(6).hex()}"
-    lab = make_lab_inventory(
-        tmp_path / "lab",
-        fleet=LEAK_FLEET,
-        faults=leak_faults(fault),
-        winrm_password="env:KF_TEST_WINRM_PASSWORD",
-        defaults=LEAK_TIMEOUTS,
-    )
-    env = {"KEYFLEET_BACKUP_PASSWORD": backup_password, "KF_TEST_WINRM_PASSWORD": winrm_password}
-    run = keyfleet("doctor", "-i", str(lab.inventory), "--json", "-v", env=env)
+    run, _lab, search = run_with_unique_secrets(tmp_path, keyfleet, fault, "doctor")
     assert run.returncode == (0 if fault in PASSING else 1), run.stderr
     assert set(hosts_of(run)) == {"l-ms01", "l-dw01"}
-    search = LeakSearch({"backup password": backup_password, "winrm password": winrm_password})
-    search.add("stdout", run.stdout)
-    search.add("stderr", run.stderr)
-    search.add("argv", " ".join(run.args))
-    search.add_folder(tmp_path)  # lab journal, lab state, debug log (HOME)
     assert search.assert_clean() >= 3
