@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from orchestrator.errors import ConfigError, IntegrityError, ShareExistsError
+from orchestrator.errors import ConfigError, IntegrityError, ShareError, ShareExistsError
 from orchestrator.secret import Secret
 from orchestrator.share import layout
 from orchestrator.share.local import LocalShare
@@ -358,3 +358,11 @@ def test_concurrent_adds_from_threads_all_land(store: BackupStore) -> None:
     with ThreadPoolExecutor(max_workers=16) as pool:
         added = list(pool.map(add, range(32)))
     assert sorted(e.id for e in store.load_manifest(verify=True).entries) == sorted(e.id for e in added)
+
+
+def test_stop_adding_reports_what_was_stored_and_refuses_more(store: BackupStore) -> None:
+    entry = _add(store, created=T0)
+    assert store.stop_adding() == [entry]
+    with pytest.raises(ShareError, match="aborted"):
+        store.add(host="ms02", group="PROD", role="management_server", data=b"late", password_id="p")
+    assert store.load_manifest().entries == (entry,)

@@ -111,11 +111,11 @@ class BackupTask:
         winrm_passwords: dict[str, Secret | None],
         run_id: str,
     ) -> None:
-        self._store = store
+        self.store = store
         self._password = password
         self._password_id = password_id
         self._winrm_passwords = winrm_passwords
-        self._run_id = run_id
+        self.run_id = run_id
 
     def __call__(self, ctx: HostContext) -> ManifestEntry:
         host = ctx.host
@@ -135,7 +135,7 @@ class BackupTask:
             raise HostFailure(ErrorKind.INTERRUPTED, host.name, "aborted before storing")
         ctx.report("storing")
         try:
-            return self._store.add(
+            return self.store.add(
                 host=host.name,
                 group=host.group,
                 role=host.role.value,
@@ -143,7 +143,7 @@ class BackupTask:
                 password_id=self._password_id,
                 scsm_version=export.version,
                 helper_version=export.helper_version,
-                run_id=self._run_id,
+                run_id=self.run_id,
             )
         except ShareError as exc:
             raise HostFailure(ErrorKind.SHARE, host.name, str(exc)) from None
@@ -174,7 +174,19 @@ def verify_export(host: HostConfig, export: remote.ExportResult) -> None:
 def run_backup(
     plan: BackupPlan, task: BackupTask, *, forks: int, events: RunnerEvents | None = None
 ) -> RunSummary[ManifestEntry]:
-    return Runner(task, forks=forks, events=events).run(plan.hosts)
+    summary = Runner(task, forks=forks, events=events).run(plan.hosts)
+    if summary.interrupted:
+        # a host aborted while its key was being stored may have landed in the manifest anyway:
+        # stop the store, then let the results say exactly what it holds
+        stored = {e.host: e for e in task.store.stop_adding() if e.run_id == task.run_id}
+        summary.results = [_settle(result, stored.get(result.host.name)) for result in summary.results]
+    return summary
+
+
+def _settle(result: HostResult[ManifestEntry], stored: ManifestEntry | None) -> HostResult[ManifestEntry]:
+    if stored is None or result.status is Status.OK:
+        return result
+    return HostResult(result.host, Status.OK, stored, attempts=result.attempts, duration=result.duration)
 
 
 def outcome_of(result: HostResult[ManifestEntry]) -> HostOutcome:

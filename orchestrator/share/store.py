@@ -73,6 +73,8 @@ class BackupStore:
         self.signer = signer
         self.verifier = verifier or (signer.public_key() if signer else None)
         self.lock_timeout = lock_timeout
+        self.stored: list[ManifestEntry] = []  # every entry this store added, in order
+        self._closed = False
         self._queue: list[_PendingAdd] = []
         self._queue_guard = threading.Lock()
         self._commit_guard = threading.Lock()
@@ -156,6 +158,8 @@ class BackupStore:
             helper_version=helper_version,
             run_id=run_id,
         )
+        if self._closed:
+            raise ShareError(f"share {self.share.url}: the run was aborted; nothing more is stored")
         pending = _PendingAdd(entry, data)
         with self._queue_guard:
             self._queue.append(pending)
@@ -197,6 +201,7 @@ class BackupStore:
                     self._save_manifest((*manifest.entries, *(item.entry for item in added)))
                 for item in added:
                     item.result = item.entry
+                    self.stored.append(item.entry)
         except (ShareError, IntegrityError, ConfigError) as exc:
             for item in batch:
                 if item.result is None and item.error is None:
@@ -214,6 +219,13 @@ class BackupStore:
             # Left by an add interrupted before the manifest update: adopt it only if identical.
             if hashlib.sha256(self.share.read_bytes(entry.path)).hexdigest() != entry.sha256:
                 raise
+
+    def stop_adding(self) -> list[ManifestEntry]:
+        """Refuse further adds (an aborted run), after any commit under way has finished; return
+        every entry this store added, so the run record can list exactly what the manifest holds."""
+        with self._commit_guard:
+            self._closed = True
+            return list(self.stored)
 
     def write_run_record(self, record: RunRecord) -> str:
         """Write ``runs/<run-id>.json`` (never overwriting); return its share path."""
