@@ -102,3 +102,29 @@ def test_live_progress_and_table_on_a_terminal(tmp_path):
     for host in ("t-ms01", "t-dw01", "d-portal01"):
         assert host in screen
     assert "6 ok, 0 failed, 0 skipped" in screen
+
+
+def test_restore_asks_before_replacing_a_key(tmp_path):
+    from orchestrator.inventory.loader import load_inventory
+    from orchestrator.lab.fleet import lab_machine
+
+    lab = make_lab_inventory(tmp_path / "lab")
+    env = cli_env(tmp_path, {"TERM": "xterm"})
+    backup = Terminal(["backup", "-i", str(lab.inventory), "--limit", "t-dw01"], env)
+    assert backup.wait() == 0, backup.output.decode(errors="replace")
+    machine = lab_machine(load_inventory(lab.inventory), "t-dw01")
+    original = machine.current_key()
+    machine.rebuild()
+    rebuilt = machine.current_key()
+
+    declined = Terminal(["restore", "-i", str(lab.inventory), "--host", "t-dw01"], env)
+    declined.read_until(b"Type yes to restore: ")
+    declined.type("no\n")
+    assert declined.wait() == 1
+    assert machine.current_key() == rebuilt  # nothing was sent to the server
+
+    confirmed = Terminal(["restore", "-i", str(lab.inventory), "--host", "t-dw01"], env)
+    confirmed.read_until(b"Type yes to restore: ")
+    confirmed.type("yes\n")
+    assert confirmed.wait() == 0, confirmed.output.decode(errors="replace")
+    assert machine.current_key() == original
