@@ -9,8 +9,6 @@ from __future__ import annotations
 import binascii
 import hmac
 import os
-import tempfile
-from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -88,19 +86,3 @@ def decrypt(vaulttext: bytes, password: Secret) -> bytes:
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError:
         raise VaultError("the vault file is damaged (bad padding)") from None
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), mode 0600."""
-    path = Path(path)
-    # mkstemp creates the file 0600
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
+from orchestrator.privatefile import write_private
 from orchestrator.secret import Secret
 from orchestrator.secretrefs import NEW_VAULT_PASSWORD_FILE_ENV, child_environment, vault_password
-from orchestrator.vault import VaultError, decrypt, encrypt, is_vault, write_private
+from orchestrator.vault import VaultError, decrypt, encrypt, is_vault
 
 
 def _read(path: Path) -> bytes:

@@ -13,7 +13,7 @@ import spnego
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 
-from orchestrator.lab.pki import write_private
+from orchestrator.privatefile import write_private
 
 PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
 BOUNDARY = b"--Encrypted Boundary"

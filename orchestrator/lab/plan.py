@@ -13,7 +13,7 @@ import yaml
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.fleet import LabFleet, LabHostSpec
-from orchestrator.lab.pki import create_private, write_private
+from orchestrator.privatefile import create_private, write_private
 from orchestrator.secret import Secret
 from orchestrator.share.manifest import (
     load_private_key,

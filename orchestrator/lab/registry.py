@@ -10,16 +10,15 @@ replaced with ``os.replace``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import Fault, find
+from orchestrator.privatefile import create_private, write_private
 
 # the same list as $KnownToolPaths in helpers/common.ps1 (a test keeps them equal)
 _TOOL = r"\Tools\SecureStorageBackup\SecureStorageBackup.exe"
@@ -158,22 +157,8 @@ class Registry:
             "key": base64.b64encode(state.key).decode("ascii"),
             "generation": state.generation,
         }
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=2)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            if not exclusive:
-                os.replace(temp, self.path)
-                return True
-            try:
-                os.link(temp, self.path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+        data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+        if exclusive:
+            return create_private(self.path, data)
+        write_private(self.path, data)
+        return True
