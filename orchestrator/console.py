@@ -32,7 +32,16 @@ HINTS: dict[ErrorKind, str] = {
     ErrorKind.TOOL_MISSING: "copy SecureStorageBackup.exe from the SCSM media (Tools\\SecureStorageBackup) "
     "and set tool_path",
     ErrorKind.TOOL_FAILED: "SecureStorageBackup.exe failed; its output is in the run record",
-    ErrorKind.TOOL_TIMEOUT: "SecureStorageBackup.exe did not finish; it may be waiting for interactive input",
+    ErrorKind.TOOL_TIMEOUT: "SecureStorageBackup.exe did not finish; it may be waiting for interactive input "
+    "(keyfleet doctor --tool-smoke tells; keyfleet collect takes keys made with the wizard)",
+    ErrorKind.TOOL_INTERACTIVE: "this SecureStorageBackup.exe takes no typed password: run the wizard on the server "
+    "and use keyfleet collect",
+    ErrorKind.CONSOLE_UNAVAILABLE: "no pseudo console before Windows Server 2019: set tool_input: stdin if the tool "
+    "reads stdin, else run the wizard and use keyfleet collect",
+    ErrorKind.CONSTRAINED_LANGUAGE: "AppLocker/WDAC script enforcement puts PowerShell in Constrained Language Mode; "
+    "allow keyfleet's bootstrap (a publisher or path rule) or use an exempt administrator account",
+    ErrorKind.REMOTE_SHELL_DISABLED: "Group Policy 'Allow Remote Shell Access' (Windows Remote Shell) is disabled on "
+    "this server; enable it for the keyfleet account's servers",
     ErrorKind.DISK_FULL: "free space in the server's temp folder",
     ErrorKind.INTEGRITY: "the file received does not match the hash the server computed; retry and check the path",
     ErrorKind.ROLE_MISMATCH: "the server reports another SCSM role than the inventory; fix the inventory",

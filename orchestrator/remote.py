@@ -1,11 +1,16 @@
 """The remote helper contract: the constant bootstrap command, the stdin request, typed results.
 
 A helper is a PowerShell script shipped as package data: ``common.ps1`` (parameters, settings,
-shared functions) followed by ``<helper>.ps1``, sent as one script. The command line sent over
-WinRM is always the same short bootstrap; the helper script, its SHA-256, its parameters and the
-secret travel on stdin as one JSON line. The bootstrap answers with one ``KEYFLEET-RESULT {json}`` line:
+shared functions), ``conpty.ps1`` (the pseudo console) and ``<helper>.ps1``, sent as one script.
+The command line sent over WinRM is always the same short bootstrap. stdin (``keyfleet-helper/2``)
+holds two lines: a JSON request (the helper script, its SHA-256 and its parameters, never a
+secret), then the secret alone as base64 of its UTF-8 bytes, so the JSON that PowerShell's
+``ConvertFrom-Json`` sees (and module logging records) holds no password in any form. The
+bootstrap answers with one ``KEYFLEET-RESULT {json}`` line:
 ``{"ok": true, "helper": NAME, "result": {...}}`` or
-``{"ok": false, "helper": NAME, "error": {"kind": KIND, "message": TEXT}}``.
+``{"ok": false, "helper": NAME, "error": {"kind": KIND, "message": TEXT}}``. When powershell.exe
+fails before the bootstrap's own error handling (Constrained Language Mode, AMSI, a parse error),
+there is no result line and stderr holds CLIXML, which is decoded into the failure.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import binascii
 import hashlib
 import json
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -24,11 +30,19 @@ from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import Role
 from orchestrator.secret import Secret, mask
 
-HELPERS = ("export", "restore", "probe")
+HELPERS = ("export", "restore", "probe", "smoke", "collect")
 BOOTSTRAP = "bootstrap"
 COMMON = "common"  # the part every helper script starts with
-HELPER_VERSION = "1.0.0"  # common.ps1 declares the same value in $HelperVersion
-REQUEST_FORMAT = "keyfleet-helper/1"
+CONPTY = "conpty"  # the pseudo console, sent after common.ps1
+HELPER_VERSION = "2.0.0"  # common.ps1 declares the same value in $HelperVersion
+REQUEST_FORMAT = "keyfleet-helper/2"
+DEFAULT_OUTBOX = "C:\\ProgramData\\keyfleet\\outbox"  # where administrators save keys made with the wizard
+MASKED_READ_MESSAGE = (  # .NET Framework's Console.ReadKey under a redirected stdin; common.ps1 has the same
+    "Cannot read keys when either application does not have a console or when console input has been redirected"
+)
+CONSTRAINED_MARKER = "KEYFLEET-CONSTRAINED-LANGUAGE:"
+CLIXML_HEADER = b"#< CLIXML"
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 RESULT_MARKER = b"KEYFLEET-RESULT "
 MAX_KEY_FILE_BYTES = 256 * 1024  # the helpers refuse a larger key file
 MAX_OUTPUT_BYTES = 1024 * 1024  # a sensible output cap for the session layer: base64 + tool output
@@ -41,6 +55,8 @@ _HELPER_KINDS = {
         ErrorKind.TOOL_MISSING,
         ErrorKind.TOOL_FAILED,
         ErrorKind.TOOL_TIMEOUT,
+        ErrorKind.TOOL_INTERACTIVE,
+        ErrorKind.CONSOLE_UNAVAILABLE,
         ErrorKind.NOT_ADMIN,
         ErrorKind.DISK_FULL,
         ErrorKind.ROLE_MISMATCH,
@@ -68,11 +84,12 @@ def _package_file(name: str) -> bytes:
 @cache
 def load_script(name: str) -> HelperScript:
     """The script keyfleet sends for ``name``, from the installed package: ``bootstrap.ps1`` as it is;
-    for a helper, ``common.ps1``, a blank line, then ``<name>.ps1``, so the server needs no file."""
+    for a helper, ``common.ps1``, ``conpty.ps1`` and ``<name>.ps1`` joined by newlines, so the
+    server needs no file."""
     if name == BOOTSTRAP:
         content = _package_file(BOOTSTRAP)
     elif name in HELPERS:
-        content = _package_file(COMMON) + b"\n" + _package_file(name)
+        content = b"\n".join(_package_file(part) for part in (COMMON, CONPTY, name))
     else:
         raise ValueError(f"unknown helper {name!r} (choose from {', '.join(HELPERS)})")
     return HelperScript(name, content, hashlib.sha256(content).hexdigest())
@@ -91,10 +108,11 @@ def bootstrap_command_line() -> str:
 
 
 def build_stdin(helper: str, params: dict[str, object], secret: Secret | None) -> bytes:
-    """The bootstrap's stdin: one JSON line with the helper script, its SHA-256, params and secret.
+    """The bootstrap's stdin: the JSON request line (script, SHA-256, params), then the secret line.
 
-    The JSON is ASCII (non-ASCII characters escaped), so the remote console code page cannot
-    alter it. The caller sends it and then closes stdin.
+    Both lines are ASCII (the JSON escapes non-ASCII characters; the secret is base64), so the
+    remote console code page cannot alter them; LF ends each (``ReadLine`` accepts LF and CRLF).
+    The caller sends it and then closes stdin.
     """
     if helper not in HELPERS:
         raise ValueError(f"unknown helper {helper!r} (choose from {', '.join(HELPERS)})")
@@ -105,13 +123,40 @@ def build_stdin(helper: str, params: dict[str, object], secret: Secret | None) -
         "script": base64.b64encode(script.content).decode("ascii"),
         "sha256": script.sha256,
         "params": params,
-        "secret": None if secret is None else secret.reveal(),
     }
-    return (json.dumps(request, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+    line = json.dumps(request, ensure_ascii=True, separators=(",", ":"))
+    secret_line = "" if secret is None else base64.b64encode(secret.reveal().encode("utf-8")).decode("ascii")
+    return f"{line}\n{secret_line}\n".encode("ascii")
 
 
-def export_params(tool_path: str | None, tool_timeout: float) -> dict[str, object]:
+def tool_password_problem(password: str) -> str | None:
+    """Why SecureStorageBackup.exe cannot be given ``password`` reliably, or None.
+
+    Only printable ASCII is accepted: its bytes are the same in every console code page, so what
+    the tool reads is what keyfleet recorded whatever code page a server's console ends up with
+    (the helper sets UTF-8, but a password the tool decoded differently could never be typed
+    again at restore). The wizard's own rule is at least 8 characters.
+    """
+    if len(password) < 8:
+        return "it has fewer than 8 characters (SecureStorageBackup.exe's minimum)"
+    if any(not " " <= c <= "~" for c in password):
+        return "it has characters outside printable ASCII (letters, digits, punctuation and space are safe)"
+    return None
+
+
+def export_params(tool_path: str | None, tool_timeout: float, tool_input: str = "auto") -> dict[str, object]:
+    return {"tool_path": tool_path, "tool_timeout": tool_timeout, "tool_input": tool_input}
+
+
+def smoke_params(tool_path: str | None, tool_timeout: float) -> dict[str, object]:
     return {"tool_path": tool_path, "tool_timeout": tool_timeout}
+
+
+def collect_params(path: str, *, remove: tuple[str, str] | None = None) -> dict[str, object]:
+    """fetch the newest key file of ``path``; with ``remove=(name, sha256)``, delete that file."""
+    if remove is None:
+        return {"path": path, "action": "fetch"}
+    return {"path": path, "action": "remove", "name": remove[0], "sha256": remove[1]}
 
 
 def restore_params(
@@ -119,6 +164,7 @@ def restore_params(
     tool_path: str | None,
     tool_timeout: float,
     *,
+    tool_input: str = "auto",
     expected_computer_name: str | None = None,
     expected_role: Role | None = None,
 ) -> dict[str, object]:
@@ -130,6 +176,7 @@ def restore_params(
         "sha256": hashlib.sha256(key_file).hexdigest(),
         "tool_path": tool_path,
         "tool_timeout": tool_timeout,
+        "tool_input": tool_input,
         "expected_computer_name": expected_computer_name,
         "expected_role": None if expected_role is None else expected_role.value,
     }
@@ -148,13 +195,52 @@ def _protocol(host: str, reason: str) -> HostFailure:
     return HostFailure(ErrorKind.PROTOCOL, host, _reason(reason))
 
 
+def decode_clixml(stderr: bytes) -> str | None:
+    """The error text of powershell.exe's CLIXML stderr, or None when stderr is not CLIXML.
+
+    powershell.exe writes its error stream as ``#< CLIXML`` and an ``<Objs>`` document when it is
+    non-interactive with -EncodedCommand (PowerShell ConsoleHost); each ``<S S="Error">`` holds a
+    line with control characters escaped as ``_xHHHH_`` (pywinrm's ``_clean_error_msg`` and
+    Ansible's ``_parse_clixml`` decode the same). Progress records are skipped.
+    """
+    text = stderr.decode("utf-8", "replace").lstrip("\ufeff")
+    start = text.find(CLIXML_HEADER.decode())
+    if start < 0:
+        return None
+    lines: list[str] = []
+    for document in text[start:].split(CLIXML_HEADER.decode())[1:]:
+        body = document.strip()
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            continue
+        for element in root.iter():
+            if element.tag.rsplit("}", 1)[-1] == "S" and element.get("S") == "Error" and element.text:
+                lines.append(_CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), element.text))
+    return "".join(lines).strip()
+
+
+def _no_result(host: str, stderr: bytes, exit_code: int) -> HostFailure:
+    """What went wrong when the helper wrote no result line: powershell.exe's own error, if any."""
+    clixml = decode_clixml(stderr)
+    if clixml is not None and CONSTRAINED_MARKER in clixml:
+        detail = clixml.split(CONSTRAINED_MARKER, 1)[1].splitlines()[0].strip()
+        return HostFailure(
+            ErrorKind.CONSTRAINED_LANGUAGE, host, _reason(f"{detail}: the keyfleet helpers need FullLanguage")
+        )
+    if clixml:
+        first = clixml.splitlines()[0].strip()
+        return HostFailure(ErrorKind.REMOTE, host, _reason(f"powershell.exe failed (exit code {exit_code}): {first}"))
+    lines = [] if clixml is not None else stderr.decode("utf-8", "replace").strip().splitlines()
+    hint = f": {lines[0]}" if lines else ""
+    return _protocol(host, f"no result line from the remote helper (exit code {exit_code}){hint}")
+
+
 def parse_result(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> dict[str, object]:
     """The ``result`` object of a successful helper run; HostFailure for anything else."""
     lines = [line for line in stdout.splitlines(keepends=True) if line.startswith(RESULT_MARKER)]
     if not lines:
-        detail = stderr.decode("utf-8", "replace").strip().splitlines()
-        hint = f": {detail[0]}" if detail else ""
-        raise _protocol(host, f"no result line from the remote helper (exit code {exit_code}){hint}")
+        raise _no_result(host, stderr, exit_code)
     if len(lines) > 1:
         raise _protocol(host, f"{len(lines)} result lines from the remote helper, expected one")
     line = lines[0]
@@ -220,6 +306,16 @@ class _Fields:
     def optional_integer(self, name: str) -> int | None:
         return None if self.data.get(name) is None else self.integer(name)
 
+    def texts(self, name: str) -> tuple[str, ...]:
+        value = self.data.get(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(name, "a list of strings")
+        return tuple(value)
+
     def flag(self, name: str) -> bool:
         value = self.data.get(name)
         if not isinstance(value, bool):
@@ -232,14 +328,24 @@ class _Fields:
             raise self._bad(name, "a SHA-256 in hex")
         return value
 
-    def role(self, name: str = "role") -> Role | None:
-        value = self.optional_text(name)
+    def roles(self, name: str = "roles") -> tuple[Role, ...]:
+        value = self.data.get(name)
         if value is None:
-            return None
+            return ()
+        if isinstance(value, str):  # ConvertTo-Json writes a one-element array as itself in places
+            value = [value]
+        if not isinstance(value, list):
+            raise self._bad(name, "a list of roles")
         try:
-            return Role(value)
+            return tuple(Role(item) for item in value)
         except ValueError:
-            raise self._bad(name, "a known role") from None
+            raise self._bad(name, "a list of known roles") from None
+
+    def method(self, name: str = "method") -> str | None:
+        value = self.optional_text(name)
+        if value is not None and value not in ("stdin", "console", "wizard"):
+            raise self._bad(name, "stdin, console or wizard")
+        return value
 
     def base64(self, name: str) -> bytes:
         try:
@@ -254,13 +360,15 @@ class ToolResult:
     server said about itself, and the tool's exit code and output."""
 
     sha256: str
-    role: Role | None
+    roles: tuple[Role, ...]  # every SCSM role the server holds (a portal often shares a server)
     version: str | None
     tool_exit: int
     tool_output: str
     helper_version: str
+    method: str | None = None  # how the password reached the tool: stdin or console
     computer_name: str | None = None
     tool_path: str | None = None
+    cleanup_warning: str | None = None  # the temporary folder could not be removed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,13 +390,53 @@ class ProbeResult:
 
     computer_name: str
     admin: bool
-    role: Role | None
+    roles: tuple[Role, ...]
     version: str | None
     tool_path: str | None
     tool_version: str | None
     temp_path: str | None
     temp_free_bytes: int | None
     powershell_version: str | None
+    helper_version: str
+    os_build: int | None = None
+    tool_candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SmokeAttempt:
+    """One way of typing the throwaway password (keyfleet doctor --tool-smoke)."""
+
+    method: str
+    exit: int | None
+    output: str
+    kind: str | None = None
+    wrote_file: bool = False
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """Which input method SecureStorageBackup.exe takes on a server: stdin, console or none."""
+
+    works: str | None
+    attempts: tuple[SmokeAttempt, ...]
+    tool_path: str | None
+    os_build: int | None
+    helper_version: str
+    cleanup_warning: str | None = None
+
+
+@dataclass(frozen=True)
+class CollectedFile:
+    """A key file an administrator made with the wizard, as the collect helper found it."""
+
+    file: bytes = field(repr=False)
+    sha256: str
+    size: int
+    name: str
+    written: str
+    roles: tuple[Role, ...]
+    version: str | None
+    computer_name: str | None
     helper_version: str
 
 
@@ -299,13 +447,15 @@ def _tool_result(result_type: type[_R], f: _Fields, **fields: Any) -> _R:
     """A ToolResult (or subclass, whose own ``fields`` are given) from the fields every tool run reports."""
     return result_type(
         sha256=f.sha256(),
-        role=f.role(),
+        roles=f.roles(),
         version=f.optional_text("version"),
         tool_exit=f.integer("tool_exit"),
         tool_output=mask(f.text("tool_output")),
         helper_version=f.text("helper_version"),
+        method=f.method(),
         computer_name=f.optional_text("computer_name"),
         tool_path=f.optional_text("tool_path"),
+        cleanup_warning=f.optional_text("cleanup_warning"),
         **fields,
     )
 
@@ -314,15 +464,17 @@ def parse_export(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Exp
     """Parse an export run; the key file must match the size and SHA-256 the server computed."""
     f = _Fields(host, "export", parse_result(host, stdout, stderr, exit_code))
     result = _tool_result(ExportResult, f, file=f.base64("file"), size=f.integer("size"))
-    if len(result.file) != result.size:
-        raise HostFailure(
-            ErrorKind.INTEGRITY, host, f"received {len(result.file)} bytes, the server reported {result.size}"
-        )
-    if hashlib.sha256(result.file).hexdigest() != result.sha256:
+    _check_file(host, result.file, result.size, result.sha256)
+    return result
+
+
+def _check_file(host: str, data: bytes, size: int, sha256: str) -> None:
+    if len(data) != size:
+        raise HostFailure(ErrorKind.INTEGRITY, host, f"received {len(data)} bytes, the server reported {size}")
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise HostFailure(
             ErrorKind.INTEGRITY, host, "the received key file does not match the SHA-256 the server computed"
         )
-    return result
 
 
 def parse_restore(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> RestoreResult:
@@ -334,7 +486,7 @@ def parse_probe(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Prob
     return ProbeResult(
         computer_name=f.text("computer_name"),
         admin=f.flag("admin"),
-        role=f.role(),
+        roles=f.roles(),
         version=f.optional_text("version"),
         tool_path=f.optional_text("tool_path"),
         tool_version=f.optional_text("tool_version"),
@@ -342,4 +494,57 @@ def parse_probe(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Prob
         temp_free_bytes=f.optional_integer("temp_free_bytes"),
         powershell_version=f.optional_text("powershell_version"),
         helper_version=f.text("helper_version"),
+        os_build=f.optional_integer("os_build"),
+        tool_candidates=f.texts("tool_candidates"),
     )
+
+
+def parse_smoke(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> SmokeResult:
+    f = _Fields(host, "smoke", parse_result(host, stdout, stderr, exit_code))
+    raw = f.data.get("attempts")
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+        raise f._bad("attempts", "a list of objects")
+    attempts = []
+    for item in raw:
+        a = _Fields(host, "smoke", item)
+        attempts.append(
+            SmokeAttempt(
+                method=a.text("method"),
+                exit=a.optional_integer("exit"),
+                output=mask(a.optional_text("output") or ""),
+                kind=a.optional_text("kind"),
+                wrote_file=bool(item.get("wrote_file")),
+            )
+        )
+    works = f.method("works")
+    return SmokeResult(
+        works=works,
+        attempts=tuple(attempts),
+        tool_path=f.optional_text("tool_path"),
+        os_build=f.optional_integer("os_build"),
+        helper_version=f.text("helper_version"),
+        cleanup_warning=f.optional_text("cleanup_warning"),
+    )
+
+
+def parse_collect(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> CollectedFile:
+    f = _Fields(host, "collect", parse_result(host, stdout, stderr, exit_code))
+    collected = CollectedFile(
+        file=f.base64("file"),
+        sha256=f.sha256(),
+        size=f.integer("size"),
+        name=f.text("name"),
+        written=f.text("written"),
+        roles=f.roles(),
+        version=f.optional_text("version"),
+        computer_name=f.optional_text("computer_name"),
+        helper_version=f.text("helper_version"),
+    )
+    _check_file(host, collected.file, collected.size, collected.sha256)
+    return collected
+
+
+def parse_collect_remove(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> str:
+    return _Fields(host, "collect", parse_result(host, stdout, stderr, exit_code)).text("removed")

@@ -42,6 +42,7 @@ class HostContext:
     cancel: threading.Event
     attempt: int = 1
     report: Callable[[str], None] = field(default=lambda _state: None)
+    warning: str | None = None  # something the operator should know about a host that succeeded
 
 
 @dataclass
@@ -54,6 +55,7 @@ class HostResult(Generic[T]):
     attempts: int = 0
     duration: float = 0.0
     scsm_version: str | None = None  # reported by a server before it failed
+    warning: str | None = None  # set by the task on success (e.g. a temporary folder left behind)
 
 
 @dataclass
@@ -172,7 +174,14 @@ class Runner(Generic[T]):
             self._events.on_state(host.name, "running" if attempt == 1 else f"retry {attempt - 1}")
             try:
                 value = self._task(ctx)
-                return HostResult(host, Status.OK, value, attempts=attempt, duration=time.monotonic() - started)
+                return HostResult(
+                    host,
+                    Status.OK,
+                    value,
+                    attempts=attempt,
+                    duration=time.monotonic() - started,
+                    warning=mask(ctx.warning) if ctx.warning else None,
+                )
             except HostFailure as failure:
                 retry_in = self._backoff * (2 ** (attempt - 1)) * (0.75 + random.random() / 2)
                 can_retry = (

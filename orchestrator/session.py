@@ -21,7 +21,6 @@ from xml.etree.ElementTree import ParseError as XMLParseError
 import requests
 import requests.adapters
 import urllib3.exceptions
-import winrm
 from winrm.exceptions import (
     InvalidCredentialsError,
     WinRMError,
@@ -29,6 +28,7 @@ from winrm.exceptions import (
     WinRMTransportError,
     WSManFaultError,
 )
+from winrm.protocol import Protocol
 
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import HostConfig
@@ -40,6 +40,13 @@ DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 _READ_MARGIN = 5.0  # seconds a reply may take beyond the WS-Man OperationTimeout
 _FINGERPRINT_MISMATCH = re.compile(r'Expected "([0-9a-fA-F:]+)", got "([0-9a-fA-F:]+)"')
 _ACCESS_DENIED = re.compile(r"access is denied|access denied", re.IGNORECASE)
+# Group Policy "Allow Remote Shell Access" disabled: "The WS-Management service cannot process the
+# request. The service is configured to not accept any remote shell requests." (public reports; the
+# fault code is not documented, so the text decides)
+_SHELL_DISABLED = re.compile(
+    r"not accept any remote shell requests|remote shell access is (?:disabled|not allowed)", re.I
+)
+STDIN_CHUNK = 200_000  # bytes per Send, as Ansible's winrm plugin; fits the default MaxEnvelopeSizekb of 500
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class WinRMSession:
         encrypt_messages = host.scheme == "http" and host.transport in ("ntlm", "kerberos", "credssp")
         username = host.credential.username if host.credential else None
         try:
-            self._protocol = winrm.Protocol(
+            self._protocol = Protocol(
                 endpoint=host.endpoint,
                 transport=host.transport,  # type: ignore[arg-type]  # the inventory's names are pywinrm's
                 username=username,
@@ -112,24 +119,59 @@ class WinRMSession:
         cancel: threading.Event | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> CommandResult:
-        """Run ``command_line`` with ``stdin`` (sent whole, then end of stream); collect its output.
+        """Run ``command_line`` with ``stdin`` (sent in chunks, then end of stream); collect its output.
 
-        ``deadline`` is a ``time.monotonic()`` value; past it the command is abandoned with kind
-        ``timeout``. Raises HostFailure for every failure.
+        The shell's code page is UTF-8 (65001), set explicitly. The command runs without cmd.exe
+        (WINRS_SKIP_CMD_SHELL) and with stdin as a pipe (WINRS_CONSOLEMODE_STDIN=FALSE, as
+        Ansible's winrm plugin streams stdin: a real end of file, and no console echo of what is
+        sent). ``deadline`` is a ``time.monotonic()`` value; past it the command is abandoned
+        with kind ``timeout``. Raises HostFailure for every failure.
         """
         start_count = self.requests_sent
         shell_id = self._call(deadline, "Create", self._protocol.open_shell, codepage=65001)
         done = False
         try:
             command_id = self._call(
-                deadline, "Command", self._protocol.run_command, shell_id, command_line, skip_cmd_shell=True
+                deadline,
+                "Command",
+                self._protocol.run_command,
+                shell_id,
+                command_line,
+                console_mode_stdin=False,
+                skip_cmd_shell=True,
             )
-            self._call(deadline, "Send", self._protocol.send_command_input, shell_id, command_id, stdin, True)
-            stdout, stderr, code = self._receive_all(shell_id, command_id, deadline, cancel, max_output)
+            early = self._send_stdin(shell_id, command_id, stdin, deadline, cancel, max_output)
+            stdout, stderr, code = early or self._receive_all(shell_id, command_id, deadline, cancel, max_output)
             done = True
         finally:
             self._delete(shell_id, deadline if done else time.monotonic() + 5.0)
         return CommandResult(stdout, stderr, code, self.requests_sent - start_count)
+
+    def _send_stdin(
+        self,
+        shell_id: str,
+        command_id: str,
+        stdin: bytes,
+        deadline: float,
+        cancel: threading.Event | None,
+        max_output: int,
+    ) -> tuple[bytes, bytes, int] | None:
+        """Send stdin in chunks, the last with End. Windows faults a Send to a process that has
+        already ended ("The pipe has been ended", ansible/ansible#69595): then the process's own
+        output and exit code say why, so they are returned instead of the Send's fault."""
+        chunks = [stdin[i : i + STDIN_CHUNK] for i in range(0, len(stdin), STDIN_CHUNK)] or [b""]
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            try:
+                self._call(deadline, "Send", self._protocol.send_command_input, shell_id, command_id, chunk, last)
+            except HostFailure as refused:
+                if refused.kind not in (ErrorKind.HTTP, ErrorKind.REMOTE, ErrorKind.PROTOCOL):
+                    raise
+                try:
+                    return self._receive_all(shell_id, command_id, deadline, cancel, max_output)
+                except HostFailure:
+                    raise refused from None
+        return None
 
     def close(self) -> None:
         self._protocol.transport.close_session()
@@ -222,6 +264,8 @@ class WinRMSession:
             return HostFailure(ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)")
         if isinstance(exc, WSManFaultError):
             reason = mask(exc.reason or "")
+            if _SHELL_DISABLED.search(reason):
+                return HostFailure(ErrorKind.REMOTE_SHELL_DISABLED, name, f"{operation}: {reason}")
             if exc.code in (401, 403) or _ACCESS_DENIED.search(reason):
                 return HostFailure(ErrorKind.AUTH, name, f"{operation}: {reason}")
             kind = ErrorKind.HTTP if exc.code >= 500 else ErrorKind.REMOTE

@@ -110,7 +110,7 @@ def test_cmd_builtins(tmp_path: Path) -> None:
 def test_export_makes_a_key_file_that_opens_with_the_password(tmp_path: Path) -> None:
     machine = make(tmp_path)
     result = export(machine)
-    assert result.role is Role.MANAGEMENT_SERVER and result.version == "10.22.1068.0"
+    assert result.roles == (Role.MANAGEMENT_SERVER,) and result.version == "10.22.1068.0"
     assert result.computer_name == "SCSM-MS01" and result.helper_version == remote.HELPER_VERSION
     assert "Secure Storage Backup Complete" in result.tool_output
     assert keyfile.read_header(result.file) == keyfile.KeyFileHeader("SCSM-MS01", "management_server")
@@ -186,7 +186,9 @@ def test_password_rules(tmp_path: Path) -> None:
         ("truncate-output", ErrorKind.PROTOCOL, "truncated"),
         ("tool-missing", ErrorKind.TOOL_MISSING, "not found"),
         ("tool-failing", ErrorKind.TOOL_FAILED, "exited with code 2"),
-        ("tool-hanging", ErrorKind.TOOL_TIMEOUT, "interactive input"),
+        ("tool-hanging", ErrorKind.TOOL_TIMEOUT, "did not finish within 1 s"),
+        ("tool-wizard-only", ErrorKind.TOOL_INTERACTIVE, "keyfleet collect"),
+        ("tool-exits-early", ErrorKind.TOOL_FAILED, "could not be contacted"),
         ("not-admin", ErrorKind.NOT_ADMIN, "not a local administrator"),
         ("disk-full", ErrorKind.DISK_FULL, "bytes free"),
     ],
@@ -196,7 +198,7 @@ def test_machine_faults(tmp_path: Path, fault: str, kind: ErrorKind, hint: str) 
     run = helper(machine, "export", remote.export_params(None, 1))
     error = failure(remote.parse_export, HOST, run.stdout, run.stderr, run.code)
     assert error.kind is kind and hint in error.reason
-    if fault == "tool-hanging":
+    if fault in ("tool-hanging", "tool-wizard-only"):
         assert 1 <= run.seconds < 3
 
 
@@ -210,9 +212,9 @@ def test_machine_faults(tmp_path: Path, fault: str, kind: ErrorKind, hint: str) 
 )
 def test_wrong_role(tmp_path: Path, role: Role, fault: str, reported: Role) -> None:
     machine = make(tmp_path, fault, role=role)
-    assert export(machine).role is reported
+    assert export(machine).roles == (reported,)
     run = helper(machine, "probe", remote.probe_params(None), None)
-    assert remote.parse_probe(HOST, run.stdout, run.stderr, run.code).role is reported
+    assert remote.parse_probe(HOST, run.stdout, run.stderr, run.code).roles == (reported,)
 
 
 def test_non_admin_user_and_host(tmp_path: Path) -> None:
@@ -233,7 +235,7 @@ def test_tool_location(tmp_path: Path) -> None:
 def test_probe(tmp_path: Path) -> None:
     run = helper(make(tmp_path), "probe", remote.probe_params(None), None)
     probe = remote.parse_probe(HOST, run.stdout, run.stderr, run.code)
-    assert probe.admin and probe.role is Role.MANAGEMENT_SERVER and probe.tool_path and probe.temp_free_bytes
+    assert probe.admin and probe.roles == (Role.MANAGEMENT_SERVER,) and probe.tool_path and probe.temp_free_bytes
     run = helper(make(tmp_path, "tool-missing", "disk-full", "not-admin"), "probe", remote.probe_params(None), None)
     probe = remote.parse_probe(HOST, run.stdout, run.stderr, run.code)
     assert not probe.admin and probe.tool_path is None and (probe.temp_free_bytes or 0) < 10 * 1024 * 1024
@@ -241,20 +243,25 @@ def test_probe(tmp_path: Path) -> None:
 
 def test_a_modified_helper_script_is_refused(tmp_path: Path) -> None:
     machine = make(tmp_path)
-    request = json.loads(remote.build_stdin("export", remote.export_params(None, 5), SECRET))
+    request_line, secret_line, _ = remote.build_stdin("export", remote.export_params(None, 5), SECRET).split(b"\n")
+    request = json.loads(request_line)
     script = base64.b64decode(request["script"]) + b"\nStart-Process calc.exe\n"
     request["script"] = base64.b64encode(script).decode()
-    run = execute(machine, remote.bootstrap_command_line(), json.dumps(request).encode())
+
+    def stdin() -> bytes:
+        return json.dumps(request).encode() + b"\n" + secret_line + b"\n"
+
+    run = execute(machine, remote.bootstrap_command_line(), stdin())
     error = failure(remote.parse_result, HOST, run.stdout, run.stderr, run.code)
     assert error.kind is ErrorKind.PROTOCOL and "SHA-256" in error.reason
     request["sha256"] = hashlib.sha256(script).hexdigest()
-    run = execute(machine, remote.bootstrap_command_line(), json.dumps(request).encode())
+    run = execute(machine, remote.bootstrap_command_line(), stdin())
     error = failure(remote.parse_result, HOST, run.stdout, run.stderr, run.code)
     assert error.kind is ErrorKind.REMOTE and "byte-identical" in error.reason
-    # export.ps1 alone is not what keyfleet sends (common.ps1 + export.ps1)
+    # export.ps1 alone is not what keyfleet sends (common.ps1 + conpty.ps1 + export.ps1)
     alone = resources.files("orchestrator").joinpath("helpers", "export.ps1").read_bytes()
     request.update(script=base64.b64encode(alone).decode(), sha256=hashlib.sha256(alone).hexdigest())
-    run = execute(machine, remote.bootstrap_command_line(), json.dumps(request).encode())
+    run = execute(machine, remote.bootstrap_command_line(), stdin())
     error = failure(remote.parse_result, HOST, run.stdout, run.stderr, run.code)
     assert error.kind is ErrorKind.REMOTE and "byte-identical" in error.reason
 

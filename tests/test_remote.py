@@ -31,8 +31,9 @@ def _export_result(file: bytes = b"sealed key file") -> dict[str, object]:
         "file": base64.b64encode(file).decode(),
         "sha256": hashlib.sha256(file).hexdigest(),
         "size": len(file),
-        "role": "management_server",
+        "roles": ["management_server", "self_service_portal"],
         "version": "10.22.1068.0",
+        "method": "stdin",
         "tool_path": r"C:\Tools\SecureStorageBackup.exe",
         "tool_exit": 0,
         "tool_output": "Secure Storage Backup Complete",
@@ -63,11 +64,12 @@ def test_scripts_load_with_their_sha256() -> None:
 
 
 @pytest.mark.parametrize("helper", remote.HELPERS)
-def test_a_helper_script_is_common_then_the_helper(helper: str) -> None:
+def test_a_helper_script_is_common_conpty_then_the_helper(helper: str) -> None:
     package = resources.files("orchestrator").joinpath("helpers")
     common = package.joinpath("common.ps1").read_bytes()
+    conpty = package.joinpath("conpty.ps1").read_bytes()
     own = package.joinpath(f"{helper}.ps1").read_bytes()
-    assert remote.load_script(helper).content == common + b"\n" + own
+    assert remote.load_script(helper).content == common + b"\n" + conpty + b"\n" + own
 
 
 def test_bootstrap_command_line_is_constant_and_carries_only_the_bootstrap() -> None:
@@ -79,23 +81,41 @@ def test_bootstrap_command_line_is_constant_and_carries_only_the_bootstrap() -> 
     assert decoded == remote.load_script("bootstrap").content.decode()
 
 
-def test_build_stdin_is_one_ascii_json_line_with_script_hash_params_and_secret() -> None:
+def _forms(secret: str) -> list[bytes]:
+    """The secret as plain text, UTF-16LE, and base64 of both at every alignment."""
+    forms = []
+    for raw in (secret.encode("utf-8"), secret.encode("utf-16-le")):
+        forms.append(raw)
+        for skip in range(3):
+            encoded = base64.b64encode(b"\0" * skip + raw)[4 if skip else 0 :]
+            forms.append(encoded[: len(encoded) - 4])  # the stable middle, whatever surrounds it
+    return [f for f in forms if len(f) >= 8]
+
+
+def test_build_stdin_is_a_request_line_without_the_secret_then_the_secret_line() -> None:
     data = remote.build_stdin("export", remote.export_params(None, 30), Secret(PASSWORD + "é"))
-    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert data.endswith(b"\n") and data.count(b"\n") == 2
     data.decode("ascii")
-    request = json.loads(data)
+    request_line, secret_line, rest = data.split(b"\n")
+    assert rest == b""
+    request = json.loads(request_line)
     script = remote.load_script("export")
-    assert request["format"] == remote.REQUEST_FORMAT
+    assert request["format"] == remote.REQUEST_FORMAT == "keyfleet-helper/2"
+    assert set(request) == {"format", "helper", "script", "sha256", "params"}
     assert request["helper"] == "export"
     assert base64.b64decode(request["script"]) == script.content
     assert request["sha256"] == script.sha256
-    assert request["params"] == {"tool_path": None, "tool_timeout": 30}
-    assert request["secret"] == PASSWORD + "é"
+    assert request["params"] == {"tool_path": None, "tool_timeout": 30, "tool_input": "auto"}
+    # the JSON document (what ConvertFrom-Json sees, and module logging records) holds no form of it
+    for form in _forms(PASSWORD + "é"):
+        assert form not in request_line, form
+    assert base64.b64decode(secret_line, validate=True).decode("utf-8") == PASSWORD + "é"
     assert PASSWORD not in remote.bootstrap_command_line()
 
 
 def test_build_stdin_without_secret_and_unknown_helper() -> None:
-    assert json.loads(remote.build_stdin("probe", remote.probe_params("C:\\t.exe"), None))["secret"] is None
+    data = remote.build_stdin("probe", remote.probe_params("C:\\t.exe"), None)
+    assert data.split(b"\n")[1:] == [b"", b""]  # an empty secret line
     with pytest.raises(ValueError, match="unknown helper"):
         remote.build_stdin("bootstrap", {}, None)
 
@@ -112,7 +132,7 @@ def test_restore_params_carry_the_file_and_its_hash() -> None:
 def test_parse_export_ok() -> None:
     result = remote.parse_export(HOST, b"noise\r\n" + _ok(_export_result()), b"", 0)
     assert result.file == b"sealed key file"
-    assert result.role is Role.MANAGEMENT_SERVER
+    assert result.roles == (Role.MANAGEMENT_SERVER, Role.SELF_SERVICE_PORTAL) and result.method == "stdin"
     assert result.size == 15 and result.tool_exit == 0 and result.computer_name == "SCSM-MS01"
     assert "sealed" not in repr(result)
 
@@ -169,7 +189,8 @@ def test_no_result_line_quotes_stderr() -> None:
         ("sha256", "abc", "SHA-256"),
         ("size", "15", "an integer"),
         ("size", True, "an integer"),
-        ("role", "sql_server", "a known role"),
+        ("roles", ["sql_server"], "a list of known roles"),
+        ("method", "telepathy", "stdin, console or wizard"),
         ("tool_output", None, "a string"),
         ("helper_version", 1, "a string"),
     ],
@@ -200,7 +221,7 @@ def test_parse_probe_and_restore() -> None:
     probe = {
         "computer_name": "SCSM-MS01",
         "admin": False,
-        "role": None,
+        "roles": [],
         "version": None,
         "tool_path": None,
         "tool_version": None,
@@ -210,7 +231,7 @@ def test_parse_probe_and_restore() -> None:
         "helper_version": remote.HELPER_VERSION,
     }
     parsed = remote.parse_probe(HOST, _ok(probe, "probe"), b"", 0)
-    assert parsed.admin is False and parsed.role is None and parsed.temp_free_bytes == 12
+    assert parsed.admin is False and parsed.roles == () and parsed.temp_free_bytes == 12
     probe["admin"] = "yes"
     with pytest.raises(HostFailure, match="true or false"):
         remote.parse_probe(HOST, _ok(probe, "probe"), b"", 0)
@@ -222,3 +243,70 @@ def test_parse_probe_and_restore() -> None:
 def test_reason_is_bounded() -> None:
     failure = _failure("tool-failed", "x" * 5000)
     assert len(failure.reason) <= 400
+
+
+# CLIXML as powershell.exe writes it on stderr (the form pywinrm's run_ps and Ansible decode):
+# a progress record first, then the error text in <S S="Error"> lines with CR LF escaped.
+_PROGRESS = (
+    b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    b'<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T>'
+    b"<T>System.Object</T></TN><MS><I64 N=\"SourceId\">1</I64><PR N=\"Record\"><AV>Preparing modules for first "
+    b"use.</AV><AI>0</AI><Nil /><PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj></Objs>"
+)
+
+
+def _clixml_error(*lines: str) -> bytes:
+    body = "".join(f'<S S="Error">{line}_x000D__x000A_</S>' for line in lines)
+    return (
+        '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+        f"{body}</Objs>"
+    ).encode()
+
+
+def test_clixml_error_is_decoded_into_the_failure() -> None:
+    stderr = _PROGRESS + _clixml_error(
+        "Program 'SecureStorageBackup.exe' failed to run: This program is blocked by group policy.",
+        "At line:1 char:1",
+    )
+    assert remote.decode_clixml(stderr) == (
+        "Program 'SecureStorageBackup.exe' failed to run: This program is blocked by group policy.\r\n"
+        "At line:1 char:1"
+    )
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_result(HOST, b"", stderr, 1)
+    assert caught.value.kind is ErrorKind.REMOTE
+    assert "blocked by group policy" in caught.value.reason and "_x000D_" not in caught.value.reason
+
+
+def test_constrained_language_mode_has_its_own_kind() -> None:
+    stderr = _PROGRESS + _clixml_error(
+        "KEYFLEET-CONSTRAINED-LANGUAGE: PowerShell runs in ConstrainedLanguage mode on SCSM-MS01",
+        "At line:9 char:5",
+    )
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_result(HOST, b"", stderr, 1)
+    assert caught.value.kind is ErrorKind.CONSTRAINED_LANGUAGE
+    assert "ConstrainedLanguage mode on SCSM-MS01" in caught.value.reason
+
+
+def test_progress_only_clixml_does_not_hide_a_good_result() -> None:
+    result = remote.parse_export(HOST, _ok(_export_result()), _PROGRESS, 0)
+    assert result.file == b"sealed key file"
+    assert remote.decode_clixml(_PROGRESS) == ""
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_result(HOST, b"", _PROGRESS, 1)
+    assert caught.value.kind is ErrorKind.PROTOCOL and "CLIXML" not in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("Short-1", "fewer than 8"),
+        ("Pässwort-2026", "outside printable ASCII"),
+        ("tab\tinside-pw", "outside printable ASCII"),
+        ("Ok password with spaces & ~!", None),
+    ],
+)
+def test_tool_password_rules(password: str, problem: str | None) -> None:
+    found = remote.tool_password_problem(password)
+    assert (found is None) if problem is None else (problem in (found or ""))

@@ -106,7 +106,7 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
     rows = []
     for d in diagnoses:
         probe = d.probe
-        role = str(probe.role) if probe and probe.role else ("(none)" if probe else "")
+        role = " + ".join(str(r) for r in probe.roles) or "(none)" if probe else ""
         rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c, probe) for c in d.checks]])
     ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], rows)
     by_kind: dict[str, list[str]] = {}

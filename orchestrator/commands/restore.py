@@ -105,7 +105,8 @@ def result_json(
         if restored is None
         else {
             "computer_name": restored.computer_name,
-            "role": restored.role.value if restored.role else None,
+            "roles": [r.value for r in restored.roles],
+            "method": restored.method,
             "version": restored.version,
             "sha256": restored.sha256,
             "tool_path": restored.tool_path,

@@ -1,6 +1,13 @@
-# keyfleet bootstrap. The command line carries only this script; stdin carries one JSON request:
-# format, helper name, helper script (base64), its SHA-256, params and the secret.
+# keyfleet bootstrap. The command line carries only this script. stdin carries two lines
+# (keyfleet-helper/2): a JSON request (format, helper name, helper script in base64, its SHA-256,
+# params; never a secret), then the secret as base64 of its UTF-8 bytes (an empty line for none).
 # The script is verified, then run; exactly one "KEYFLEET-RESULT {json}" line is written.
+# Constrained Language Mode (AppLocker/WDAC script enforcement) allows none of the .NET calls below:
+# say so first. The throw leaves this script before any try, so powershell.exe writes it to stderr
+# as CLIXML (ConsoleHost error format under -EncodedCommand) and exits 1; keyfleet decodes it.
+if ($ExecutionContext.SessionState.LanguageMode -ne 'FullLanguage') {
+    throw "KEYFLEET-CONSTRAINED-LANGUAGE: PowerShell runs in $($ExecutionContext.SessionState.LanguageMode) mode on $env:COMPUTERNAME"
+}
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
 $helper = $null
@@ -16,20 +23,31 @@ function Write-KeyfleetResult([hashtable] $Result) {
 }
 
 try {
-    $request = [Console]::In.ReadToEnd() | ConvertFrom-Json
-    if ($request.format -ne 'keyfleet-helper/1') { throw 'stdin does not hold a keyfleet-helper/1 request' }
+    # [Console]::In, not $input: powershell.exe reads stdin itself only when the command uses $input
+    # (PowerShell ConsoleHost). The secret line is touched by .NET calls only: a value bound to a
+    # cmdlet parameter or piped into one is logged by module logging (event 4103).
+    $requestLine = [Console]::In.ReadLine()
+    $secretLine = [Console]::In.ReadLine()
+    if ($null -eq $requestLine -or $null -eq $secretLine) { throw 'stdin ended before a whole keyfleet-helper/2 request arrived' }
+    $request = ConvertFrom-Json -InputObject $requestLine
+    if ($request.format -ne 'keyfleet-helper/2') { throw 'stdin does not hold a keyfleet-helper/2 request' }
     $helper = [string]$request.helper
     $code = [Convert]::FromBase64String([string]$request.script)
     $sha256 = [Security.Cryptography.SHA256]::Create()
-    $digest = -join ($sha256.ComputeHash($code) | ForEach-Object { $_.ToString('x2') })
+    $digest = [BitConverter]::ToString($sha256.ComputeHash($code)).Replace('-', '').ToLowerInvariant()
+    $sha256.Dispose()
     if ($digest -ne [string]$request.sha256) { throw "the $helper helper script does not match its SHA-256" }
     $secret = $null
-    if ($null -ne $request.secret) {
+    if ($secretLine.Length -gt 0) {
         $secret = New-Object Security.SecureString
-        foreach ($c in ([string]$request.secret).ToCharArray()) { $secret.AppendChar($c) }
+        $secretBytes = [Convert]::FromBase64String($secretLine)
+        $secretChars = [Text.Encoding]::UTF8.GetChars($secretBytes)
+        foreach ($secretChar in $secretChars) { $secret.AppendChar($secretChar) }
+        [Array]::Clear($secretChars, 0, $secretChars.Length)
+        [Array]::Clear($secretBytes, 0, $secretBytes.Length)
         $secret.MakeReadOnly()
-        $request.secret = $null
     }
+    $secretLine = $null
     $block = [ScriptBlock]::Create([Text.Encoding]::UTF8.GetString($code))
     $kind = 'remote'
     $result = & $block -Params $request.params -Secret $secret | Select-Object -Last 1

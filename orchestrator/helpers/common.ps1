@@ -2,11 +2,14 @@
 .SYNOPSIS
     keyfleet helper common part: the parameters, settings and functions every helper uses.
 .DESCRIPTION
-    Never run alone: keyfleet sends each helper as one script, this file followed by <helper>.ps1
-    (orchestrator/remote.py, load_script), so the server needs no file and the bootstrap command
-    line stays constant. The bootstrap runs that script with -Params (the helper's parameters) and
-    -Secret (the password, or $null). A helper returns one hashtable, its result; a failure is
-    thrown with its kind in Exception.Data['KeyfleetKind'] (Stop-Helper).
+    Never run alone: keyfleet sends each helper as one script, this file, conpty.ps1, then
+    <helper>.ps1 (orchestrator/remote.py, load_script), so the server needs no file and the bootstrap
+    command line stays constant. The bootstrap runs that script with -Params (the helper's parameters)
+    and -Secret (the password as a SecureString, or $null). A helper returns one hashtable, its
+    result; a failure is thrown with its kind in Exception.Data['KeyfleetKind'] (Stop-Helper).
+    The plain password exists only inside Invoke-ToolStdin and Invoke-ToolConsole, and only .NET
+    calls touch it: module logging (event 4103) records every value bound to a command parameter.
+    Written for Windows PowerShell 5.1 and .NET Framework 4.6.2 or later.
 #>
 param(
     [Parameter(Mandatory = $true)] [psobject] $Params,
@@ -15,20 +18,21 @@ param(
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
 
-$HelperVersion = '1.0.0'
+$HelperVersion = '2.0.0'
 $MinimumFreeBytes = 10MB
-$MaximumKeyFileBytes = 256KB  # keeps requests under ConvertFrom-Json's 2 MB limit (PowerShell 5.1)
+$MaximumKeyFileBytes = 256KB
 $MaximumOutputChars = 8000
+$StallSeconds = 15  # tool_input auto: a prompt followed by this long without output is a masked read
 $SetupKey = 'HKLM:\SOFTWARE\Microsoft\System Center\2010\Service Manager\Setup'
 $SdkServiceKey = 'HKLM:\SOFTWARE\Microsoft\System Center\2010\Common\SDK Service'
 $UninstallEntries = 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\*'
-$KnownToolPaths = @(
-    'C:\Program Files\Microsoft System Center\Service Manager\Tools\SecureStorageBackup\SecureStorageBackup.exe'
-    'C:\Program Files\Microsoft System Center\Service Manager 2022\Tools\SecureStorageBackup\SecureStorageBackup.exe'
-    'C:\Program Files\Microsoft System Center\Service Manager 2019\Tools\SecureStorageBackup\SecureStorageBackup.exe'
-    'C:\Program Files\Microsoft System Center\Service Manager 2016\Tools\SecureStorageBackup\SecureStorageBackup.exe'
-    'C:\Program Files\Microsoft System Center 2012 R2\Service Manager\Tools\SecureStorageBackup\SecureStorageBackup.exe'
+# Default install folders (Microsoft's Service Manager deployment documentation): 2019 and later, then 2016
+$DefaultInstallFolders = @(
+    'C:\Program Files\Microsoft System Center\Service Manager'
+    'C:\Program Files\Microsoft System Center 2016\Service Manager'
 )
+$ToolName = 'SecureStorageBackup.exe'
+$MaskedReadMessage = 'Cannot read keys when either application does not have a console or when console input has been redirected'
 
 function Stop-Helper([string] $Kind, [string] $Message) {
     $exception = New-Object System.InvalidOperationException $Message
@@ -50,6 +54,13 @@ function Get-ToolTimeout {
     return $seconds
 }
 
+function Get-ToolInput {
+    $value = Get-Param 'tool_input'
+    if (-not $value) { return 'auto' }
+    if (@('auto', 'stdin', 'console') -notcontains $value) { Stop-Helper 'remote' "tool_input must be auto, stdin or console, not '$value'" }
+    return [string]$value
+}
+
 function Test-Administrator {
     $principal = New-Object Security.Principal.WindowsPrincipal ([Security.Principal.WindowsIdentity]::GetCurrent())
     return $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)
@@ -67,21 +78,28 @@ function Get-RegistryValue([string] $Path, [string] $Name) {
     return $item.$Name
 }
 
-function Get-ScsmRole {
+function Get-ScsmRoles {
+    # every role this server holds: a portal often shares a machine with a management server
+    $roles = New-Object Collections.Generic.List[string]
     switch (Get-RegistryValue $SdkServiceKey 'SDK Service Type') {
-        1 { return 'management_server' }
-        2 { return 'dw_management_server' }
+        1 { $roles.Add('management_server') }
+        2 { $roles.Add('dw_management_server') }
     }
-    if ($null -ne (Get-RegistryValue $SetupKey 'PortalVirtualDirectory')) { return 'self_service_portal' }
-    return $null
+    if ($null -ne (Get-RegistryValue $SetupKey 'PortalVirtualDirectory')) { $roles.Add('self_service_portal') }
+    return , $roles.ToArray()
 }
 
 function Get-ScsmVersion {
+    # Setup's ServerVersion first; else the newest Uninstall entry of Microsoft's own Service Manager
+    # products (third-party add-ons often name "Service Manager" too, with their own version numbers)
+    $serverVersion = Get-RegistryValue $SetupKey 'ServerVersion'
+    if ($serverVersion) { return [string]$serverVersion }
     $best = $null
     foreach ($entry in @(Get-ItemProperty -Path $UninstallEntries -ErrorAction SilentlyContinue)) {
         $properties = $entry.PSObject.Properties
-        if ($null -eq $properties['DisplayName'] -or $null -eq $properties['DisplayVersion']) { continue }
-        if ([string]$entry.DisplayName -notlike '*Service Manager*') { continue }
+        if ($null -eq $properties['DisplayName'] -or $null -eq $properties['DisplayVersion'] -or $null -eq $properties['Publisher']) { continue }
+        if ([string]$entry.Publisher -ne 'Microsoft Corporation') { continue }
+        if ([string]$entry.DisplayName -notmatch '^(Microsoft )?System Center( \d{4})?( R2)? Service Manager( \d{4})?$') { continue }
         $parsed = $null
         if ([version]::TryParse([string]$entry.DisplayVersion, [ref]$parsed) -and ($null -eq $best -or $parsed -gt $best)) {
             $best = $parsed
@@ -91,17 +109,25 @@ function Get-ScsmVersion {
     return $best.ToString()
 }
 
-function Find-Tool {
+function Get-ToolCandidates {
+    # in order: tool_path, the install folder Setup recorded, each version's default folder; a folder
+    # is tried as it is and with Tools\SecureStorageBackup (where the installation media keep the tool)
+    $candidates = New-Object Collections.Generic.List[string]
     $configured = Get-Param 'tool_path'
-    if ($configured) {
-        if (Test-Path -LiteralPath $configured -PathType Leaf) { return [string]$configured }
-        return $null
-    }
-    $candidates = @()
+    if ($configured) { $candidates.Add([string]$configured) }
+    $folders = @($DefaultInstallFolders)
     $installDirectory = Get-RegistryValue $SetupKey 'InstallDirectory'
-    if ($installDirectory) { $candidates += Join-Path $installDirectory 'Tools\SecureStorageBackup\SecureStorageBackup.exe' }
-    foreach ($candidate in $candidates + $KnownToolPaths) {
-        if (Test-Path -LiteralPath $candidate -PathType Leaf) { return $candidate }
+    if ($installDirectory) { $folders = @([string]$installDirectory) + $folders }
+    foreach ($folder in $folders) {
+        $candidates.Add([IO.Path]::Combine($folder, $ToolName))
+        $candidates.Add([IO.Path]::Combine($folder, 'Tools\SecureStorageBackup', $ToolName))
+    }
+    return , $candidates.ToArray()
+}
+
+function Find-Tool {
+    foreach ($candidate in (Get-ToolCandidates)) {
+        if ([IO.File]::Exists($candidate)) { return $candidate }
     }
     return $null
 }
@@ -109,7 +135,7 @@ function Find-Tool {
 function Get-RequiredTool {
     $tool = Find-Tool
     if ($null -eq $tool) {
-        Stop-Helper 'tool-missing' 'SecureStorageBackup.exe not found: copy Tools\SecureStorageBackup from the Service Manager installation media to this server and set tool_path (or install it in a known location)'
+        Stop-Helper 'tool-missing' ('SecureStorageBackup.exe not found (looked in: {0}): copy Tools\SecureStorageBackup from the Service Manager installation media to this server and set tool_path' -f ((Get-ToolCandidates) -join '; '))
     }
     return $tool
 }
@@ -133,69 +159,155 @@ function New-PrivateFolder {
     return $path
 }
 
+function Remove-PrivateFolder([string] $Path) {
+    # antivirus or the indexer may hold a file a moment: retry, then report instead of failing a good export
+    $lastError = $null
+    for ($attempt = 1; $attempt -le 5; $attempt++) {
+        try {
+            if ([IO.Directory]::Exists($Path)) { [IO.Directory]::Delete($Path, $true) }
+            return $null
+        }
+        catch [IO.IOException], [UnauthorizedAccessException] {
+            $lastError = $_.Exception.Message
+            [Threading.Thread]::Sleep(200 * $attempt)
+        }
+    }
+    return "could not remove the temporary folder $Path after 5 attempts: $lastError"
+}
+
 function Get-Sha256Hex([byte[]] $Bytes) {
     $sha256 = [Security.Cryptography.SHA256]::Create()
-    try { return -join ($sha256.ComputeHash($Bytes) | ForEach-Object { $_.ToString('x2') }) }
+    try { return [BitConverter]::ToString($sha256.ComputeHash($Bytes)).Replace('-', '').ToLowerInvariant() }
     finally { $sha256.Dispose() }
 }
 
-function Send-Password([IO.StreamWriter] $Writer) {
-    $bstr = [Runtime.InteropServices.Marshal]::SecureStringToBSTR($Secret)
-    try {
-        $plain = [Runtime.InteropServices.Marshal]::PtrToStringBSTR($bstr)
-        # the wizard asks twice: Password, Confirm Password
-        $Writer.WriteLine($plain)
-        $Writer.WriteLine($plain)
-        $Writer.Close()
-    }
-    catch [IO.IOException] {
-        # the tool exited or closed its stdin early: its exit code and output say why
-        $Writer.Dispose()
-    }
-    finally {
-        $plain = $null
-        [Runtime.InteropServices.Marshal]::ZeroFreeBSTR($bstr)
+function Stop-ProcessTree([Diagnostics.Process] $Process) {
+    # Process.Kill() ends one process (Kill($true) is .NET Core 3.0+): taskkill /T ends the tree.
+    # The tool may exit between the timeout and the kill: then there is nothing left to end.
+    & "$env:SystemRoot\System32\taskkill.exe" /PID $Process.Id /T /F 2>&1 | Out-Null
+    if (-not $Process.WaitForExit(5000)) {
+        try { $Process.Kill() } catch [InvalidOperationException] { }
+        $Process.WaitForExit(5000) | Out-Null
     }
 }
 
-function Invoke-Tool([string] $ToolPath, [string] $Verb, [string] $KeyFile, [double] $TimeoutSeconds) {
+function Get-BoundedText([string] $Text) {
+    $Text = $Text.Trim()
+    if ($Text.Length -gt $MaximumOutputChars) { $Text = $Text.Substring(0, $MaximumOutputChars) + '...' }
+    return $Text
+}
+
+function Invoke-ToolStdin([string] $ToolPath, [string] $Verb, [string] $KeyFile, [double] $TimeoutSeconds, [bool] $WatchStall) {
+    # .NET Framework's Process.Start wraps stdin in a StreamWriter over Console.InputEncoding and
+    # flushes its preamble at once: under code page 65001 that is a UTF-8 BOM in front of the password
+    # (dotnet/corefx#5556; ansible/ansible#15770, fixed in Ansible's exec wrapper by a UTF-8 encoding
+    # without BOM). So: that encoding for the console, and the password as bytes we encode ourselves.
+    $encoding = New-Object Text.UTF8Encoding $false
+    [Console]::InputEncoding = $encoding
+    [Console]::OutputEncoding = $encoding
     $info = New-Object Diagnostics.ProcessStartInfo
     $info.FileName = $ToolPath
     $info.Arguments = '{0} "{1}"' -f $Verb, $KeyFile
-    $info.WorkingDirectory = Split-Path -Parent $KeyFile
+    # Operations Manager's documentation: the tool fails to load its DLLs outside its own folder
+    $info.WorkingDirectory = [IO.Path]::GetDirectoryName($ToolPath)
     $info.UseShellExecute = $false
-    $info.CreateNoWindow = $true
     $info.RedirectStandardInput = $true
     $info.RedirectStandardOutput = $true
     $info.RedirectStandardError = $true
     $process = [Diagnostics.Process]::Start($info)
     try {
-        $stdout = $process.StandardOutput.ReadToEndAsync()
         $stderr = $process.StandardError.ReadToEndAsync()
-        Send-Password $process.StandardInput
-        if (-not $process.WaitForExit([int][Math]::Ceiling($TimeoutSeconds * 1000))) {
-            $process.Kill()
+        $bstr = [Runtime.InteropServices.Marshal]::SecureStringToBSTR($Secret)
+        try {
+            $plain = [Runtime.InteropServices.Marshal]::PtrToStringBSTR($bstr)
+            # the tool asks twice ("enter the password", "re-enter your password"); CRLF as a console sends
+            $passwordBytes = $encoding.GetBytes($plain + "`r`n" + $plain + "`r`n")
+            try {
+                $process.StandardInput.BaseStream.Write($passwordBytes, 0, $passwordBytes.Length)
+                $process.StandardInput.BaseStream.Flush()
+                $process.StandardInput.Close()
+            }
+            catch [IO.IOException] {
+                # the tool exited or closed its stdin early: its exit code and output say why
+            }
+            finally {
+                [Array]::Clear($passwordBytes, 0, $passwordBytes.Length)
+            }
+            # stdout as it comes, so a prompt followed by silence (a masked read) is seen before the timeout
+            $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
+            $stdout = New-Object IO.MemoryStream
+            $buffer = New-Object byte[] 4096
+            $stream = $process.StandardOutput.BaseStream
+            $pending = $stream.ReadAsync($buffer, 0, $buffer.Length)
+            $lastOutput = [DateTime]::UtcNow
+            $stalled = $false
+            $ended = $false
+            while (-not $ended) {
+                if ($pending.Wait(200)) {
+                    $count = $pending.Result
+                    if ($count -eq 0) { $ended = $true; continue }
+                    $stdout.Write($buffer, 0, $count)
+                    $lastOutput = [DateTime]::UtcNow
+                    $pending = $stream.ReadAsync($buffer, 0, $buffer.Length)
+                    continue
+                }
+                $now = [DateTime]::UtcNow
+                if ($now -gt $deadline) { break }
+                if ($WatchStall -and ($now - $lastOutput).TotalSeconds -gt $StallSeconds -and -not $process.HasExited) {
+                    $seen = $encoding.GetString($stdout.ToArray())
+                    if ($seen -match 'password') { $stalled = $true; break }
+                }
+            }
+            if (-not $ended) {
+                Stop-ProcessTree $process
+                if ($stdout.Length -eq 0) {
+                    Stop-Helper 'tool-interactive' ('SecureStorageBackup.exe showed no prompt in {0} s and was stopped: it waits for a desktop (the wizard). Run the wizard on this server and use keyfleet collect.' -f $TimeoutSeconds)
+                }
+                if (-not $stalled) {
+                    Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe did not finish within {0} s and was stopped. Run keyfleet doctor --tool-smoke, or raise tool_timeout.' -f $TimeoutSeconds)
+                }
+            }
             $process.WaitForExit()
-            Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe did not finish within {0} s and was stopped; it may be waiting for interactive input (a wizard page needs a desktop session). Run it once by hand on this server, or raise tool_timeout.' -f $TimeoutSeconds)
+            $output = $encoding.GetString($stdout.ToArray()) + $stderr.Result
+            # a tool that echoes what it reads must not carry the password into the result
+            if ($plain.Length -gt 0) { $output = $output.Replace($plain, '********') }
         }
-        $process.WaitForExit()
-        $output = ($stdout.Result + $stderr.Result).Trim()
-        if ($output.Length -gt $MaximumOutputChars) { $output = $output.Substring(0, $MaximumOutputChars) + '...' }
-        return @{ exit = $process.ExitCode; output = $output }
+        finally {
+            $plain = $null
+            [Runtime.InteropServices.Marshal]::ZeroFreeBSTR($bstr)
+        }
+        $exitCode = -1
+        if (-not $stalled) { $exitCode = $process.ExitCode }
+        return @{ exit = $exitCode; output = (Get-BoundedText $output); method = 'stdin'; stalled = $stalled }
     }
     finally {
         $process.Dispose()
     }
 }
 
-function New-ToolResult($Role, $Version, [string] $ToolPath, [hashtable] $Run) {
-    # the result fields of every helper that ran the tool; $Role and $Version may be $null
+function Invoke-Tool([string] $ToolPath, [string] $Verb, [string] $KeyFile, [double] $TimeoutSeconds) {
+    # tool_input: stdin (redirected stdin), console (a pseudo console, conpty.ps1), or auto: stdin,
+    # then once the console when the tool reads masked keys (Console.ReadKey throws under a pipe)
+    $mode = Get-ToolInput
+    if ($mode -eq 'console') { return Invoke-ToolConsole $ToolPath $Verb $KeyFile $TimeoutSeconds }
+    $run = Invoke-ToolStdin $ToolPath $Verb $KeyFile $TimeoutSeconds ($mode -eq 'auto')
+    $masked = $run.stalled -or ($run.exit -ne 0 -and $run.output.Contains($MaskedReadMessage))
+    if ($mode -eq 'auto' -and $masked) {
+        if ([IO.File]::Exists($KeyFile) -and $Verb -eq 'Backup') { [IO.File]::Delete($KeyFile) }
+        return Invoke-ToolConsole $ToolPath $Verb $KeyFile $TimeoutSeconds
+    }
+    return $run
+}
+
+function New-ToolResult([string[]] $Roles, $Version, [string] $ToolPath, [hashtable] $Run) {
+    # the result fields of every helper that ran the tool; $Version may be $null
     return @{
-        role           = $Role
+        roles          = $Roles
         version        = $Version
         tool_path      = $ToolPath
         tool_exit      = $Run.exit
         tool_output    = $Run.output
+        method         = $Run.method
         computer_name  = $env:COMPUTERNAME
         helper_version = $HelperVersion
     }

@@ -2,13 +2,14 @@
 .SYNOPSIS
     keyfleet restore helper: puts a backed-up SCSM encryption key back with SecureStorageBackup.exe.
 .DESCRIPTION
-    Sent after common.ps1 as one script. -Params: file (the key file in base64), sha256, tool_path,
-    tool_timeout, expected_computer_name, expected_role; -Secret: the password the file was made
-    with. Verifies the file's SHA-256, refuses a server whose computer name or SCSM role differs
-    from the expected one (a server not yet set up has no role and is accepted, as Microsoft's
-    recovery restores the key before Setup runs), writes the file into a private temporary folder
-    (Administrators and SYSTEM only), runs "SecureStorageBackup.exe Restore <file>" with the
-    password on its stdin and a hard timeout, and always removes the folder.
+    Sent after common.ps1 and conpty.ps1 as one script. -Params: file (the key file in base64),
+    sha256, tool_path, tool_timeout, tool_input, expected_computer_name, expected_role; -Secret: the
+    password the file was made with. Verifies the file's SHA-256, refuses a server whose computer
+    name differs or whose SCSM roles do not include the expected one (a server not yet set up has no
+    role and is accepted, as Microsoft's recovery restores the key before Setup runs), writes the
+    file into a private temporary folder (Administrators and SYSTEM only), runs
+    "SecureStorageBackup.exe Restore <file>" with the password typed as tool_input says and a hard
+    timeout, and always removes the folder (a failed removal is reported as cleanup_warning).
 #>
 Assert-Administrator
 if ($null -eq $Secret -or $Secret.Length -eq 0) { Stop-Helper 'remote' 'no password for the key file was given' }
@@ -29,14 +30,15 @@ if ($expectedName) {
         Stop-Helper 'name-mismatch' "this server is $env:COMPUTERNAME but the key file belongs to ${expectedName}: a key can only be restored onto a server with the same computer name"
     }
 }
-$role = Get-ScsmRole
+$roles = Get-ScsmRoles
 $expectedRole = Get-Param 'expected_role'
-if ($expectedRole -and $role -and $role -ne $expectedRole) {
-    Stop-Helper 'role-mismatch' "this server is a $role but the key file belongs to a $expectedRole"
+if ($expectedRole -and $roles.Length -gt 0 -and $roles -notcontains $expectedRole) {
+    Stop-Helper 'role-mismatch' ('this server is a {0} but the key file belongs to a {1}' -f ($roles -join ' and '), $expectedRole)
 }
 $version = Get-ScsmVersion
 $tool = Get-RequiredTool
 $folder = New-PrivateFolder
+$result = $null
 try {
     $keyFile = Join-Path $folder 'SMBackupkey.bin'
     try { [IO.File]::WriteAllBytes($keyFile, $bytes) }
@@ -50,8 +52,10 @@ try {
     if ($run.exit -ne 0) {
         Stop-Helper 'tool-failed' ('SecureStorageBackup.exe Restore exited with code {0}: {1}' -f $run.exit, $run.output)
     }
-    return @{ sha256 = $sha256 } + (New-ToolResult $role $version $tool $run)
+    $result = @{ sha256 = $sha256 } + (New-ToolResult $roles $version $tool $run)
 }
 finally {
-    Remove-Item -LiteralPath $folder -Recurse -Force
+    $cleanup = Remove-PrivateFolder $folder
 }
+if ($cleanup) { $result.cleanup_warning = $cleanup }
+return $result

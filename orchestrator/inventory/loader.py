@@ -32,6 +32,7 @@ from orchestrator.inventory.model import (
 )
 from orchestrator.inventory.schema import (
     LAB_CA,
+    ROLES,
     UNENCRYPTED_TRANSPORTS,
     Invalid,
     Scope,
@@ -232,6 +233,7 @@ class _Loader(SchemaReader):
             retries=get("retries"),
             tool_path=get("tool_path"),
             tool_timeout=get("tool_timeout"),
+            tool_input=get("tool_input"),
             lab=self.lab_host(merged.get("lab"), f"{key}.lab") if self.lab is not None else None,
             location=Location(self.display, line_of(key_node), key),
         )
@@ -251,9 +253,18 @@ class _Loader(SchemaReader):
 
     def lab_host(self, value: Value | None, key: str) -> LabHostSettings:
         from orchestrator.lab.faults import parse_fault
+        from orchestrator.lab.windows import WINDOWS_BUILDS
 
         values: dict[str, Value] = value.value if value is not None else {}
         faults = self.value_of(values, Scope.HOST_LAB, "faults")
+        extra_roles = self.value_of(values, Scope.HOST_LAB, "extra_roles")
+        for extra in extra_roles:
+            if extra not in ROLES:
+                raise self.fail(
+                    f"unknown role {extra!r} (choose from {', '.join(ROLES)})",
+                    values["extra_roles"].node,
+                    f"{key}.extra_roles",
+                )
         for spec in faults:
             try:
                 parse_fault(spec)
@@ -265,6 +276,11 @@ class _Loader(SchemaReader):
             tool_installed=self.value_of(values, Scope.HOST_LAB, "tool_installed"),
             tool_path=self.value_of(values, Scope.HOST_LAB, "tool_path"),
             faults=tuple(faults),
+            install_dir=self.value_of(values, Scope.HOST_LAB, "install_dir"),
+            extra_roles=tuple(extra_roles),
+            windows_build=WINDOWS_BUILDS[self.value_of(values, Scope.HOST_LAB, "windows")],
+            server_version_value=self.value_of(values, Scope.HOST_LAB, "server_version_value"),
+            oem_codepage=self.value_of(values, Scope.HOST_LAB, "codepage"),
         )
 
     def share(self, value: Value | None) -> ShareConfig | None:

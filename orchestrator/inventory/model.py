@@ -61,6 +61,11 @@ class LabHostSettings:
     tool_installed: bool = True
     tool_path: str | None = None  # where the simulated SecureStorageBackup.exe lives
     faults: tuple[str, ...] = ()  # fault specs, e.g. "down", "latency:0.5", "http500:Receive"
+    install_dir: str | None = None  # Setup's InstallDirectory; None: the version's default folder
+    extra_roles: tuple[str, ...] = ()  # further SCSM roles on the same server
+    windows_build: int = 20348  # Windows Server 2022
+    server_version_value: bool = True  # Setup records ServerVersion
+    oem_codepage: int = 437  # the console code page of a shell opened without WINRS_CODEPAGE
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class HostConfig:
     retries: int
     tool_path: str | None  # SecureStorageBackup.exe on the server; None: search known locations
     tool_timeout: float  # seconds
+    tool_input: str  # auto | stdin | console: how the password reaches SecureStorageBackup.exe
     lab: LabHostSettings | None
     location: Location
 

@@ -57,6 +57,8 @@ class Kind(StrEnum):
 
 
 HOST_SCOPES = (Scope.DEFAULTS, Scope.GROUP, Scope.HOST)
+TOOL_INPUTS = ("auto", "stdin", "console")
+WINDOWS_RELEASES = ("2016", "2019", "2022", "2025")
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,15 @@ SETTINGS: tuple[Setting, ...] = (
         check=check_positive,
     ),
     Setting(
+        "tool_input",
+        Kind.CHOICE,
+        HOST_SCOPES,
+        "How the password reaches SecureStorageBackup.exe: `stdin`, `console` (a pseudo console, "
+        "Windows Server 2019+), or `auto` (stdin, then the console if the tool reads masked keys).",
+        "auto",
+        choices=TOOL_INPUTS,
+    ),
+    Setting(
         "lab",
         Kind.MAPPING,
         HOST_SCOPES,
@@ -286,6 +297,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the simulated tool lives.",
         default_doc="the SCSM install folder",
     ),
+    Setting(
+        "install_dir",
+        Kind.STR,
+        (Scope.HOST_LAB,),
+        "Setup's InstallDirectory.",
+        default_doc="the version's default folder",
+        check=check_not_empty,
+    ),
+    Setting(
+        "extra_roles",
+        Kind.STR_LIST,
+        (Scope.HOST_LAB,),
+        "Further SCSM roles installed on the same server.",
+        (),
+    ),
+    Setting("windows", Kind.CHOICE, (Scope.HOST_LAB,), "Windows Server release.", "2022", choices=WINDOWS_RELEASES),
+    Setting(
+        "server_version_value",
+        Kind.BOOL,
+        (Scope.HOST_LAB,),
+        "Whether Setup records ServerVersion in the registry.",
+        True,
+    ),
+    Setting("codepage", Kind.INT, (Scope.HOST_LAB,), "OEM code page of a shell opened without one.", 437),
     Setting(
         "faults",
         Kind.STR_LIST,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
-from orchestrator.inventory.model import HostConfig, Inventory
+from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
 from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
@@ -122,15 +122,17 @@ class BackupTask:
         ctx.report("connecting")
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
             ctx.report("exporting")
+            params = remote.export_params(host.tool_path, host.tool_timeout, host.tool_input)
             result = session.run(
                 remote.bootstrap_command_line(),
-                remote.build_stdin("export", remote.export_params(host.tool_path, host.tool_timeout), self._password),
+                remote.build_stdin("export", params, self._password),
                 deadline=ctx.deadline,
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
             )
         export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
         verify_export(host, export)
+        ctx.warning = export.cleanup_warning
         if ctx.cancel.is_set():  # aborted: the run record will say so; store nothing it does not list
             raise HostFailure(ErrorKind.INTERRUPTED, host.name, "aborted before storing")
         ctx.report("storing")
@@ -144,6 +146,7 @@ class BackupTask:
                 scsm_version=export.version,
                 helper_version=export.helper_version,
                 run_id=self.run_id,
+                method=export.method,
             )
         except ShareError as exc:
             raise HostFailure(ErrorKind.SHARE, host.name, str(exc)) from None
@@ -157,17 +160,23 @@ def verify_export(host: HostConfig, export: remote.ExportResult) -> None:
         raise HostFailure(ErrorKind.INTEGRITY, host.name, "the server returned an empty key file")
     if hashlib.sha256(export.file).hexdigest() != export.sha256:
         raise HostFailure(ErrorKind.INTEGRITY, host.name, "received bytes do not match the server's SHA-256")
-    if export.role is None:
+    verify_roles(host, export.roles)
+
+
+def verify_roles(host: HostConfig, roles: tuple[Role, ...]) -> None:
+    """The inventory's role must be among the SCSM roles the server holds (a portal may share it)."""
+    if not roles:
         raise HostFailure(
             ErrorKind.ROLE_MISMATCH,
             host.name,
             f"no SCSM role detected on the server (inventory: {host.role})",
         )
-    if export.role != host.role:
+    if host.role not in roles:
+        found = " and ".join(str(r) for r in roles)
         raise HostFailure(
             ErrorKind.ROLE_MISMATCH,
             host.name,
-            f"the server reports role {export.role}, the inventory says {host.role}; nothing stored",
+            f"the server reports role {found}, the inventory says {host.role}; nothing stored",
         )
 
 
@@ -204,6 +213,8 @@ def outcome_of(result: HostResult[ManifestEntry]) -> HostOutcome:
         duration=round(result.duration, 3),
         scsm_version=entry.scsm_version if entry else result.scsm_version,
         attempts=result.attempts,
+        method=entry.method if entry else None,
+        warning=result.warning,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
+from orchestrator import remote
 from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.secret import Secret
@@ -70,8 +71,8 @@ def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None
 def backup_password(inv: Inventory, *, new: bool = True) -> Secret:
     """The backup password: KEYFLEET_BACKUP_PASSWORD, else the inventory's reference, else a hidden
     prompt, asked twice when it sets the password of new key files (``new``, as the wizard does) and
-    once when it opens an existing one (restore). At least 8 characters, else exit 2 before any host
-    is touched."""
+    once when it opens an existing one (restore). At least 8 characters of printable ASCII (see
+    ``remote.tool_password_problem``), else exit 2 before any host is touched."""
     value = os.environ.get(BACKUP_PASSWORD_ENV)
     if value:
         secret = Secret(value, f"env:{BACKUP_PASSWORD_ENV}")
@@ -83,6 +84,11 @@ def backup_password(inv: Inventory, *, new: bool = True) -> Secret:
         raise ConfigError(
             f"the backup password must have at least {MIN_PASSWORD_LENGTH} characters (SecureStorageBackup's rule)",
             key="backup.password",
+        )
+    problem = remote.tool_password_problem(secret.reveal())
+    if problem:
+        raise ConfigError(
+            f"the backup password cannot be typed into SecureStorageBackup.exe: {problem}", key="backup.password"
         )
     return secret
 

@@ -167,12 +167,13 @@ def judge(host: HostConfig, probe: remote.ProbeResult) -> tuple[CheckResult, ...
     """The checks of a host whose probe answered."""
     computer_name = host.name.split(".")[0].upper()
     tool_where = f"at {host.tool_path}" if host.tool_path else "in tool_path or any known location"
-    if probe.role is None:
+    found = " + ".join(str(r) for r in probe.roles)
+    if not probe.roles:
         role = _failed("role", f"no SCSM role found in the registry (inventory: {host.role})", ErrorKind.ROLE_MISMATCH)
-    elif probe.role != host.role:
-        role = _failed("role", f"the server is a {probe.role}, the inventory says {host.role}", ErrorKind.ROLE_MISMATCH)
+    elif host.role not in probe.roles:
+        role = _failed("role", f"the server is a {found}, the inventory says {host.role}", ErrorKind.ROLE_MISMATCH)
     else:
-        role = _ok("role", str(probe.role))
+        role = _ok("role", found)
     return (
         _ok("reachable", host.endpoint),
         _ok("authenticated", host.credential.username if host.credential else host.transport),
@@ -235,7 +236,8 @@ def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> d
         if probe is None
         else {
             "computer_name": probe.computer_name,
-            "role": probe.role.value if probe.role else None,
+            "roles": [r.value for r in probe.roles],
+            "os_build": probe.os_build,
             "version": probe.version,
             "admin": probe.admin,
             "tool_path": probe.tool_path,

@@ -205,7 +205,7 @@ class PlaybookRun:
         for d in diagnoses:
             cause, probe = d.cause(require), d.probe
             data: dict[str, object] = {
-                "role": str(probe.role) if probe and probe.role else None,
+                "roles": [str(r) for r in probe.roles] if probe else None,
                 "version": probe.version if probe else None,
                 "checks": {c.name: str(c.state) for c in d.checks},
             }

@@ -134,6 +134,7 @@ class RestoreTask:
             self._request.data,
             host.tool_path,
             host.tool_timeout,
+            tool_input=host.tool_input,
             expected_computer_name=host.name,
             expected_role=host.role,
         )
@@ -152,6 +153,7 @@ class RestoreTask:
             raise HostFailure(
                 ErrorKind.INTEGRITY, host.name, "the server restored a file whose SHA-256 differs from the entry's"
             )
+        ctx.warning = restored.cleanup_warning
         return restored
 
 
@@ -182,6 +184,8 @@ def outcome_of(request: RestoreRequest, result: HostResult[remote.RestoreResult]
         duration=round(result.duration, 3),
         scsm_version=restored.version if restored else None,
         attempts=result.attempts,
+        method=restored.method if restored else None,
+        warning=result.warning,
     )
 
 

@@ -16,6 +16,12 @@ MACHINE_FAULTS = (
     "not-admin",
     "wrong-role",
     "disk-full",
+    "constrained-language",  # powershell.exe runs in Constrained Language Mode (AppLocker/WDAC)
+    "remote-shell-disabled",  # Group Policy "Allow Remote Shell Access" is disabled: Create faults
+    "cleanup-locked",  # antivirus holds a file in the helper's temporary folder
+    "tool-exits-early",  # the tool ends before it reads its stdin
+    "tool-readkey",  # the tool reads the password with Console.ReadKey (needs a console)
+    "tool-wizard-only",  # the tool shows no prompt and waits for a desktop
 )
 FAULT_KINDS = TRANSPORT_FAULTS + MACHINE_FAULTS
 WSMAN_OPERATIONS = ("Create", "Command", "Send", "Receive", "Signal", "Delete")

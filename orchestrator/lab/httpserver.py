@@ -223,7 +223,7 @@ class _Connection:
                 raise SoapFaultError(injected_fault(op))
             reply = self.host.service.handle(request, user)
             status, body = 200, reply.body
-            fields = {"command_line": reply.command_line, "stdin_bytes": reply.stdin_bytes}
+            fields = {"command_line": reply.command_line, "stdin_bytes": reply.stdin_bytes, "options": reply.options}
             detail = None
         except SoapFaultError as exc:
             fault: WSManError = exc.fault

@@ -35,6 +35,7 @@ class JournalEntry:
     user: str | None = None
     command_line: str | None = None  # Command only
     stdin_bytes: int | None = None  # Send only
+    options: str | None = None  # Create and Command: the WinRS options, e.g. "WINRS_CODEPAGE=65001"
     detail: str | None = None  # a fault or rejection reason
 
 

@@ -91,10 +91,9 @@ def unseal(data: bytes, password: str) -> bytes:
         raise KeyFileError("the password is incorrect or the key file is damaged") from None
 
 
-# The simulated SecureStorageBackup.exe: its Backup and Restore verbs over this format.
+# What the simulated SecureStorageBackup.exe does once it has read the password (lab/tool.py reads it).
 
 MIN_PASSWORD_LENGTH = 8  # the wizard's rule
-_PROMPTS = "Password:\r\nConfirm Password:\r\n"
 
 
 @dataclass(frozen=True)
@@ -105,18 +104,19 @@ class ToolRun:
     output: str
     file: bytes | None = None  # Backup: the key file written
     key: bytes | None = None  # Restore: the key to put into the registry
+    method: str | None = None  # how the password reached the tool: stdin or console
 
 
 def _password_refused(password: str) -> ToolRun | None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        return ToolRun(1, _PROMPTS + f"The password must contain at least {MIN_PASSWORD_LENGTH} characters.")
+        return ToolRun(1, f"The password must contain at least {MIN_PASSWORD_LENGTH} characters.")
     return None
 
 
 def tool_backup(key: bytes, password: str, computer_name: str, role: str) -> ToolRun:
-    """``SecureStorageBackup.exe Backup <file>`` with the password typed twice."""
+    """``SecureStorageBackup.exe Backup <file>`` once the password was typed twice."""
     return _password_refused(password) or ToolRun(
-        0, _PROMPTS + "Secure Storage Backup Complete", file=seal(key, password, computer_name, role)
+        0, "Secure Storage Backup Complete", file=seal(key, password, computer_name, role)
     )
 
 
@@ -130,10 +130,10 @@ def tool_restore(data: bytes, password: str, computer_name: str) -> ToolRun:
         if header.computer_name.upper() != computer_name.upper():
             return ToolRun(
                 1,
-                _PROMPTS + f"This key file was made on {header.computer_name}; it can only be restored "
+                f"This key file was made on {header.computer_name}; it can only be restored "
                 "on a server with that computer name.",
             )
         key = unseal(data, password)
     except KeyFileError as exc:
-        return ToolRun(1, _PROMPTS + f"Secure Storage Key Restore failed: {exc}.")
-    return ToolRun(0, _PROMPTS + "Secure Storage Key Restore Complete", key=key)
+        return ToolRun(1, f"Secure Storage Key Restore failed: {exc}.")
+    return ToolRun(0, "Secure Storage Key Restore Complete", key=key)

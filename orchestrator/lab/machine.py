@@ -3,7 +3,8 @@
 It answers a few cmd built-ins, and the constant keyfleet bootstrap: the encoded command must be
 the shipped bootstrap; the request on stdin then goes to the simulated helpers (helpersim), and
 their result line comes back, damaged if an output fault says so. Anything else fails as it would
-on Windows.
+on Windows. WinRS's console-mode stdin echoes what it is sent (``winrs -noecho`` turns that off:
+pipe mode); powershell.exe writes its progress and errors to stderr as CLIXML.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults
 from orchestrator.lab.helpersim import Cancelled, Logon, SimulatedHelpers
 from orchestrator.lab.registry import Installation, Registry
+from orchestrator.lab.windows import CommandOptions, clixml_progress, clixml_terminating_error, script_facts
 
 Emit = Callable[[str, bytes], None]
 OUTPUT_CHUNK = 4096  # bytes per emit: long output reaches the server in several pieces
@@ -50,6 +52,7 @@ class StdinPipe:
         self._chunks: list[bytes] = []
         self._closed = False
         self._cond = threading.Condition()
+        self.reading = threading.Event()  # the process has started to read (or has ended)
 
     def write(self, data: bytes) -> None:
         with self._cond:
@@ -65,6 +68,7 @@ class StdinPipe:
 
     def read_all(self, cancel: threading.Event) -> bytes:
         """Everything written until the stream is closed (Send with End=true), or so far if cancelled."""
+        self.reading.set()
         with self._cond:
             while not self._closed and not cancel.is_set():
                 self._cond.wait(0.05)
@@ -101,8 +105,19 @@ class Machine:
         """Reinstall the server: its key is wiped and replaced by a new one."""
         self.registry.rebuild()
 
-    def execute(self, command_line: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event) -> int:
+    def execute(
+        self,
+        command_line: str,
+        stdin: StdinPipe,
+        user: LabUser,
+        emit: Emit,
+        cancel: threading.Event,
+        options: CommandOptions | None = None,
+    ) -> int:
         """Run one WinRS command; emit output as it is produced; return the exit code."""
+        options = options or CommandOptions()
+        if options.console_mode_stdin:
+            stdin = _EchoingStdin(stdin, emit)
         command, _, rest = command_line.strip().partition(" ")
         rest = rest.strip()
         verb = command.lower()
@@ -121,11 +136,19 @@ class Machine:
         if verb == "exit":
             return _exit_code(rest)
         if verb in ("powershell", "powershell.exe"):
-            return self._powershell(rest, stdin, user, emit, cancel)
+            return self._powershell(rest, stdin, user, emit, cancel, options)
         emit("stderr", not_recognized(command))
         return 1
 
-    def _powershell(self, arguments: str, stdin: StdinPipe, user: LabUser, emit: Emit, cancel: threading.Event) -> int:
+    def _powershell(
+        self,
+        arguments: str,
+        stdin: StdinPipe,
+        user: LabUser,
+        emit: Emit,
+        cancel: threading.Event,
+        options: CommandOptions,
+    ) -> int:
         encoded = _encoded_command(arguments.split())
         try:
             script = base64.b64decode(encoded or "", validate=True).decode("utf-16-le")
@@ -135,17 +158,37 @@ class Machine:
         if not encoded or script != remote.load_script(remote.BOOTSTRAP).content.decode("utf-8-sig"):
             emit("stderr", _ONLY_BOOTSTRAP.encode())
             return 1
+        emit("stderr", clixml_progress())  # powershell.exe loading its modules, as it does on first use
+        if find(self.faults, "constrained-language"):
+            return self._constrained(emit)
         request = stdin.read_all(cancel)
         if cancel.is_set():
             return _CANCELLED_EXIT
+        if script_facts().uses_dollar_input:
+            request = b""  # powershell.exe has read stdin into $input itself: [Console]::In is at its end
         try:
-            document, code = self.helpers.bootstrap(request, self._logon(user), cancel)
+            document, code = self.helpers.bootstrap(request, self._logon(user), cancel, options)
         except Cancelled:
             return _CANCELLED_EXIT
         line = remote.RESULT_MARKER + json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode()
         line = self._damage(line + b"\n")
         _emit_chunks(emit, "stdout", line)
         return code
+
+    def _constrained(self, emit: Emit) -> int:
+        """The bootstrap under Constrained Language Mode (AppLocker/WDAC): its first statement throws
+        (if it checks the language mode first), else its first .NET call fails; either way outside a
+        try, so powershell.exe writes the error as CLIXML on stderr and exits 1 without reading stdin."""
+        if script_facts().checks_language_mode_first:
+            statement = 'throw "KEYFLEET-CONSTRAINED-LANGUAGE: PowerShell runs in $($ExecutionContext.Ses ...'
+            message = (
+                f"KEYFLEET-CONSTRAINED-LANGUAGE: PowerShell runs in ConstrainedLanguage mode on {self.computer_name}"
+            )
+            emit("stderr", clixml_terminating_error(message, 9, 5, statement))
+        else:
+            message = "Cannot invoke method. Method invocation is supported only on core types in this language mode."
+            emit("stderr", clixml_terminating_error(message, 1, 1, "[Console]::In.ReadLine()"))
+        return 1
 
     def _logon(self, user: LabUser) -> Logon:
         """The session Windows gives the user: the token is an administrator's only if the user is
@@ -164,6 +207,27 @@ class Machine:
         if "truncate-output" in kinds:
             line = line[: len(line) // 2]
         return line
+
+
+class _EchoingStdin(StdinPipe):
+    """Console-mode stdin (WINRS_CONSOLEMODE_STDIN=TRUE): what is sent is typed into the console,
+    which echoes it to stdout (winrs documents -noecho, pipe mode, to turn the echo off)."""
+
+    def __init__(self, pipe: StdinPipe, emit: Emit) -> None:
+        super().__init__()
+        self._pipe, self._emit = pipe, emit
+        self.reading = pipe.reading
+
+    def write(self, data: bytes) -> None:
+        self._pipe.write(data)
+
+    def close(self) -> None:
+        self._pipe.close()
+
+    def read_all(self, cancel: threading.Event) -> bytes:
+        data = self._pipe.read_all(cancel)
+        _emit_chunks(self._emit, "stdout", data)
+        return data
 
 
 def _emit_chunks(emit: Emit, stream: str, data: bytes) -> None:

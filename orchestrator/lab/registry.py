@@ -19,16 +19,29 @@ from pathlib import Path
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import Fault, find
 from orchestrator.privatefile import create_private, write_private
+from orchestrator.remote import DEFAULT_OUTBOX
 
-# the same list as $KnownToolPaths in helpers/common.ps1 (a test keeps them equal)
-_TOOL = r"\Tools\SecureStorageBackup\SecureStorageBackup.exe"
-KNOWN_TOOL_PATHS = (
-    r"C:\Program Files\Microsoft System Center\Service Manager" + _TOOL,
-    r"C:\Program Files\Microsoft System Center\Service Manager 2022" + _TOOL,
-    r"C:\Program Files\Microsoft System Center\Service Manager 2019" + _TOOL,
-    r"C:\Program Files\Microsoft System Center\Service Manager 2016" + _TOOL,
-    r"C:\Program Files\Microsoft System Center 2012 R2\Service Manager" + _TOOL,
+# the same list as $DefaultInstallFolders in helpers/common.ps1 (a test keeps them equal):
+# SCSM 2019 and later, then SCSM 2016 (Microsoft's deployment documentation)
+DEFAULT_INSTALL_FOLDERS = (
+    r"C:\Program Files\Microsoft System Center\Service Manager",
+    r"C:\Program Files\Microsoft System Center 2016\Service Manager",
 )
+TOOL_NAME = "SecureStorageBackup.exe"
+TOOL_SUBFOLDER = r"Tools\SecureStorageBackup"
+SETUP_KEY = r"HKLM:\SOFTWARE\Microsoft\System Center\2010\Service Manager\Setup"
+SDK_SERVICE_KEY = r"HKLM:\SOFTWARE\Microsoft\System Center\2010\Common\SDK Service"
+# what else a real server's Uninstall key lists: a third-party add-on that names Service Manager
+# with a higher version, and Microsoft's own console (neither is the server's version)
+UNINSTALL_NOISE = (
+    {"DisplayName": "Cireson Portal for Service Manager", "DisplayVersion": "12.8.0.2016", "Publisher": "Cireson"},
+    {
+        "DisplayName": "Microsoft System Center Service Manager Console",
+        "DisplayVersion": "10.99.0.0",
+        "Publisher": "Microsoft Corporation",
+    },
+)
+OUTBOX_PATH = DEFAULT_OUTBOX  # the agreed folder for keys made with the wizard
 FREE_BYTES = 52_613_349_376
 DISK_FULL_FREE_BYTES = 4_194_304
 STATE_FORMAT = "keyfleet-lab-host/1"
@@ -47,6 +60,16 @@ class HostState:
     generation: int = 0  # how many times the server was rebuilt
 
 
+def default_install_folder(version: str) -> str:
+    """Where Setup of this SCSM version installs by default (2016 is 7.5.x)."""
+    return DEFAULT_INSTALL_FOLDERS[1] if version.startswith("7.5.") else DEFAULT_INSTALL_FOLDERS[0]
+
+
+def windows_join(folder: str, *parts: str) -> str:
+    """[IO.Path]::Combine for Windows paths."""
+    return "\\".join([folder.rstrip("\\"), *parts])
+
+
 @dataclass(frozen=True)
 class Installation:
     """What the registry and disks of a simulated server show, machine faults included."""
@@ -54,32 +77,72 @@ class Installation:
     role: Role
     version: str
     tool_installed: bool
-    tool_path: str
+    tool_path: str  # where SecureStorageBackup.exe is on the simulated disk
+    install_dir: str  # Setup's InstallDirectory
+    extra_roles: tuple[str, ...] = ()  # roles co-hosted on this server (a portal beside a management server)
+    windows_build: int = 20348
+    server_version_value: bool = True  # whether Setup records ServerVersion
+    oem_codepage: int = 437
     faults: tuple[Fault, ...] = ()
 
     @classmethod
     def of(cls, role: Role, settings: LabHostSettings, faults: tuple[Fault, ...]) -> Installation:
-        return cls(role, settings.version, settings.tool_installed, settings.tool_path or KNOWN_TOOL_PATHS[0], faults)
+        install_dir = settings.install_dir or default_install_folder(settings.version)
+        return cls(
+            role,
+            settings.version,
+            settings.tool_installed,
+            settings.tool_path or windows_join(install_dir, TOOL_SUBFOLDER, TOOL_NAME),
+            install_dir,
+            tuple(settings.extra_roles),
+            settings.windows_build,
+            settings.server_version_value,
+            settings.oem_codepage,
+            faults,
+        )
 
-    def reported_role(self) -> str:
-        """The role a helper detects ("SDK Service Type" 1 or 2, or PortalVirtualDirectory)."""
+    def installed_roles(self) -> tuple[str, ...]:
+        """The roles installed on this server, as its registry records them (wrong-role faults included)."""
         fault = find(self.faults, "wrong-role")
         if fault is None:
-            return self.role.value
-        if fault.arg:
-            return fault.arg
-        if self.role is Role.DW_MANAGEMENT_SERVER:
-            return Role.MANAGEMENT_SERVER.value
-        return Role.DW_MANAGEMENT_SERVER.value
+            main = self.role.value
+        elif fault.arg:
+            main = fault.arg
+        elif self.role is Role.DW_MANAGEMENT_SERVER:
+            main = Role.MANAGEMENT_SERVER.value
+        else:
+            main = Role.DW_MANAGEMENT_SERVER.value
+        return (main, *(r for r in self.extra_roles if r != main))
 
-    def find_tool(self, configured: str | None) -> str | None:
-        """SecureStorageBackup.exe at the configured path, else in a known location; None if absent."""
+    def registry_values(self) -> dict[str, dict[str, object]]:
+        """The registry keys the helpers read, by path (as Get-ItemProperty sees them)."""
+        roles = self.installed_roles()
+        setup: dict[str, object] = {"InstallDirectory": self.install_dir + "\\"}
+        if self.server_version_value:
+            setup["ServerVersion"] = self.version
+        if Role.SELF_SERVICE_PORTAL.value in roles:
+            setup["PortalVirtualDirectory"] = "SMPortal"
+        values: dict[str, dict[str, object]] = {SETUP_KEY.lower(): setup}
+        sdk = [1 if r == Role.MANAGEMENT_SERVER.value else 2 for r in roles if r != Role.SELF_SERVICE_PORTAL.value]
+        if sdk:
+            values[SDK_SERVICE_KEY.lower()] = {"SDK Service Type": sdk[0]}
+        return values
+
+    def uninstall_entries(self) -> list[dict[str, str]]:
+        """HKLM\\...\\Uninstall\\* entries: Service Manager itself and the usual neighbours."""
+        name = (
+            "Microsoft System Center 2016 Service Manager"
+            if self.version.startswith("7.5.")
+            else ("Microsoft System Center Service Manager")
+        )
+        own = {"DisplayName": name, "DisplayVersion": self.version, "Publisher": "Microsoft Corporation"}
+        return [own, *UNINSTALL_NOISE]
+
+    def file_exists(self, path: str) -> bool:
+        """[IO.File]::Exists on the simulated disk, which holds only the tool."""
         if not self.tool_installed or find(self.faults, "tool-missing"):
-            return None
-        candidates = [configured] if configured else list(KNOWN_TOOL_PATHS)
-        if any(c.lower() == self.tool_path.lower() for c in candidates):
-            return configured or self.tool_path
-        return None
+            return False
+        return path.lower() == self.tool_path.lower()
 
     def free_bytes(self) -> int:
         """Free bytes on the drive of the temporary folder."""
@@ -110,6 +173,28 @@ class Registry:
         """The current state, created (fresh installation) when the host has none yet."""
         with self._lock:
             return self._load()
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where the simulated disk keeps this host's outbox folder (OUTBOX_PATH on the server)."""
+        return self.path.parent.parent / "outbox" / self.name
+
+    def outbox_files(self) -> list[tuple[str, bytes, float]]:
+        """The *.bin files of the outbox: name, bytes and time written."""
+        folder = self.outbox_dir
+        if not folder.is_dir():
+            return []
+        return [(p.name, p.read_bytes(), p.stat().st_mtime) for p in sorted(folder.glob("*.bin")) if p.is_file()]
+
+    def save_to_outbox(self, name: str, data: bytes) -> None:
+        """What an administrator does with the wizard: save a key file into the outbox."""
+        if not name.endswith(".bin") or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"invalid outbox file name {name!r}")
+        self.outbox_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.outbox_dir / name, data)
+
+    def remove_from_outbox(self, name: str) -> None:
+        (self.outbox_dir / name).unlink()
 
     def replace_key(self, key: bytes) -> HostState:
         """Put another key in the registry (what a successful restore does)."""

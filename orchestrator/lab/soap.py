@@ -60,6 +60,21 @@ def operation_timeout_fault() -> WSManError:
     return WSManError(500, "s:Receiver", "w:TimedOut", 2150858793, msg)
 
 
+def pipe_ended_fault() -> WSManError:
+    """A Send to a process that has already ended: Win32 ERROR_BROKEN_PIPE (ansible/ansible#69595)."""
+    return WSManError(500, "s:Receiver", "w:InternalError", 109, "The pipe has been ended. ")
+
+
+def remote_shell_disabled_fault() -> WSManError:
+    """Create when Group Policy "Allow Remote Shell Access" is disabled. The message is the one
+    public reports quote; the fault code is not documented (keyfleet matches the text)."""
+    msg = (
+        "The WS-Management service cannot process the request. The service is configured to not accept any "
+        "remote shell requests. "
+    )
+    return WSManError(500, "s:Receiver", "w:AccessDenied", 2150859173, msg)
+
+
 def shells_quota_fault(limit: int) -> WSManError:
     return WSManError(
         500,

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
+from orchestrator.lab.faults import find
 from orchestrator.lab.machine import LabUser, Machine, StdinPipe
 from orchestrator.lab.soap import (
     NS_RSP,
@@ -24,10 +25,13 @@ from orchestrator.lab.soap import (
     envelope,
     invalid_request_fault,
     operation_timeout_fault,
+    pipe_ended_fault,
     q,
+    remote_shell_disabled_fault,
     shell_not_found_fault,
     shells_quota_fault,
 )
+from orchestrator.lab.windows import CommandOptions
 
 log = logging.getLogger("keyfleet.lab")
 
@@ -38,6 +42,7 @@ _DEFAULT_CLIENT_ENVELOPE = 153600  # what pywinrm asks for
 _STREAM_OVERHEAD = 160  # bytes of XML around one rsp:Stream element
 _REPLY_OVERHEAD = 2048  # header, CommandState and the End markers
 _COALESCE_SECONDS = 0.05  # after output appears, wait this long for the command to finish too
+_STARTUP_SECONDS = 0.5  # how long Command waits for the process to start reading stdin
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,14 @@ class Reply:
     body: bytes
     command_line: str | None = None
     stdin_bytes: int | None = None
+    options: str | None = None
 
 
 @dataclass
 class _Command:
     id: str
     command_line: str
+    options: CommandOptions = field(default_factory=CommandOptions)
     stdin: StdinPipe = field(default_factory=StdinPipe)
     cancel: threading.Event = field(default_factory=threading.Event)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -86,6 +93,7 @@ class _Command:
 class _Shell:
     id: str
     owner: LabUser
+    options: dict[str, str] = field(default_factory=dict)  # WINRS_CODEPAGE, WINRS_NOPROFILE
     commands: dict[str, _Command] = field(default_factory=dict)
 
 
@@ -136,7 +144,9 @@ class WinRSService:
     # -- operations -----------------------------------------------------------------------------
 
     def _create(self, req: SoapRequest, user: LabUser) -> Reply:
-        shell = _Shell(str(uuid.uuid4()).upper(), user)
+        if find(self.machine.faults, "remote-shell-disabled"):
+            raise SoapFaultError(remote_shell_disabled_fault())
+        shell = _Shell(str(uuid.uuid4()).upper(), user, dict(req.options))
         with self._lock:
             owned = sum(1 for s in self._shells.values() if _same_user(s.owner, user))
             if owned >= self.limits.max_shells_per_user:
@@ -160,7 +170,7 @@ class WinRSService:
             "<rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime><rsp:ShellInactivity>P0DT0H0M0S</rsp:ShellInactivity>"
             "</rsp:Shell>"
         )
-        return self.reply(req, body)
+        return self.reply(req, body, options=_describe(req.options))
 
     def _command(self, req: SoapRequest, user: LabUser) -> Reply:
         shell = self._shell(req, user)
@@ -171,17 +181,20 @@ class WinRSService:
         args = [a.text or "" for a in line_el.findall(q(NS_RSP, "Arguments"))]
         if args:
             command_line += " " + " ".join(args)
-        cmd = _Command((line_el.get("CommandId") or str(uuid.uuid4())).upper(), command_line)
+        options = CommandOptions.of(shell.options, req.options, self.machine.settings.oem_codepage)
+        cmd = _Command((line_el.get("CommandId") or str(uuid.uuid4())).upper(), command_line, options)
         with self._lock:
             shell.commands[cmd.id] = cmd
         threading.Thread(target=self._run, args=(cmd, user), name=f"lab-{self.host}-command", daemon=True).start()
+        # Windows answers Command once the process runs: let it reach its first read of stdin (or end)
+        cmd.stdin.reading.wait(_STARTUP_SECONDS)
         body = f"<rsp:CommandResponse><rsp:CommandId>{cmd.id}</rsp:CommandId></rsp:CommandResponse>"
-        return self.reply(req, body, command_line=command_line)
+        return self.reply(req, body, command_line=command_line, options=_describe(req.options))
 
     def _run(self, cmd: _Command, user: LabUser) -> None:
         exit_code = 1
         try:
-            exit_code = self.machine.execute(cmd.command_line, cmd.stdin, user, cmd.emit, cmd.cancel)
+            exit_code = self.machine.execute(cmd.command_line, cmd.stdin, user, cmd.emit, cmd.cancel, cmd.options)
         except Exception:  # a lab bug: log it and report it to the client like a crashed process
             log.exception("lab host %s: command failed inside the simulator", self.host)
             cmd.emit("stderr", b"keyfleet lab: internal simulator error (see the debug log)\r\n")
@@ -189,12 +202,15 @@ class WinRSService:
             with cmd.cond:
                 cmd.exit_code, cmd.done = exit_code, True
                 cmd.cond.notify_all()
+            cmd.stdin.reading.set()
 
     def _send(self, req: SoapRequest, user: LabUser) -> Reply:
         shell = self._shell(req, user)
         total = 0
         for stream in req.body.iter(q(NS_RSP, "Stream")):
             cmd = self._cmd(shell, stream.get("CommandId"))
+            if cmd.done:  # the process has ended: nothing reads its stdin pipe any more
+                raise SoapFaultError(pipe_ended_fault())
             try:
                 data = base64.b64decode((stream.text or "").strip(), validate=True)
             except binascii.Error:
@@ -286,6 +302,10 @@ class WinRSService:
                 )
             )
         return cmd
+
+
+def _describe(options: dict[str, str]) -> str | None:
+    return " ".join(f"{k}={v}" for k, v in sorted(options.items())) or None
 
 
 def _same_user(a: LabUser, b: LabUser) -> bool:

@@ -54,10 +54,13 @@ class ManifestEntry:
     scsm_version: str | None
     helper_version: str | None
     run_id: str | None
+    method: str | None = None  # stdin | console | wizard: how the password reached the tool
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["created"] = format_iso(self.created)
+        if self.method is None:
+            del data["method"]  # entries written before the field existed read back unchanged
         return data
 
     @classmethod
@@ -65,7 +68,7 @@ class ManifestEntry:
         if not isinstance(data, dict):
             raise ValueError("an entry is not an object")
         strings = ("id", "host", "group", "role", "path", "sha256", "password_id")
-        optional = ("scsm_version", "helper_version", "run_id")
+        optional = ("scsm_version", "helper_version", "run_id", "method")
         for key in strings:
             if not isinstance(data.get(key), str):
                 raise ValueError(f"entry field {key!r} is missing or not a string")
@@ -90,6 +93,7 @@ class ManifestEntry:
             scsm_version=data.get("scsm_version"),
             helper_version=data.get("helper_version"),
             run_id=data.get("run_id"),
+            method=data.get("method"),
         )
 
 

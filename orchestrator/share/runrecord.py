@@ -36,6 +36,8 @@ class HostOutcome:
     duration: float = 0.0
     scsm_version: str | None = None
     attempts: int = 0
+    method: str | None = None  # how the password reached SecureStorageBackup.exe: stdin, console, wizard
+    warning: str | None = None  # e.g. the server's temporary folder could not be removed
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

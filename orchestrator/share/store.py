@@ -138,6 +138,7 @@ class BackupStore:
         helper_version: str | None = None,
         run_id: str | None = None,
         created: datetime | None = None,
+        method: str | None = None,
     ) -> ManifestEntry:
         """Store one key file and record it in the manifest; return its entry."""
         if not data:
@@ -157,6 +158,7 @@ class BackupStore:
             scsm_version=scsm_version,
             helper_version=helper_version,
             run_id=run_id,
+            method=method,
         )
         if self._closed:
             raise ShareError(f"share {self.share.url}: the run was aborted; nothing more is stored")
