@@ -46,6 +46,9 @@ _ACCESS_DENIED = re.compile(r"access is denied|access denied", re.IGNORECASE)
 _SHELL_DISABLED = re.compile(
     r"not accept any remote shell requests|remote shell access is (?:disabled|not allowed)", re.I
 )
+# a Send to a process that has ended: "The pipe has been ended." (ERROR_BROKEN_PIPE, ansible/ansible#69595);
+# "The pipe is being closed." (ERROR_NO_DATA) where the process is still closing its stdin
+_PIPE_ENDED = re.compile(r"the pipe (?:has been ended|is being closed)", re.I)
 STDIN_CHUNK = 200_000  # bytes per Send, as Ansible's winrm plugin; fits the default MaxEnvelopeSizekb of 500
 
 
@@ -158,19 +161,18 @@ class WinRMSession:
     ) -> tuple[bytes, bytes, int] | None:
         """Send stdin in chunks, the last with End. Windows faults a Send to a process that has
         already ended ("The pipe has been ended", ansible/ansible#69595): then the process's own
-        output and exit code say why, so they are returned instead of the Send's fault."""
+        output and exit code say why, so they are returned instead of the Send's fault (and a
+        Receive that fails too reports its own failure)."""
         chunks = [stdin[i : i + STDIN_CHUNK] for i in range(0, len(stdin), STDIN_CHUNK)] or [b""]
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
             try:
                 self._call(deadline, "Send", self._protocol.send_command_input, shell_id, command_id, chunk, last)
             except HostFailure as refused:
-                if refused.kind not in (ErrorKind.HTTP, ErrorKind.REMOTE, ErrorKind.PROTOCOL):
+                if not _PIPE_ENDED.search(refused.reason):
                     raise
-                try:
-                    return self._receive_all(shell_id, command_id, deadline, cancel, max_output)
-                except HostFailure:
-                    raise refused from None
+                log.debug("%s: Send refused (%s); collecting what the command left", self.host.name, refused.reason)
+                return self._receive_all(shell_id, command_id, deadline, cancel, max_output)
         return None
 
     def close(self) -> None:

@@ -33,6 +33,8 @@ FLEET = {
         "dropped": {"role": "management_server", "lab": {"faults": ["drop-receive"]}},
         "hanging": {"role": "management_server", "lab": {"faults": ["tool-hanging"]}},
         "slow": {"role": "management_server", "lab": {"faults": ["latency:0.2"]}},
+        "clm": {"role": "management_server", "lab": {"faults": ["constrained-language"]}},
+        "noshell": {"role": "management_server", "lab": {"faults": ["remote-shell-disabled"]}},
     }
 }
 
@@ -173,3 +175,47 @@ def test_environment_ca_bundle_is_not_used(lab, monkeypatch):
     with pytest.raises(HostFailure) as raised:
         run_hostname(host)
     assert raised.value.kind is ErrorKind.TLS
+
+
+def test_commands_run_in_pipe_mode_without_cmd_in_utf8(lab):
+    """WINRS_CONSOLEMODE_STDIN=FALSE (pipe mode, as Ansible streams stdin), WINRS_SKIP_CMD_SHELL=TRUE,
+    and the shell's code page set explicitly to UTF-8: what the lab journal saw on the wire."""
+    inv, fleet = lab
+    run_hostname(inv.hosts["ntlm-https"])
+    create = fleet.journal.entries("ntlm-https", "Create")[-1]
+    command = fleet.journal.entries("ntlm-https", "Command")[-1]
+    assert create.options is not None and "WINRS_CODEPAGE=65001" in create.options.split()
+    assert command.options is not None
+    assert {"WINRS_CONSOLEMODE_STDIN=FALSE", "WINRS_SKIP_CMD_SHELL=TRUE"} <= set(command.options.split())
+
+
+def test_stdin_goes_in_chunks_that_fit_the_envelope(lab):
+    inv, fleet = lab
+    data = bytes(range(256)) * 2000  # 512,000 bytes: three Sends of at most 200,000
+    before = len(fleet.journal.entries("ntlm-http", "Send"))
+    with WinRMSession(inv.hosts["ntlm-http"], PASSWORD) as session:
+        result = session.run("more", data, deadline=deadline())
+    sends = fleet.journal.entries("ntlm-http", "Send")[before:]
+    assert result.stdout == data and [e.stdin_bytes for e in sends] == [200_000, 200_000, 112_000]
+
+
+def test_a_command_that_ended_before_its_stdin_reports_its_own_error(lab):
+    """powershell.exe stopped by Constrained Language Mode before reading stdin: Windows faults the
+    Send; keyfleet reports the process's own CLIXML error, once, not an HTTP failure to retry."""
+    inv, fleet = lab
+    with WinRMSession(inv.hosts["clm"], PASSWORD) as session:
+        result = session.run(
+            remote.bootstrap_command_line(), remote.build_stdin("probe", {}, None), deadline=deadline()
+        )
+    assert [e.status for e in fleet.journal.entries("clm", "Send")] == [500]
+    with pytest.raises(HostFailure) as caught:
+        remote.parse_probe("clm", result.stdout, result.stderr, result.exit_code)
+    assert caught.value.kind is ErrorKind.CONSTRAINED_LANGUAGE
+
+
+def test_remote_shell_access_disabled_has_its_own_kind(lab):
+    inv, _ = lab
+    with pytest.raises(HostFailure) as caught, WinRMSession(inv.hosts["noshell"], PASSWORD) as session:
+        session.run("hostname", b"", deadline=deadline())
+    assert caught.value.kind is ErrorKind.REMOTE_SHELL_DISABLED and not caught.value.kind.transient
+    assert "remote shell requests" in caught.value.reason

@@ -109,16 +109,21 @@ function Get-ScsmVersion {
     return $best.ToString()
 }
 
+function Get-ToolFolders {
+    # the install folder Setup recorded, then each version's default folder
+    $folders = @($DefaultInstallFolders)
+    $installDirectory = Get-RegistryValue $SetupKey 'InstallDirectory'
+    if ($installDirectory) { $folders = @(([string]$installDirectory).TrimEnd('\')) + $folders }
+    return , $folders
+}
+
 function Get-ToolCandidates {
-    # in order: tool_path, the install folder Setup recorded, each version's default folder; a folder
-    # is tried as it is and with Tools\SecureStorageBackup (where the installation media keep the tool)
+    # in order: tool_path, then each folder as it is and with Tools\SecureStorageBackup (where the
+    # installation media keep the tool)
     $candidates = New-Object Collections.Generic.List[string]
     $configured = Get-Param 'tool_path'
     if ($configured) { $candidates.Add([string]$configured) }
-    $folders = @($DefaultInstallFolders)
-    $installDirectory = Get-RegistryValue $SetupKey 'InstallDirectory'
-    if ($installDirectory) { $folders = @([string]$installDirectory) + $folders }
-    foreach ($folder in $folders) {
+    foreach ($folder in (Get-ToolFolders)) {
         $candidates.Add([IO.Path]::Combine($folder, $ToolName))
         $candidates.Add([IO.Path]::Combine($folder, 'Tools\SecureStorageBackup', $ToolName))
     }
@@ -135,7 +140,10 @@ function Find-Tool {
 function Get-RequiredTool {
     $tool = Find-Tool
     if ($null -eq $tool) {
-        Stop-Helper 'tool-missing' ('SecureStorageBackup.exe not found (looked in: {0}): copy Tools\SecureStorageBackup from the Service Manager installation media to this server and set tool_path' -f ((Get-ToolCandidates) -join '; '))
+        $where = (Get-ToolFolders) -join '; '
+        $configured = Get-Param 'tool_path'
+        if ($configured) { $where = "tool_path $configured; $where" }
+        Stop-Helper 'tool-missing' ('SecureStorageBackup.exe not found in {0} (each folder also under Tools\SecureStorageBackup): copy Tools\SecureStorageBackup from the Service Manager installation media to this server and set tool_path' -f $where)
     }
     return $tool
 }

@@ -382,16 +382,19 @@ class SimulatedHelpers:
                 best = parsed
         return None if best is None else ".".join(str(p) for p in best)
 
+    def get_tool_folders(self) -> list[str]:
+        folders = list(DEFAULT_INSTALL_FOLDERS)
+        install_directory = self.installation.registry_values().get(SETUP_KEY.lower(), {}).get("InstallDirectory")
+        if install_directory:
+            folders.insert(0, str(install_directory).rstrip("\\"))
+        return folders
+
     def get_tool_candidates(self, params: dict[str, object]) -> list[str]:
         candidates = []
         configured = _text(params, "tool_path")
         if configured:
             candidates.append(configured)
-        folders = list(DEFAULT_INSTALL_FOLDERS)
-        install_directory = self.installation.registry_values().get(SETUP_KEY.lower(), {}).get("InstallDirectory")
-        if install_directory:
-            folders.insert(0, str(install_directory))
-        for folder in folders:
+        for folder in self.get_tool_folders():
             candidates.append(windows_join(folder, TOOL_NAME))
             candidates.append(windows_join(folder, TOOL_SUBFOLDER, TOOL_NAME))
         return candidates
@@ -402,11 +405,15 @@ class SimulatedHelpers:
     def get_required_tool(self, params: dict[str, object]) -> str:
         tool = self.find_tool(params)
         if tool is None:
+            where = "; ".join(self.get_tool_folders())
+            configured = _text(params, "tool_path")
+            if configured:
+                where = f"tool_path {configured}; {where}"
             raise HelperError(
                 "tool-missing",
-                f"SecureStorageBackup.exe not found (looked in: {'; '.join(self.get_tool_candidates(params))}): copy "
-                "Tools\\SecureStorageBackup from the Service Manager installation media to this server and set "
-                "tool_path",
+                f"SecureStorageBackup.exe not found in {where} (each folder also under Tools\\SecureStorageBackup): "
+                "copy Tools\\SecureStorageBackup from the Service Manager installation media to this server and "
+                "set tool_path",
             )
         return tool
 

@@ -98,10 +98,18 @@ def _code(script: str) -> str:
 
 @cache
 def script_facts() -> ScriptFacts:
-    common = _code(remote.load_script("export").content.decode("utf-8"))
-    bootstrap = _code(remote.load_script(remote.BOOTSTRAP).content.decode("utf-8"))
+    """The facts of the scripts keyfleet ships (what a helper sends: common.ps1 first)."""
+    return facts_of(
+        remote.load_script("export").content.decode("utf-8"),
+        remote.load_script(remote.BOOTSTRAP).content.decode("utf-8"),
+    )
+
+
+def facts_of(helper: str, bootstrap: str) -> ScriptFacts:
+    """The facts of a helper script and a bootstrap, from their code (comments ignored)."""
+    common, bootstrap = _code(helper), _code(bootstrap)
     without_bom = re.search(r"\$(\w+) = New-Object Text\.UTF8Encoding \$false", common)
-    sets_console = bool(without_bom) and f"[Console]::InputEncoding = ${without_bom.group(1)}" in common  # type: ignore[union-attr]
+    sets_console = without_bom is not None and f"[Console]::InputEncoding = ${without_bom.group(1)}" in common
     code = [line.strip() for line in bootstrap.splitlines() if line.strip()]
     return ScriptFacts(
         sets_utf8_console_without_bom=sets_console,
