@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.errors import KeyfleetError
+from orchestrator.remote import DEFAULT_OUTBOX
 from orchestrator.secret import mask
 
 DEBUG_LOG = Path.home() / ".cache" / "keyfleet" / "debug.log"
@@ -96,6 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="preflight: reachability, auth, admin rights, role, version, tool")
     _inventory(p)
     _limit(p)
+    p.add_argument(
+        "--tool-smoke",
+        action="store_true",
+        help="also run a throwaway SecureStorageBackup.exe Backup (random password, file deleted) to learn "
+        "whether the tool takes its password on stdin or only on a console",
+    )
+    _json(p)
+
+    p = sub.add_parser(
+        "collect",
+        help="store the key files administrators made with the wizard (for tools that take no typed password)",
+    )
+    _inventory(p)
+    _limit(p)
+    _share(p)
+    p.add_argument(
+        "--path",
+        default=DEFAULT_OUTBOX,
+        metavar="REMOTE_PATH",
+        help=f"the folder on each server where the wizard's key file was saved ({DEFAULT_OUTBOX})",
+    )
+    p.add_argument("--remove", action="store_true", help="delete the server's copy once the share holds it")
+    p.add_argument("--forks", type=_positive_int, default=32, metavar="N", help="hosts worked on at once (32)")
     _json(p)
 
     p = sub.add_parser("inventory", help="validate and show the resolved inventory")
@@ -129,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = lab.add_parser("rebuild", help="replace a lab server's key, as a fresh install would")
     _inventory(rebuild)
     rebuild.add_argument("--host", required=True, metavar="H")
+    wizard = lab.add_parser(
+        "wizard", help="act as an administrator running the wizard on a lab server: a key file in its outbox"
+    )
+    _inventory(wizard)
+    wizard.add_argument("--host", required=True, metavar="H")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
     bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N")
     bench.add_argument("--forks", type=_positive_int, default=32, metavar="N")

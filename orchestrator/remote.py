@@ -101,10 +101,18 @@ def encode_command(script: str) -> str:
 
 
 @cache
+def bootstrap_text() -> str:
+    """The bootstrap as the command line carries it: bootstrap.ps1 without its comment lines, which
+    would only lengthen the command line (the shipped file keeps them for the reader)."""
+    lines = load_script(BOOTSTRAP).content.decode("utf-8-sig").splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#")) + "\n"
+
+
+@cache
 def bootstrap_command_line() -> str:
     """The one command line keyfleet ever runs remotely. It carries no data and no secret."""
-    text = load_script(BOOTSTRAP).content.decode("utf-8-sig")
-    return f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encode_command(text)}"
+    encoded = encode_command(bootstrap_text())
+    return f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encoded}"
 
 
 def build_stdin(helper: str, params: dict[str, object], secret: Secret | None) -> bytes:
@@ -400,6 +408,7 @@ class ProbeResult:
     helper_version: str
     os_build: int | None = None
     tool_candidates: tuple[str, ...] = ()
+    smoke: SmokeResult | None = None  # keyfleet doctor --tool-smoke: which input method the tool takes
 
 
 @dataclass(frozen=True)

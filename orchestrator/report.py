@@ -28,7 +28,18 @@ STATUS_STYLE = {
     Status.LOST: "bold magenta",
 }
 RESULT_TEXT = {0: "full coverage", 1: "coverage gaps", 3: "INTEGRITY FAILURE"}
-SERVER_COLUMNS = ("host", "group", "role", "status", "last good backup", "age", "password", "sha-256", "detail")
+SERVER_COLUMNS = (
+    "host",
+    "group",
+    "role",
+    "status",
+    "last good backup",
+    "age",
+    "password",
+    "input",
+    "sha-256",
+    "detail",
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -61,6 +72,7 @@ def _server_json(server: ServerCoverage) -> dict[str, Any]:
         "sha256_verified": server.sha256_verified,
         "size": good.size if good else None,
         "password_id": good.password_id if good else None,
+        "method": good.method if good else None,
         "scsm_version": good.scsm_version if good else None,
         "current_scsm_version": server.current_version,
         "backups": server.backups,
@@ -124,6 +136,7 @@ def server_row(server: ServerCoverage) -> tuple[str, ...]:
         format_iso(good.created) if good else "-",
         format_age(server.age) if server.age is not None else "-",
         good.password_id if good else "-",
+        (good.method or "-") if good else "-",
         f"verified {good.sha256[:12]}" if good and server.sha256_verified else "-",
         server.reason,
     )

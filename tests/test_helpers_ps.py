@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import tree_sitter
 import tree_sitter_powershell
 
 from orchestrator import remote
-from orchestrator.lab.registry import KNOWN_TOOL_PATHS
+from orchestrator.lab.registry import DEFAULT_INSTALL_FOLDERS
 
-FILES = (remote.BOOTSTRAP, remote.COMMON, *remote.HELPERS)
+FILES = (remote.BOOTSTRAP, remote.COMMON, remote.CONPTY, *remote.HELPERS)
 _PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 
 
@@ -21,7 +22,7 @@ def _source(name: str) -> bytes:
 
 
 def _sent(name: str) -> bytes:
-    """The script as keyfleet sends it (for a helper: common.ps1 + <helper>.ps1)."""
+    """The script as keyfleet sends it (for a helper: common.ps1 + conpty.ps1 + <helper>.ps1)."""
     return remote.load_script(name).content
 
 
@@ -93,10 +94,14 @@ def test_sent_helper_declares_the_contract_version_and_parameters(name: str) -> 
     assert len(_nodes(_sent(name), "param_block")) == 1
 
 
-def test_known_tool_paths_match_the_lab() -> None:
-    block = re.search(r"\$KnownToolPaths = @\((.*?)\n\)", _source(remote.COMMON).decode(), re.S)
+def test_default_install_folders_match_the_lab() -> None:
+    block = re.search(r"\$DefaultInstallFolders = @\((.*?)\n\)", _source(remote.COMMON).decode(), re.S)
     assert block is not None
-    assert tuple(re.findall(r"'([^']+)'", block.group(1))) == KNOWN_TOOL_PATHS
+    assert tuple(re.findall(r"'([^']+)'", block.group(1))) == DEFAULT_INSTALL_FOLDERS
+    assert DEFAULT_INSTALL_FOLDERS == (
+        r"C:\Program Files\Microsoft System Center\Service Manager",  # SCSM 2019, 2022, 2025
+        r"C:\Program Files\Microsoft System Center 2016\Service Manager",  # SCSM 2016
+    )
 
 
 @pytest.mark.parametrize("name", remote.HELPERS)
@@ -105,19 +110,20 @@ def test_helper_uses_the_common_functions_and_redefines_none(name: str) -> None:
     helper = _source(name)
     assert not _defined(helper) & common, f"{name}.ps1 redefines common functions"
     assert _called(helper) & common, f"{name}.ps1 calls no common function"
-    for settled in ("param(", "Set-StrictMode", "$HelperVersion =", "$KnownToolPaths ="):
+    for settled in ("param(", "Set-StrictMode", "$HelperVersion =", "$DefaultInstallFolders ="):
         assert settled not in helper.decode(), f"{name}.ps1 repeats {settled!r} from common.ps1"
 
 
 def test_every_common_function_is_used() -> None:
-    common = _source(remote.COMMON)
-    calls = _called(common).union(*(_called(_source(name)) for name in remote.HELPERS))
-    assert _defined(common) - calls == set()
+    shared = _source(remote.COMMON) + b"\n" + _source(remote.CONPTY)
+    calls = _called(shared).union(*(_called(_source(name)) for name in remote.HELPERS))
+    assert _defined(shared) - calls == set()
 
 
-def test_bootstrap_reads_all_stdin_and_verifies_the_script() -> None:
+def test_bootstrap_reads_two_lines_and_verifies_the_script() -> None:
     text = _source(remote.BOOTSTRAP).decode()
-    assert "[Console]::In.ReadToEnd()" in text
+    assert text.count("[Console]::In.ReadLine()") == 2 and "ReadToEnd" not in text
+    assert "$secretLine = [Console]::In.ReadLine()" in text
     assert "SHA256" in text and "[ScriptBlock]::Create(" in text
     assert text.count("Write-KeyfleetResult ") == 2  # one success, one failure path, each then exits
     assert "$failure.server = $global:KeyfleetServer" in text  # a failure still reports role and version
@@ -125,3 +131,170 @@ def test_bootstrap_reads_all_stdin_and_verifies_the_script() -> None:
 
 def test_bootstrap_command_line_fits_cmd_limits() -> None:
     assert len(remote.bootstrap_command_line()) < 8191  # cmd.exe's maximum command line
+
+
+# -- the secret never passes through a cmdlet (module logging 4103 records parameter bindings) ------
+
+_PLAIN_SOURCES = ("PtrToStringBSTR",)  # where a helper turns the SecureString into text
+
+
+def _variables(node: tree_sitter.Node) -> list[tree_sitter.Node]:
+    found = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.type == "variable":
+            found.append(current)
+        stack.extend(current.children)
+    return found
+
+
+def _name(variable: tree_sitter.Node) -> str:
+    return _text(variable).decode().lower().replace("{", "").replace("}", "").replace("$script:", "$")
+
+
+def _ancestors(node: tree_sitter.Node) -> list[tree_sitter.Node]:
+    found = []
+    while node.parent is not None:
+        node = node.parent
+        found.append(node)
+    return found
+
+
+def _masked(variable: tree_sitter.Node) -> bool:
+    """``$x.Replace($secret, '...')``: the secret is what is removed, the result holds none of it."""
+    for node in _ancestors(variable):
+        if node.type == "argument_expression":
+            args = node.parent
+            call = args.parent.parent if args is not None and args.parent is not None else None
+            if call is None or call.type != "invokation_expression":
+                return False
+            member = next((c for c in call.children if c.type == "member_name"), None)
+            first = next(c for c in args.children if c.type == "argument_expression")
+            return member is not None and _text(member) == b"Replace" and first == node
+    return False
+
+
+def _tainted_variables(source: bytes, seeds: set[str]) -> set[str]:
+    """Variables that hold the secret in plain form (text, bytes or chars), to a fixed point."""
+    tainted = set(seeds)
+    assignments = [*_nodes(source, "assignment_expression"), *_nodes(source, "foreach_statement")]
+    changed = True
+    while changed:
+        changed = False
+        for node in assignments:
+            if node.type == "assignment_expression":
+                target, value = node.children[0], node.children[-1]
+            else:  # foreach ($item in <value>)
+                target = next(c for c in node.children if c.type == "variable")
+                value = next(c for c in node.children if c.type == "pipeline")
+            names = {_name(v) for v in _variables(target)}
+            holds = any(src.encode() in _text(value) for src in _PLAIN_SOURCES) or any(
+                _name(v) in tainted and not _masked(v) for v in _variables(value)
+            )
+            if holds and not names <= tainted:
+                tainted |= names
+                changed = True
+    return tainted
+
+
+def _sinks(source: bytes, tainted: set[str], reads: tuple[str, ...] = ("[Console]::In.",)) -> list[str]:
+    """Where a plain-secret variable, or a read of stdin (``reads``), reaches a command (cmdlet,
+    function, script block) or a pipeline."""
+    found = []
+    candidates = [v for v in _variables(_PARSER.parse(source).root_node) if _name(v) in tainted]
+    candidates += [
+        n for n in _nodes(source, "invokation_expression") if any(_text(n).startswith(r.encode()) for r in reads)
+    ]
+    for variable in candidates:
+        for node in _ancestors(variable):
+            if node.type in ("command", "flow_control_statement") or (
+                node.type == "pipeline_chain" and any(c.type == "|" for c in node.children)
+            ):
+                line = variable.start_point[0] + 1
+                found.append(f"line {line}: {_text(variable).decode()} in {node.type}: {_text(node)[:80]!r}")
+                break
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "seeds"),
+    [(remote.BOOTSTRAP, {"$secretline"}), *((helper, set()) for helper in remote.HELPERS)],
+)
+def test_the_plain_secret_never_reaches_a_command_or_a_pipeline(name: str, seeds: set[str]) -> None:
+    source = _sent(name)
+    tainted = _tainted_variables(source, seeds)
+    assert tainted, "the analysis found no variable holding the secret: it would prove nothing"
+    assert _sinks(source, tainted) == []
+
+
+def test_the_taint_check_catches_what_the_first_release_did() -> None:
+    release1 = (Path(__file__).parent / "data" / "release1-bootstrap.ps1").read_bytes()
+    # the whole request, password included, was piped into ConvertFrom-Json
+    assert any("ConvertFrom-Json" in sink for sink in _sinks(release1, set()))
+    bad = b'$plain = [Runtime.InteropServices.Marshal]::PtrToStringBSTR($bstr)\n$line = "$plain`r`n"\n'
+    bad += b"Write-Verbose $line\n$bytes = $enc.GetBytes($plain)\n$bytes | Out-Null\n"
+    sinks = _sinks(bad, _tainted_variables(bad, set()))
+    assert len(sinks) == 2
+    assert any("Write-Verbose" in sink for sink in sinks) and any("Out-Null" in sink for sink in sinks)
+    masked = b"$plain = [M]::PtrToStringBSTR($b)\n$out = $out.Replace($plain, '*')\nWrite-Output $out\n"
+    assert _sinks(masked, _tainted_variables(masked, set())) == []
+
+
+# -- Windows PowerShell 5.1 and .NET Framework only ------------------------------------------------
+
+_PS7_ONLY = {
+    "null-coalescing ??": r"\?\?",
+    "null-conditional ?.": r"\?\.|\?\[",
+    "pipeline chain &&": r"&&",
+    "pipeline chain ||": r"\|\|",
+    "ternary": r"\)\s*\?\s*[\$'\"\w(]",
+    "ConvertFrom-Json -AsHashtable": r"-AsHashtable",
+    "ConvertFrom-Json -Depth/-NoEnumerate": r"ConvertFrom-Json[^\n]*-(Depth|NoEnumerate)",
+    "-AsByteStream": r"-AsByteStream",
+    "utf8NoBOM": r"utf8NoBOM",
+    "ForEach-Object -Parallel": r"-Parallel",
+    "Process.Kill($true)": r"\.Kill\(\s*\$true",
+    "Join-Path -AdditionalChildPath": r"-AdditionalChildPath",
+    ".NET Core: Convert.ToHexString": r"ToHexString",
+    ".NET Core: HashData": r"\]::HashData",
+    ".NET Core: RandomNumberGenerator statics": r"RandomNumberGenerator\]::(Fill|GetBytes|GetInt32)",
+    ".NET Core: Path.Join": r"Path\]::Join",
+    ".NET Core: System.Text.Json": r"System\.Text\.Json",
+    "PowerShell 7 Get-Error": r"\bGet-Error\b",
+    "clean block": r"^\s*clean\s*\{",
+}
+
+
+def _code_only(source: bytes) -> str:
+    """The script with comments and string literals blanked out."""
+    data = bytearray(source)
+    for kind in ("comment", "string_literal", "expandable_string_literal", "verbatim_string_characters"):
+        for node in _nodes(source, kind):
+            data[node.start_byte : node.end_byte] = b" " * (node.end_byte - node.start_byte)
+    return data.decode()
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_powershell_7_or_dotnet_core_construct(name: str) -> None:
+    code = _code_only(_source(name))
+    found = [what for what, pattern in _PS7_ONLY.items() if re.search(pattern, code, re.M | re.I)]
+    assert found == []
+
+
+def test_the_ps7_check_finds_each_construct() -> None:
+    samples = [
+        b"$a = $b ?? 'x'", b"$a = $b?.Name", b"git pull && git push", b"$a = ($b) ? 1 : 2",
+        b"$x | ConvertFrom-Json -AsHashtable", b"$p.Kill($true)", b"[Convert]::ToHexString($b)",
+        b"1..3 | ForEach-Object -Parallel { $_ }",
+    ]  # fmt: skip
+    for sample in samples:
+        code = _code_only(sample)
+        assert any(re.search(p, code, re.M | re.I) for p in _PS7_ONLY.values()), sample
+    assert not any(re.search(p, _code_only(b"# a ?? b && c\n'x ?? y'"), re.M) for p in _PS7_ONLY.values())
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_dollar_input(name: str) -> None:
+    """$input in the command text makes powershell.exe read stdin itself (PowerShell ConsoleHost)."""
+    assert not re.search(r"\$input\b", _code_only(_source(name)), re.I)

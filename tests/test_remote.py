@@ -78,7 +78,10 @@ def test_bootstrap_command_line_is_constant_and_carries_only_the_bootstrap() -> 
     prefix = "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand "
     assert line.startswith(prefix)
     decoded = base64.b64decode(line[len(prefix) :]).decode("utf-16-le")
-    assert decoded == remote.load_script("bootstrap").content.decode()
+    assert decoded == remote.bootstrap_text()
+    shipped = remote.load_script("bootstrap").content.decode()
+    code = [line for line in shipped.splitlines() if not line.lstrip().startswith("#")]
+    assert decoded.splitlines() == code and "KEYFLEET-CONSTRAINED-LANGUAGE" in decoded
 
 
 def _forms(secret: str) -> list[bytes]:
@@ -250,7 +253,7 @@ def test_reason_is_bounded() -> None:
 _PROGRESS = (
     b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
     b'<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T>'
-    b"<T>System.Object</T></TN><MS><I64 N=\"SourceId\">1</I64><PR N=\"Record\"><AV>Preparing modules for first "
+    b'<T>System.Object</T></TN><MS><I64 N="SourceId">1</I64><PR N="Record"><AV>Preparing modules for first '
     b"use.</AV><AI>0</AI><Nil /><PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj></Objs>"
 )
 
@@ -258,8 +261,7 @@ _PROGRESS = (
 def _clixml_error(*lines: str) -> bytes:
     body = "".join(f'<S S="Error">{line}_x000D__x000A_</S>' for line in lines)
     return (
-        '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
-        f"{body}</Objs>"
+        f'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">{body}</Objs>'
     ).encode()
 
 
@@ -269,8 +271,7 @@ def test_clixml_error_is_decoded_into_the_failure() -> None:
         "At line:1 char:1",
     )
     assert remote.decode_clixml(stderr) == (
-        "Program 'SecureStorageBackup.exe' failed to run: This program is blocked by group policy.\r\n"
-        "At line:1 char:1"
+        "Program 'SecureStorageBackup.exe' failed to run: This program is blocked by group policy.\r\nAt line:1 char:1"
     )
     with pytest.raises(HostFailure) as caught:
         remote.parse_result(HOST, b"", stderr, 1)

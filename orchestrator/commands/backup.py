@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta
 
-from rich.text import Text
-
-from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.commands.outcomes import render_outcomes, result_json
+from orchestrator.console import Ui, print_json
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
@@ -15,9 +14,8 @@ from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.jobs import backup, context
 from orchestrator.lab.fleet import serving
-from orchestrator.runner import RunnerEvents, RunSummary, Status
-from orchestrator.share.manifest import ManifestEntry
-from orchestrator.share.runrecord import RunRecord, new_run_id
+from orchestrator.runner import RunnerEvents
+from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
 
 
@@ -83,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
         if summary.interrupted:
             store.remove_stale_temporaries()
     code = backup.exit_code(summary)
-    _render(ui, summary, record, record_path)
+    render_outcomes(ui, summary, record, record_path)
     if args.json:
-        print_json(_result_json(record, record_path, code))
+        print_json(result_json(record, record_path, code))
     return code
 
 
@@ -93,49 +91,8 @@ def _select(inv: Inventory, limit: str, store: BackupStore) -> list[HostConfig]:
     return select_hosts(inv, limit, at_resolver=backup.last_failed_resolver(store))
 
 
-def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, record_path: str | None) -> None:
-    rows = []
-    by_host = {r.host.name: r for r in summary.results}
-    for outcome in record.outcomes:
-        result = by_host.get(outcome.host)
-        status = Text(str(outcome.status), style=STATUS_STYLE.get(Status(outcome.status), ""))
-        error = f"{outcome.kind}: {outcome.message}" if outcome.kind else (outcome.message or "")
-        rows.append(
-            [
-                outcome.host,
-                outcome.role,
-                outcome.group,
-                status,
-                "" if outcome.size is None else str(outcome.size),
-                (outcome.sha256 or "")[:12],
-                f"{outcome.duration:.1f}s" if result else "",
-                error,
-            ]
-        )
-    ui.table(
-        f"backup {record.run_id}",
-        ["host", "role", "group", "status", "size", "sha256", "duration", "error"],
-        rows,
-    )
-    ui.failure_hints(summary.results)
-    counts = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
-    ui.line(
-        f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
-        + (" (interrupted)" if summary.interrupted else "")
-        + (f"; run record {record_path}" if record_path else "")
-    )
-
-
 def _plan_json(plan: backup.BackupPlan) -> dict[str, object]:
     return {
         "hosts": [{"host": h.name, "group": h.group, "role": h.role.value, "endpoint": h.endpoint} for h in plan.hosts],
         "skipped": [{"host": s.host.name, "reason": s.reason} for s in plan.skipped],
     }
-
-
-def _result_json(record: RunRecord, record_path: str | None, code: int) -> dict[str, object]:
-    document = record.to_json()
-    document["run_record"] = record_path
-    document["exit_code"] = code
-    document["summary"] = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
-    return document

@@ -11,7 +11,16 @@ from orchestrator.console import HINTS, Ui, print_json
 from orchestrator.errors import ErrorKind
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
-from orchestrator.jobs.doctor import CheckResult, CheckState, Diagnosis, diagnosis_json, format_bytes, run_doctor
+from orchestrator.jobs.doctor import (
+    CHECKS,
+    SMOKE_CHECK,
+    CheckResult,
+    CheckState,
+    Diagnosis,
+    diagnosis_json,
+    format_bytes,
+    run_doctor,
+)
 from orchestrator.lab.fleet import serving
 from orchestrator.remote import ProbeResult
 from orchestrator.runner import RunnerEvents, Status
@@ -27,6 +36,7 @@ COLUMNS = {
     "tool": "tool",
     "temp-space": "temp",
     "computer-name": "name",
+    "tool-input": "input",
 }
 EXTRA_HINTS = {
     str(ErrorKind.NAME_MISMATCH): "name the host in the inventory after its computer name: a restore "
@@ -56,38 +66,43 @@ def run(args: argparse.Namespace) -> int:
     for warning in warnings:
         ui.warn(warning)
     passwords = context.winrm_passwords(hosts)
+    require = (*CHECKS, SMOKE_CHECK) if args.tool_smoke else CHECKS
     with serving(inv), ui.fleet_progress("doctor", [h.name for h in hosts]) as progress:
         diagnoses, interrupted = run_doctor(
-            hosts, passwords, events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done)
+            hosts,
+            passwords,
+            require=require,
+            events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+            smoke=args.tool_smoke,
         )
-    code = exit_code(diagnoses, interrupted)
-    render(ui, diagnoses, interrupted)
+    code = exit_code(diagnoses, interrupted, require)
+    render(ui, diagnoses, interrupted, require)
     if args.json:
         document = {
             "command": "doctor",
             "exit_code": code,
             "interrupted": interrupted,
-            "summary": _counts(diagnoses),
+            "summary": _counts(diagnoses, require),
             "warnings": warnings,
-            "hosts": [{**diagnosis_json(d), "hint": hint_for(_kind(d)) or None} for d in diagnoses],
+            "hosts": [{**diagnosis_json(d, require), "hint": hint_for(_kind(d, require)) or None} for d in diagnoses],
         }
         print_json(document)
     return code
 
 
-def exit_code(diagnoses: Sequence[Diagnosis], interrupted: bool) -> int:
+def exit_code(diagnoses: Sequence[Diagnosis], interrupted: bool, require: Sequence[str] = CHECKS) -> int:
     if interrupted:
         return 130
-    return 1 if any(d.status() is Status.FAILED for d in diagnoses) else 0
+    return 1 if any(d.status(require) is Status.FAILED for d in diagnoses) else 0
 
 
-def _kind(diagnosis: Diagnosis) -> str | None:
-    cause = diagnosis.cause()
+def _kind(diagnosis: Diagnosis, require: Sequence[str] = CHECKS) -> str | None:
+    cause = diagnosis.cause(require)
     return str(cause.kind) if cause and cause.kind else None
 
 
-def _counts(diagnoses: Sequence[Diagnosis]) -> dict[str, int]:
-    return {str(s): sum(1 for d in diagnoses if d.status() is s) for s in Status}
+def _counts(diagnoses: Sequence[Diagnosis], require: Sequence[str] = CHECKS) -> dict[str, int]:
+    return {str(s): sum(1 for d in diagnoses if d.status(require) is s) for s in Status}
 
 
 def _cell(check: CheckResult, probe: ProbeResult | None) -> Text:
@@ -99,29 +114,32 @@ def _cell(check: CheckResult, probe: ProbeResult | None) -> Text:
         text = probe.tool_version or ""
     elif probe and check.name == "temp-space" and probe.temp_free_bytes is not None:
         text = format_bytes(probe.temp_free_bytes)
+    elif probe and probe.smoke and check.name == "tool-input":
+        text = probe.smoke.works or ""
     return Text(f"{mark} {text}".rstrip(), style=style)
 
 
-def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
+def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool, require: Sequence[str] = CHECKS) -> None:
     rows = []
     for d in diagnoses:
         probe = d.probe
         role = " + ".join(str(r) for r in probe.roles) or "(none)" if probe else ""
-        rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c, probe) for c in d.checks]])
-    ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], rows)
+        cells = [_cell(d.check(name), probe) for name in require]
+        rows.append([d.host.name, role, (probe.version or "") if probe else "", *cells])
+    ui.table("doctor", ["host", "roles", "version", *(COLUMNS[name] for name in require)], rows)
     by_kind: dict[str, list[str]] = {}
     for d in diagnoses:
-        cause = d.cause()
-        if d.status() is not Status.FAILED or cause is None:
+        cause = d.cause(require)
+        if d.status(require) is not Status.FAILED or cause is None:
             continue
-        for failed in d.failures():
+        for failed in d.failures(require):
             ui.line(f"  {d.host.name}: {failed.name}: {failed.kind}: {failed.detail}", "red")
         by_kind.setdefault(str(cause.kind or ""), []).append(d.host.name)
     for kind, names in sorted(by_kind.items()):
         ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
         ui.line(f"  hint: {hint_for(kind)}")
-    counts = _counts(diagnoses)
-    ok_hosts = [d for d in diagnoses if d.status() is Status.OK and d.probe]
+    counts = _counts(diagnoses, require)
+    ok_hosts = [d for d in diagnoses if d.status(require) is Status.OK and d.probe]
     temp = min((d.probe.temp_free_bytes for d in ok_hosts if d.probe and d.probe.temp_free_bytes), default=None)
     ui.line(
         f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"

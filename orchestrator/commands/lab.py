@@ -23,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
         return up(args)
     if args.lab_command == "rebuild":
         return rebuild(args)
+    if args.lab_command == "wizard":
+        return wizard(args)
     return bench_command(args)
 
 
@@ -35,6 +37,22 @@ def rebuild(args: argparse.Namespace) -> int:
     machine = lab_machine(inv, args.host)
     machine.rebuild()
     print(f"keyfleet: lab server {args.host} rebuilt: its encryption key was replaced", file=sys.stderr)
+    return 0
+
+
+def wizard(args: argparse.Namespace) -> int:
+    """Simulate an administrator running SecureStorageBackup.exe's wizard on a lab server and saving
+    the key file in the agreed outbox folder (for keyfleet collect). The password comes from the
+    usual sources (KEYFLEET_BACKUP_PASSWORD, the inventory's reference, or a prompt, asked twice)."""
+    from orchestrator.inventory.loader import load_inventory
+    from orchestrator.jobs import context
+    from orchestrator.lab.fleet import lab_machine
+
+    inv = load_inventory(args.inventory)
+    machine = lab_machine(inv, args.host)
+    password = context.backup_password(inv)
+    saved = machine.run_wizard(password.reveal())
+    print(f"keyfleet: lab server {args.host}: the wizard saved the key file as {saved}", file=sys.stderr)
     return 0
 
 

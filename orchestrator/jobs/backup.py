@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
@@ -180,8 +181,17 @@ def verify_roles(host: HostConfig, roles: tuple[Role, ...]) -> None:
         )
 
 
+class StoringTask(Protocol):
+    """A per-host task that stores key files on the share: backup, or collect."""
+
+    store: BackupStore
+    run_id: str
+
+    def __call__(self, ctx: HostContext) -> ManifestEntry: ...
+
+
 def run_backup(
-    plan: BackupPlan, task: BackupTask, *, forks: int, events: RunnerEvents | None = None
+    plan: BackupPlan, task: StoringTask, *, forks: int, events: RunnerEvents | None = None
 ) -> RunSummary[ManifestEntry]:
     summary = Runner(task, forks=forks, events=events).run(plan.hosts)
     if summary.interrupted:

@@ -29,6 +29,8 @@ CHECKS = (
     "temp-space",
     "computer-name",
 )
+SMOKE_CHECK = "tool-input"  # with --tool-smoke: a throwaway Backup shows how the tool takes a password
+SMOKE_TIMEOUT = 30.0  # seconds per attempt at most: the tool is tried twice (stdin, then a console)
 MIN_TEMP_FREE_BYTES = 100 * 1024 * 1024  # the key file is tiny; less than this is a server in trouble
 # where a connection-level failure stops the checks; any other failure stops at "helper"
 _FAILED_AT = {
@@ -69,7 +71,7 @@ class Diagnosis:
     attempts: int = 0
 
     def check(self, name: str) -> CheckResult:
-        return next(c for c in self.checks if c.name == name)
+        return next((c for c in self.checks if c.name == name), CheckResult(name, CheckState.NOT_RUN))
 
     def failures(self, require: Collection[str] = CHECKS) -> list[CheckResult]:
         """The failed checks, when any required check did not pass (root cause first)."""
@@ -89,10 +91,13 @@ class Diagnosis:
 
 
 class ProbeTask:
-    """Run the probe helper on one host (the runner's per-host work)."""
+    """Run the probe helper on one host (the runner's per-host work); with ``smoke``, then the smoke
+    helper, a throwaway Backup that shows which input method the tool takes (only when the probe
+    found the tool and administrator rights)."""
 
-    def __init__(self, winrm_passwords: dict[str, Secret | None]) -> None:
+    def __init__(self, winrm_passwords: dict[str, Secret | None], *, smoke: bool = False) -> None:
         self._winrm_passwords = winrm_passwords
+        self._smoke = smoke
 
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
@@ -106,7 +111,20 @@ class ProbeTask:
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
             )
-        return remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
+            probe = remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
+            if not (self._smoke and probe.admin and probe.tool_path):
+                return probe
+            ctx.report("tool smoke test")
+            params = remote.smoke_params(host.tool_path, min(host.tool_timeout, SMOKE_TIMEOUT))
+            result = session.run(
+                remote.bootstrap_command_line(),
+                remote.build_stdin("smoke", params, None),
+                deadline=ctx.deadline,
+                cancel=ctx.cancel,
+                max_output=remote.MAX_OUTPUT_BYTES,
+            )
+        smoke = remote.parse_smoke(host.name, result.stdout, result.stderr, result.exit_code)
+        return replace(probe, smoke=smoke)
 
 
 def run_doctor(
@@ -116,6 +134,7 @@ def run_doctor(
     require: Collection[str] = CHECKS,
     forks: int = 32,
     events: RunnerEvents | None = None,
+    smoke: bool = False,
 ) -> tuple[list[Diagnosis], bool]:
     """Probe every host at once (at most ``forks``); one Diagnosis per host and whether interrupted."""
     events = events or RunnerEvents()
@@ -128,7 +147,7 @@ def run_doctor(
         events.on_done(result)
 
     runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
-    summary = Runner(ProbeTask(winrm_passwords), forks=forks, events=runner_events).run(hosts)
+    summary = Runner(ProbeTask(winrm_passwords, smoke=smoke), forks=forks, events=runner_events).run(hosts)
     return [diagnose(result) for result in summary.results], summary.interrupted
 
 
@@ -142,6 +161,8 @@ def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
         checks = _stopped_at(_FAILED_AT.get(kind, "helper"), kind, result.message)
     else:
         checks = judge(result.host, probe)
+        if probe.smoke is not None:
+            checks = (*checks, judge_smoke(probe.smoke))
     skipped = result.status is Status.SKIPPED
     return Diagnosis(result.host, checks, probe, skipped, duration=result.duration, attempts=result.attempts)
 
@@ -199,6 +220,21 @@ def judge(host: HostConfig, probe: remote.ProbeResult) -> tuple[CheckResult, ...
     )
 
 
+def judge_smoke(smoke: remote.SmokeResult) -> CheckResult:
+    """Which way of typing the password works (stdin, console), or why none does."""
+    tried = "; ".join(
+        f"{a.method}: "
+        + (f"exit {a.exit}" if a.exit is not None else str(a.kind or "failed"))
+        + (f" ({a.output.splitlines()[-1][:120]})" if a.output.strip() else "")
+        for a in smoke.attempts
+    )
+    if smoke.works:
+        return _ok(SMOKE_CHECK, f"{smoke.works} works ({tried})")
+    kinds = {a.kind for a in smoke.attempts}
+    kind = ErrorKind.CONSOLE_UNAVAILABLE if "console-unavailable" in kinds else ErrorKind.TOOL_INTERACTIVE
+    return _failed(SMOKE_CHECK, f"no input method works ({tried}): use keyfleet collect", kind)
+
+
 def _temp_space(probe: remote.ProbeResult) -> CheckResult:
     where = probe.temp_path or "the temporary folder"
     free = probe.temp_free_bytes
@@ -246,6 +282,16 @@ def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> d
             "temp_free_bytes": probe.temp_free_bytes,
             "powershell_version": probe.powershell_version,
             "helper_version": probe.helper_version,
+            "tool_smoke": None
+            if probe.smoke is None
+            else {
+                "works": probe.smoke.works,
+                "attempts": [
+                    {"method": a.method, "exit": a.exit, "kind": a.kind, "output": a.output}
+                    for a in probe.smoke.attempts
+                ],
+                "cleanup_warning": probe.smoke.cleanup_warning,
+            },
         },
         "checks": [
             {"name": c.name, "status": str(c.state), "detail": c.detail, "kind": str(c.kind) if c.kind else None}

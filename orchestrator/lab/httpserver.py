@@ -223,7 +223,12 @@ class _Connection:
                 raise SoapFaultError(injected_fault(op))
             reply = self.host.service.handle(request, user)
             status, body = 200, reply.body
-            fields = {"command_line": reply.command_line, "stdin_bytes": reply.stdin_bytes, "options": reply.options}
+            fields = {
+                "command_line": reply.command_line,
+                "stdin_bytes": reply.stdin_bytes,
+                "options": reply.options,
+                "request": reply.request,
+            }
             detail = None
         except SoapFaultError as exc:
             fault: WSManError = exc.fault

@@ -36,6 +36,7 @@ class JournalEntry:
     command_line: str | None = None  # Command only
     stdin_bytes: int | None = None  # Send only
     options: str | None = None  # Create and Command: the WinRS options, e.g. "WINRS_CODEPAGE=65001"
+    request: str | None = None  # Send: the JSON request line a helper got (its script as a hash)
     detail: str | None = None  # a fault or rejection reason
 
 

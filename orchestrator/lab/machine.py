@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from orchestrator import remote
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults
 from orchestrator.lab.helpersim import Cancelled, Logon, SimulatedHelpers
-from orchestrator.lab.registry import Installation, Registry
+from orchestrator.lab.keyfile import tool_backup
+from orchestrator.lab.registry import OUTBOX_PATH, Installation, Registry
 from orchestrator.lab.windows import CommandOptions, clixml_progress, clixml_terminating_error, script_facts
 
 Emit = Callable[[str, bytes], None]
@@ -101,6 +103,16 @@ class Machine:
         """The encryption key now in the simulated registry (for tests and drills)."""
         return self.registry.load().key
 
+    def run_wizard(self, password: str) -> str:
+        """What an administrator does at the server's desktop: the wizard's Backup, with the file
+        saved in the outbox folder. Returns the file's Windows path."""
+        run = tool_backup(self.current_key(), password, self.computer_name, self.installation.role.value)
+        if run.exit_code != 0 or run.file is None:
+            raise ValueError(run.output)
+        name = f"SMBackupkey-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bin"
+        self.registry.save_to_outbox(name, run.file)
+        return f"{OUTBOX_PATH}\\{name}"
+
     def rebuild(self) -> None:
         """Reinstall the server: its key is wiped and replaced by a new one."""
         self.registry.rebuild()
@@ -155,7 +167,7 @@ class Machine:
         except (binascii.Error, UnicodeDecodeError):
             emit("stderr", _NOT_ENCODED.encode())
             return 1
-        if not encoded or script != remote.load_script(remote.BOOTSTRAP).content.decode("utf-8-sig"):
+        if not encoded or script != remote.bootstrap_text():
             emit("stderr", _ONLY_BOOTSTRAP.encode())
             return 1
         emit("stderr", clixml_progress())  # powershell.exe loading its modules, as it does on first use

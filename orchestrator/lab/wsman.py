@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import threading
 import time
@@ -42,6 +43,7 @@ _DEFAULT_CLIENT_ENVELOPE = 153600  # what pywinrm asks for
 _STREAM_OVERHEAD = 160  # bytes of XML around one rsp:Stream element
 _REPLY_OVERHEAD = 2048  # header, CommandState and the End markers
 _COALESCE_SECONDS = 0.05  # after output appears, wait this long for the command to finish too
+_REQUEST_LINE_LIMIT = 4 * 1024 * 1024  # a first line longer than this is not a helper request
 _STARTUP_SECONDS = 0.5  # how long Command waits for the process to start reading stdin
 
 
@@ -61,6 +63,7 @@ class Reply:
     command_line: str | None = None
     stdin_bytes: int | None = None
     options: str | None = None
+    request: str | None = None
 
 
 @dataclass
@@ -68,6 +71,7 @@ class _Command:
     id: str
     command_line: str
     options: CommandOptions = field(default_factory=CommandOptions)
+    first_line: bytearray | None = field(default_factory=bytearray)  # until the request line is complete
     stdin: StdinPipe = field(default_factory=StdinPipe)
     cancel: threading.Event = field(default_factory=threading.Event)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -207,6 +211,7 @@ class WinRSService:
     def _send(self, req: SoapRequest, user: LabUser) -> Reply:
         shell = self._shell(req, user)
         total = 0
+        request = None
         for stream in req.body.iter(q(NS_RSP, "Stream")):
             cmd = self._cmd(shell, stream.get("CommandId"))
             if cmd.done:  # the process has ended: nothing reads its stdin pipe any more
@@ -221,9 +226,10 @@ class WinRSService:
                     cmd.stdin.write(data)
             except ValueError:
                 raise SoapFaultError(invalid_request_fault("stdin of this command is closed.")) from None
+            request = _request_line(cmd, data) or request
             if (stream.get("End") or "").lower() == "true":
                 cmd.stdin.close()
-        return self.reply(req, "<rsp:SendResponse/>", stdin_bytes=total)
+        return self.reply(req, "<rsp:SendResponse/>", stdin_bytes=total, request=request)
 
     def _receive(self, req: SoapRequest, user: LabUser) -> Reply:
         shell = self._shell(req, user)
@@ -302,6 +308,28 @@ class WinRSService:
                 )
             )
         return cmd
+
+
+def _request_line(cmd: _Command, data: bytes) -> str | None:
+    """The journal's copy of a helper request: the first stdin line once complete, if it is a JSON
+    object, with the (constant, shipped) script replaced by its length; so the leak search of a
+    run also covers every JSON document keyfleet sent."""
+    if cmd.first_line is None:
+        return None
+    cmd.first_line += data
+    line, newline, _ = bytes(cmd.first_line).partition(b"\n")
+    if not newline and len(cmd.first_line) < _REQUEST_LINE_LIMIT:
+        return None
+    cmd.first_line = None
+    try:
+        document = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    if isinstance(document.get("script"), str):
+        document["script"] = f"<{len(document['script'])} base64 characters>"
+    return json.dumps(document, separators=(",", ":"))
 
 
 def _describe(options: dict[str, str]) -> str | None:
