@@ -74,6 +74,7 @@ def host_config(name: str, group: str, role: Role) -> HostConfig:
         retries=2,
         tool_path=None,
         tool_timeout=120,
+        tool_input="auto",
         lab=None,
         location=Location("inv.yml"),
     )

@@ -154,7 +154,8 @@ def test_last_failed_and_only_stale(tmp_path, keyfleet):
 @pytest.mark.parametrize("fault", EVERY_FAULT)
 def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
     run, lab, search = run_with_unique_secrets(tmp_path, keyfleet, fault, "backup")
-    succeeds = fault in ("none", "latency:0.2")
+    # a locked temporary folder is a warning; a tool that reads masked keys works through the console
+    succeeds = fault in ("none", "latency:0.2", "cleanup-locked", "tool-readkey")
     assert run.returncode == (0 if succeeds else 1), run.stderr
     assert search.assert_clean() >= 5
     assert len(list(lab.share.rglob("*.bin"))) == (2 if succeeds else 0)

@@ -94,9 +94,10 @@ def client(fleet: LabFleet, name: str, *, password: str = PASSWORD, op_timeout: 
     )
 
 
-def run(p: Protocol, command: str, stdin: bytes | None = None) -> tuple[bytes, bytes, int]:
+def run(p: Protocol, command: str, stdin: bytes | None = None, *, console: bool = False) -> tuple[bytes, bytes, int]:
+    """One command; stdin in pipe mode unless ``console`` (pywinrm's default: console-mode stdin)."""
     shell = p.open_shell()
-    cmd = p.run_command(shell, command)
+    cmd = p.run_command(shell, command, console_mode_stdin=console)
     if stdin is not None:
         p.send_command_input(shell, cmd, stdin, end=True)
     result = p.get_command_output(shell, cmd)
@@ -126,6 +127,9 @@ def test_every_auth_mode_runs_commands_with_stdin(fleet: LabFleet, name: str) ->
     p = client(fleet, name)
     assert run(p, "hostname") == (f"{name}\r\n".encode(), b"", 0)
     assert run(p, "more", b"line one\r\nline two\r\n") == (b"line one\r\nline two\r\n", b"", 0)
+    # console-mode stdin is typed into a console that echoes it (winrs -noecho turns that off)
+    echoed = b"line one\r\nline two\r\n" * 2
+    assert run(p, "more", b"line one\r\nline two\r\n", console=True) == (echoed, b"", 0)
     _, err, code = run(p, "nosuchtool", None)
     assert code == 1 and b"is not recognized" in err
     ops = [e.operation for e in fleet.journal.entries(name)]
@@ -171,7 +175,7 @@ def test_https_certificate_is_issued_by_the_lab_ca(fleet: LabFleet) -> None:
 def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
     p = client(fleet, "basic-https", op_timeout=1)
     shell = p.open_shell()
-    cmd = p.run_command(shell, "more")  # waits for stdin that never ends
+    cmd = p.run_command(shell, "more", console_mode_stdin=False)  # waits for stdin that never ends
     started = time.monotonic()
     with pytest.raises(WinRMOperationTimeoutError):
         p.get_command_output_raw(shell, cmd)
@@ -194,7 +198,7 @@ def test_large_output_spans_several_receives_within_max_envelope(fleet: LabFleet
     p = client(fleet, "ntlm-http")
     data = os.urandom(300_000)
     shell = p.open_shell()
-    cmd = p.run_command(shell, "more")
+    cmd = p.run_command(shell, "more", console_mode_stdin=False)
     for i in range(0, len(data), 100_000):
         p.send_command_input(shell, cmd, data[i : i + 100_000], end=i + 100_000 >= len(data))
     received, replies, done = b"", 0, False
@@ -218,7 +222,7 @@ def test_large_output_spans_several_receives_within_max_envelope(fleet: LabFleet
 def test_signal_and_delete_relate_to_the_request(fleet: LabFleet) -> None:
     p = client(fleet, "ntlm-https")
     shell = p.open_shell()
-    cmd = p.run_command(shell, "more")
+    cmd = p.run_command(shell, "more", console_mode_stdin=False)
     mid = uuid.uuid4()
     body = {
         "rsp:Signal": {
@@ -239,7 +243,7 @@ def test_signal_and_delete_relate_to_the_request(fleet: LabFleet) -> None:
 def test_max_envelope_size_is_enforced_and_the_session_survives(fleet: LabFleet) -> None:
     p = client(fleet, "limits")
     shell = p.open_shell()
-    cmd = p.run_command(shell, "more")
+    cmd = p.run_command(shell, "more", console_mode_stdin=False)
     with pytest.raises(WSManFaultError) as info:
         p.send_command_input(shell, cmd, b"x" * 60_000)  # 80 KB of base64 > 64 KB
     assert info.value.code == 413 and info.value.wsman_fault_code == 2150859025

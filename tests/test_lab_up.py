@@ -44,7 +44,7 @@ def _bare_pywinrm(host: dict[str, object], username: str, password: str) -> tupl
         read_timeout_sec=10,
     )
     shell = p.open_shell()
-    cmd = p.run_command(shell, "more")
+    cmd = p.run_command(shell, "more", console_mode_stdin=False)
     p.send_command_input(shell, cmd, b"stdin reaches the lab\r\n", end=True)
     result = p.get_command_output(shell, cmd)
     p.cleanup_command(shell, cmd)

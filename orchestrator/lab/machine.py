@@ -170,8 +170,8 @@ class Machine:
         if not encoded or script != remote.bootstrap_text():
             emit("stderr", _ONLY_BOOTSTRAP.encode())
             return 1
-        emit("stderr", clixml_progress())  # powershell.exe loading its modules, as it does on first use
         if find(self.faults, "constrained-language"):
+            emit("stderr", clixml_progress())
             return self._constrained(emit)
         request = stdin.read_all(cancel)
         if cancel.is_set():
@@ -184,6 +184,9 @@ class Machine:
             return _CANCELLED_EXIT
         line = remote.RESULT_MARKER + json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode()
         line = self._damage(line + b"\n")
+        # powershell.exe's progress record of loading its modules (ConvertFrom-Json's), emitted with the
+        # result rather than when it happens, so a command still finishes within one Receive
+        emit("stderr", clixml_progress())
         _emit_chunks(emit, "stdout", line)
         return code
 
