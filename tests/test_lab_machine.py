@@ -21,6 +21,7 @@ from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab import keyfile
 from orchestrator.lab.machine import OUTPUT_CHUNK, LabUser, Machine, StdinPipe
+from orchestrator.lab.windows import CommandOptions
 from orchestrator.secret import Secret
 
 PASSWORD = "Lab-pw-4b1d-unique"
@@ -93,6 +94,9 @@ def failure(call: Callable[..., object], *args: object, **kw: object) -> HostFai
 
 def test_cmd_builtins(tmp_path: Path) -> None:
     machine = make(tmp_path)
+    assert not machine.can_start("echo hello", CommandOptions(skip_cmd_shell=True))  # a cmd built-in
+    assert machine.can_start("echo hello", CommandOptions(skip_cmd_shell=False))
+    assert machine.can_start("hostname", CommandOptions(skip_cmd_shell=True))
     assert execute(machine, "hostname").stdout == b"scsm-ms01\r\n"
     assert execute(machine, "whoami").stdout == b"lab\\keyfleet\r\n"
     assert execute(machine, "echo hello  world").stdout == b"hello  world\r\n"

@@ -219,3 +219,12 @@ def test_remote_shell_access_disabled_has_its_own_kind(lab):
         session.run("hostname", b"", deadline=deadline())
     assert caught.value.kind is ErrorKind.REMOTE_SHELL_DISABLED and not caught.value.kind.transient
     assert "remote shell requests" in caught.value.reason
+
+
+def test_without_cmd_exe_a_builtin_cannot_start(lab):
+    """WINRS_SKIP_CMD_SHELL=TRUE: keyfleet's commands start without cmd.exe, so cmd's built-ins
+    such as echo are no program at all (the lab faults Command as Windows does, ERROR_FILE_NOT_FOUND)."""
+    inv, _ = lab
+    with pytest.raises(HostFailure) as caught, WinRMSession(inv.hosts["ntlm-http"], PASSWORD) as session:
+        session.run("echo hello", b"", deadline=deadline())
+    assert "cannot find the file specified" in caught.value.reason

@@ -117,6 +117,12 @@ class Machine:
         """Reinstall the server: its key is wiped and replaced by a new one."""
         self.registry.rebuild()
 
+    def can_start(self, command_line: str, options: CommandOptions) -> bool:
+        """Whether WinRS can start the command: without cmd.exe (WINRS_SKIP_CMD_SHELL) only a program
+        on disk starts; cmd's built-ins (echo, exit) and unknown names do not."""
+        verb = command_line.strip().partition(" ")[0].lower()
+        return not options.skip_cmd_shell or verb in _PROGRAMS
+
     def execute(
         self,
         command_line: str,
@@ -243,6 +249,11 @@ class _EchoingStdin(StdinPipe):
         data = self._pipe.read_all(cancel)
         _emit_chunks(self._emit, "stdout", data)
         return data
+
+
+_PROGRAMS = {  # what the simulated server has on its PATH (cmd's built-ins are not programs)
+    "hostname", "hostname.exe", "whoami", "whoami.exe", "more", "more.com", "powershell", "powershell.exe",
+}  # fmt: skip
 
 
 def _emit_chunks(emit: Emit, stream: str, data: bytes) -> None:

@@ -60,6 +60,11 @@ def operation_timeout_fault() -> WSManError:
     return WSManError(500, "s:Receiver", "w:TimedOut", 2150858793, msg)
 
 
+def file_not_found_fault() -> WSManError:
+    """Command without cmd.exe (WINRS_SKIP_CMD_SHELL) naming no program on disk: Win32 ERROR_FILE_NOT_FOUND."""
+    return WSManError(500, "s:Receiver", "w:InternalError", 2, "The system cannot find the file specified. ")
+
+
 def pipe_ended_fault() -> WSManError:
     """A Send to a process that has already ended: Win32 ERROR_BROKEN_PIPE (ansible/ansible#69595)."""
     return WSManError(500, "s:Receiver", "w:InternalError", 109, "The pipe has been ended. ")

@@ -26,6 +26,7 @@ from orchestrator.lab.soap import (
     envelope,
     invalid_request_fault,
     operation_timeout_fault,
+    file_not_found_fault,
     pipe_ended_fault,
     q,
     remote_shell_disabled_fault,
@@ -186,6 +187,8 @@ class WinRSService:
         if args:
             command_line += " " + " ".join(args)
         options = CommandOptions.of(shell.options, req.options, self.machine.settings.oem_codepage)
+        if not self.machine.can_start(command_line, options):
+            raise SoapFaultError(file_not_found_fault())
         cmd = _Command((line_el.get("CommandId") or str(uuid.uuid4())).upper(), command_line, options)
         with self._lock:
             shell.commands[cmd.id] = cmd
