@@ -155,7 +155,7 @@ namespace Keyfleet
             return kernel32 != IntPtr.Zero && GetProcAddress(kernel32, "CreatePseudoConsole") != IntPtr.Zero;
         }
 
-        public static PseudoConsoleSession Start(string application, string commandLine, string workingDirectory, short columns, int outputLimit)
+        public static PseudoConsoleSession Start(string application, string commandLine, string workingDirectory, int columns, int outputLimit)
         {
             PseudoConsoleSession session = new PseudoConsoleSession(outputLimit);
             try
@@ -170,7 +170,7 @@ namespace Keyfleet
             return session;
         }
 
-        void Launch(string application, string commandLine, string workingDirectory, short columns)
+        void Launch(string application, string commandLine, string workingDirectory, int columns)
         {
             SafeFileHandle inputRead;
             SafeFileHandle outputWrite;
@@ -181,7 +181,7 @@ namespace Keyfleet
                 try
                 {
                     COORD dimensions;
-                    dimensions.X = columns;
+                    dimensions.X = (short)columns;
                     dimensions.Y = 40;
                     int result = CreatePseudoConsole(dimensions, inputRead, outputWrite, 0, out pseudoConsole);
                     if (result != 0) throw new Win32Exception(result, "CreatePseudoConsole failed with HRESULT 0x" + result.ToString("x8"));
