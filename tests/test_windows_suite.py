@@ -345,3 +345,18 @@ def test_workflow_inventory_is_valid_and_its_keys_match(tmp_path: Path) -> None:
     private = load_private_key(resolve(inventory.signing.private_key, purpose="manifest signing key"))
     assert private.public_key() == load_public_key(inventory.signing.public_key)
     assert inventory.backup.password is not None and inventory.backup.password.scheme == "env"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ROOT / "orchestrator" / "helpers" / "conpty.ps1",
+        WORKFLOW,
+        *POWERSHELL_FILES,
+        *(WINDOWS_TESTS / "stubs" / f"{name}.cs" for name in STUBS),
+    ],
+    ids=lambda path: path.name,
+)
+def test_file_is_plain_ascii(path: Path) -> None:
+    """No BOM and no code page question: Windows PowerShell 5.1 reads a file without BOM as ANSI."""
+    path.read_bytes().decode("ascii")
