@@ -14,7 +14,7 @@
 
 # Windows 10 1809 / Windows Server 2019 (build 17763) introduced CreatePseudoConsole (its Requirements section);
 # the session checks for the kernel32 export itself rather than trusting a version number.
-$PseudoConsoleColumns = 500  # wide, so that the tool's echo of the password never wraps and always gets masked
+$PseudoConsoleColumns = 500  # wide, so that the echo of any sane password stays on one line and gets masked
 $PseudoConsoleBufferChars = 65536  # output kept per run; the rest is drained and dropped
 $PseudoConsoleSource = @'
 using System;
@@ -232,7 +232,7 @@ namespace Keyfleet
         {
             Decoder decoder = new UTF8Encoding(false, false).GetDecoder();  // the pseudo console writes UTF-8
             byte[] bytes = new byte[4096];
-            char[] chars = new char[4097];
+            char[] chars = new char[8192];  // more than 4096 bytes can decode to, with bytes left from the last read
             try
             {
                 using (FileStream stream = new FileStream(outputRead, FileAccess.Read, 1, false))
