@@ -187,8 +187,8 @@ def test_the_stubs_read_as_their_names_say() -> None:
 
 
 def _secret_misuses(source: bytes) -> list[str]:
-    """Where a secret variable is bound to a command (cmdlet or function), piped, written to the output or
-    expanded in a string; allowed: .NET method arguments, assignments, conditions."""
+    """Where a secret variable is bound to a command (cmdlet or function), piped, written to the output,
+    expanded in a string or copied; allowed: .NET method arguments, assignments to it, conditions."""
     problems = []
     for node in _walk(_tree(source)):
         if node.type in ("expandable_string_literal", "expandable_here_string_literal"):
@@ -197,8 +197,11 @@ def _secret_misuses(source: bytes) -> list[str]:
             continue
         where = f"{_text(node)} at line {node.start_point[0] + 1}"
         context = None
+        assigned_to = False
         parent = node.parent
         while parent is not None:
+            if context is None and parent.type == "left_assignment_expression":
+                assigned_to = True
             if parent.type == "command":
                 problems.append(f"{where}: argument of a command")
                 break
@@ -217,6 +220,8 @@ def _secret_misuses(source: bytes) -> list[str]:
         else:
             if context == "statement_list":
                 problems.append(f"{where}: written to the output")
+            if context == "assignment_expression" and not assigned_to:
+                problems.append(f"{where}: copied to another variable, out of sight of this check")
     return problems
 
 
@@ -238,6 +243,7 @@ def test_conpty_never_hands_the_password_to_a_cmdlet_or_a_pipeline() -> None:
         b"function f { $plain }",
         b"return $keys",
         b"& $tool $plain",
+        b"$copy = $plain",
     ],
 )
 def test_the_password_check_finds_each_misuse(snippet: bytes) -> None:

@@ -119,12 +119,12 @@ function Invoke-Helper {
         [hashtable] $Environment = @{},
         [double] $TimeoutSeconds = 300
     )
-    $script = Get-HelperScript $Helper
+    $helperScript = Get-HelperScript $Helper
     $request = @{
         format = 'keyfleet-helper/2'
         helper = $Helper
-        script = [Convert]::ToBase64String($script)
-        sha256 = Get-Sha256Hex $script
+        script = [Convert]::ToBase64String($helperScript)
+        sha256 = Get-Sha256Hex $helperScript
         params = $Params
     }
     $utf8 = New-Object Text.UTF8Encoding $false
@@ -150,11 +150,18 @@ function Invoke-Helper {
     $info.StandardErrorEncoding = $utf8
     foreach ($name in $Environment.Keys) { $info.EnvironmentVariables[$name] = [string]$Environment[$name] }
     $watch = [Diagnostics.Stopwatch]::StartNew()
-    $process = [Diagnostics.Process]::Start($info)
+    # .NET Framework's Process.Start writes the preamble of Console.InputEncoding (a UTF-8 BOM under code page
+    # 65001) into a redirected stdin at once, before any write (referencesource Process.cs and StreamWriter.cs,
+    # AutoFlush; microsoft/MSBuildCache PR 96): start the child under an encoding without one
+    $consoleInput = [Console]::InputEncoding
+    $withBom = $consoleInput.GetPreamble().Length -gt 0
+    if ($withBom) { [Console]::InputEncoding = $utf8 }
+    try { $process = [Diagnostics.Process]::Start($info) }
+    finally { if ($withBom) { [Console]::InputEncoding = $consoleInput } }
     try {
         $stdout = $process.StandardOutput.ReadToEndAsync()
         $stderr = $process.StandardError.ReadToEndAsync()
-        # bytes on the base stream: a StreamWriter would add the console encoding's BOM (WINDOWS-NOTES.md)
+        # our own bytes, on the base stream
         $bytes = $stdin.ToArray()
         $process.StandardInput.BaseStream.Write($bytes, 0, $bytes.Length)
         [Array]::Clear($bytes, 0, $bytes.Length)

@@ -84,7 +84,6 @@ Describe 'keyfleet helpers on Windows PowerShell 5.1' {
             $file = Get-ExportedFile $export
             Assert-ExactPassword $file $password
             $export.Result.result.tool_output | Should Match 'input: redirected'
-            $export.Result.result.role | Should BeExactly 'management_server'
 
             $restore = Invoke-Helper -Helper restore -Params (Get-RestoreParams $tools.readline 'stdin' $file) -Password $password
             Assert-HelperOk $restore
