@@ -9,7 +9,8 @@
     two pipes, CreatePseudoConsole, a PROC_THREAD_ATTRIBUTE_PSEUDOCONSOLE attribute list, CreateProcessW with
     EXTENDED_STARTUPINFO_PRESENT, a thread that keeps draining the output pipe, ClosePseudoConsole. The password is
     touched only through .NET calls, never bound to a cmdlet parameter or piped (module logging, event 4103,
-    records those).
+    records those). A pseudo console needs no desktop: Win32-OpenSSH's sshd, a service, runs its sessions on one
+    from Windows 10 1809 on (PowerShell/Win32-OpenSSH issue 1326).
 #>
 
 # Windows 10 1809 / Windows Server 2019 (build 17763) introduced CreatePseudoConsole (its Requirements section);
