@@ -161,6 +161,11 @@ def _ancestors(node: tree_sitter.Node) -> list[tree_sitter.Node]:
     return found
 
 
+# methods whose first argument is the secret they remove from what they return:
+# String.Replace(secret, mask), and conpty.ps1's PseudoConsoleSession.Text(secret) (the screen, masked)
+_MASKING_METHODS = (b"Replace", b"Text")
+
+
 def _masked(variable: tree_sitter.Node) -> bool:
     """``$x.Replace($secret, '...')``: the secret is what is removed, the result holds none of it."""
     for node in _ancestors(variable):
@@ -171,7 +176,7 @@ def _masked(variable: tree_sitter.Node) -> bool:
                 return False
             member = next((c for c in call.children if c.type == "member_name"), None)
             first = next(c for c in args.children if c.type == "argument_expression")
-            return member is not None and _text(member) == b"Replace" and first == node
+            return member is not None and _text(member) in _MASKING_METHODS and first == node
     return False
 
 

@@ -265,7 +265,9 @@ def test_conpty_answers_twice_with_carriage_returns_and_masks_what_it_returns() 
     assert "$typed -lt 2" in code
     assert "SecureStringToBSTR($Secret)" in code
     assert "method = 'console'" in code
-    assert "taskkill.exe" in code and "/T /F /PID" in code
+    assert "Stop-ToolTree $session.ProcessId" in code  # common.ps1's: taskkill.exe /T /F /PID
+    common = _code_without_comments(_helper("common"))
+    assert "taskkill.exe" in common and "/T /F /PID" in common
     assert "'console-unavailable'" in code and "Windows Server 2016" in code and "keyfleet collect" in code
     assert "creating-a-pseudoconsole-session" in CONPTY.decode()
     for call in (

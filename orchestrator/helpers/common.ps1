@@ -189,13 +189,25 @@ function Get-Sha256Hex([byte[]] $Bytes) {
     finally { $sha256.Dispose() }
 }
 
-function Stop-ProcessTree([Diagnostics.Process] $Process) {
-    # Process.Kill() ends one process (Kill($true) is .NET Core 3.0+): taskkill /T ends the tree.
-    # The tool may exit between the timeout and the kill: then there is nothing left to end.
-    & "$env:SystemRoot\System32\taskkill.exe" /PID $Process.Id /T /F 2>&1 | Out-Null
-    if (-not $Process.WaitForExit(5000)) {
-        try { $Process.Kill() } catch [InvalidOperationException] { }
-        $Process.WaitForExit(5000) | Out-Null
+function Stop-ToolTree([int] $ProcessId) {
+    # Process.Kill() stops one process and Kill($true) exists only in .NET Core 3.0+: taskkill /T stops the tree.
+    # Its exit code 128 (no such process) means the tool ended by itself in the meantime, which is fine.
+    $info = New-Object Diagnostics.ProcessStartInfo
+    $info.FileName = Join-Path ([Environment]::SystemDirectory) 'taskkill.exe'
+    $info.Arguments = '/T /F /PID {0}' -f $ProcessId
+    $info.UseShellExecute = $false
+    $info.CreateNoWindow = $true
+    $info.RedirectStandardOutput = $true
+    $info.RedirectStandardError = $true
+    $taskkill = [Diagnostics.Process]::Start($info)
+    try {
+        # drained so that taskkill never blocks on a full pipe, and never writes to the helper's own stdout
+        $null = $taskkill.StandardOutput.ReadToEndAsync()
+        $null = $taskkill.StandardError.ReadToEndAsync()
+        if (-not $taskkill.WaitForExit(30000)) { $taskkill.Kill() }
+    }
+    finally {
+        $taskkill.Dispose()
     }
 }
 
@@ -267,7 +279,8 @@ function Invoke-ToolStdin([string] $ToolPath, [string] $Verb, [string] $KeyFile,
                 }
             }
             if (-not $ended) {
-                Stop-ProcessTree $process
+                Stop-ToolTree $process.Id
+                [void]$process.WaitForExit(10000)
                 if ($stdout.Length -eq 0) {
                     Stop-Helper 'tool-interactive' ('SecureStorageBackup.exe showed no prompt in {0} s and was stopped: it waits for a desktop (the wizard). Run the wizard on this server and use keyfleet collect.' -f $TimeoutSeconds)
                 }

@@ -351,28 +351,6 @@ function Import-PseudoConsole {
     }
 }
 
-function Stop-ToolTree([int] $ProcessId) {
-    # Process.Kill() stops one process and Kill($true) exists only in .NET Core 3.0+: taskkill /T stops the tree.
-    # Its exit code 128 (no such process) means the tool ended by itself in the meantime, which is fine.
-    $info = New-Object Diagnostics.ProcessStartInfo
-    $info.FileName = Join-Path ([Environment]::SystemDirectory) 'taskkill.exe'
-    $info.Arguments = '/T /F /PID {0}' -f $ProcessId
-    $info.UseShellExecute = $false
-    $info.CreateNoWindow = $true
-    $info.RedirectStandardOutput = $true
-    $info.RedirectStandardError = $true
-    $taskkill = [Diagnostics.Process]::Start($info)
-    try {
-        # drained so that taskkill never blocks on a full pipe, and never writes to the helper's own stdout
-        $null = $taskkill.StandardOutput.ReadToEndAsync()
-        $null = $taskkill.StandardError.ReadToEndAsync()
-        if (-not $taskkill.WaitForExit(30000)) { $taskkill.Kill() }
-    }
-    finally {
-        $taskkill.Dispose()
-    }
-}
-
 function Invoke-ToolConsole([string] $ToolPath, [string] $Verb, [string] $KeyFile, [double] $TimeoutSeconds) {
     Import-PseudoConsole
     if (-not [Keyfleet.PseudoConsoleSession]::IsSupported()) {
@@ -415,7 +393,10 @@ function Invoke-ToolConsole([string] $ToolPath, [string] $Verb, [string] $KeyFil
             if ($shown.Length -gt 300) { $shown = '...' + $shown.Substring($shown.Length - 300) }
             $outcome = 'was stopped'
             if (-not $stopped) { $outcome = 'could not be stopped' }
-            Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe on a pseudo console did not finish within {0} s and {1} (password prompts answered: {2}); it may be waiting for the wizard, which needs a desktop: use keyfleet collect. Its last output: {3}' -f $TimeoutSeconds, $outcome, $typed, $shown)
+            # no prompt at all: the wizard, which needs a desktop (the same kind as Invoke-ToolStdin's)
+            $kind = 'tool-timeout'
+            if ($typed -eq 0) { $kind = 'tool-interactive' }
+            Stop-Helper $kind ('SecureStorageBackup.exe on a pseudo console did not finish within {0} s and {1} (password prompts answered: {2}); it may be waiting for the wizard, which needs a desktop: use keyfleet collect. Its last output: {3}' -f $TimeoutSeconds, $outcome, $typed, $shown)
         }
         $session.Close()
         $output = $session.Text($plain).Trim()

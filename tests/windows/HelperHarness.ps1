@@ -106,7 +106,13 @@ function Get-HelperScript([string] $Helper) {
 }
 
 function Get-BootstrapCommandLine {
-    $text = [IO.File]::ReadAllText((Join-Path $HelpersFolder 'bootstrap.ps1'), (New-Object Text.UTF8Encoding $false))
+    # as remote.bootstrap_text() sends it: bootstrap.ps1 without its comment lines, each line ended by LF
+    $lines = [IO.File]::ReadAllLines((Join-Path $HelpersFolder 'bootstrap.ps1'), (New-Object Text.UTF8Encoding $false))
+    $code = New-Object Text.StringBuilder
+    foreach ($line in $lines) {
+        if (-not $line.TrimStart().StartsWith('#')) { [void]$code.Append($line).Append("`n") }
+    }
+    $text = $code.ToString()
     $encoded = [Convert]::ToBase64String([Text.Encoding]::Unicode.GetBytes($text))
     return "-NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand $encoded"
 }

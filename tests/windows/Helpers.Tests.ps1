@@ -174,7 +174,12 @@ Describe 'keyfleet helpers on Windows PowerShell 5.1' {
         It 'fails with kind constrained-language' {
             # __PSLockdownPolicy=4 makes powershell.exe start in Constrained Language Mode, as enforcement would
             $probe = Invoke-Helper -Helper probe -Params @{ tool_path = $tools.readline } -Environment @{ '__PSLockdownPolicy' = '4' }
-            Assert-HelperFailed $probe 'constrained-language'
+            # the bootstrap's first statement throws before any try: powershell.exe writes CLIXML to stderr,
+            # which keyfleet decodes (remote.decode_clixml) into kind constrained-language
+            $probe.ResultLines | Should Be 0
+            $probe.ExitCode | Should Be 1
+            $probe.Stderr | Should Match '#< CLIXML'
+            $probe.Stderr | Should Match 'KEYFLEET-CONSTRAINED-LANGUAGE: PowerShell runs in ConstrainedLanguage mode'
         }
     }
 
