@@ -148,3 +148,37 @@ def test_no_password_leaks_in_any_input_mode_or_collect(lab_inventory, keyfleet,
     requests = [r for r in (json.loads(line).get("request") for line in journal.splitlines()) if r]
     helpers = {json.loads(r)["helper"] for r in requests}
     assert {"export", "smoke", "collect", "restore", "probe"} <= helpers  # every JSON document sent was searched
+
+
+def test_a_password_outside_printable_ascii_is_refused_before_any_host(lab_inventory, keyfleet):
+    lab = lab_inventory(fleet=FLEET)
+    run = keyfleet("backup", "-i", str(lab.inventory), "--json", env={"KEYFLEET_BACKUP_PASSWORD": "Pässwort-2026"})
+    assert run.returncode == 2 and "outside printable ASCII" in run.stderr and "Traceback" not in run.stderr
+    assert not lab.journal.exists() or "Create" not in lab.journal.read_text()
+
+
+FIELD_FAULTS = [
+    ("constrained-language", "failed", "constrained-language", "Constrained Language Mode"),
+    ("remote-shell-disabled", "failed", "remote-shell-disabled", "Allow Remote Shell Access"),
+    ("tool-exits-early", "failed", "tool-failed", "SecureStorageBackup.exe failed"),
+    ("tool-wizard-only", "failed", "tool-interactive", "keyfleet collect"),
+    ("cleanup-locked", "ok", None, None),
+    ("tool-readkey", "ok", None, None),
+]
+
+
+def test_each_field_fault_fails_only_its_host_with_its_kind_and_hint(lab_inventory, keyfleet):
+    names = {fault: f"f{index}-ms" for index, (fault, *_) in enumerate(FIELD_FAULTS)}  # NetBIOS-length names
+    fleet = {"F": {name: {"role": "management_server"} for name in [*names.values(), "healthy"]}}
+    lab = lab_inventory(fleet=fleet, faults={names[fault]: [fault] for fault in names})
+    run = keyfleet("backup", "-i", str(lab.inventory), "--json", env=ENV)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    outcomes = _outcomes(run.stdout)
+    assert outcomes["healthy"]["status"] == "ok"
+    for fault, status, kind, hint in FIELD_FAULTS:
+        outcome = outcomes[names[fault]]
+        assert (outcome["status"], outcome["kind"]) == (status, kind), (fault, outcome)
+        assert outcome["attempts"] == 1  # none of them is retried as transient
+        if hint:
+            assert hint in run.stderr, hint
+    assert "could not remove the temporary folder" in outcomes[names["cleanup-locked"]]["warning"]
