@@ -288,8 +288,18 @@ function Invoke-ToolStdin([string] $ToolPath, [string] $Verb, [string] $KeyFile,
                     Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe did not finish within {0} s and was stopped. Run keyfleet doctor --tool-smoke, or raise tool_timeout.' -f $TimeoutSeconds)
                 }
             }
-            $process.WaitForExit()
-            $output = $encoding.GetString($stdout.ToArray()) + $stderr.Result
+            if ($ended) {
+                # stdout is closed; the tool still has until the deadline to exit
+                $left = [int][Math]::Max(0, [Math]::Min(($deadline - [DateTime]::UtcNow).TotalMilliseconds, [int]::MaxValue))
+                if (-not $process.WaitForExit($left)) {
+                    Stop-ToolTree $process.Id
+                    Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe closed its output but did not exit within {0} s and was stopped' -f $TimeoutSeconds)
+                }
+                $process.WaitForExit()  # returns at once now; completes the asynchronous reads
+            }
+            $errors = ''
+            if ($stderr.Wait(5000)) { $errors = $stderr.Result }
+            $output = $encoding.GetString($stdout.ToArray()) + $errors
             # a tool that echoes what it reads must not carry the password into the result
             if ($plain.Length -gt 0) { $output = $output.Replace($plain, '********') }
         }
