@@ -46,6 +46,15 @@ HINTS: dict[ErrorKind, str] = {
 STATUS_STYLE = {Status.OK: "green", Status.FAILED: "red", Status.SKIPPED: "yellow"}
 
 
+def failure_text(kind: object, message: str | None) -> str:
+    """``kind: message``, said once: a share error already starts with ``share ...``."""
+    if kind is None:
+        return message or ""
+    if not message:
+        return str(kind)
+    return message if message.startswith(f"{kind} ") else f"{kind}: {message}"
+
+
 def print_json(document: object) -> None:
     """The one JSON document of ``--json`` on stdout; known secret values masked as a second net."""
     sys.stdout.write(mask(json.dumps(document, indent=2)) + "\n")
@@ -139,7 +148,7 @@ class FleetProgress:
             self._done += 1
             self._bar.update(self._task, completed=self._done)
         if not self._ui.interactive:
-            detail = f"{result.kind}: {result.message}" if result.status is not Status.OK else ""
+            detail = failure_text(result.kind, result.message) if result.status is not Status.OK else ""
             self._ui.line(f"  {result.host.name}: {result.status} ({result.duration:.1f}s) {detail}".rstrip())
         self._refresh()
 

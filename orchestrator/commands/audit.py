@@ -11,7 +11,7 @@ from rich.console import Console
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.audit import AuditReport, parse_max_age, run_audit
-from orchestrator.jobs.context import open_store, share_for
+from orchestrator.jobs.context import open_store, require_share_folder, share_for
 from orchestrator.report import headline, print_table, render_json, render_markdown, render_text
 from orchestrator.report_html import render_html
 
@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     max_age = parse_max_age(args.max_age) if args.max_age else inventory.backup.max_age
     with share_for(inventory, args.share) as share:
+        require_share_folder(share)
         report = run_audit(inventory, open_store(inventory, share, sign=False), max_age=max_age)
     write_report(report, args.format, args.output)
     return report.exit_code

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
 
-from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     share = context.share_for(inv, args.share)
     with share:
+        context.require_share_folder(share, creatable=True, dry_run=args.check)
         store = context.open_store(inv, share, sign=not args.check)
         if args.limit and args.limit.strip() == "@last-failed" and not backup.last_failed_hosts(store):
             ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
                 print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
             return 0
         password = context.backup_password(inv)  # before any host is touched
+        context.probe_writable(share)
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)
@@ -99,7 +101,7 @@ def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, recor
     for outcome in record.outcomes:
         result = by_host.get(outcome.host)
         status = Text(str(outcome.status), style=STATUS_STYLE.get(Status(outcome.status), ""))
-        error = f"{outcome.kind}: {outcome.message}" if outcome.kind else (outcome.message or "")
+        error = failure_text(outcome.kind, outcome.message)
         rows.append(
             [
                 outcome.host,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterable
 
 from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.secret import Secret
 from orchestrator.secretrefs import prompt_secret, resolve
-from orchestrator.share.base import Share
+from orchestrator.share import layout
+from orchestrator.share.base import FolderState, Share
 from orchestrator.share.manifest import load_private_key, load_public_key
 from orchestrator.share.open import open_share
 from orchestrator.share.runrecord import RunRecord
@@ -36,6 +38,31 @@ def share_for(inv: Inventory, override: str | None) -> Share:
         require_encryption=inv.share.require_encryption,
         base_dir=inv.path.parent,
     )
+
+
+def require_share_folder(share: Share, *, creatable: bool = False, dry_run: bool = False) -> None:
+    """A mistyped share must not look like an empty one: exit 2 when its folder does not exist.
+    ``creatable`` (backup): a missing folder whose parent exists is made (unless ``dry_run``), as a
+    first backup needs."""
+    state = share.folder_state()
+    if state is FolderState.EXISTS or (creatable and state is FolderState.MISSING and dry_run):
+        return
+    if creatable and state is FolderState.MISSING:
+        share.create_folder()
+        return
+    why = ", nor does its parent folder (check the path)" if creatable else " (check the path, or back up first)"
+    raise ConfigError(f"share {share.url} does not exist{why}")
+
+
+def probe_writable(share: Share) -> None:
+    """Write and remove a small file (under runs/, which the audit does not take as a key file), so an
+    unwritable share fails now, before any server exports its key; ShareError (exit 1) otherwise."""
+    probe = f"{layout.RUNS_DIR}/write-probe-{secrets.token_hex(6)}"
+    try:
+        share.write_new(probe, b"keyfleet write probe\n")
+    except ShareError as exc:
+        raise ShareError(f"{exc} (write probe before contacting any server)") from None
+    share.remove(probe)
 
 
 def _is_smb(url: str) -> bool:
