@@ -103,9 +103,10 @@ def backup_password(inv: Inventory, *, new: bool = True) -> Secret:
     if value:
         secret = Secret(value, f"env:{BACKUP_PASSWORD_ENV}")
     elif inv.backup.password is not None:
-        secret = resolve(inv.backup.password, purpose="backup password", confirm=new)
+        secret = resolve(inv.backup.password, purpose="backup password", confirm=new, override_env=BACKUP_PASSWORD_ENV)
     else:
-        secret = prompt_secret("backup password", confirm=new)
+        fix = f"set {BACKUP_PASSWORD_ENV}, or backup.password in the inventory (e.g. file:PATH or vault:FILE#key)"
+        secret = prompt_secret("backup password", confirm=new, fix=fix)
     if len(secret) < MIN_PASSWORD_LENGTH:
         raise ConfigError(
             f"the backup password must have at least {MIN_PASSWORD_LENGTH} characters (SecureStorageBackup's rule)",
