@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 
 from orchestrator.jobs.audit import AuditReport, Coverage, Status
 from orchestrator.report import SERVER_COLUMNS, headline, server_row
+from orchestrator.share.runrecord import RunRecord
 
 # Colour is never the only signal: every status is also written out in the cell.
 STATUS_COLOURS = {
@@ -85,7 +87,7 @@ def _findings(report: AuditReport) -> str:
     )
 
 
-def render_html(report: AuditReport) -> str:
+def render_html(report: AuditReport, records: Sequence[RunRecord] = ()) -> str:
     """One HTML document: coverage bars per role and group, the server table, the findings."""
     meta = "".join(f'<p class="meta">{escape(line)}</p>' for line in headline(report)[:2])
     result = headline(report)[2]
