@@ -141,6 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="show what would be removed")
     _json(p)
 
+    p = sub.add_parser("schedule", help="write nightly run definitions (systemd, Task Scheduler, cron)")
+    p.add_argument(
+        "kind",
+        choices=("systemd", "windows", "cron"),
+        help="systemd service + timer, Task Scheduler XML, or a cron line",
+    )
+    _inventory(p)
+    p.add_argument("--at", default="02:30", metavar="HH:MM", help="time of day to run, local time (02:30)")
+    p.add_argument("-o", "--output", metavar="DIR", help="write the files into DIR (default: print them)")
+    p.add_argument("--user", default="keyfleet", help="account the service or cron job runs as (keyfleet)")
+    p.add_argument(
+        "--metrics-dir",
+        metavar="DIR",
+        help="textfile collector folder for the audit's metrics (/var/lib/prometheus/node-exporter; Windows: "
+        "windows_exporter's textfile_inputs)",
+    )
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="file holding the backup password when the inventory does not say how to get it unattended "
+        "(/etc/keyfleet/backup-password)",
+    )
+
     p = sub.add_parser("lab", help="serve or measure an emulated fleet")
     lab = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION", help="one of:")
     up = lab.add_parser("up", help="serve an emulated fleet until Ctrl-C")

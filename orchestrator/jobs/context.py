@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.secret import Secret
-from orchestrator.secretrefs import prompt_secret, resolve
+from orchestrator.secretrefs import prompt_secret, read_private_file, resolve
 from orchestrator.share import layout
 from orchestrator.share.base import FolderState, Share
 from orchestrator.share.manifest import load_private_key, load_public_key
@@ -18,6 +19,8 @@ from orchestrator.share.runrecord import RunRecord
 from orchestrator.share.store import BackupStore
 
 BACKUP_PASSWORD_ENV = "KEYFLEET_BACKUP_PASSWORD"
+BACKUP_PASSWORD_FILE_ENV = "KEYFLEET_BACKUP_PASSWORD_FILE"  # a file (0600) holding it: systemd credentials, cron
+_PASSWORD_VARIABLES = f"{BACKUP_PASSWORD_FILE_ENV} (a file, mode 0600) or {BACKUP_PASSWORD_ENV}"
 MIN_PASSWORD_LENGTH = 8  # SecureStorageBackup's own rule
 
 
@@ -95,17 +98,23 @@ def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None
 
 
 def backup_password(inv: Inventory, *, new: bool = True) -> Secret:
-    """The backup password: KEYFLEET_BACKUP_PASSWORD, else the inventory's reference, else a hidden
-    prompt, asked twice when it sets the password of new key files (``new``, as the wizard does) and
-    once when it opens an existing one (restore). At least 8 characters, else exit 2 before any host
-    is touched."""
+    """The backup password: KEYFLEET_BACKUP_PASSWORD, else the file KEYFLEET_BACKUP_PASSWORD_FILE names,
+    else the inventory's reference, else a hidden prompt, asked twice when it sets the password of new
+    key files (``new``, as the wizard does) and once when it opens an existing one (restore). At least
+    8 characters, else exit 2 before any host is touched."""
     value = os.environ.get(BACKUP_PASSWORD_ENV)
+    password_file = os.environ.get(BACKUP_PASSWORD_FILE_ENV)
     if value:
         secret = Secret(value, f"env:{BACKUP_PASSWORD_ENV}")
+    elif password_file:
+        try:
+            secret = Secret(read_private_file(Path(password_file)), f"file:{password_file}")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key=BACKUP_PASSWORD_FILE_ENV) from None
     elif inv.backup.password is not None:
-        secret = resolve(inv.backup.password, purpose="backup password", confirm=new, override_env=BACKUP_PASSWORD_ENV)
+        secret = resolve(inv.backup.password, purpose="backup password", confirm=new, override_env=_PASSWORD_VARIABLES)
     else:
-        fix = f"set {BACKUP_PASSWORD_ENV}, or backup.password in the inventory (e.g. file:PATH or vault:FILE#key)"
+        fix = f"set {_PASSWORD_VARIABLES}, or backup.password in the inventory (e.g. file:PATH or vault:FILE#key)"
         secret = prompt_secret("backup password", confirm=new, fix=fix)
     if len(secret) < MIN_PASSWORD_LENGTH:
         raise ConfigError(
