@@ -8,7 +8,14 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.schedule import ScheduleOptions, definitions, needs_password_file, parse_at, unattended_problems
+from orchestrator.schedule import (
+    DEFAULT_PASSWORD_FILE,
+    ScheduleOptions,
+    definitions,
+    needs_password_file,
+    parse_at,
+    unattended_problems,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,9 +32,17 @@ def run(args: argparse.Namespace) -> int:
             f"keyfleet: warning: {problem} cannot be answered in an unattended run; use file:, command: or vault:",
             file=sys.stderr,
         )
-    if args.kind != "windows" and needs_password_file(inv):
-        source = args.password_file or "/etc/keyfleet/backup-password"
-        print(f"keyfleet: the backup password is read from {source} (mode 0600, owner root)", file=sys.stderr)
+    if needs_password_file(inv):
+        source = args.password_file or DEFAULT_PASSWORD_FILE.get(args.kind)
+        owner = {"systemd": "root (systemd hands it to the service)", "cron": args.user}.get(args.kind)
+        if source and owner:
+            print(f"keyfleet: the backup password is read from {source} (mode 0600, owner {owner})", file=sys.stderr)
+        else:
+            print(
+                "keyfleet: warning: a scheduled task cannot answer a prompt or set a variable: set backup.password "
+                "to file:, command: or vault: in the inventory",
+                file=sys.stderr,
+            )
     if not args.output:
         for name, text in files.items():
             sys.stdout.write(f"# --- {name} ---\n{text}" if len(files) > 1 else text)
