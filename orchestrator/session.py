@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import ParseError as XMLParseError
@@ -40,6 +42,12 @@ DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 _READ_MARGIN = 5.0  # seconds a reply may take beyond the WS-Man OperationTimeout
 _FINGERPRINT_MISMATCH = re.compile(r'Expected "([0-9a-fA-F:]+)", got "([0-9a-fA-F:]+)"')
 _ACCESS_DENIED = re.compile(r"access is denied|access denied", re.IGNORECASE)
+# What ``run`` reports through ``on_phase``, in order: for a live display, never for control flow.
+PHASES = ("connecting", "authenticating", "running helper", "receiving")
+
+
+def _no_phase(_phase: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -111,13 +119,18 @@ class WinRMSession:
         deadline: float,
         cancel: threading.Event | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        on_phase: Callable[[str], None] = _no_phase,
     ) -> CommandResult:
         """Run ``command_line`` with ``stdin`` (sent whole, then end of stream); collect its output.
 
         ``deadline`` is a ``time.monotonic()`` value; past it the command is abandoned with kind
-        ``timeout``. Raises HostFailure for every failure.
+        ``timeout``. ``on_phase`` hears each of ``PHASES`` as it starts. Raises HostFailure for every failure.
         """
         start_count = self.requests_sent
+        if start_count == 0:  # a first command: reach the listener, so "connecting" means just that
+            on_phase("connecting")
+            self._reach(deadline)
+            on_phase("authenticating")  # the first request carries the handshake (TLS, NTLM or Basic)
         shell_id = self._call(deadline, "Create", self._protocol.open_shell, codepage=65001)
         done = False
         try:
@@ -125,7 +138,8 @@ class WinRMSession:
                 deadline, "Command", self._protocol.run_command, shell_id, command_line, skip_cmd_shell=True
             )
             self._call(deadline, "Send", self._protocol.send_command_input, shell_id, command_id, stdin, True)
-            stdout, stderr, code = self._receive_all(shell_id, command_id, deadline, cancel, max_output)
+            on_phase("running helper")
+            stdout, stderr, code = self._receive_all(shell_id, command_id, deadline, cancel, max_output, on_phase)
             done = True
         finally:
             self._delete(shell_id, deadline if done else time.monotonic() + 5.0)
@@ -149,6 +163,7 @@ class WinRMSession:
         deadline: float,
         cancel: threading.Event | None,
         max_output: int,
+        on_phase: Callable[[str], None] = _no_phase,
     ) -> tuple[bytes, bytes, int]:
         stdout: list[bytes] = []
         stderr: list[bytes] = []
@@ -172,6 +187,8 @@ class WinRMSession:
                 continue  # no output yet: the command is still running
             finally:
                 self._protocol.operation_timeout_sec = configured
+            if out and not size:
+                on_phase("receiving")
             stdout.append(out)
             stderr.append(err)
             size += len(out) + len(err)
@@ -179,6 +196,24 @@ class WinRMSession:
                 raise HostFailure(ErrorKind.PROTOCOL, self.host.name, f"command output exceeds {max_output} bytes")
             if done:
                 return b"".join(stdout), b"".join(stderr), code
+
+    def _reach(self, deadline: float) -> None:
+        """Open and close one TCP connection to the listener (bounded by connect_timeout and the deadline)."""
+        where = f"{self.host.address}:{self.host.port}"
+        timeout = min(self.host.connect_timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            raise HostFailure(ErrorKind.TIMEOUT, self.host.name, "host deadline reached before connecting")
+        try:
+            socket.create_connection((self.host.address, self.host.port), timeout=timeout).close()
+        except TimeoutError:
+            reason = f"no answer from {where} (connect timeout)"
+        except ConnectionRefusedError:
+            reason = f"connection refused by {where}"
+        except OSError as exc:
+            reason = f"cannot connect to {where} ({exc.strerror or type(exc).__name__})"
+        else:
+            return
+        raise HostFailure(ErrorKind.UNREACHABLE, self.host.name, reason)
 
     def _delete(self, shell_id: str, deadline: float) -> None:
         try:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
 
-from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, failures_first, print_json
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
@@ -114,6 +114,8 @@ def _render(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, recor
                 error,
             ]
         )
+    order = failures_first([o.kind for o in record.outcomes], [str(o.status) for o in record.outcomes])
+    rows = [rows[i] for i in order]
     ui.table(
         f"backup {record.run_id}",
         ["host", "role", "group", "status", "size", "sha256", "duration", "error"],

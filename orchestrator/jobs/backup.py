@@ -119,15 +119,14 @@ class BackupTask:
 
     def __call__(self, ctx: HostContext) -> ManifestEntry:
         host = ctx.host
-        ctx.report("connecting")
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            ctx.report("exporting")
             result = session.run(
                 remote.bootstrap_command_line(),
                 remote.build_stdin("export", remote.export_params(host.tool_path, host.tool_timeout), self._password),
                 deadline=ctx.deadline,
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
+                on_phase=ctx.report,
             )
         export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
         verify_export(host, export)
