@@ -290,6 +290,13 @@ BAD_CASES = [
         ["belongs in: group"],
     ),
     (
+        "operation-timeout-above-max-timeoutms",
+        PROD_HEAD + ONE_HOST.replace("}", ", operation_timeout: 90s}"),
+        6,
+        "management_groups.G.hosts.ms01.operation_timeout",
+        ["90s is above 60s, Windows' default MaxTimeoutms"],
+    ),
+    (
         "unknown-role",
         PROD_HEAD + ONE_HOST.replace("management_server", "managment_server"),
         6,

@@ -16,6 +16,7 @@ from orchestrator.inventory.model import Role
 from orchestrator.inventory.values import (
     check_address,
     check_not_empty,
+    check_operation_timeout,
     check_port,
     check_positive,
     check_public_key,
@@ -239,9 +240,9 @@ SETTINGS: tuple[Setting, ...] = (
         "operation_timeout",
         Kind.DURATION,
         HOST_SCOPES,
-        "WS-Man OperationTimeout of one Receive.",
+        "WS-Man OperationTimeout of one Receive (at most 60s, Windows' default MaxTimeoutms).",
         "20s",
-        check=check_positive,
+        check=check_operation_timeout,
     ),
     Setting(
         "host_timeout",
