@@ -91,7 +91,7 @@ class Ui:
         if self.interactive:
             table = Table(title=title, title_justify="left")
             for column in columns:
-                table.add_column(column)
+                table.add_column(column, overflow="fold")  # whole values (paths, hashes), never an ellipsis
             for row in rows:
                 table.add_row(*[c if isinstance(c, Text) else Text(mask(str(c))) for c in row])
             self.console.print(table)

@@ -70,3 +70,13 @@ def test_an_unwritable_share_fails_before_any_server_is_contacted(
     assert len(lines) == 1 and lines[0].startswith(f"keyfleet: share {share}: cannot write"), run.stderr
     assert "before contacting any server" in lines[0]
     assert not lab.journal.exists()  # the lab answered no request at all
+
+
+def test_a_share_failure_names_the_share_once() -> None:
+    from orchestrator.console import failure_text
+    from orchestrator.errors import ErrorKind
+
+    message = "share /srv/keys: cannot write runs/x.json: permission denied"
+    assert failure_text(ErrorKind.SHARE, message) == message  # not "share: share /srv/keys: ..."
+    assert failure_text(ErrorKind.AUTH, "credentials rejected") == "auth: credentials rejected"
+    assert failure_text(None, "not started") == "not started" and failure_text(ErrorKind.TIMEOUT, "") == "timeout"
