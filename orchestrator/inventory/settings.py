@@ -136,8 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
         "password",
         Kind.SECRET,
         (Scope.BACKUP,),
-        "Reference to the backup password; none: a hidden "
-        "prompt, asked twice. `KEYFLEET_BACKUP_PASSWORD` overrides it.",
+        "Reference to the backup password; none: a hidden prompt, asked twice. `KEYFLEET_BACKUP_PASSWORD` "
+        "(the value) or `KEYFLEET_BACKUP_PASSWORD_FILE` (a 0600 file holding it) overrides it.",
     ),
     Setting(
         "password_id",
