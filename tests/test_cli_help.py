@@ -54,11 +54,13 @@ def test_vault_help_names_every_action_and_the_password_variables(keyfleet: Call
     [
         (
             {"password": "prompt"},
-            "backup.password: backup password: no terminal to prompt on; set KEYFLEET_BACKUP_PASSWORD",
+            "backup.password: backup password: no terminal to prompt on; set KEYFLEET_BACKUP_PASSWORD_FILE (a file, "
+            "mode 0600) or KEYFLEET_BACKUP_PASSWORD, or write env:NAME",
         ),
         (
             {"password": None},
-            "backup password: no terminal to prompt on; set KEYFLEET_BACKUP_PASSWORD, or backup.password",
+            "backup password: no terminal to prompt on; set KEYFLEET_BACKUP_PASSWORD_FILE (a file, mode 0600) or "
+            "KEYFLEET_BACKUP_PASSWORD, or backup.password in the inventory",
         ),
     ],
     ids=["prompt-reference", "no-reference"],
