@@ -165,6 +165,8 @@ def test_windows_task_xml(prompting_lab: tuple[LabFiles, Path], keyfleet: Keyfle
     assert len(actions) == 2 and all(Path(a.findtext(f"{TASK}Command", "")).is_absolute() for a in actions)
     assert arguments[0].startswith("-m orchestrator backup -i ") and str(lab.inventory) in arguments[0]
     assert arguments[1].startswith("-m orchestrator audit -i ") and "--format openmetrics -o " in arguments[1]
+    printed = keyfleet("schedule", "windows", "-i", str(lab.inventory), "--at", "22:45")
+    assert ET.fromstring(printed.stdout.encode()).tag == f"{TASK}Task"  # on stdout: UTF-8, and it says so
 
 
 def test_a_bad_time_is_refused(lab_inventory: Callable[..., LabFiles], keyfleet: Keyfleet) -> None:

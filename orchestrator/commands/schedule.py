@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if not args.output:
         for name, text in files.items():
+            if name.endswith(".xml"):  # printed as UTF-8 text, so it must not claim UTF-16
+                text = text.replace('encoding="UTF-16"', 'encoding="UTF-8"', 1)
             sys.stdout.write(f"# --- {name} ---\n{text}" if len(files) > 1 else text)
         return 0
     folder = Path(args.output)
