@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from orchestrator.console import HINTS, Ui, print_json
+from orchestrator.console import HINTS, Ui, failures_first, print_json
 from orchestrator.errors import ErrorKind
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
@@ -108,7 +108,8 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
         probe = d.probe
         role = str(probe.role) if probe and probe.role else ("(none)" if probe else "")
         rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c, probe) for c in d.checks]])
-    ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], rows)
+    order = failures_first([_kind(d) for d in diagnoses], [str(d.status()) for d in diagnoses])
+    ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], [rows[i] for i in order])
     by_kind: dict[str, list[str]] = {}
     for d in diagnoses:
         cause = d.cause()
