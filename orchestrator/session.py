@@ -2,7 +2,8 @@
 
 It knows nothing about SCSM or keys. Per command it sends Create, Command, Send (stdin, end of
 stream), Receive (repeated only while the command runs) and Delete: five requests besides the
-auth handshake when the command finishes within one Receive.
+auth handshake when the command finishes within one Receive. A session's first command is preceded by
+a bare TCP connect (no request) to the listener, so its phases can be reported truthfully.
 """
 
 from __future__ import annotations
