@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:"), common)
 
     p = sub.add_parser("backup", help="back up the selected servers")
     _inventory(p)
@@ -74,11 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     _inventory(p)
     _share(p)
     p.add_argument("--max-age", metavar="AGE", help="a backup older than this is stale")
-    p.add_argument("--format", choices=("table", "json", "markdown", "html"), default="table")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "markdown", "html", "openmetrics"),
+        default="table",
+        help="table (default), json (stable schema), markdown, html (one self-contained file), "
+        "openmetrics (Prometheus text format for node_exporter's textfile collector)",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (atomically) instead of stdout")
 
     p = sub.add_parser("run", help="run a runbook (playbook)")
-    p.add_argument("playbook", metavar="PLAYBOOK")
+    p.add_argument("playbook", metavar="PLAYBOOK", help="runbook YAML file (see playbooks/)")
     _inventory(p)
     _limit(p)
     _share(p)
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", help="put a key back on a rebuilt server")
     _inventory(p)
-    p.add_argument("--host", required=True, metavar="H")
+    p.add_argument("--host", required=True, metavar="H", help="inventory name of the rebuilt server")
     _share(p)
     p.add_argument("--entry", metavar="ID", help="manifest entry to restore (default: newest good)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -127,40 +133,89 @@ def build_parser() -> argparse.ArgumentParser:
     _limit(p)
     _json(p)
 
-    p = sub.add_parser("vault", help="create, view, edit and re-key ansible-vault secrets files")
-    p.add_argument("action", choices=("create", "view", "edit", "encrypt", "decrypt", "rekey"))
-    p.add_argument("file", metavar="FILE")
+    p = sub.add_parser(
+        "vault",
+        help="create, view, edit and re-key ansible-vault secrets files",
+        description="Secrets files in ansible-vault 1.1 format, for vault:FILE#key references. The vault "
+        "password comes from the file named by KEYFLEET_VAULT_PASSWORD_FILE (mode 0600), else a hidden prompt; "
+        "rekey takes the new one from KEYFLEET_NEW_VAULT_PASSWORD_FILE, else a prompt asked twice. "
+        "create and edit open $VISUAL or $EDITOR on a private temporary copy.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="actions:\n"
+        "  create   write a new vault FILE with $EDITOR (asks for a new password twice)\n"
+        "  view     print the decrypted content on stdout\n"
+        "  edit     change the content with $EDITOR; saved only when it changed\n"
+        "  encrypt  encrypt a plain FILE in place\n"
+        "  decrypt  decrypt FILE in place (0600)\n"
+        "  rekey    encrypt FILE with a new password\n",
+    )
+    p.add_argument(
+        "action",
+        choices=("create", "view", "edit", "encrypt", "decrypt", "rekey"),
+        help="what to do with FILE (see actions below)",
+    )
+    p.add_argument("file", metavar="FILE", help="the secrets file (YAML inside the vault)")
 
     p = sub.add_parser("prune", help="remove old key files beyond the newest N per server")
     _inventory(p)
     _share(p)
-    p.add_argument("--keep", type=_positive_int, required=True, metavar="N")
+    p.add_argument(
+        "--keep", type=_positive_int, required=True, metavar="N", help="intact backups kept per server (1 or more)"
+    )
     p.add_argument("--check", action="store_true", help="show what would be removed")
     _json(p)
 
+    p = sub.add_parser("schedule", help="write nightly run definitions (systemd, Task Scheduler, cron)")
+    p.add_argument(
+        "kind",
+        choices=("systemd", "windows", "cron"),
+        help="systemd service + timer, Task Scheduler XML, or a cron line",
+    )
+    _inventory(p)
+    p.add_argument("--at", default="02:30", metavar="HH:MM", help="time of day to run, local time (02:30)")
+    p.add_argument("-o", "--output", metavar="DIR", help="write the files into DIR (default: print them)")
+    p.add_argument("--user", default="keyfleet", help="account the service or cron job runs as (keyfleet)")
+    p.add_argument(
+        "--metrics-dir",
+        metavar="DIR",
+        help="textfile collector folder for the audit's metrics (/var/lib/prometheus/node-exporter; Windows: "
+        "windows_exporter's textfile_inputs)",
+    )
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="file holding the backup password when the inventory does not say how to get it unattended "
+        "(/etc/keyfleet/backup-password)",
+    )
+
     p = sub.add_parser("lab", help="serve or measure an emulated fleet")
-    lab = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    lab = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION", help="one of:")
     up = lab.add_parser("up", help="serve an emulated fleet until Ctrl-C")
-    up.add_argument("--hosts", type=_positive_int, default=12, metavar="N")
+    up.add_argument("--hosts", type=_positive_int, default=12, metavar="N", help="servers in the fleet (12)")
     up.add_argument("--faults", default="", metavar="SPEC", help="'HOST=FAULT[,FAULT];HOST2=FAULT'")
-    up.add_argument("--inventory-out", required=True, metavar="FILE")
+    up.add_argument("--inventory-out", required=True, metavar="FILE", help="where to write the fleet's inventory")
     up.add_argument(
         "--state-dir",
         metavar="DIR",
         help="CA, certificates, registries, lab secrets (default: <inventory stem>-state beside --inventory-out)",
     )
-    up.add_argument("--base-address", default="127.0.20.1", metavar="IP")
+    up.add_argument(
+        "--base-address",
+        default="127.0.20.1",
+        metavar="IP",
+        help="loopback address of the first server; the others follow (127.0.20.1)",
+    )
     rebuild = lab.add_parser("rebuild", help="replace a lab server's key, as a fresh install would")
     _inventory(rebuild)
-    rebuild.add_argument("--host", required=True, metavar="H")
+    rebuild.add_argument("--host", required=True, metavar="H", help="the lab server to rebuild")
     wizard = lab.add_parser(
         "wizard", help="act as an administrator running the wizard on a lab server: a key file in its outbox"
     )
     _inventory(wizard)
-    wizard.add_argument("--host", required=True, metavar="H")
+    wizard.add_argument("--host", required=True, metavar="H", help="the lab server whose administrator runs the wizard")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
-    bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N")
-    bench.add_argument("--forks", type=_positive_int, default=32, metavar="N")
+    bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N", help="servers in the fleet (64)")
+    bench.add_argument("--forks", type=_positive_int, default=32, metavar="N", help="hosts worked on at once (32)")
     bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
     _json(bench)
     return parser

@@ -55,6 +55,22 @@ HINTS: dict[ErrorKind, str] = {
 STATUS_STYLE = {Status.OK: "green", Status.FAILED: "red", Status.SKIPPED: "yellow"}
 
 
+def failure_text(kind: object, message: str | None) -> str:
+    """``kind: message``, said once: a share error already starts with ``share ...``."""
+    if kind is None:
+        return message or ""
+    if not message:
+        return str(kind)
+    return message if message.startswith(f"{kind} ") else f"{kind}: {message}"
+
+
+def failures_first(kinds: Sequence[str | None], statuses: Sequence[str]) -> list[int]:
+    """Row order for a result table: failures first, grouped by kind (alphabetical), then skipped, then ok;
+    inventory order within each group."""
+    rank = {"failed": 0, "skipped": 1}
+    return sorted(range(len(statuses)), key=lambda i: (rank.get(str(statuses[i]), 2), str(kinds[i] or "")))
+
+
 def print_json(document: object) -> None:
     """The one JSON document of ``--json`` on stdout; known secret values masked as a second net."""
     sys.stdout.write(mask(json.dumps(document, indent=2)) + "\n")
@@ -84,7 +100,7 @@ class Ui:
         if self.interactive:
             table = Table(title=title, title_justify="left")
             for column in columns:
-                table.add_column(column)
+                table.add_column(column, overflow="fold")  # whole values (paths, hashes), never an ellipsis
             for row in rows:
                 table.add_row(*[c if isinstance(c, Text) else Text(mask(str(c))) for c in row])
             self.console.print(table)
@@ -97,11 +113,12 @@ class Ui:
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
     def failure_hints(self, results: Sequence[HostResult[Any]]) -> None:
+        """One block per failure kind, in the order of ``failures_first``: the hosts, then one hint."""
         by_kind: dict[ErrorKind, list[str]] = {}
         for result in results:
             if result.status is Status.FAILED and result.kind is not None:
                 by_kind.setdefault(result.kind, []).append(result.host.name)
-        for kind, names in sorted(by_kind.items()):
+        for kind, names in sorted(by_kind.items(), key=lambda item: str(item[0])):
             self.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
             self.line(f"  hint: {HINTS.get(kind, '')}")
 
@@ -112,10 +129,11 @@ class Ui:
             self.line(f"{title}: {len(hosts)} host(s)")
             yield progress
             return
-        with Live(progress.render(), console=self.console, refresh_per_second=8, transient=True) as live:
+        # get_renderable: every refresh renders anew, so the per-host timers tick between events
+        with Live(console=self.console, refresh_per_second=8, transient=True, get_renderable=progress.render) as live:
             progress.live = live
             yield progress
-            live.update(progress.render())
+            live.refresh()
 
 
 class FleetProgress:
@@ -147,9 +165,11 @@ class FleetProgress:
             self._states.pop(result.host.name, None)
             self._done += 1
             self._bar.update(self._task, completed=self._done)
+        detail = failure_text(result.kind, result.message) if result.status is not Status.OK else ""
         if not self._ui.interactive:
-            detail = f"{result.kind}: {result.message}" if result.status is not Status.OK else ""
             self._ui.line(f"  {result.host.name}: {result.status} ({result.duration:.1f}s) {detail}".rstrip())
+        elif result.status is Status.FAILED:  # at once, above the live display: not only in the final table
+            self._ui.line(f"✗ {result.host.name} failed after {result.duration:.0f}s: {detail}", "red")
         self._refresh()
 
     def render(self) -> Group:
@@ -165,4 +185,4 @@ class FleetProgress:
 
     def _refresh(self) -> None:
         if self.live is not None:
-            self.live.update(self.render())
+            self.live.refresh()

@@ -168,7 +168,7 @@ def _finding_lines(report: AuditReport) -> list[str]:
 
 def render_text(report: AuditReport) -> str:
     """Plain text for logs, pipes and files."""
-    rows = [tuple(c.upper() for c in SERVER_COLUMNS), *(server_row(s) for s in report.servers)]
+    rows = [SERVER_COLUMNS, *(server_row(s) for s in report.servers)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(SERVER_COLUMNS) - 1)]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
     lines = [
@@ -188,12 +188,15 @@ def print_table(report: AuditReport, console: Console) -> None:
     """The rich rendering for a terminal."""
     for line in headline(report):
         console.print(Text(line))
-    table = Table(*(c.upper() for c in SERVER_COLUMNS), header_style="bold")
+    # overflow "fold": a long path in a cell is broken over lines, never cut short with an ellipsis
+    table = Table(header_style="bold")
+    for column in SERVER_COLUMNS:
+        table.add_column(column, overflow="fold")
     for server in report.servers:
         cells = list(server_row(server))
         table.add_row(*cells[:3], Text(cells[3], style=STATUS_STYLE[server.status]), *cells[4:])
     console.print(table)
-    cover = Table("COVERAGE", "SERVERS", "COVERED", "%", header_style="bold")
+    cover = Table("coverage", "servers", "covered", "%", header_style="bold")
     for prefix, items in (("role", report.roles), ("group", report.groups)):
         for c in items:
             style = "green" if c.covered == c.servers else "yellow" if c.covered else "red"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -55,9 +56,17 @@ def known_secret_values() -> list[str]:
         return sorted(_known, key=len, reverse=True)
 
 
+SHORT_SECRET = 8  # below this length a value is masked only where it stands alone, not inside a word
+
+
 def mask(text: str) -> str:
-    """Replace every known secret value in ``text`` by ``********``."""
+    """Replace every known secret value in ``text`` by ``********``. A short one (under 8 characters) is
+    replaced only where it is not part of a longer word or name (``scsm`` stays in ``scsm-ms01``)."""
     for value in known_secret_values():
-        if value in text:
+        if value not in text:
+            continue
+        if len(value) >= SHORT_SECRET:
             text = text.replace(value, "********")
+        else:
+            text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", "********", text)
     return text

@@ -21,6 +21,7 @@ import yaml
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import Location, SecretRef
 from orchestrator.secret import Secret
+from orchestrator.textfile import NotText, decode_text
 
 SCHEMES = ("env", "file", "prompt", "command", "vault")
 PLAINTEXT_ADVICE = "use env:, file:, prompt, command: or vault:"
@@ -83,15 +84,16 @@ def _error(ref: SecretRef, message: str) -> ConfigError:
     return ConfigError(message, file=loc.file, line=loc.line, key=loc.key)
 
 
-def resolve(ref: SecretRef, *, purpose: str, confirm: bool = False) -> Secret:
+def resolve(ref: SecretRef, *, purpose: str, confirm: bool = False, override_env: str | None = None) -> Secret:
     """The secret a reference points to. ``purpose`` labels the prompt (e.g. "backup password");
-    ``confirm`` asks a prompt twice. Cached per process: a prompt is answered once per purpose."""
+    ``confirm`` asks a prompt twice; ``override_env`` names the variable that replaces this reference
+    (the fix a prompt without a terminal suggests). Cached per process: a prompt is answered once per purpose."""
     cache_key = (ref.scheme, ref.target, purpose if ref.scheme == "prompt" else "")
     with _lock:
         cached = _cache.get(cache_key)
         if cached is not None:
             return cached
-        secret = _resolve_uncached(ref, purpose=purpose, confirm=confirm)
+        secret = _resolve_uncached(ref, purpose=purpose, confirm=confirm, override_env=override_env)
         _cache[cache_key] = secret
         return secret
 
@@ -103,7 +105,7 @@ def clear_cache() -> None:
         _vault_passwords.clear()
 
 
-def _resolve_uncached(ref: SecretRef, *, purpose: str, confirm: bool) -> Secret:
+def _resolve_uncached(ref: SecretRef, *, purpose: str, confirm: bool, override_env: str | None) -> Secret:
     label = ref.describe()
     if ref.scheme == "plain":
         return Secret(ref.target, label)
@@ -118,7 +120,10 @@ def _resolve_uncached(ref: SecretRef, *, purpose: str, confirm: bool) -> Secret:
         except ConfigError as exc:
             raise _error(ref, f"{exc.message} ({purpose})") from None
     if ref.scheme == "prompt":
-        return prompt_secret(purpose, confirm=confirm)
+        try:
+            return prompt_secret(purpose, confirm=confirm, fix=reference_fix(override_env))
+        except NoTerminalError as exc:
+            raise _error(ref, exc.message) from None
     if ref.scheme == "command":
         return Secret(_run_command(ref, purpose), label)
     if ref.scheme == "vault":
@@ -145,9 +150,9 @@ def read_private_file(path: Path) -> str:
             )
         data = handle.read()
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"secret file {path} is not UTF-8 text") from None
+        text = decode_text(data)
+    except NotText as exc:
+        raise ConfigError(f"secret file {path}: {exc}") from None
     if text.endswith("\r\n"):
         return text[:-2]
     return text[:-1] if text.endswith("\n") else text
@@ -160,10 +165,20 @@ def _stdin_is_tty() -> bool:
         return False
 
 
-def prompt_secret(purpose: str, *, confirm: bool = False) -> Secret:
-    """Ask on the terminal, hidden; twice when ``confirm``. No terminal -> ConfigError."""
+class NoTerminalError(ConfigError):
+    """A prompt was needed and there is no terminal: the message names the fix for this very case."""
+
+
+def reference_fix(override_env: str | None = None) -> str:
+    """What replaces a ``prompt`` reference in an unattended run."""
+    instead = "write env:NAME, file:PATH (mode 0600), command:PROGRAM or vault:FILE#key instead of prompt"
+    return f"set {override_env}, or {instead}" if override_env else instead
+
+
+def prompt_secret(purpose: str, *, confirm: bool = False, fix: str | None = None) -> Secret:
+    """Ask on the terminal, hidden; twice when ``confirm``. No terminal -> NoTerminalError naming ``fix``."""
     if not _stdin_is_tty():
-        raise ConfigError(f"{purpose}: a prompt needs a terminal; use env:, file:, command: or vault:")
+        raise NoTerminalError(f"{purpose}: no terminal to prompt on; {fix or reference_fix()}")
     first = getpass.getpass(f"{purpose}: ")
     if not first:
         raise ConfigError(f"{purpose}: empty input")
@@ -230,7 +245,12 @@ def vault_password(
             if not len(secret):
                 raise ConfigError(f"{env}: the vault password file {password_file} is empty")
         else:
-            secret = prompt_secret(purpose or f"Vault password ({path})", confirm=confirm)
+            what = "the new vault password" if env == NEW_VAULT_PASSWORD_FILE_ENV else "the vault password"
+            secret = prompt_secret(
+                purpose or f"Vault password ({path})",
+                confirm=confirm,
+                fix=f"set {env} to a file (mode 0600) holding {what}",
+            )
         _vault_passwords[key] = secret
         return secret
 

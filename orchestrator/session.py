@@ -2,7 +2,8 @@
 
 It knows nothing about SCSM or keys. Per command it sends Create, Command, Send (stdin, end of
 stream), Receive (repeated only while the command runs) and Delete: five requests besides the
-auth handshake when the command finishes within one Receive.
+auth handshake when the command finishes within one Receive. A session's first command is preceded by
+a bare TCP connect (no request) to the listener, so its phases can be reported truthfully.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import ParseError as XMLParseError
@@ -50,6 +53,12 @@ _SHELL_DISABLED = re.compile(
 # "The pipe is being closed." (ERROR_NO_DATA) where the process is still closing its stdin
 _PIPE_ENDED = re.compile(r"the pipe (?:has been ended|is being closed)", re.I)
 STDIN_CHUNK = 200_000  # bytes per Send, as Ansible's winrm plugin; fits the default MaxEnvelopeSizekb of 500
+# What ``run`` reports through ``on_phase``, in order: for a live display, never for control flow.
+PHASES = ("connecting", "authenticating", "running helper", "receiving")
+
+
+def _no_phase(_phase: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class WinRMSession:
         deadline: float,
         cancel: threading.Event | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        on_phase: Callable[[str], None] = _no_phase,
     ) -> CommandResult:
         """Run ``command_line`` with ``stdin`` (sent in chunks, then end of stream); collect its output.
 
@@ -128,9 +138,14 @@ class WinRMSession:
         (WINRS_SKIP_CMD_SHELL) and with stdin as a pipe (WINRS_CONSOLEMODE_STDIN=FALSE, as
         Ansible's winrm plugin streams stdin: a real end of file, and no console echo of what is
         sent). ``deadline`` is a ``time.monotonic()`` value; past it the command is abandoned
-        with kind ``timeout``. Raises HostFailure for every failure.
+        with kind ``timeout``. ``on_phase`` hears each of ``PHASES`` as it starts. Raises
+        HostFailure for every failure.
         """
         start_count = self.requests_sent
+        if start_count == 0:  # a first command: reach the listener, so "connecting" means just that
+            on_phase("connecting")
+            self._reach(deadline)
+            on_phase("authenticating")  # the first request carries the handshake (TLS, NTLM or Basic)
         shell_id = self._call(deadline, "Create", self._protocol.open_shell, codepage=65001)
         done = False
         try:
@@ -144,7 +159,10 @@ class WinRMSession:
                 skip_cmd_shell=True,
             )
             early = self._send_stdin(shell_id, command_id, stdin, deadline, cancel, max_output)
-            stdout, stderr, code = early or self._receive_all(shell_id, command_id, deadline, cancel, max_output)
+            on_phase("running helper")
+            stdout, stderr, code = early or self._receive_all(
+                shell_id, command_id, deadline, cancel, max_output, on_phase
+            )
             done = True
         finally:
             self._delete(shell_id, deadline if done else time.monotonic() + 5.0)
@@ -193,6 +211,7 @@ class WinRMSession:
         deadline: float,
         cancel: threading.Event | None,
         max_output: int,
+        on_phase: Callable[[str], None] = _no_phase,
     ) -> tuple[bytes, bytes, int]:
         stdout: list[bytes] = []
         stderr: list[bytes] = []
@@ -216,6 +235,8 @@ class WinRMSession:
                 continue  # no output yet: the command is still running
             finally:
                 self._protocol.operation_timeout_sec = configured
+            if out and not size:
+                on_phase("receiving")
             stdout.append(out)
             stderr.append(err)
             size += len(out) + len(err)
@@ -223,6 +244,24 @@ class WinRMSession:
                 raise HostFailure(ErrorKind.PROTOCOL, self.host.name, f"command output exceeds {max_output} bytes")
             if done:
                 return b"".join(stdout), b"".join(stderr), code
+
+    def _reach(self, deadline: float) -> None:
+        """Open and close one TCP connection to the listener (bounded by connect_timeout and the deadline)."""
+        where = f"{self.host.address}:{self.host.port}"
+        timeout = min(self.host.connect_timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            raise HostFailure(ErrorKind.TIMEOUT, self.host.name, "host deadline reached before connecting")
+        try:
+            socket.create_connection((self.host.address, self.host.port), timeout=timeout).close()
+        except TimeoutError:
+            reason = f"no answer from {where} (connect timeout)"
+        except ConnectionRefusedError:
+            reason = f"connection refused by {where}"
+        except OSError as exc:
+            reason = f"cannot connect to {where} ({exc.strerror or type(exc).__name__})"
+        else:
+            return
+        raise HostFailure(ErrorKind.UNREACHABLE, self.host.name, reason)
 
     def _delete(self, shell_id: str, deadline: float) -> None:
         try:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.errors import ConfigError, ShareError, ShareExistsError
 from orchestrator.share import layout
-from orchestrator.share.base import Share
+from orchestrator.share.base import FolderState, Share
 from orchestrator.share.open import open_share
 from orchestrator.share.store import BackupStore
 
@@ -114,6 +114,24 @@ class ShareContract:
         assert list(share.list_files()) == ["G1/management_server/ms01/a.bin", "runs/r1.json"]
         assert list(share.list_files("runs")) == ["runs/r1.json"]
         assert list(share.list_files("nothing-here")) == []
+
+    def test_folder_state_and_create_folder(self, share: Share, target: ShareTarget) -> None:
+        share.write_new("G1/a.bin", b"x")  # the share's folder exists now
+
+        def child(path: str) -> Share:
+            return ShareTarget(url=f"{target.url.rstrip('/')}/{path}", env=target.env).open()
+
+        assert share.folder_state() is FolderState.EXISTS
+        with child("G1") as existing, child("new") as new, child("no/new") as orphan:
+            assert existing.folder_state() is FolderState.EXISTS
+            assert orphan.folder_state() is FolderState.NO_PARENT
+            assert new.folder_state() is FolderState.MISSING
+            new.create_folder()
+            assert new.folder_state() is FolderState.EXISTS
+            new.create_folder()  # already there: nothing to do
+        assert list(share.list_files()) == ["G1/a.bin"]
+        if target.local_root and target.posix_modes and os.name == "posix":
+            assert stat.S_IMODE((target.local_root / "new").stat().st_mode) == 0o700
 
     def test_write_new_never_overwrites(self, share: Share, target: ShareTarget) -> None:
         share.write_new("G1/a.bin", b"old bytes")

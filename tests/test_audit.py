@@ -499,3 +499,20 @@ def test_command_line(fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["audit", "-i", str(inventory), "--format", "json", "--max-age", "0s"]) == 1
     assert {s["status"] for s in json.loads(capsys.readouterr().out)["servers"]} == {"stale"}
     assert main(["audit", "-i", str(inventory), "--max-age", "later"]) == 2
+
+
+def test_rich_table_shows_whole_paths_and_lower_case_headers(damaged: AuditReport) -> None:
+    """A lost key file's path in the detail column is folded over lines on a narrow terminal, never cut."""
+    out = io.StringIO()
+    print_table(damaged, Console(file=out, width=130, force_terminal=False))
+    text = out.getvalue()
+    assert "…" not in text
+    lost = next(s for s in damaged.servers if s.status is Status.LOST)
+    assert lost.problems and "…" not in lost.problems[0]
+    path = lost.problems[0].split()[2]  # "key file <path> is gone"
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    start = next(i for i, row in enumerate(rows) if row.split("│")[1].strip() == lost.host)
+    end = next(i for i, row in enumerate(rows[start + 1 :], start + 1) if row.split("│")[1].strip())
+    detail = "".join(row.split("│")[-2].strip() for row in rows[start:end])
+    assert path in detail
+    assert "┃ host " in text and "┃ coverage " in text and "HOST" not in text  # one (lower) case for headers

@@ -73,6 +73,11 @@ def test_each_fault_is_reported_with_its_kind(tmp_path, keyfleet):
     # connection-level failures leave the later checks not run
     assert {c["status"] for c in hosts["f-down"]["checks"][1:]} == {"not-run"}
     assert "unreachable (1): f-down" in run.stderr and "hint:" in run.stderr
+    # the table: failures first, grouped by kind (alphabetically), the passing host last
+    table = run.stderr[run.stderr.index("doctor\n") :].splitlines()[2:]
+    shown = [line.split()[0] for line in table if line.split() and line.split()[0] in hosts]
+    by_kind = sorted(FAULTS, key=lambda name: FAULTS[name][1])
+    assert shown == [*by_kind, "f-ok"]
 
 
 def test_limit_and_security_warnings(tmp_path, keyfleet):

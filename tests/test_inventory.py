@@ -290,6 +290,13 @@ BAD_CASES = [
         ["belongs in: group"],
     ),
     (
+        "operation-timeout-above-max-timeoutms",
+        PROD_HEAD + ONE_HOST.replace("}", ", operation_timeout: 90s}"),
+        6,
+        "management_groups.G.hosts.ms01.operation_timeout",
+        ["90s is above 60s, Windows' default MaxTimeoutms"],
+    ),
+    (
         "unknown-role",
         PROD_HEAD + ONE_HOST.replace("management_server", "managment_server"),
         6,
@@ -697,7 +704,23 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "inv.yml"
     path.write_bytes(b"management_groups: \xff\xfe\n")
-    with pytest.raises(ConfigError, match="not UTF-8"):
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 19\); save it as UTF-8"):
+        load_inventory(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8"])
+def test_inventory_with_a_bom_is_read(tmp_path: Path, encoding: str) -> None:
+    """PowerShell 5.1's ``>`` writes UTF-16LE with a BOM: such an inventory is read as it is."""
+    text = "\ufeff" + (LAB_HEAD + LOOPBACK_HOST).replace("\n", "\r\n")
+    path = tmp_path / "inv.yml"
+    path.write_bytes(text.encode(encoding))
+    assert load_inventory(path).hosts
+
+
+def test_utf16_without_a_bom_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "inv.yml"
+    path.write_bytes((LAB_HEAD + LOOPBACK_HOST).encode("utf-16-le"))
+    with pytest.raises(ConfigError, match=r"inv\.yml: UTF-16 text without a byte order mark; save it as UTF-8"):
         load_inventory(path)
 
 

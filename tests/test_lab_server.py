@@ -62,7 +62,7 @@ SPECS = [
     _host("ntlm-http", 1),
     _host("basic-https", 2, "https", "basic"),
     _host("ntlm-https", 3, "https", "ntlm"),
-    _host("limits", 4, limits=ServiceLimits(max_envelope_kb=64, max_shells_per_user=2)),
+    _host("limits", 4, limits=ServiceLimits(max_envelope_kb=64, max_shells_per_user=2, max_timeout_ms=1000)),
     _host("f-down", 10, faults=("down",)),
     _host("f-latency", 12, faults=("latency:0.3",)),
     _host("f-authfail", 13, faults=("auth-failure",)),
@@ -192,6 +192,30 @@ def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
     p.send_command_input(shell, cmd, b"late", end=True)
     assert p.get_command_output(shell, cmd) == (b"late", b"", 0)
     p.close_shell(shell)
+
+
+def test_operation_timeout_above_max_timeoutms_is_capped_to_it(fleet: LabFleet) -> None:
+    """MS-WSMV 3.1.4.1.6: a larger OperationTimeout than MaxTimeoutms gets MaxTimeoutms (here 1 s, asked 5 s)."""
+    p = client(fleet, "limits", op_timeout=5)
+    shell = p.open_shell()
+    cmd = p.run_command(shell, "more")  # waits for stdin that never ends
+    started = time.monotonic()
+    with pytest.raises(WinRMOperationTimeoutError):
+        p.get_command_output_raw(shell, cmd)
+    assert 0.9 < time.monotonic() - started < 2.5
+    p.close_shell(shell)
+
+
+@pytest.mark.parametrize("value", ["PT-5S", "60", "forever", ""])
+def test_malformed_operation_timeout_is_a_fault(fleet: LabFleet, value: str) -> None:
+    p = client(fleet, "basic-https")
+    create = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
+    header = p.build_wsman_header(action=create, resource_uri=SHELL_CMD)
+    assert "w:OperationTimeout" in header["env:Header"]
+    header["env:Header"]["w:OperationTimeout"] = value
+    with pytest.raises(WSManFaultError) as info:
+        p.send_message(xmltodict.unparse({"env:Envelope": {**header, "env:Body": {}}}))
+    assert info.value.wsman_fault_code == 2150858881 and info.value.code == 400
 
 
 def test_large_output_spans_several_receives_within_max_envelope(fleet: LabFleet) -> None:

@@ -246,3 +246,48 @@ def test_a_second_command_on_a_served_lab_fails_in_one_line_and_leaves_it_servin
         host = inv.hosts["t-ms01"]  # NTLM: its user file must have survived the second command
         doc = {"scheme": host.scheme, "address": host.address, "port": host.port, "transport": host.transport}
         assert _bare_pywinrm(doc, "LAB\\keyfleet", "Lab-Test-Pw-1")[2] == 0
+
+
+def test_a_failed_lab_up_removes_the_state_folder_it_created(tmp_path: Path) -> None:
+    """Every address:port of the plan is taken (a listener on the first host's ports): lab up fails, leaving no
+    half-made state; an existing state folder is kept."""
+    import socket
+
+    blockers = []
+    for port in (5985, 5986):
+        blocker = socket.socket()
+        blocker.bind(("127.0.77.141", port))
+        blocker.listen()
+        blockers.append(blocker)
+    argv = [sys.executable, "-m", "orchestrator", "lab", "up", "--hosts", "2", "--base-address", "127.0.77.141"]
+    try:
+        fresh = tmp_path / "fresh-state"
+        proc = subprocess.run(
+            [*argv, "--inventory-out", str(tmp_path / "inv.yml"), "--state-dir", str(fresh)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert not fresh.exists() and not (tmp_path / "inv.yml").exists()
+        kept = tmp_path / "kept-state"
+        kept.mkdir()
+        (kept / "note").write_text("mine")
+        proc = subprocess.run(
+            [*argv, "--inventory-out", str(tmp_path / "inv.yml"), "--state-dir", str(kept)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0 and (kept / "note").read_text() == "mine"
+    finally:
+        for blocker in blockers:
+            blocker.close()
+
+
+def test_the_journal_is_private(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "state" / "journal.jsonl")
+    journal.record("h", 1, "Create", 200)
+    journal.close()
+    assert (tmp_path / "state" / "journal.jsonl").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700

@@ -177,8 +177,22 @@ def test_command_empty_output(tmp_path: Path) -> None:
 
 def test_prompt_without_tty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(secretrefs, "_stdin_is_tty", lambda: False)
-    with pytest.raises(ConfigError, match="needs a terminal"):
+    with pytest.raises(ConfigError, match="no terminal to prompt on; write env:NAME, file:PATH"):
         resolve(ref("prompt", tmp_path), purpose="backup password")
+    with pytest.raises(ConfigError, match="no terminal to prompt on; set KEYFLEET_SHARE_PASSWORD, or write env:"):
+        resolve(ref("prompt", tmp_path), purpose="share password", override_env="KEYFLEET_SHARE_PASSWORD")
+
+
+def test_secret_file_written_by_powershell_is_read(tmp_path: Path) -> None:
+    """PowerShell 5.1's ``>`` writes UTF-16LE with a BOM; Notepad may write UTF-8 with a BOM."""
+    for name, data in (
+        ("utf16", "\ufeffPw-From-PS-1\r\n".encode("utf-16-le")),
+        ("utf8bom", "\ufeffPw-From-PS-1\n".encode()),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        assert resolve(ref(f"file:{path}", tmp_path), purpose="p").reveal() == "Pw-From-PS-1"
 
 
 def test_prompt_asked_once_and_confirmed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

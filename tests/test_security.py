@@ -43,6 +43,18 @@ def test_logging_filter_masks_known_secret_values():
     assert "********" in stream.getvalue()
 
 
+def test_a_short_secret_is_masked_alone_but_not_inside_host_names():
+    from orchestrator.secret import mask
+
+    Secret("scsm")
+    assert mask("scsm-ms01.contoso.com and ms01-scsm and xscsmx") == "scsm-ms01.contoso.com and ms01-scsm and xscsmx"
+    assert mask("password scsm rejected; 'scsm' user:scsm@host") == (
+        "password ******** rejected; '********' user:********@host"
+    )
+    Secret("Long-Secret-9")
+    assert mask("prefixLong-Secret-9suffix") == "prefix********suffix"  # 8 characters and more: anywhere
+
+
 def test_basic_over_http_is_refused_before_any_connection(tmp_path, keyfleet):
     fleet = {"G": {"plain-basic": {"role": "management_server", "scheme": "http", "transport": "basic"}}}
     lab = make_lab_inventory(tmp_path / "lab", fleet=fleet)

@@ -57,8 +57,9 @@ def server(smbd_server: SmbServer) -> SmbServer:  # noqa: F811 - the imported fi
 
 @pytest.fixture
 def folder() -> str:
-    """A fresh folder on the share per test: tests never see each other's manifests."""
-    return f"e2e-{secrets.token_hex(4)}/scsm"
+    """A fresh folder on the share per test: tests never see each other's manifests. Right under the share's
+    root: a backup creates the share's folder only when its parent exists."""
+    return f"e2e-{secrets.token_hex(4)}"
 
 
 # -- reading what landed, without keyfleet's code -----------------------------------------------------
@@ -428,3 +429,18 @@ def test_wrong_smb_password_with_json_and_verbose_leaks_nothing(
     assert "Traceback" not in run.stderr and "internal error" not in run.stderr
     assert run.stdout == "" and commands_sent(lab) == []
     assert_nothing_leaked(tmp_path, run, {"wrong smb password": wrong, "smb password": server.password.reveal()})
+
+
+def test_a_missing_folder_on_samba_is_named_not_audited_as_empty(
+    tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
+) -> None:
+    lab = make_lab_inventory(tmp_path / "lab")
+    url, env = server.url(f"{folder}/no/such"), server.share_env()
+    run = keyfleet("audit", "-i", str(lab.inventory), "--share", url, env=env)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        f"keyfleet: share smb://{server.host}:{server.port}/{server.share}/{folder}/no/such does not exist "
+        "(check the path, or back up first)"
+    ]
+    backup = keyfleet("backup", "-i", str(lab.inventory), "--share", url, env=env)
+    assert backup.returncode == 2 and "nor does its parent folder" in backup.stderr
+    assert not (server.root / folder).exists() and not lab.journal.exists()

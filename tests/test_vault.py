@@ -194,4 +194,9 @@ def test_wrong_password_and_no_terminal_exit_2(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and wrong.stdout == b""
     assert wrong.stderr.decode().count("\n") == 1 and b"wrong vault password" in wrong.stderr
     prompt = keyfleet(tmp_path, "view", str(secrets))
-    assert prompt.returncode == 2 and b"needs a terminal" in prompt.stderr and b"Traceback" not in prompt.stderr
+    assert prompt.returncode == 2 and b"Traceback" not in prompt.stderr
+    assert b"no terminal to prompt on; set KEYFLEET_VAULT_PASSWORD_FILE to a file (mode 0600)" in prompt.stderr
+    rekey = keyfleet(
+        tmp_path, "rekey", str(secrets), KEYFLEET_VAULT_PASSWORD_FILE=str(password_file(tmp_path, "pw2", "right-pw"))
+    )
+    assert rekey.returncode == 2 and b"set KEYFLEET_NEW_VAULT_PASSWORD_FILE to a file" in rekey.stderr

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -11,27 +14,40 @@ from rich.console import Console
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.audit import AuditReport, parse_max_age, run_audit
-from orchestrator.jobs.context import open_store, share_for
+from orchestrator.jobs.context import open_store, require_share_folder, share_for
 from orchestrator.report import headline, print_table, render_json, render_markdown, render_text
 from orchestrator.report_html import render_html
+from orchestrator.report_metrics import render_openmetrics
+from orchestrator.share.runrecord import RunRecord
 
-RENDERERS = {"table": render_text, "json": render_json, "markdown": render_markdown, "html": render_html}
+Renderer = Callable[[AuditReport, Sequence[RunRecord]], str]
+RENDERERS: dict[str, Renderer] = {
+    "table": lambda report, _records: render_text(report),
+    "json": lambda report, _records: render_json(report),
+    "markdown": lambda report, _records: render_markdown(report),
+    "html": render_html,  # coverage over time, from the run records
+    "openmetrics": render_openmetrics,  # the latest backup run, from the run records
+}
+REPORT_MODE = 0o644  # a report is for others to read (node_exporter runs as its own user)
 
 
 def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     max_age = parse_max_age(args.max_age) if args.max_age else inventory.backup.max_age
     with share_for(inventory, args.share) as share:
-        report = run_audit(inventory, open_store(inventory, share, sign=False), max_age=max_age)
-    write_report(report, args.format, args.output)
+        require_share_folder(share)
+        store = open_store(inventory, share, sign=False)
+        report = run_audit(inventory, store, max_age=max_age)
+        records = store.run_records(invalid=[]) if args.format in ("html", "openmetrics") else []
+    write_report(report, args.format, args.output, records)
     return report.exit_code
 
 
-def write_report(report: AuditReport, fmt: str, output: str | None) -> None:
-    """To ``output`` (and the result line on stderr), else stdout: rich on a terminal for ``table``."""
+def write_report(report: AuditReport, fmt: str, output: str | None, records: Sequence[RunRecord] = ()) -> None:
+    """To ``output`` (atomically, and the result line on stderr), else stdout: rich on a terminal for ``table``."""
     if output:
         try:
-            Path(output).write_text(RENDERERS[fmt](report), encoding="utf-8")
+            _replace(Path(output), RENDERERS[fmt](report, records).encode("utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot write the report to {output}: {exc.strerror}", key="--output") from None
         print(f"keyfleet: wrote {fmt} report to {output}; {headline(report)[-1]}", file=sys.stderr)
@@ -40,4 +56,17 @@ def write_report(report: AuditReport, fmt: str, output: str | None) -> None:
     if fmt == "table" and console.is_terminal:
         print_table(report, console)
     else:
-        sys.stdout.write(RENDERERS[fmt](report))
+        sys.stdout.write(RENDERERS[fmt](report, records))
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write a temporary file beside ``path`` and rename it: a collector never reads half a file."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temp, REPORT_MODE)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     share = context.share_for(inv, args.share)
     with share:
+        context.require_share_folder(share, creatable=True, dry_run=args.check)
         store = context.open_store(inv, share, sign=not args.check)
         if args.limit and args.limit.strip() == "@last-failed" and not backup.last_failed_hosts(store):
             ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
             return 0
         password = context.backup_password(inv)  # before any host is touched
+        context.probe_writable(share)
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from orchestrator.console import HINTS, Ui, print_json
+from orchestrator.console import HINTS, Ui, failures_first, print_json
 from orchestrator.errors import ErrorKind
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
@@ -126,7 +126,9 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool, require: S
         role = " + ".join(str(r) for r in probe.roles) or "(none)" if probe else ""
         cells = [_cell(d.check(name), probe) for name in require]
         rows.append([d.host.name, role, (probe.version or "") if probe else "", *cells])
-    ui.table("doctor", ["host", "roles", "version", *(COLUMNS[name] for name in require)], rows)
+    order = failures_first([_kind(d, require) for d in diagnoses], [str(d.status(require)) for d in diagnoses])
+    columns = ["host", "roles", "version", *(COLUMNS[name] for name in require)]
+    ui.table("doctor", columns, [rows[i] for i in order])
     by_kind: dict[str, list[str]] = {}
     for d in diagnoses:
         cause = d.cause(require)

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         for h in selected
     ]
     columns = ["host", "group", "role", "endpoint", "transport", "credential user", "tool_timeout"]
-    ui.table(f"Inventory {args.inventory}", columns, rows)
+    ui.table(f"inventory {args.inventory}", columns, rows)
     for line in _summary_lines(inv, selected):
         ui.line(line)
     warn = Ui(sys.stderr)

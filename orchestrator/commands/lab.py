@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
@@ -78,6 +79,16 @@ def up(args: argparse.Namespace) -> int:
         raise ConfigError(f"--inventory-out: folder {inventory_path.parent} does not exist")
     plan_hosts(args.hosts, args.base_address, "", faults)  # check the plan before creating any state
     state_dir = (Path(args.state_dir) if args.state_dir else default_state_dir(inventory_path)).resolve()
+    created = not state_dir.exists()
+    try:
+        return _serve(args, faults, inventory_path, state_dir)
+    except BaseException:
+        if created:  # a lab that never came up leaves nothing behind (an existing state is kept)
+            shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+
+
+def _serve(args: argparse.Namespace, faults: dict[str, tuple[str, ...]], inventory_path: Path, state_dir: Path) -> int:
     secrets = lab_secrets(state_dir)
     specs = plan_hosts(args.hosts, args.base_address, secrets.user_password.reveal(), faults)
     stop = threading.Event()

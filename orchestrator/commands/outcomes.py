@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from orchestrator.console import STATUS_STYLE, Ui
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, failures_first
 from orchestrator.runner import RunSummary, Status
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord
@@ -17,7 +17,7 @@ def render_outcomes(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecor
     for outcome in record.outcomes:
         result = by_host.get(outcome.host)
         status = Text(str(outcome.status), style=STATUS_STYLE.get(Status(outcome.status), ""))
-        error = f"{outcome.kind}: {outcome.message}" if outcome.kind else (outcome.message or "")
+        error = failure_text(outcome.kind, outcome.message)
         if outcome.warning:
             error = f"warning: {outcome.warning}"
         rows.append(
@@ -33,6 +33,8 @@ def render_outcomes(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecor
                 error,
             ]
         )
+    order = failures_first([o.kind for o in record.outcomes], [str(o.status) for o in record.outcomes])
+    rows = [rows[i] for i in order]
     ui.table(
         f"{record.command} {record.run_id}",
         ["host", "role", "group", "status", "input", "size", "sha256", "duration", "error"],

@@ -6,7 +6,7 @@ import argparse
 
 from orchestrator.console import print_json
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs.context import open_store, share_for
+from orchestrator.jobs.context import open_store, require_share_folder, share_for
 from orchestrator.jobs.prune import PrunePlan, apply_prune, plan_prune
 from orchestrator.share.manifest import format_iso
 
@@ -34,6 +34,7 @@ def plan_json(plan: PrunePlan, *, applied: bool) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     with share_for(inventory, args.share) as share:
+        require_share_folder(share)
         store = open_store(inventory, share, sign=not args.check)
         plan = plan_prune(inventory, store, args.keep)
         removed = plan.removals if args.check else apply_prune(store, plan)

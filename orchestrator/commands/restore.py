@@ -9,7 +9,7 @@ from rich.text import Text
 
 from orchestrator import remote
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
-from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
 from orchestrator.errors import ErrorKind, KeyfleetError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, restore
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         require_terminal("pass --yes to restore without asking")
     share = context.share_for(inv, args.share)
     with share:
+        context.require_share_folder(share)
         store = context.open_store(inv, share, sign=False)
         request = restore.prepare_restore(store, host, args.entry)
         label_warning = restore.password_label_warning(inv, request)
@@ -72,7 +73,7 @@ def render(
                 format_iso(entry.created),
                 Text(str(result.status), style=STATUS_STYLE.get(result.status, "")),
                 restored.tool_output.splitlines()[-1] if restored and restored.tool_output else "",
-                f"{result.kind}: {result.message}" if result.kind else "",
+                failure_text(result.kind, result.message),
             ]
         )
     ui.table("restore", ["host", "role", "entry", "taken", "status", "tool", "error"], rows)

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.commands.doctor import hint_for
-from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
 from orchestrator.jobs import backup, context
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         store: BackupStore | None = None
         if playbook.needs_share:
             share = stack.enter_context(context.share_for(inv, args.share))
+            context.require_share_folder(share, creatable=playbook.has("backup"), dry_run=args.check)
             store = context.open_store(inv, share, sign=playbook.has("backup") and not args.check)
         resolver = backup.last_failed_resolver(store) if store else None
         hosts = select_playbook_hosts(playbook, inv, args.limit, resolver)
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         if playbook.confirmations() and not assume_yes:
             require_terminal("pass --yes (or set `confirm: false` on the restore step) to run it unattended")
         password = context.backup_password(inv, new=playbook.backs_up) if playbook.needs_password else None
+        if store is not None and playbook.has("backup"):
+            context.probe_writable(store.share)
         touches = playbook.touches_servers
         warnings = context.security_warnings(hosts) if touches else []
         for warning in warnings:
@@ -119,7 +122,7 @@ def render(ui: Ui, result: PlaybookResult) -> None:
     failures = result.failures()
     by_kind: dict[str, list[str]] = {}
     for step, cell in failures:
-        ui.line(f"  {cell.host}: step {step.step.title}: {cell.kind}: {cell.message}", "red")
+        ui.line(f"  {cell.host}: step {step.step.title}: {failure_text(cell.kind, cell.message)}", "red")
         by_kind.setdefault(cell.kind or "", []).append(cell.host)
     for kind, names in sorted(by_kind.items()):
         ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")

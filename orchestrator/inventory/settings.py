@@ -16,6 +16,7 @@ from orchestrator.inventory.model import Role
 from orchestrator.inventory.values import (
     check_address,
     check_not_empty,
+    check_operation_timeout,
     check_port,
     check_positive,
     check_public_key,
@@ -137,8 +138,8 @@ SETTINGS: tuple[Setting, ...] = (
         "password",
         Kind.SECRET,
         (Scope.BACKUP,),
-        "Reference to the backup password; none: a hidden "
-        "prompt, asked twice. `KEYFLEET_BACKUP_PASSWORD` overrides it.",
+        "Reference to the backup password; none: a hidden prompt, asked twice. `KEYFLEET_BACKUP_PASSWORD` "
+        "(the value) or `KEYFLEET_BACKUP_PASSWORD_FILE` (a 0600 file holding it) overrides it.",
     ),
     Setting(
         "password_id",
@@ -241,9 +242,9 @@ SETTINGS: tuple[Setting, ...] = (
         "operation_timeout",
         Kind.DURATION,
         HOST_SCOPES,
-        "WS-Man OperationTimeout of one Receive.",
+        "WS-Man OperationTimeout of one Receive (at most 60s, Windows' default MaxTimeoutms).",
         "20s",
-        check=check_positive,
+        check=check_operation_timeout,
     ),
     Setting(
         "host_timeout",

@@ -118,6 +118,21 @@ def check_positive(value: float) -> float:
     return value
 
 
+MAX_OPERATION_TIMEOUT = 60.0  # Windows' default MaxTimeoutms (60000): the server caps a larger OperationTimeout
+
+
+def check_operation_timeout(value: float) -> float:
+    """A WS-Man OperationTimeout Windows will honour: over MaxTimeoutms the server uses MaxTimeoutms instead
+    (MS-WSMV 3.1.4.1.6), so a larger setting only stretches the client's read timeout."""
+    check_positive(value)
+    if value > MAX_OPERATION_TIMEOUT:
+        raise Invalid(
+            f"{value:g}s is above 60s, Windows' default MaxTimeoutms; the server would not wait longer "
+            "(raise host_timeout or tool_timeout for slow servers instead)"
+        )
+    return value
+
+
 def check_thumbprint(value: str) -> str:
     """Normalise a certificate pin: strip colons and spaces, lower case, 40 (SHA-1) or 64 (SHA-256) hex."""
     hexed = re.sub(r"[\s:]", "", value).lower()

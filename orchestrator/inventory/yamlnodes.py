@@ -10,6 +10,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from orchestrator.errors import ConfigError
+from orchestrator.textfile import NotText, decode_text
 
 _CORE = "tag:yaml.org,2002:"
 PLAIN_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge", "timestamp"))
@@ -44,11 +45,11 @@ class YamlDocument:
         self.display = display
         self.document = document
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = decode_text(path.read_bytes())
         except OSError as exc:
             raise ConfigError(f"cannot read the {document}: {exc.strerror}", file=display) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=display) from None
+        except NotText as exc:
+            raise ConfigError(str(exc), file=display) from None
         try:
             self.root: Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:

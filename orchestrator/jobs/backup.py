@@ -120,9 +120,7 @@ class BackupTask:
 
     def __call__(self, ctx: HostContext) -> ManifestEntry:
         host = ctx.host
-        ctx.report("connecting")
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            ctx.report("exporting")
             params = remote.export_params(host.tool_path, host.tool_timeout, host.tool_input)
             result = session.run(
                 remote.bootstrap_command_line(),
@@ -130,6 +128,7 @@ class BackupTask:
                 deadline=ctx.deadline,
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
+                on_phase=ctx.report,
             )
         export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
         verify_export(host, export)

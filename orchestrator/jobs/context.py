@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.secret import Secret
-from orchestrator.secretrefs import prompt_secret, resolve
-from orchestrator.share.base import Share
+from orchestrator.secretrefs import prompt_secret, read_private_file, resolve
+from orchestrator.share import layout
+from orchestrator.share.base import FolderState, Share
 from orchestrator.share.manifest import load_private_key, load_public_key
 from orchestrator.share.open import open_share
 from orchestrator.share.runrecord import RunRecord
 from orchestrator.share.store import BackupStore
 
 BACKUP_PASSWORD_ENV = "KEYFLEET_BACKUP_PASSWORD"
+BACKUP_PASSWORD_FILE_ENV = "KEYFLEET_BACKUP_PASSWORD_FILE"  # a file (0600) holding it: systemd credentials, cron
+_PASSWORD_VARIABLES = f"{BACKUP_PASSWORD_FILE_ENV} (a file, mode 0600) or {BACKUP_PASSWORD_ENV}"
 MIN_PASSWORD_LENGTH = 8  # SecureStorageBackup's own rule
 
 
@@ -37,6 +42,31 @@ def share_for(inv: Inventory, override: str | None) -> Share:
         require_encryption=inv.share.require_encryption,
         base_dir=inv.path.parent,
     )
+
+
+def require_share_folder(share: Share, *, creatable: bool = False, dry_run: bool = False) -> None:
+    """A mistyped share must not look like an empty one: exit 2 when its folder does not exist.
+    ``creatable`` (backup): a missing folder whose parent exists is made (unless ``dry_run``), as a
+    first backup needs."""
+    state = share.folder_state()
+    if state is FolderState.EXISTS or (creatable and state is FolderState.MISSING and dry_run):
+        return
+    if creatable and state is FolderState.MISSING:
+        share.create_folder()
+        return
+    why = ", nor does its parent folder (check the path)" if creatable else " (check the path, or back up first)"
+    raise ConfigError(f"share {share.url} does not exist{why}")
+
+
+def probe_writable(share: Share) -> None:
+    """Write and remove a small file (under runs/, which the audit does not take as a key file), so an
+    unwritable share fails now, before any server exports its key; ShareError (exit 1) otherwise."""
+    probe = f"{layout.RUNS_DIR}/write-probe-{secrets.token_hex(6)}"
+    try:
+        share.write_new(probe, b"keyfleet write probe\n")
+    except ShareError as exc:
+        raise ShareError(f"{exc} (write probe before contacting any server)") from None
+    share.remove(probe)
 
 
 def _is_smb(url: str) -> bool:
@@ -69,17 +99,25 @@ def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None
 
 
 def backup_password(inv: Inventory, *, new: bool = True) -> Secret:
-    """The backup password: KEYFLEET_BACKUP_PASSWORD, else the inventory's reference, else a hidden
-    prompt, asked twice when it sets the password of new key files (``new``, as the wizard does) and
-    once when it opens an existing one (restore). At least 8 characters of printable ASCII (see
-    ``remote.tool_password_problem``), else exit 2 before any host is touched."""
+    """The backup password: KEYFLEET_BACKUP_PASSWORD, else the file KEYFLEET_BACKUP_PASSWORD_FILE names,
+    else the inventory's reference, else a hidden prompt, asked twice when it sets the password of new
+    key files (``new``, as the wizard does) and once when it opens an existing one (restore). At least
+    8 characters of printable ASCII (see ``remote.tool_password_problem``), else exit 2 before any host
+    is touched."""
     value = os.environ.get(BACKUP_PASSWORD_ENV)
+    password_file = os.environ.get(BACKUP_PASSWORD_FILE_ENV)
     if value:
         secret = Secret(value, f"env:{BACKUP_PASSWORD_ENV}")
+    elif password_file:
+        try:
+            secret = Secret(read_private_file(Path(password_file)), f"file:{password_file}")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key=BACKUP_PASSWORD_FILE_ENV) from None
     elif inv.backup.password is not None:
-        secret = resolve(inv.backup.password, purpose="backup password", confirm=new)
+        secret = resolve(inv.backup.password, purpose="backup password", confirm=new, override_env=_PASSWORD_VARIABLES)
     else:
-        secret = prompt_secret("backup password", confirm=new)
+        fix = f"set {_PASSWORD_VARIABLES}, or backup.password in the inventory (e.g. file:PATH or vault:FILE#key)"
+        secret = prompt_secret("backup password", confirm=new, fix=fix)
     if len(secret) < MIN_PASSWORD_LENGTH:
         raise ConfigError(
             f"the backup password must have at least {MIN_PASSWORD_LENGTH} characters (SecureStorageBackup's rule)",

@@ -101,15 +101,14 @@ class ProbeTask:
 
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
-        ctx.report("connecting")
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            ctx.report("probing")
             result = session.run(
                 remote.bootstrap_command_line(),
                 remote.build_stdin("probe", remote.probe_params(host.tool_path), None),
                 deadline=ctx.deadline,
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
+                on_phase=ctx.report,
             )
             probe = remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
             if not (self._smoke and probe.admin and probe.tool_path):

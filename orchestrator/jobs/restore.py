@@ -138,15 +138,14 @@ class RestoreTask:
             expected_computer_name=host.name,
             expected_role=host.role,
         )
-        ctx.report("connecting")
         with WinRMSession(host, self._winrm_password) as session:
-            ctx.report("restoring")
             result = session.run(
                 remote.bootstrap_command_line(),
                 remote.build_stdin("restore", params, self._password),
                 deadline=ctx.deadline,
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
+                on_phase=ctx.report,
             )
         restored = remote.parse_restore(host.name, result.stdout, result.stderr, result.exit_code)
         if restored.sha256 != entry.sha256:

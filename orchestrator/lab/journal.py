@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -49,8 +50,11 @@ class Journal:
         self._entries: list[JournalEntry] = []
         self._file: IO[str] | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # private, like every lab file
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, 0o600)  # an older journal may have been created wider
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     def record(self, host: str, connection: int, operation: str, status: int, **fields: object) -> JournalEntry:
         entry = JournalEntry(time.time(), host, connection, operation, status, **fields)  # type: ignore[arg-type]

@@ -80,6 +80,18 @@ def remote_shell_disabled_fault() -> WSManError:
     return WSManError(500, "s:Receiver", "w:AccessDenied", 2150859173, msg)
 
 
+def invalid_timeout_fault() -> WSManError:
+    # ERROR_WSMAN_INVALID_TIMEOUT_HEADER (2150858881, winerror.h / the windows crate's RemoteManagement constants)
+    return WSManError(
+        400,
+        "s:Sender",
+        "w:InvalidHeader",
+        2150858881,
+        "The WS-Management service cannot process the request because the OperationTimeout header is not a "
+        "valid xs:duration. ",
+    )
+
+
 def shells_quota_fault(limit: int) -> WSManError:
     return WSManError(
         500,
@@ -187,12 +199,16 @@ class SoapRequest:
         selector = next((s for s in header.iter(q(NS_W, "Selector")) if s.get("Name") == "ShellId"), None)
         max_env = (header.findtext(q(NS_W, "MaxEnvelopeSize")) or "").strip()
         options = {o.get("Name", ""): (o.text or "").strip() for o in header.iter(q(NS_W, "Option"))}
+        timeout_text = header.findtext(q(NS_W, "OperationTimeout"))
+        operation_timeout = parse_duration(timeout_text)
+        if timeout_text is not None and operation_timeout is None:
+            raise SoapFaultError(invalid_timeout_fault())
         return cls(
             action=action,
             operation=ACTIONS.get(action, "unknown"),
             message_id=(header.findtext(q(NS_A, "MessageID")) or "").strip(),
             shell_id=(selector.text or "").strip() if selector is not None else None,
-            operation_timeout=parse_duration(header.findtext(q(NS_W, "OperationTimeout"))),
+            operation_timeout=operation_timeout,
             max_envelope_size=int(max_env) if max_env.isdigit() else None,
             options=options,
             body=body,

@@ -39,7 +39,6 @@ log = logging.getLogger("keyfleet.lab")
 
 SHELL_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 _STATE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/"
-_DEFAULT_OPERATION_TIMEOUT = 60.0  # Windows MaxTimeoutms default
 _DEFAULT_CLIENT_ENVELOPE = 153600  # what pywinrm asks for
 _STREAM_OVERHEAD = 160  # bytes of XML around one rsp:Stream element
 _REPLY_OVERHEAD = 2048  # header, CommandState and the End markers
@@ -54,6 +53,9 @@ class ServiceLimits:
 
     max_envelope_kb: int = 500  # MaxEnvelopeSizekb: largest request accepted
     max_shells_per_user: int = 30  # winrs MaxShellsPerUser
+    # MaxTimeoutms: a request without an OperationTimeout, or with a larger one, gets this one
+    # (MS-WSMV 3.1.4.1.6 wsman:OperationTimeout)
+    max_timeout_ms: int = 60000
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,8 @@ class WinRSService:
         shell = self._shell(req, user)
         desired = req.body.find(f"{q(NS_RSP, 'Receive')}/{q(NS_RSP, 'DesiredStream')}")
         cmd = self._cmd(shell, desired.get("CommandId") if desired is not None else None)
-        timeout = req.operation_timeout if req.operation_timeout is not None else _DEFAULT_OPERATION_TIMEOUT
+        max_timeout = self.limits.max_timeout_ms / 1000
+        timeout = min(req.operation_timeout, max_timeout) if req.operation_timeout is not None else max_timeout
         deadline = time.monotonic() + timeout
         with cmd.cond:
             while not cmd.output and not cmd.done and not self._stopping.is_set():

@@ -5,6 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from enum import StrEnum
+
+
+class FolderState(StrEnum):
+    EXISTS = "exists"
+    MISSING = "missing"  # the share's folder is not there, its parent is
+    NO_PARENT = "no-parent"  # neither is there (a mistyped path)
 
 
 class Share(ABC):
@@ -47,6 +54,14 @@ class Share(ABC):
     @abstractmethod
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by an interrupted writer; return how many."""
+
+    @abstractmethod
+    def folder_state(self) -> FolderState:
+        """Whether the share's own folder exists, and if not, whether its parent does."""
+
+    @abstractmethod
+    def create_folder(self) -> None:
+        """Create the share's own folder (private); its parent must exist."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.share import layout
-from orchestrator.share.base import Share
+from orchestrator.share.base import FolderState, Share
 
 if sys.platform == "win32":  # pragma: no cover - exercised only on a Windows controller
     import msvcrt
@@ -134,6 +134,21 @@ class LocalShare(Share):
             return self._full(path).is_file()
         except OSError as exc:
             raise self._error("look up", path, exc) from None
+
+    def folder_state(self) -> FolderState:
+        if self.root.is_dir():
+            return FolderState.EXISTS
+        return FolderState.MISSING if self.root.parent.is_dir() else FolderState.NO_PARENT
+
+    def create_folder(self) -> None:
+        try:
+            self.root.mkdir(mode=_DIR_MODE)
+            os.chmod(self.root, _DIR_MODE)
+            _sync_folder(self.root.parent)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise self._error("create", "its folder", exc) from None
 
     def list_files(self, prefix: str = "") -> Iterator[str]:
         top = self._full(prefix) if prefix else self.root

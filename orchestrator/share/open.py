@@ -66,7 +66,7 @@ def _smb_password(credential: Credential | None) -> Secret | None:
         return None
     from orchestrator.secretrefs import resolve
 
-    return resolve(credential.password, purpose="share password")
+    return resolve(credential.password, purpose="share password", override_env=PASSWORD_ENV)
 
 
 def open_share(

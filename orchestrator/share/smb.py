@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ntpath
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask, SMB2SetIn
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
 from orchestrator.share import layout
-from orchestrator.share.base import Share
+from orchestrator.share.base import FolderState, Share
 
 _LOCK_POLL = 0.1
 _REPLACE_POLL = 0.01
@@ -123,6 +124,31 @@ class SMBShare(Share):
         with self._translate(f"cannot list {prefix or 'the share'}"):
             self._walk(self._unc(prefix) if prefix else self._root, prefix, found)
         return iter(sorted(found))
+
+    def folder_state(self) -> FolderState:
+        if self._root == self._share_unc:
+            self._session()  # the share itself: connecting checks it exists
+            return FolderState.EXISTS
+        with self._translate("cannot check its folder"):
+            if self._is_folder(self._root):
+                return FolderState.EXISTS
+            return FolderState.MISSING if self._is_folder(ntpath.dirname(self._root)) else FolderState.NO_PARENT
+
+    def create_folder(self) -> None:
+        with self._translate("cannot create its folder"):
+            try:
+                smbclient.mkdir(self._root, **self._session())
+            except SMBOSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+
+    def _is_folder(self, unc: str) -> bool:
+        try:
+            return stat.S_ISDIR(smbclient.stat(unc, **self._session()).st_mode)
+        except SMBOSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
 
     def remove(self, path: str) -> None:
         with self._translate(f"cannot remove {path}"):
