@@ -89,6 +89,7 @@ class HostConfig:
     tool_timeout: float  # seconds
     lab: LabHostSettings | None
     location: Location
+    proxy: str | None = None  # HTTP proxy URL for WinRM; None: no proxy (the environment is never read)
 
     @property
     def endpoint(self) -> str:
