@@ -39,7 +39,7 @@ DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
 _READ_MARGIN = 5.0  # seconds a reply may take beyond the WS-Man OperationTimeout
 _FINGERPRINT_MISMATCH = re.compile(r'Expected "([0-9a-fA-F:]+)", got "([0-9a-fA-F:]+)"')
 _ACCESS_DENIED = re.compile(r"access is denied|access denied", re.IGNORECASE)
-_NOT_HTTP = re.compile(r"BadStatusLine|LineTooLong|got more than \d+ bytes|too many headers|InvalidHeader")
+_NOT_HTTP = re.compile(r"BadStatusLine|LineTooLong|got more than \d+ (bytes|headers)|too many headers|InvalidHeader")
 _CLEANUP_GRACE = 0.5  # seconds past the host deadline a failed command's shell may take to delete
 
 

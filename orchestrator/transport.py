@@ -43,6 +43,9 @@ _WATCHDOG_TICK = 0.25  # seconds; the deadline holds within this (plus the time 
 # keyfleet warns about unverified https itself (security_warnings); urllib3 would repeat it per request.
 # A process-wide filter: warnings.catch_warnings around each request is not thread-safe.
 warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+# BoundedTransport hands pywinrm "legacy_requests" only to keep it off os.environ, then drops the
+# environment's proxies: pywinrm's notice that it "will use an environment defined proxy" would be false.
+warnings.filterwarnings("ignore", message="'pywinrm' will use an environment defined proxy", category=DeprecationWarning)
 
 
 class ReplyTooLarge(Exception):  # not an OSError: urllib3 and requests let it through unchanged
