@@ -45,7 +45,9 @@ _WATCHDOG_TICK = 0.25  # seconds; the deadline holds within this (plus the time 
 warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
 # BoundedTransport hands pywinrm "legacy_requests" only to keep it off os.environ, then drops the
 # environment's proxies: pywinrm's notice that it "will use an environment defined proxy" would be false.
-warnings.filterwarnings("ignore", message="'pywinrm' will use an environment defined proxy", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="'pywinrm' will use an environment defined proxy", category=DeprecationWarning
+)
 
 
 class ReplyTooLarge(Exception):  # not an OSError: urllib3 and requests let it through unchanged

@@ -148,4 +148,3 @@ class HostileServer:
         block = b"x" * 65536
         while not self._stop.is_set():
             self._send(conn, frame(block))
-
