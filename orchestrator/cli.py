@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.errors import KeyfleetError
+from orchestrator.errors import ConfigError, HostFailure, IntegrityError, KeyfleetError, ShareError
 from orchestrator.secret import mask
 
 DEBUG_LOG = Path.home() / ".cache" / "keyfleet" / "debug.log"
@@ -159,22 +159,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.logs import setup_logging
 
     setup_logging(verbose=args.verbose, debug_log=DEBUG_LOG)
+    json_errors = bool(getattr(args, "json", False))
     try:
         module = importlib.import_module(_handler_module(args))
         return int(module.run(args))
     except KeyfleetError as exc:
-        print(f"keyfleet: {mask(str(exc))}", file=sys.stderr)
+        message = mask(str(exc))
+        print(f"keyfleet: {message}", file=sys.stderr)
+        if json_errors:
+            print_error_json(args.command, _error_kind(exc), message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("keyfleet: interrupted", file=sys.stderr)
+        if json_errors:
+            print_error_json(args.command, "interrupted", "interrupted by the operator", 130)
         return 130
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception:  # unexpected: full detail to the debug log, one line to the user
         logging.getLogger("keyfleet").debug("unexpected error\n%s", traceback.format_exc())
-        print(
-            f"keyfleet: internal error ({sys.exc_info()[1].__class__.__name__}); details in {DEBUG_LOG}",
-            file=sys.stderr,
-        )
+        name = sys.exc_info()[1].__class__.__name__
+        print(f"keyfleet: internal error ({name}); details in {DEBUG_LOG}", file=sys.stderr)
+        if json_errors:
+            print_error_json(args.command, "internal", f"internal error ({name})", 1)
         return 1
+
+
+def print_error_json(command: str, kind: str, message: str, exit_code: int) -> None:
+    from orchestrator.console import print_error_json as render  # rich loads only when needed
+
+    render(command, kind, message, exit_code)
+
+
+def _error_kind(exc: KeyfleetError) -> str:
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, IntegrityError):
+        return "integrity"
+    if isinstance(exc, ShareError):
+        return "share"
+    if isinstance(exc, HostFailure):
+        return str(exc.kind)
+    return "failed"

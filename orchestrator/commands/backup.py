@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from rich.text import Text
 
-from orchestrator.console import STATUS_STYLE, Ui, print_json
+from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, print_json
 from orchestrator.errors import ConfigError
+from orchestrator.interrupts import Interrupts, deferred
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
@@ -16,6 +17,7 @@ from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.jobs import backup, context
 from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, RunSummary, Status
+from orchestrator.secret import Secret
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
@@ -54,34 +56,50 @@ def run(args: argparse.Namespace) -> int:
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)
-        run_id = new_run_id()
-        started = datetime.now(UTC)
-        task = backup.BackupTask(
-            store=store,
-            password=password,
-            password_id=inv.backup.password_id,
-            winrm_passwords=passwords,
-            run_id=run_id,
+        with deferred() as interrupts:  # from here every Ctrl-C ends in a run record and the --json document
+            return _run(args, ui, inv, share.url, store, plan, password, passwords, interrupts)
+
+
+def _run(
+    args: argparse.Namespace,
+    ui: Ui,
+    inv: Inventory,
+    share_url: str,
+    store: BackupStore,
+    plan: backup.BackupPlan,
+    password: Secret,
+    passwords: dict[str, Secret | None],
+    interrupts: Interrupts,
+) -> int:
+    run_id = new_run_id()
+    started = datetime.now(UTC)
+    task = backup.BackupTask(
+        store=store,
+        password=password,
+        password_id=inv.backup.password_id,
+        winrm_passwords=passwords,
+        run_id=run_id,
+    )
+    with serving(inv), ui.fleet_progress("backup", [h.name for h in plan.hosts]) as progress:
+        summary = backup.run_backup(
+            plan,
+            task,
+            forks=args.forks,
+            events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+            interrupts=interrupts,
         )
-        with serving(inv), ui.fleet_progress("backup", [h.name for h in plan.hosts]) as progress:
-            summary = backup.run_backup(
-                plan,
-                task,
-                forks=args.forks,
-                events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
-            )
-        record = backup.build_run_record(
-            run_id=run_id,
-            command="backup",
-            started=started,
-            inv=inv,
-            share_url=share.url,
-            summary=summary,
-            skipped=plan.skipped,
-        )
-        record_path = context.record_run(store, record, ui.warn)
-        if summary.interrupted:
-            store.remove_stale_temporaries()
+    record = backup.build_run_record(
+        run_id=run_id,
+        command="backup",
+        started=started,
+        inv=inv,
+        share_url=share_url,
+        summary=summary,
+        skipped=plan.skipped,
+    )
+    record_path = context.record_run(store, record, ui.warn)
+    if summary.interrupted:
+        store.remove_stale_temporaries()
     code = backup.exit_code(summary)
     _render(ui, summary, record, record_path)
     if args.json:
@@ -137,5 +155,6 @@ def _result_json(record: RunRecord, record_path: str | None, code: int) -> dict[
     document = record.to_json()
     document["run_record"] = record_path
     document["exit_code"] = code
+    document["error"] = INTERRUPTED_ERROR if code == 130 else None
     document["summary"] = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
     return document
