@@ -6,7 +6,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,24 +156,36 @@ def _handler_module(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from orchestrator.logs import setup_logging
-
-    setup_logging(verbose=args.verbose, debug_log=DEBUG_LOG)
-    json_errors = bool(getattr(args, "json", False))
     try:
+        return _main(argv)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # the program itself, its outcome decided and printed: a Ctrl-C while it exits changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = argparse.Namespace(command=None, json="--json" in (sys.argv[1:] if argv is None else argv))
+    try:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            from orchestrator.interrupts import install
+
+            install()  # the program itself: interrupts are counted from here on
+        args = build_parser().parse_args(argv)
+        from orchestrator.logs import setup_logging
+
+        setup_logging(verbose=args.verbose, debug_log=DEBUG_LOG)
         module = importlib.import_module(_handler_module(args))
         return int(module.run(args))
     except KeyfleetError as exc:
         message = mask(str(exc))
         print(f"keyfleet: {message}", file=sys.stderr)
-        if json_errors:
+        if getattr(args, "json", False):
             print_error_json(args.command, _error_kind(exc), message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("keyfleet: interrupted", file=sys.stderr)
-        if json_errors:
+        if getattr(args, "json", False):
             print_error_json(args.command, "interrupted", "interrupted by the operator", 130)
         return 130
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
@@ -181,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("keyfleet").debug("unexpected error\n%s", traceback.format_exc())
         name = sys.exc_info()[1].__class__.__name__
         print(f"keyfleet: internal error ({name}); details in {DEBUG_LOG}", file=sys.stderr)
-        if json_errors:
+        if getattr(args, "json", False):
             print_error_json(args.command, "internal", f"internal error ({name})", 1)
         return 1
 
