@@ -128,13 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA, certificates, registries, lab secrets (default: <inventory stem>-state beside --inventory-out)",
     )
     up.add_argument("--base-address", default="127.0.20.1", metavar="IP")
+    up.add_argument(
+        "--kdf", choices=("default", "cheap"), default="default", help="cost of the scrypt sealing lab key files"
+    )
     rebuild = lab.add_parser("rebuild", help="replace a lab server's key, as a fresh install would")
     _inventory(rebuild)
     rebuild.add_argument("--host", required=True, metavar="H")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
-    bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N")
+    bench.add_argument("--hosts", type=_positive_int, default=100, metavar="N")
     bench.add_argument("--forks", type=_positive_int, default=32, metavar="N")
     bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
+    bench.add_argument(
+        "--base-address", default="127.1.0.1", metavar="IP", help="first lab host address (127.1.0.1); N in a row"
+    )
+    bench.add_argument(
+        "--kdf",
+        choices=("default", "cheap"),
+        default="default",
+        help="lab key files sealed with scrypt 2^14 (default) or 2^4 (cheap: the lab is not the bottleneck)",
+    )
     _json(bench)
     return parser
 
