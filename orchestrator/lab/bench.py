@@ -88,7 +88,7 @@ def _run_process(argv: list[str], workdir: Path, name: str) -> ProcessRun:
     )
 
 
-class _LabProcess:
+class LabProcess:
     """``keyfleet lab up`` in a child process, stopped on exit; its CPU and RSS read from /proc."""
 
     def __init__(self, workdir: Path, hosts: int, latency: float, base_address: str, kdf: str) -> None:
@@ -104,7 +104,7 @@ class _LabProcess:
             self._args += ["--faults", ";".join(f"{name}=latency:{latency}" for name in names)]
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> _LabProcess:
+    def __enter__(self) -> LabProcess:
         self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while not self.inventory.exists():
@@ -117,7 +117,11 @@ class _LabProcess:
     def __exit__(self, *exc: object) -> None:
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
-            self._proc.wait(timeout=30)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a large fleet stops host by host; its state is thrown away
+                self._proc.kill()
+                self._proc.wait(timeout=30)
 
     def cpu(self) -> float:
         assert self._proc is not None
@@ -181,11 +185,12 @@ def bench(
     base_address: str = "127.1.0.1",
     kdf: str = "default",
 ) -> BenchResult:
+    plan_hosts(hosts, base_address, "unused", {})  # a bad --base-address or --hosts: one line, before any work
     backup = [sys.executable, "-m", "orchestrator", "backup", "--json"]
     with tempfile.TemporaryDirectory(prefix="keyfleet-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o700)
-        with _LabProcess(workdir, hosts, latency, base_address, kdf) as lab:
+        with LabProcess(workdir, hosts, latency, base_address, kdf) as lab:
             inv = str(lab.inventory)
             names = list(load_inventory(lab.inventory).hosts)
             sample = names[: min(SAMPLE_HOSTS, hosts)]
