@@ -196,6 +196,10 @@ def _main(argv: Sequence[str] | None) -> int:
             print_error_json(args.command, _error_kind(exc), message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
+        # CPython: an interrupt raised inside exec() of a string (dataclasses build methods so, while a
+        # module imports) leaves a flag that makes the process kill itself with SIGINT at exit although
+        # the interrupt was handled; the next exec() of a string clears it (pythonrun.c run_eval_code_obj).
+        exec("")
         print("keyfleet: interrupted", file=sys.stderr)
         if getattr(args, "json", False):
             print_error_json(args.command, "interrupted", "interrupted by the operator", 130)

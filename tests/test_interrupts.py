@@ -28,10 +28,16 @@ def keyfleet_started(pid: int) -> bool:
     """Whether keyfleet's own code runs: it has opened its debug log (the first thing main() does
     after parsing). Before, a signal meets the interpreter's start-up, which no program can handle."""
     try:
-        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
-        return True  # exited already (or a descriptor closed while listed: look again)
-    return any(link.endswith("debug.log") for link in links)
+        return True  # exited already
+    for fd in fds:
+        try:
+            if os.readlink(fd).endswith("debug.log"):
+                return True
+        except OSError:
+            continue  # closed while listed
+    return False
 
 
 def interrupted_backup(argv: list[str], env: dict[str, str], offset: float) -> subprocess.Popen[str]:
