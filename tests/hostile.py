@@ -25,6 +25,7 @@ BEHAVIOURS = (
     "silent",  # reads the request, never answers, never closes
     "garbage",  # bytes that are not HTTP, then closes
     "no-challenge",  # 200 with an empty body to everything: no NTLM challenge
+    "soap-nonsense",  # 200 with well-formed SOAP that is no WS-Man reply (an empty ShellId, no streams)
     "tls-stall",  # accepts TCP, then drips a TLS handshake that never completes
 )
 
@@ -128,6 +129,13 @@ class HostileServer:
         elif b == "garbage":
             self._send(conn, b"\x00\xff garbage, not HTTP \x13\x37" * 50)
             return False
+        elif b == "soap-nonsense":
+            body = (
+                b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+                b'<x Name="ShellId"/><CommandId/><ExitCode>x</ExitCode></s:Body></s:Envelope>'
+            )
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return True
         elif b == "no-challenge":
             self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml\r\nContent-Length: 0\r\n\r\n")
             return True

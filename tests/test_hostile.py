@@ -104,6 +104,14 @@ def test_garbage_is_a_protocol_failure(hosts, tls_dir, name):
     assert failure.kind in (ErrorKind.PROTOCOL, ErrorKind.TLS), failure
 
 
+def test_nonsense_soap_is_never_an_internal_failure(hosts, tls_dir):
+    """Well-formed SOAP without WS-Man meaning: the command never reports Done, so the deadline ends it."""
+    with serve("soap-nonsense", "basic-https", tls_dir) as server:
+        failure, elapsed, _ = attack(hosts["basic-https"], server)
+    assert failure.kind in (ErrorKind.PROTOCOL, ErrorKind.TIMEOUT), failure
+    assert elapsed <= HOST_SECONDS + SLACK
+
+
 def test_a_server_that_does_not_authenticate_is_an_auth_failure(hosts):
     with HostileServer("no-challenge") as server:
         failure, _, _ = attack(hosts["ntlm-http"], server)
