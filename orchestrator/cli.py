@@ -6,14 +6,16 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.errors import KeyfleetError
+from orchestrator.errors import ConfigError, HostFailure, IntegrityError, KeyfleetError, ShareError
 from orchestrator.remote import DEFAULT_OUTBOX
 from orchestrator.secret import mask
 
@@ -205,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="loopback address of the first server; the others follow (127.0.20.1)",
     )
+    up.add_argument(
+        "--kdf", choices=("default", "cheap"), default="default", help="cost of the scrypt sealing lab key files"
+    )
     rebuild = lab.add_parser("rebuild", help="replace a lab server's key, as a fresh install would")
     _inventory(rebuild)
     rebuild.add_argument("--host", required=True, metavar="H", help="the lab server to rebuild")
@@ -214,9 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     _inventory(wizard)
     wizard.add_argument("--host", required=True, metavar="H", help="the lab server whose administrator runs the wizard")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
-    bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N", help="servers in the fleet (64)")
+    bench.add_argument("--hosts", type=_positive_int, default=100, metavar="N", help="servers in the fleet (100)")
     bench.add_argument("--forks", type=_positive_int, default=32, metavar="N", help="hosts worked on at once (32)")
     bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
+    bench.add_argument(
+        "--base-address", default="127.1.0.1", metavar="IP", help="first lab host address (127.1.0.1); N in a row"
+    )
+    bench.add_argument(
+        "--kdf",
+        choices=("default", "cheap"),
+        default="default",
+        help="lab key files sealed with scrypt 2^14 (default) or 2^4 (cheap: the lab is not the bottleneck)",
+    )
     _json(bench)
     return parser
 
@@ -238,27 +252,67 @@ def _handler_module(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from orchestrator.logs import setup_logging
-
-    setup_logging(verbose=args.verbose, debug_log=DEBUG_LOG)
     try:
+        return _main(argv)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # the program itself, its outcome decided and printed: a Ctrl-C while it exits changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = argparse.Namespace(command=None, json="--json" in (sys.argv[1:] if argv is None else argv))
+    try:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            from orchestrator.interrupts import install
+
+            install()  # the program itself: interrupts are counted from here on
+        args = build_parser().parse_args(argv)
+        from orchestrator.logs import setup_logging
+
+        setup_logging(verbose=args.verbose, debug_log=DEBUG_LOG)
         module = importlib.import_module(_handler_module(args))
         return int(module.run(args))
     except KeyfleetError as exc:
-        print(f"keyfleet: {mask(str(exc))}", file=sys.stderr)
+        message = mask(str(exc))
+        print(f"keyfleet: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print_error_json(args.command, _error_kind(exc), message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
+        # CPython: an interrupt raised inside exec() of a string (dataclasses build methods so, while a
+        # module imports) leaves a flag that makes the process kill itself with SIGINT at exit although
+        # the interrupt was handled; the next exec() of a string clears it (pythonrun.c run_eval_code_obj).
+        exec("")
         print("keyfleet: interrupted", file=sys.stderr)
+        if getattr(args, "json", False):
+            print_error_json(args.command, "interrupted", "interrupted by the operator", 130)
         return 130
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception:  # unexpected: full detail to the debug log, one line to the user
         logging.getLogger("keyfleet").debug("unexpected error\n%s", traceback.format_exc())
-        print(
-            f"keyfleet: internal error ({sys.exc_info()[1].__class__.__name__}); details in {DEBUG_LOG}",
-            file=sys.stderr,
-        )
+        name = sys.exc_info()[1].__class__.__name__
+        print(f"keyfleet: internal error ({name}); details in {DEBUG_LOG}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print_error_json(args.command, "internal", f"internal error ({name})", 1)
         return 1
+
+
+def print_error_json(command: str, kind: str, message: str, exit_code: int) -> None:
+    from orchestrator.console import print_error_json as render  # rich loads only when needed
+
+    render(command, kind, message, exit_code)
+
+
+def _error_kind(exc: KeyfleetError) -> str:
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, IntegrityError):
+        return "integrity"
+    if isinstance(exc, ShareError):
+        return "share"
+    if isinstance(exc, HostFailure):
+        return str(exc.kind)
+    return "failed"

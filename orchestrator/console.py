@@ -71,10 +71,36 @@ def failures_first(kinds: Sequence[str | None], statuses: Sequence[str]) -> list
     return sorted(range(len(statuses)), key=lambda i: (rank.get(str(statuses[i]), 2), str(kinds[i] or "")))
 
 
+# The hint of each command-level error kind of a --json error document (README: "JSON output").
+ERROR_HINTS = {
+    "config": "fix what the message names (file, line, key or option); keyfleet inventory -i INV checks an inventory",
+    "share": "check the share: its path or smb:// URL, its credential, that it is reachable and writable",
+    "integrity": "the share was altered or is incomplete: run keyfleet audit and find out why before trusting it",
+    "interrupted": "interrupted: nothing half-written is left; run again (--limit @last-failed resumes a backup)",
+    "failed": "see the message",
+    "internal": "a keyfleet bug: details are in the debug log",
+}
+INTERRUPTED_ERROR = {
+    "kind": "interrupted",
+    "message": "interrupted by the operator",
+    "hint": ERROR_HINTS["interrupted"],
+}
+_printed = [False]  # whether this process printed its --json document
+
+
 def print_json(document: object) -> None:
     """The one JSON document of ``--json`` on stdout; known secret values masked as a second net."""
     sys.stdout.write(mask(json.dumps(document, indent=2)) + "\n")
     sys.stdout.flush()
+    _printed[0] = True
+
+
+def print_error_json(command: str, kind: str, message: str, exit_code: int) -> None:
+    """The --json document of a command that ended on an error before printing its own."""
+    if _printed[0]:
+        return
+    error = {"kind": kind, "message": message, "hint": ERROR_HINTS.get(kind, "")}
+    print_json({"command": command, "exit_code": exit_code, "error": error, "outcomes": []})
 
 
 class Ui:

@@ -25,6 +25,11 @@ class SecretMaskFilter(logging.Filter):
         return True
 
 
+# Libraries that log (smbclient logs a traceback when it resets its connection cache) or warn: never
+# on the terminal; in the debug log only with -v.
+QUIET_LIBRARIES = ("smbprotocol", "smbclient", "spnego", "winrm", "requests", "requests_ntlm", "urllib3", "py.warnings")
+
+
 def setup_logging(*, verbose: bool, debug_log: Path | None) -> None:
     logger = logging.getLogger("keyfleet")
     logger.setLevel(logging.DEBUG)
@@ -36,14 +41,31 @@ def setup_logging(*, verbose: bool, debug_log: Path | None) -> None:
     console.setFormatter(logging.Formatter("keyfleet: %(message)s"))
     console.addFilter(SecretMaskFilter())
     logger.addHandler(console)
-    if debug_log is not None:
-        try:
-            debug_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError:
-            return
-        handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
-        handler.setLevel(logging.DEBUG)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(SecretMaskFilter())
-        logger.addHandler(handler)
+    debug_file = _debug_file_handler(debug_log) if debug_log is not None else None
+    if debug_file is not None:
+        logger.addHandler(debug_file)
+    logging.captureWarnings(True)
+    for name in QUIET_LIBRARIES:
+        library = logging.getLogger(name)
+        library.propagate = False
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        library.addHandler(logging.NullHandler())  # no "last resort" printing to stderr
+        if verbose and debug_file is not None:
+            library.setLevel(logging.DEBUG)
+            library.addHandler(debug_file)
+        else:
+            library.setLevel(logging.CRITICAL + 1)
+
+
+def _debug_file_handler(debug_log: Path) -> logging.Handler | None:
+    try:
+        debug_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(debug_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError:
+        return None
+    handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretMaskFilter())
+    return handler

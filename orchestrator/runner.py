@@ -8,17 +8,16 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.interrupts import deferred
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import mask
 
@@ -132,22 +131,34 @@ class Runner(Generic[T]):
             threading.Thread(target=worker, name=f"keyfleet-worker-{i}", daemon=True)
             for i in range(min(self._forks, len(hosts)))
         ]
-        interrupted = False
-        with _sigterm_as_interrupt():
-            for thread in threads:
-                thread.start()
+        with deferred() as interrupts:
+            seen = 0
+            started = 0
             while not finished.is_set():
-                try:
-                    finished.wait(0.1)
-                except KeyboardInterrupt:
-                    interrupted = True
-                    if self._stop_starting.is_set():
-                        log.warning("second interrupt: cancelling running hosts")
-                        self._cancel.set()
-                        break
-                    log.warning("interrupt: no new hosts will start; running hosts finish (Ctrl-C again: abort)")
-                    self._stop_starting.set()
+                if started < len(threads):  # started between polls: an interrupt meanwhile is seen at once
+                    threads[started].start()
+                    started += 1
+                else:
+                    interrupts.changed.wait(0.1)
+                if interrupts.count == seen:
+                    continue
+                seen = interrupts.count
+                interrupts.changed.clear()
+                if seen >= 2:
+                    log.warning("second interrupt: cancelling running hosts")
+                    self._cancel.set()
+                    break
+                log.warning("interrupt: no new hosts will start; running hosts finish (Ctrl-C again: abort)")
+                self._stop_starting.set()
+            interrupted = bool(interrupts)
             if self._cancel.is_set():
+                self._stop_starting.set()
+                while True:  # hosts no worker took (some workers may never have started)
+                    try:
+                        host = pending.get_nowait()
+                    except queue.Empty:
+                        break
+                    record(HostResult(host, Status.SKIPPED, kind=ErrorKind.INTERRUPTED, message="not started"))
                 # give cancel-aware tasks a moment to record their own outcome
                 finished.wait(2.0)
         with lock:
@@ -220,20 +231,3 @@ class Runner(Generic[T]):
                     attempts=attempt,
                     duration=time.monotonic() - started,
                 )
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM is handled like Ctrl-C (only possible from the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

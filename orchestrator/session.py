@@ -15,14 +15,12 @@ import socket
 import ssl
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import ParseError as XMLParseError
 
 import requests
-import requests.adapters
 import urllib3.exceptions
 from winrm.exceptions import (
     InvalidCredentialsError,
@@ -33,6 +31,7 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
+from orchestrator import transport
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import Secret, mask
@@ -61,24 +60,23 @@ def _no_phase(_phase: str) -> None:
     return None
 
 
+_NOT_HTTP = re.compile(r"BadStatusLine|LineTooLong|got more than \d+ (bytes|headers)|too many headers|InvalidHeader")
+_CLEANUP_GRACE = 0.5  # seconds past the host deadline a failed command's shell may take to delete
+
+
+def _cleanup_deadline(deadline: float) -> float:
+    """After a failure, Delete still gets a moment (it stops the remote process), but at most a
+    little past the host deadline."""
+    now = time.monotonic()
+    return min(now + 5.0, max(deadline, now) + _CLEANUP_GRACE)
+
+
 @dataclass(frozen=True)
 class CommandResult:
     stdout: bytes
     stderr: bytes
     exit_code: int
     requests: int  # WS-Man requests sent for this command, auth handshake not counted
-
-
-class _PinnedAdapter(requests.adapters.HTTPAdapter):
-    """Accepts exactly the certificate whose SHA-256 or SHA-1 thumbprint is pinned."""
-
-    def __init__(self, thumbprint: str) -> None:
-        self._thumbprint = thumbprint
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["assert_fingerprint"] = self._thumbprint
-        super().init_poolmanager(*args, **kwargs)
 
 
 def system_ca_bundle() -> str | bool:
@@ -118,6 +116,9 @@ class WinRMSession:
             )
         except WinRMError as exc:
             raise HostFailure(ErrorKind.CONFIG, host.name, mask(str(exc))) from None
+        self._watch = transport.bound(
+            self._protocol, proxy=host.proxy, thumbprint=host.cert_thumbprint if self._pinned else None
+        )
         self.requests_sent = 0
 
     # -- public -------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ class WinRMSession:
             )
             done = True
         finally:
-            self._delete(shell_id, deadline if done else time.monotonic() + 5.0)
+            self._delete(shell_id, deadline if done else _cleanup_deadline(deadline))
         return CommandResult(stdout, stderr, code, self.requests_sent - start_count)
 
     def _send_stdin(
@@ -195,6 +196,7 @@ class WinRMSession:
 
     def close(self) -> None:
         self._protocol.transport.close_session()
+        self._watch.close()
 
     def __enter__(self) -> WinRMSession:
         return self
@@ -277,27 +279,33 @@ class WinRMSession:
         self.requests_sent += 1
         try:
             self._limit_socket_timeouts(remaining)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            with self._watch.armed(deadline):
                 return func(*args, **kwargs)
         except WinRMOperationTimeoutError:
             raise
         except Exception as exc:
+            if self._watch.expired:  # the watchdog cut the connection: whatever broke after is that
+                raise HostFailure(
+                    ErrorKind.TIMEOUT, self.host.name, f"{operation}: host deadline reached ({self._where})"
+                ) from None
             raise self._classify(exc, operation) from None
 
+    @property
+    def _where(self) -> str:
+        return f"{self.host.address}:{self.host.port}"
+
     def _limit_socket_timeouts(self, remaining: float) -> None:
-        transport = self._protocol.transport
         read = min(self._protocol.operation_timeout_sec + _READ_MARGIN, max(remaining, 0.5))
         # requests takes (connect, read); pywinrm passes the value through unchanged
-        transport.read_timeout_sec = (min(self.host.connect_timeout, read), read)  # type: ignore[assignment]
-        if self._pinned and transport.session is None:
-            session = transport.build_session()
-            session.verify = False
-            session.mount("https://", _PinnedAdapter(self.host.cert_thumbprint or ""))
+        self._protocol.transport.read_timeout_sec = (min(self.host.connect_timeout, read), read)  # type: ignore[assignment]
 
     def _classify(self, exc: Exception, operation: str) -> HostFailure:
         name = self.host.name
         where = f"{self.host.address}:{self.host.port}"
+        if isinstance(exc, transport.NotAuthenticated):
+            return HostFailure(ErrorKind.AUTH, name, f"the server did not authenticate ({where})")
+        if isinstance(exc, transport.ReplyTooLarge):
+            return HostFailure(ErrorKind.PROTOCOL, name, f"{operation}: {exc} from {where}")
         if isinstance(exc, PermissionError) and "NTLM" in str(exc):
             # requests_ntlm: "Access denied: Server did not respond with NTLM challenge token"
             return HostFailure(ErrorKind.AUTH, name, f"NTLM logon refused by {where}")
@@ -322,6 +330,10 @@ class WinRMSession:
             return HostFailure(ErrorKind.TIMEOUT, name, f"{operation}: {where} did not answer in time")
         if isinstance(exc, requests.exceptions.ConnectionError):
             text = str(exc)
+            if "Read timed out" in text:
+                return HostFailure(ErrorKind.TIMEOUT, name, f"{operation}: {where} did not answer in time")
+            if _NOT_HTTP.search(text):
+                return HostFailure(ErrorKind.PROTOCOL, name, f"{operation}: {where} did not answer in HTTP")
             if "Connection refused" in text or "Errno 111" in text:
                 return HostFailure(ErrorKind.UNREACHABLE, name, f"connection refused by {where}")
             if "Max retries" in text and "NewConnectionError" in text:
@@ -332,6 +344,11 @@ class WinRMSession:
             return HostFailure(ErrorKind.TLS, name, f"cannot use the CA bundle: {mask(str(exc))[:200]}")
         if isinstance(exc, (WinRMError, XMLParseError, StopIteration, KeyError, ValueError)):
             return HostFailure(ErrorKind.PROTOCOL, name, f"{operation}: malformed reply: {mask(str(exc))[:200]}")
+        if isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)):
+            # cut or malformed body (ChunkedEncodingError, ContentDecodingError), bad headers, ...
+            return HostFailure(
+                ErrorKind.PROTOCOL, name, f"{operation}: bad HTTP reply from {where}: {type(exc).__name__}"
+            )
         return HostFailure(ErrorKind.INTERNAL, name, f"{operation}: {type(exc).__name__}: {mask(str(exc))[:200]}")
 
     def _tls_reason(self, exc: Exception) -> str:

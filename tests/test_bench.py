@@ -1,16 +1,31 @@
-"""`keyfleet lab bench` measures and reports ratios; the assertions are on counts, never on time."""
+"""`keyfleet lab bench` times whole processes and reports against ideal, floor and baseline; the
+assertions are on counts and on the arithmetic of the report, never on speed."""
 
 from __future__ import annotations
 
 import json
+import math
 
 
-def test_bench_reports_budget_ratios_for_a_small_fleet(keyfleet):
-    run = keyfleet("lab", "bench", "--hosts", "6", "--forks", "3", "--latency", "0", "--json", timeout=180)
+def test_bench_reports_whole_process_figures_for_a_small_fleet(keyfleet):
+    run = keyfleet(
+        "lab", "bench", "--hosts", "6", "--forks", "3", "--latency", "0", "--kdf", "cheap",
+        "--base-address", "127.3.0.1", "--json", timeout=300,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert result["hosts"] == 6 and result["failures"] == 0
-    assert result["request_budget_ratio"] <= 1.0
+    assert result["hosts"] == 6 and result["failures"] == 0 and result["kdf"] == "cheap"
+    assert result["requests_per_host"] == 5.0
     assert result["connections_per_host"] == 1.0
-    assert result["speedup"] > 0 and result["rss_growth_ratio"] >= 1.0
-    assert "speed-up over forks=1" in run.stderr and "WS-Man requests per host" in run.stderr
+    assert abs(result["ideal_seconds"] - math.ceil(6 / 3) * result["chain_seconds"]) <= 0.002
+    assert abs(result["ratio"] - result["wall_seconds"] / max(result["ideal_seconds"], result["floor_seconds"])) < 0.01
+    assert result["controller_cpu_ms_per_host"] > 0 and result["controller_peak_rss_mib"] > 10
+    assert result["baseline_wall_seconds"] > 0 and result["lab_cpu_ms_per_host"] > 0
+    for label in ("ideal", "CPU floor", "baseline: pywinrm pool, hostname", "controller peak RSS"):
+        assert label in run.stderr
+
+
+def test_bench_refuses_an_address_range_outside_loopback(keyfleet):
+    run = keyfleet("lab", "bench", "--hosts", "300", "--base-address", "127.255.255.1", "--json")
+    assert run.returncode == 2
+    assert json.loads(run.stdout)["error"]["kind"] == "config"

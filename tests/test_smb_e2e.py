@@ -427,7 +427,7 @@ def test_wrong_smb_password_with_json_and_verbose_leaks_nothing(
     run = keyfleet("backup", "-i", str(lab.inventory), "--share", server.url(folder), "--json", "-v", env=env)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr and "internal error" not in run.stderr
-    assert run.stdout == "" and commands_sent(lab) == []
+    assert json.loads(run.stdout)["error"]["kind"] == "share" and commands_sent(lab) == []
     assert_nothing_leaked(tmp_path, run, {"wrong smb password": wrong, "smb password": server.password.reveal()})
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from orchestrator.commands.outcomes import render_outcomes, result_json
+from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui, print_json
 from orchestrator.errors import ConfigError
+from orchestrator.interrupts import Interrupts, deferred
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.jobs import backup, context
-from orchestrator.lab.fleet import serving
-from orchestrator.runner import RunnerEvents
+from orchestrator.secret import Secret
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
 
@@ -54,39 +54,29 @@ def run(args: argparse.Namespace) -> int:
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)
-        run_id = new_run_id()
-        started = datetime.now(UTC)
-        task = backup.BackupTask(
-            store=store,
-            password=password,
-            password_id=inv.backup.password_id,
-            winrm_passwords=passwords,
-            run_id=run_id,
-        )
-        with serving(inv), ui.fleet_progress("backup", [h.name for h in plan.hosts]) as progress:
-            summary = backup.run_backup(
-                plan,
-                task,
-                forks=args.forks,
-                events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
-            )
-        record = backup.build_run_record(
-            run_id=run_id,
-            command="backup",
-            started=started,
-            inv=inv,
-            share_url=share.url,
-            summary=summary,
-            skipped=plan.skipped,
-        )
-        record_path = context.record_run(store, record, ui.warn)
-        if summary.interrupted:
-            store.remove_stale_temporaries()
-    code = backup.exit_code(summary)
-    render_outcomes(ui, summary, record, record_path)
-    if args.json:
-        print_json(result_json(record, record_path, code))
-    return code
+        with deferred() as interrupts:  # from here every Ctrl-C ends in a run record and the --json document
+            return _run(args, ui, inv, share.url, store, plan, password, passwords, interrupts)
+
+
+def _run(
+    args: argparse.Namespace,
+    ui: Ui,
+    inv: Inventory,
+    share_url: str,
+    store: BackupStore,
+    plan: backup.BackupPlan,
+    password: Secret,
+    passwords: dict[str, Secret | None],
+    interrupts: Interrupts,
+) -> int:
+    task = backup.BackupTask(
+        store=store,
+        password=password,
+        password_id=inv.backup.password_id,
+        winrm_passwords=passwords,
+        run_id=new_run_id(),
+    )
+    return run_and_record(args, ui, inv, share_url, store, plan, task, "backup", interrupts)
 
 
 def _select(inv: Inventory, limit: str, store: BackupStore) -> list[HostConfig]:

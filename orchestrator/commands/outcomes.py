@@ -1,13 +1,62 @@
-"""The outcome table and --json document shared by the commands that store keys (backup, collect)."""
+"""What the commands that store keys (backup, collect) share: the run over the plan, its run
+record, the outcome table and the --json document."""
 
 from __future__ import annotations
 
+import argparse
+from datetime import UTC, datetime
+
 from rich.text import Text
 
-from orchestrator.console import STATUS_STYLE, Ui, failure_text, failures_first
-from orchestrator.runner import RunSummary, Status
+from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_text, failures_first, print_json
+from orchestrator.interrupts import Interrupts
+from orchestrator.inventory.model import Inventory
+from orchestrator.jobs import backup, context
+from orchestrator.lab.fleet import serving
+from orchestrator.runner import RunnerEvents, RunSummary, Status
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord
+from orchestrator.share.store import BackupStore
+
+
+def run_and_record(
+    args: argparse.Namespace,
+    ui: Ui,
+    inv: Inventory,
+    share_url: str,
+    store: BackupStore,
+    plan: backup.BackupPlan,
+    task: backup.StoringTask,
+    command: str,
+    interrupts: Interrupts,
+) -> int:
+    """Run ``task`` over the plan (inside the caller's ``deferred()``), write the run record, render."""
+    started = datetime.now(UTC)
+    with serving(inv), ui.fleet_progress(command, [h.name for h in plan.hosts]) as progress:
+        summary = backup.run_backup(
+            plan,
+            task,
+            forks=args.forks,
+            events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+            interrupts=interrupts,
+        )
+    record = backup.build_run_record(
+        run_id=task.run_id,
+        command=command,
+        started=started,
+        inv=inv,
+        share_url=share_url,
+        summary=summary,
+        skipped=plan.skipped,
+    )
+    record_path = context.record_run(store, record, ui.warn)
+    if summary.interrupted:
+        store.remove_stale_temporaries()
+    code = backup.exit_code(summary)
+    render_outcomes(ui, summary, record, record_path)
+    if args.json:
+        print_json(result_json(record, record_path, code))
+    return code
 
 
 def render_outcomes(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecord, record_path: str | None) -> None:
@@ -53,5 +102,6 @@ def result_json(record: RunRecord, record_path: str | None, code: int) -> dict[s
     document = record.to_json()
     document["run_record"] = record_path
     document["exit_code"] = code
+    document["error"] = INTERRUPTED_ERROR if code == 130 else None
     document["summary"] = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
     return document

@@ -236,6 +236,7 @@ class _Loader(SchemaReader):
             tool_input=get("tool_input"),
             lab=self.lab_host(merged.get("lab"), f"{key}.lab") if self.lab is not None else None,
             location=Location(self.display, line_of(key_node), key),
+            proxy=get("proxy"),
         )
 
     def credential(self, value: Value, key: str) -> Credential:

@@ -95,6 +95,7 @@ class HostConfig:
     tool_input: str  # auto | stdin | console: how the password reaches SecureStorageBackup.exe
     lab: LabHostSettings | None
     location: Location
+    proxy: str | None = None  # HTTP proxy URL for WinRM; None: no proxy (the environment is never read)
 
     @property
     def endpoint(self) -> str:

@@ -19,6 +19,7 @@ from orchestrator.inventory.values import (
     check_operation_timeout,
     check_port,
     check_positive,
+    check_proxy,
     check_public_key,
     check_retries,
     check_thumbprint,
@@ -253,6 +254,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Deadline of all work on one host in one run.",
         "300s",
         check=check_positive,
+    ),
+    Setting(
+        "proxy",
+        Kind.STR,
+        HOST_SCOPES,
+        "HTTP proxy URL for WinRM, e.g. `http://proxy:3128`. Proxy environment variables are never read.",
+        default_doc="none",
+        check=check_proxy,
     ),
     Setting("retries", Kind.INT, HOST_SCOPES, "Retries of transient failures (0-10).", 2, check=check_retries),
     Setting(

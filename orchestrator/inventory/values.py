@@ -11,6 +11,7 @@ import binascii
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 
 class Invalid(Exception):
@@ -139,6 +140,16 @@ def check_thumbprint(value: str) -> str:
     if not _HEX.match(hexed) or len(hexed) not in (40, 64):
         raise Invalid("must be a SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint")
     return hexed
+
+
+def check_proxy(value: str) -> str:
+    """An http(s) proxy URL with a host (credentials belong in no inventory value)."""
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise Invalid("must be an http:// or https:// URL with a host")
+    if parsed.username or parsed.password:
+        raise Invalid("must not carry credentials")
+    return value
 
 
 def check_not_empty(value: str) -> str:

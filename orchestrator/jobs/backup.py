@@ -11,6 +11,7 @@ from typing import Protocol
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
+from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
 from orchestrator.secret import Secret
@@ -190,9 +191,17 @@ class StoringTask(Protocol):
 
 
 def run_backup(
-    plan: BackupPlan, task: StoringTask, *, forks: int, events: RunnerEvents | None = None
+    plan: BackupPlan,
+    task: StoringTask,
+    *,
+    forks: int,
+    events: RunnerEvents | None = None,
+    interrupts: Interrupts | None = None,
 ) -> RunSummary[ManifestEntry]:
+    """Back up ``plan``'s hosts. With ``interrupts`` (the caller's), an interrupt that came before
+    the hosts started or after they finished also counts as one."""
     summary = Runner(task, forks=forks, events=events).run(plan.hosts)
+    summary.interrupted = summary.interrupted or bool(interrupts)
     if summary.interrupted:
         # a host aborted while its key was being stored may have landed in the manifest anyway:
         # stop the store, then let the results say exactly what it holds

@@ -19,6 +19,11 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 MAGIC = b"KEYFLEET-LAB-KEY"
 FORMAT_VERSION = 1
 SCRYPT_N = 2**14  # fast enough for tests, still a real KDF
+# Format version 2 is version 1 sealed with a cheap scrypt cost (`keyfleet lab bench --kdf cheap`), so a
+# bench of 1,000 hosts measures keyfleet rather than the lab's KDF. The version names the cost.
+CHEAP_FORMAT_VERSION = 2
+_SCRYPT_N_OF_VERSION = {FORMAT_VERSION: SCRYPT_N, CHEAP_FORMAT_VERSION: 2**4}
+_seal_version = [FORMAT_VERSION]
 SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
@@ -35,8 +40,13 @@ class KeyFileHeader:
     role: str
 
 
-def _derive(password: str, salt: bytes) -> bytes:
-    kdf = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+def use_cheap_kdf() -> None:
+    """Seal every key file this process makes from now on with the cheap cost (lab bench only)."""
+    _seal_version[0] = CHEAP_FORMAT_VERSION
+
+
+def _derive(password: str, salt: bytes, version: int) -> bytes:
+    kdf = Scrypt(salt=salt, length=32, n=_SCRYPT_N_OF_VERSION[version], r=SCRYPT_R, p=SCRYPT_P)
     return kdf.derive(password.encode("utf-8"))
 
 
@@ -50,15 +60,16 @@ def _field(text: str) -> bytes:
 def seal(key: bytes, password: str, computer_name: str, role: str) -> bytes:
     """A new key file holding ``key``, openable only with ``password``."""
     salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
-    header = MAGIC + bytes([FORMAT_VERSION]) + _field(computer_name) + _field(role) + salt + nonce
-    return header + AESGCM(_derive(password, salt)).encrypt(nonce, key, header)
+    version = _seal_version[0]
+    header = MAGIC + bytes([version]) + _field(computer_name) + _field(role) + salt + nonce
+    return header + AESGCM(_derive(password, salt, version)).encrypt(nonce, key, header)
 
 
 def _parse(data: bytes) -> tuple[KeyFileHeader, bytes, bytes, int]:
     """Header, salt, nonce and the offset of the ciphertext."""
     if not data.startswith(MAGIC) or len(data) <= len(MAGIC):
         raise KeyFileError("not a keyfleet lab key file")
-    if data[len(MAGIC)] != FORMAT_VERSION:
+    if data[len(MAGIC)] not in _SCRYPT_N_OF_VERSION:
         raise KeyFileError(f"unsupported key file format version {data[len(MAGIC)]}")
     offset = len(MAGIC) + 1
     texts: list[str] = []
@@ -86,7 +97,7 @@ def unseal(data: bytes, password: str) -> bytes:
     """The key inside a key file; KeyFileError if the password is wrong or the file was altered."""
     _, salt, nonce, offset = _parse(data)
     try:
-        return AESGCM(_derive(password, salt)).decrypt(nonce, data[offset:], data[:offset])
+        return AESGCM(_derive(password, salt, data[len(MAGIC)])).decrypt(nonce, data[offset:], data[:offset])
     except InvalidTag:
         raise KeyFileError("the password is incorrect or the key file is damaged") from None
 

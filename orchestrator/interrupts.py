@@ -1,0 +1,78 @@
+"""Ctrl-C and SIGTERM: counted always, raised as KeyboardInterrupt only outside a deferred section.
+
+A run's bookkeeping (workers, manifest, run record, --json) runs deferred, so no interrupt lands in
+its middle. Outside, an interrupt raises as usual, and is also counted: CPython drops an exception
+raised inside some callbacks (e.g. importlib's module-lock weakref callback), and the next deferred
+section still sees that interrupt.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class Interrupts:
+    """How many interrupts arrived; ``changed`` is set at each one."""
+
+    count: int = 0
+    changed: threading.Event = field(default_factory=threading.Event)
+    depth: int = 0  # deferred sections open
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def _signal(self, signum: int, frame: object) -> None:
+        self.count += 1
+        self.changed.set()
+        if self.depth == 0:
+            raise KeyboardInterrupt
+
+
+_installed: Interrupts | None = None
+
+
+def install() -> Interrupts:
+    """Handle SIGINT and SIGTERM for the rest of the process (the command line's main thread)."""
+    global _installed
+    if _installed is None:
+        _installed = Interrupts()
+        for sig in _SIGNALS:
+            signal.signal(sig, _installed._signal)
+    return _installed
+
+
+@contextmanager
+def deferred() -> Iterator[Interrupts]:
+    """While active, an interrupt only increments the yielded counter; whoever runs the work polls it
+    (the runner: the first stops starting hosts, the second cancels running ones). Nested sections
+    share the counter.
+
+    Without ``install`` (keyfleet used in-process), the outermost section installs the handlers and
+    restores the previous ones at its end. Outside the main thread signals cannot be handled: the
+    counter stays at zero and interrupts reach the main thread as usual.
+    """
+    global _installed
+    previous = None
+    if _installed is None:
+        if threading.current_thread() is not threading.main_thread():
+            yield Interrupts(depth=1)
+            return
+        _installed = Interrupts()
+        previous = {sig: signal.signal(sig, _installed._signal) for sig in _SIGNALS}
+    interrupts = _installed
+    interrupts.depth += 1
+    try:
+        yield interrupts
+    finally:
+        interrupts.depth -= 1
+        if previous is not None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _installed = None

@@ -1,0 +1,321 @@
+"""pywinrm's HTTP transport, bounded: an absolute deadline per request, a size cap per reply, explicit proxies.
+
+Every use of requests', urllib3's and pywinrm's internals lives here (tests/test_transport.py fails
+loudly when an upgrade changes them):
+- urllib3 pools whose connections register a duplicate of their socket with the session's
+  ``SocketWatch``; a watchdog thread shuts that socket down when the deadline passes, whatever the
+  server does (a socket read timeout is reset by every byte a slow server drips);
+- the socket file under each reply counts bytes and refuses the reply past a cap, however it is
+  framed (length, chunks, read to close), before requests or urllib3 hold it;
+- a pywinrm Transport whose requests session never reads or writes proxy environment variables:
+  pywinrm's ``proxy=None`` makes requests set and delete ``os.environ["no_proxy"]`` around each
+  request, which is not thread-safe (psf/requests issue 4997).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+import requests.adapters
+import urllib3.exceptions
+import winrm
+import winrm.transport
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from winrm.protocol import Protocol
+
+# Windows' default MaxEnvelopeSizekb is 500 (winrm get winrm/config); framing: HTTP multipart of
+# encrypted messages, SOAP headers. No reply of a WS-Man server that honours it is larger.
+MAX_ENVELOPE = 512 * 1024
+FRAMING = 64 * 1024
+_CHUNK = 64 * 1024
+_WATCHDOG_TICK = 0.25  # seconds; the deadline holds within this (plus the time a shutdown takes)
+
+# keyfleet warns about unverified https itself (security_warnings); urllib3 would repeat it per request.
+# A process-wide filter: warnings.catch_warnings around each request is not thread-safe.
+warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+# BoundedTransport hands pywinrm "legacy_requests" only to keep it off os.environ, then drops the
+# environment's proxies: pywinrm's notice that it "will use an environment defined proxy" would be false.
+warnings.filterwarnings(
+    "ignore", message="'pywinrm' will use an environment defined proxy", category=DeprecationWarning
+)
+
+
+class ReplyTooLarge(Exception):  # not an OSError: urllib3 and requests let it through unchanged
+    """A reply that grew past the cap; it was refused while streaming, never held whole."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"reply larger than {limit} bytes")
+
+
+class NotAuthenticated(requests.exceptions.RequestException):
+    """The server answered without the authentication handshake (e.g. 200 instead of an NTLM challenge)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server did not authenticate")
+
+
+def reply_cap(max_envelope: int) -> int:
+    """The largest HTTP reply body accepted when requests carry ``max_envelope`` as MaxEnvelopeSize."""
+    return max(max_envelope, MAX_ENVELOPE) + FRAMING
+
+
+class SocketWatch:
+    """The bounds of one host's session: the reply cap, and its sockets, shut down by the watchdog
+    when an armed deadline passes.
+
+    A duplicate of each socket is kept: shutting it down ends any blocking call on the original
+    (plain or TLS, even mid-handshake) without racing the original's own close.
+    """
+
+    def __init__(self, max_reply: int) -> None:
+        self.max_reply = max_reply  # bytes of one HTTP reply, status line and headers included
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._armed: int | None = None  # the token of the armed deadline
+        self.expired = False  # the last armed deadline passed while armed
+
+    @contextmanager
+    def armed(self, deadline: float) -> Iterator[None]:
+        """Requests made in this block (by this thread) end when ``deadline`` (monotonic) passes."""
+        token = next(_tokens)
+        with self._lock:
+            self._armed = token
+            self.expired = False
+        _current.watch = self
+        _WATCHDOG.arm(self, token, deadline)
+        try:
+            yield
+        finally:
+            _current.watch = None
+            _WATCHDOG.disarm(self)
+            with self._lock:
+                self._armed = None
+
+    def track(self, sock: socket.socket) -> None:
+        duplicate = sock.dup()
+        with self._lock:
+            self._sockets.append(duplicate)
+            if self.expired:
+                _shutdown(duplicate)
+
+    def expire(self, token: int) -> None:
+        with self._lock:
+            if self._armed != token:
+                return  # that request finished meanwhile
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def close(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by the peer or by us: nothing left to end
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread for the whole process: expires armed watches whose deadline passed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[SocketWatch, tuple[int, float]] = {}
+        self._thread: threading.Thread | None = None
+
+    def arm(self, watch: SocketWatch, token: int, deadline: float) -> None:
+        with self._lock:
+            self._armed[watch] = (token, deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="keyfleet-watchdog", daemon=True)
+                self._thread.start()
+
+    def disarm(self, watch: SocketWatch) -> None:
+        with self._lock:
+            self._armed.pop(watch, None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(_WATCHDOG_TICK)
+            now = time.monotonic()
+            with self._lock:
+                due = [(watch, token) for watch, (token, deadline) in self._armed.items() if deadline <= now]
+                for watch, _token in due:
+                    del self._armed[watch]
+            for watch, token in due:
+                watch.expire(token)
+
+
+_WATCHDOG = _Watchdog()
+_tokens = itertools.count(1)
+_current = threading.local()  # the SocketWatch armed by this thread, if any
+
+
+class _CappedReader:
+    """A reply's socket file that raises ReplyTooLarge once more than ``limit`` bytes came through it."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._left = limit
+
+    def _count(self, size: int) -> None:
+        self._left -= size
+        if self._left < 0:
+            raise ReplyTooLarge(self._limit)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:  # to the end: in bounded steps, never one unbounded read
+            parts = []
+            while chunk := self.read(_CHUNK):
+                parts.append(chunk)
+            return b"".join(parts)
+        data: bytes = self._inner.read(min(size, self._left + 1))
+        self._count(len(data))
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        data: bytes = self._inner.read1(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._count(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: self._left + 1]
+        size: int = self._inner.readinto(view)
+        self._count(size)
+        return size
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+        line: bytes = self._inner.readline(limit)
+        self._count(len(line))
+        return line
+
+    def __getattr__(self, name: str) -> Any:  # close, flush, peek, raw (requests_ntlm reads raw._sock)
+        return getattr(self._inner, name)
+
+
+class _CappedResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        watch: SocketWatch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            self.fp = _CappedReader(self.fp, watch.max_reply)  # type: ignore[assignment]
+
+
+class _WatchedConnection(HTTPConnection):
+    response_class = _CappedResponse
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        watch: SocketWatch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.track(sock)
+        return sock
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    response_class = _CappedResponse
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # the TCP socket, before the TLS handshake
+        watch: SocketWatch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.track(sock)
+        return sock
+
+
+class _WatchedPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
+
+
+class BoundedAdapter(requests.adapters.HTTPAdapter):
+    """Watched connections whose replies are capped as they are read (see SocketWatch).
+
+    With ``thumbprint``, accepts exactly the certificate whose SHA-256 or SHA-1 thumbprint it is.
+    """
+
+    def __init__(self, thumbprint: str | None = None) -> None:
+        self._thumbprint = thumbprint
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._thumbprint:
+            kwargs["assert_fingerprint"] = self._thumbprint
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+class BoundedTransport(winrm.transport.Transport):
+    """pywinrm's Transport on a requests session that ignores the environment and uses BoundedAdapter."""
+
+    adapter: BoundedAdapter
+    proxies: dict[str, str]
+
+    def build_session(self) -> requests.Session:
+        if self.session is None:
+            explicit = self.proxy
+            # any value but None keeps pywinrm from handing requests a no_proxy to write into os.environ
+            self.proxy = "legacy_requests"
+            try:
+                session = super().build_session()
+            finally:
+                self.proxy = explicit
+            self._harden(session)
+        assert self.session is not None
+        return self.session
+
+    def setup_encryption(self, session: requests.Session) -> None:
+        self._harden(session)  # build_session sends the first request from here, before it returns
+        super().setup_encryption(session)
+        if getattr(session.auth, "session_security", True) is None:
+            # requests_ntlm keys its sealing on the 401 challenge; a 200 without it leaves none
+            raise NotAuthenticated()
+
+    def _harden(self, session: requests.Session) -> None:
+        if session.get_adapter(self.endpoint) is self.adapter:
+            return
+        session.trust_env = False
+        session.proxies = dict(self.proxies)
+        session.mount("http://", self.adapter)
+        session.mount("https://", self.adapter)
+
+
+def bound(protocol: Protocol, *, proxy: str | None, thumbprint: str | None) -> SocketWatch:
+    """Turn ``protocol``'s transport into a BoundedTransport (before its first request); requests made
+    inside its SocketWatch's ``armed`` block are bounded in time and size."""
+    transport = protocol.transport
+    if type(transport) is not winrm.transport.Transport or transport.session is not None:
+        raise TypeError(f"unexpected pywinrm transport {type(transport).__name__}: check the pinned pywinrm")
+    transport.__class__ = BoundedTransport
+    assert isinstance(transport, BoundedTransport)
+    transport.adapter = BoundedAdapter(thumbprint)
+    transport.proxies = {"http": proxy, "https": proxy} if proxy else {}
+    return SocketWatch(reply_cap(protocol.max_env_sz))

@@ -1,0 +1,158 @@
+"""A deliberately hostile HTTP server on a raw socket: it drips, floods, chunks forever or talks garbage."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from orchestrator.lab.pki import LabPKI
+
+DRIP = 0.2  # seconds between two dripped bytes: well under any socket read timeout
+
+# One behaviour per name: what the server sends once it has read a request's headers.
+BEHAVIOURS = (
+    "drip-headers",  # the status line and headers, one byte at a time, forever
+    "drip-body",  # headers at once (a huge Content-Length), then the body one byte at a time
+    "flood",  # a Content-Length of 1 GiB, sent as fast as the socket takes it
+    "endless-chunks",  # chunked, one 64 KiB chunk after another, never the last chunk
+    "until-close",  # no length, no chunks: bytes until the connection closes (never)
+    "huge-headers",  # an endless header section of short lines
+    "silent",  # reads the request, never answers, never closes
+    "garbage",  # bytes that are not HTTP, then closes
+    "no-challenge",  # 200 with an empty body to everything: no NTLM challenge
+    "soap-nonsense",  # 200 with well-formed SOAP that is no WS-Man reply (an empty ShellId, no streams)
+    "tls-stall",  # accepts TCP, then drips a TLS handshake that never completes
+)
+
+
+class HostileServer:
+    """Serves one behaviour on 127.0.0.1 (a free port) to every connection, each in its own thread.
+
+    With ``tls_dir``, speaks it over TLS (a lab certificate kept there), except ``tls-stall``.
+    """
+
+    def __init__(self, behaviour: str, tls_dir: Path | None = None) -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(behaviour)
+        self.behaviour = behaviour
+        self._tls: ssl.SSLContext | None = None
+        if tls_dir is not None and behaviour != "tls-stall":
+            cert = LabPKI(tls_dir).host_certificate("hostile", "127.0.0.1")
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(cert.cert_path, cert.key_path)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self.connections = 0
+        self.sent = 0  # bytes sent over all connections
+
+    def __enter__(self) -> HostileServer:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            with conn:
+                if self.behaviour == "tls-stall":
+                    # a handshake record header announcing 16 KiB, then its bytes one by one
+                    self._drip(conn, itertools.chain(b"\x16\x03\x03\x40\x00", itertools.repeat(0)))
+                    return
+                while self._read_request(conn):
+                    if not self._answer(conn):
+                        return
+        except OSError:
+            return  # the client gave up: exactly what the tests wait for
+
+    def _read_request(self, conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return False
+            body += chunk
+        return True
+
+    def _answer(self, conn: socket.socket) -> bool:
+        """Answer one request; False when the connection is done."""
+        b = self.behaviour
+        if b == "drip-headers":
+            self._drip(conn, itertools.chain(b"HTTP/1.1 200 OK\r\n", itertools.cycle(b"X-Slow: drip\r\n")))
+        elif b == "drip-body":
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            self._drip(conn, itertools.repeat(ord("<")))
+        elif b == "flood":
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+            self._flood(conn, lambda block: block)
+        elif b == "endless-chunks":
+            self._send(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            self._flood(conn, lambda block: b"%x\r\n%s\r\n" % (len(block), block))
+        elif b == "until-close":
+            self._send(conn, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            self._flood(conn, lambda block: block)
+        elif b == "huge-headers":
+            self._send(conn, b"HTTP/1.1 200 OK\r\n")
+            self._flood(conn, lambda block: b"X-Filler: " + b"b" * 60 + b"\r\n")
+        elif b == "silent":
+            self._stop.wait(60)
+        elif b == "garbage":
+            self._send(conn, b"\x00\xff garbage, not HTTP \x13\x37" * 50)
+            return False
+        elif b == "soap-nonsense":
+            body = (
+                b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+                b'<x Name="ShellId"/><CommandId/><ExitCode>x</ExitCode></s:Body></s:Envelope>'
+            )
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return True
+        elif b == "no-challenge":
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml\r\nContent-Length: 0\r\n\r\n")
+            return True
+        return False
+
+    def _send(self, conn: socket.socket, data: bytes) -> None:
+        conn.sendall(data)
+        self.sent += len(data)
+
+    def _drip(self, conn: socket.socket, source: Iterator[int]) -> None:
+        for byte in source:
+            if self._stop.is_set():
+                return
+            self._send(conn, bytes([byte]))
+            time.sleep(DRIP)
+
+    def _flood(self, conn: socket.socket, frame: Callable[[bytes], bytes]) -> None:
+        block = b"x" * 65536
+        while not self._stop.is_set():
+            self._send(conn, frame(block))

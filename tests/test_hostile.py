@@ -1,0 +1,171 @@
+"""The session against a hostile server: the host deadline holds and memory stays bounded whatever it sends."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.inventory.model import HostConfig
+from orchestrator.runner import HostContext, Runner, Status
+from orchestrator.secret import Secret
+from orchestrator.session import WinRMSession
+from orchestrator.transport import reply_cap
+from tests.conftest import make_lab_inventory
+from tests.hostile import HostileServer
+
+PASSWORD = Secret("Lab-Test-Pw-1")
+HOST_SECONDS = 3.0
+SLACK = 2.0  # the issue's bound: kind timeout within host_timeout + 2 s
+FLEET = {
+    "H": {
+        "ntlm-http": {"role": "management_server"},
+        "basic-https": {"role": "management_server", "scheme": "https", "transport": "basic", "cert_validation": False},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HostConfig]:
+    files = make_lab_inventory(tmp_path_factory.mktemp("hostile"), fleet=FLEET)
+    inv = load_inventory(files.inventory)
+    # socket read timeouts longer than the host deadline: only the deadline can end a dripping reply
+    return {
+        name: dataclasses.replace(h, operation_timeout=10, connect_timeout=10, host_timeout=HOST_SECONDS)
+        for name, h in inv.hosts.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hostile-tls")
+
+
+def serve(behaviour: str, name: str, tls_dir: Path) -> HostileServer:
+    return HostileServer(behaviour, tls_dir if name == "basic-https" else None)
+
+
+def attack(host: HostConfig, server: HostileServer) -> tuple[HostFailure, float, int]:
+    """Run a command against ``server``; the failure, the seconds it took and the peak Python memory."""
+    target = dataclasses.replace(host, address="127.0.0.1", port=server.port)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with WinRMSession(target, PASSWORD) as session, pytest.raises(HostFailure) as raised:
+            session.run("hostname", b"", deadline=started + host.host_timeout)
+        elapsed = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "Lab-Test-Pw-1" not in str(raised.value)
+    return raised.value, elapsed, peak
+
+
+@pytest.mark.parametrize("behaviour", ["drip-headers", "drip-body", "silent"])
+@pytest.mark.parametrize("name", ["ntlm-http", "basic-https"])
+def test_a_slow_reply_ends_at_the_host_deadline(hosts, tls_dir, behaviour, name):
+    with serve(behaviour, name, tls_dir) as server:
+        failure, elapsed, _ = attack(hosts[name], server)
+    assert failure.kind is ErrorKind.TIMEOUT, failure
+    assert elapsed <= HOST_SECONDS + SLACK
+    assert elapsed >= HOST_SECONDS - 1.5  # it was the deadline that ended it, not an early error
+
+
+def test_a_dripped_tls_handshake_ends_at_the_host_deadline(hosts):
+    with HostileServer("tls-stall") as server:
+        failure, elapsed, _ = attack(hosts["basic-https"], server)
+    assert failure.kind is ErrorKind.TIMEOUT, failure
+    assert HOST_SECONDS - 1.5 <= elapsed <= HOST_SECONDS + SLACK
+
+
+@pytest.mark.parametrize("behaviour", ["flood", "endless-chunks", "until-close", "huge-headers"])
+@pytest.mark.parametrize("name", ["ntlm-http", "basic-https"])
+def test_a_huge_reply_is_refused_while_read(hosts, tls_dir, behaviour, name):
+    with serve(behaviour, name, tls_dir) as server:
+        failure, elapsed, peak = attack(hosts[name], server)
+    assert failure.kind is ErrorKind.PROTOCOL, failure
+    if behaviour != "huge-headers":  # http.client refuses more than 100 header lines first
+        assert f"reply larger than {reply_cap(153600)} bytes" in failure.reason
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes of Python memory for one hostile host"
+    assert elapsed < HOST_SECONDS + SLACK
+
+
+@pytest.mark.parametrize("name", ["ntlm-http", "basic-https"])
+def test_garbage_is_a_protocol_failure(hosts, tls_dir, name):
+    with serve("garbage", name, tls_dir) as server:
+        failure, _, _ = attack(hosts[name], server)
+    assert failure.kind in (ErrorKind.PROTOCOL, ErrorKind.TLS), failure
+
+
+def test_nonsense_soap_is_never_an_internal_failure(hosts, tls_dir):
+    """Well-formed SOAP without WS-Man meaning: the command never reports Done, so the deadline ends it."""
+    with serve("soap-nonsense", "basic-https", tls_dir) as server:
+        failure, elapsed, _ = attack(hosts["basic-https"], server)
+    assert failure.kind in (ErrorKind.PROTOCOL, ErrorKind.TIMEOUT), failure
+    assert elapsed <= HOST_SECONDS + SLACK
+
+
+def test_a_server_that_does_not_authenticate_is_an_auth_failure(hosts):
+    with HostileServer("no-challenge") as server:
+        failure, _, _ = attack(hosts["ntlm-http"], server)
+    assert failure.kind is ErrorKind.AUTH, failure
+    assert "the server did not authenticate" in failure.reason
+
+
+def test_the_worker_is_freed_and_the_connection_closed(hosts):
+    """One worker: a dripping host times out, its socket is closed, and the next host still runs."""
+    with HostileServer("drip-body") as first, HostileServer("drip-headers") as second:
+        targets = [
+            dataclasses.replace(hosts["ntlm-http"], name=f"h{i}", address="127.0.0.1", port=server.port, retries=0)
+            for i, server in enumerate((first, second))
+        ]
+        open_before = threading.active_count()
+
+        def task(ctx: HostContext) -> None:
+            with WinRMSession(ctx.host, PASSWORD) as session:
+                session.run("hostname", b"", deadline=ctx.deadline, cancel=ctx.cancel)
+
+        started = time.monotonic()
+        summary = Runner(task, forks=1).run(targets)
+        elapsed = time.monotonic() - started
+        sent_after_first = first.sent
+        time.sleep(1.0)
+        assert first.sent - sent_after_first <= 5  # a closed socket: the server can no longer drip into it
+    assert [r.status for r in summary.results] == [Status.FAILED, Status.FAILED]
+    assert [r.kind for r in summary.results] == [ErrorKind.TIMEOUT, ErrorKind.TIMEOUT]
+    assert elapsed <= 2 * (HOST_SECONDS + SLACK)
+    assert threading.active_count() <= open_before + 3  # the watchdog and the two servers' threads at most
+
+
+def test_no_transport_leaves_the_proxy_environment_touched(hosts, monkeypatch):
+    """pywinrm's proxy=None path would write os.environ['no_proxy'] around every request."""
+    writes: list[str] = []
+    original = os.environ.__class__.__setitem__
+
+    def setitem(self, key, value):
+        writes.append(key)
+        original(self, key, value)
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy that would fail every request
+    monkeypatch.setattr(os.environ.__class__, "__setitem__", setitem)
+    with HostileServer("no-challenge") as server:
+        failure, _, _ = attack(hosts["ntlm-http"], server)
+    assert failure.kind is ErrorKind.AUTH  # reached the server directly, not through the proxy
+    assert writes == []
+
+
+def test_the_proxy_setting_is_used(tmp_path: Path):
+    fleet = {"P": {"p1": {"role": "management_server", "proxy": "http://127.0.0.1:9"}}}
+    inv = load_inventory(make_lab_inventory(tmp_path, fleet=fleet).inventory)
+    host = inv.hosts["p1"]
+    assert host.proxy == "http://127.0.0.1:9"
+    with WinRMSession(host, PASSWORD) as session, pytest.raises(HostFailure) as raised:
+        session.run("hostname", b"", deadline=time.monotonic() + 5)
+    assert raised.value.kind is ErrorKind.UNREACHABLE  # the proxy port is closed

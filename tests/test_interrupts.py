@@ -1,0 +1,93 @@
+"""Ctrl-C at any instant of a backup: exit 130, the --json document, a run record that lists exactly
+what the manifest holds, and no temporary file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from orchestrator.inventory.loader import load_inventory
+from orchestrator.jobs.context import open_store
+from orchestrator.lab.fleet import serving
+from orchestrator.share.local import LocalShare
+from tests.conftest import cli_env, make_lab_inventory
+
+FLEET = {"SW": {f"sw{i:02d}": {"role": "management_server"} for i in range(1, 7)}}
+OFFSETS = [i * 0.05 for i in range(41)]  # seconds after keyfleet started: 0 to 2 s
+AT_ONCE = 4
+
+
+def keyfleet_started(pid: int) -> bool:
+    """Whether keyfleet's own code runs: it has opened its debug log (the first thing main() does
+    after parsing). Before, a signal meets the interpreter's start-up, which no program can handle."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return True  # exited already
+    for fd in fds:
+        try:
+            if os.readlink(fd).endswith("debug.log"):
+                return True
+        except OSError:
+            continue  # closed while listed
+    return False
+
+
+def interrupted_backup(argv: list[str], env: dict[str, str], offset: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not keyfleet_started(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(offset)
+    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+def test_sigint_at_every_instant_keeps_record_manifest_and_json_in_step(tmp_path):
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET, faults={h: ["latency:0.05"] for h in FLEET["SW"]})
+    inv = load_inventory(lab.inventory)
+    documents: list[dict] = []
+    with serving(inv):
+        doc = yaml.safe_load(lab.inventory.read_text())
+        doc["lab"]["serve"] = False  # one lab for every run, served by this process
+        shared = lab.inventory.with_name("shared.yml")
+        shared.write_text(yaml.safe_dump(doc, sort_keys=False))
+        argv = [sys.executable, "-m", "orchestrator", "backup", "-i", str(shared), "--forks", "2", "--json"]
+        env = cli_env(tmp_path)
+        for start in range(0, len(OFFSETS), AT_ONCE):
+            procs = [(o, interrupted_backup(argv, env, o)) for o in OFFSETS[start : start + AT_ONCE]]
+            for offset, proc in procs:
+                stdout, stderr = proc.communicate(timeout=120)
+                assert proc.returncode in (130, 0), (offset, proc.returncode, stderr, stdout)
+                assert "Traceback" not in stderr, (offset, stderr)
+                document = json.loads(stdout)  # exactly one document, on every path
+                assert document["exit_code"] == proc.returncode, (offset, document)
+                if proc.returncode == 130:
+                    assert document["error"]["kind"] == "interrupted", (offset, document)
+                documents.append(document)
+
+    store = open_store(inv, LocalShare(lab.share), sign=False)
+    manifest = store.load_manifest(verify=True)
+    records = {r.run_id: r for r in store.run_records()}
+    stored: dict[str, set[str]] = {}
+    for entry in manifest.entries:
+        stored.setdefault(entry.run_id, set()).add(entry.host)
+    for document in documents:
+        if "run_id" not in document:  # interrupted before the run began: nothing was touched
+            assert document["outcomes"] == []
+            continue
+        record = records[document["run_id"]]
+        ok = {o.host for o in record.outcomes if o.status == "ok"}
+        assert ok == {o["host"] for o in document["outcomes"] if o["status"] == "ok"}
+        assert ok == stored.get(document["run_id"], set()), document["run_id"]
+        assert len(record.outcomes) == len(FLEET["SW"])
+    assert set(stored) <= set(records)  # no key file in the manifest without the record of its run
+    assert sum(1 for d in documents if "run_id" in d) >= len(OFFSETS) // 2  # most signals came mid-run
+    assert not [p for p in lab.share.rglob("*") if ".tmp-" in p.name]

@@ -1,0 +1,69 @@
+"""--json on every error path: one document with exit_code and error {kind, message, hint} on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PLAYBOOK = str(REPO / "playbooks" / "backup-all.yml")
+# every command with --json, as argv after -i INV (the share comes from the inventory or --share)
+COMMANDS = {
+    "backup": ["backup"],
+    "run": ["run", PLAYBOOK, "--yes"],
+    "restore": ["restore", "--host", "t-ms01", "--yes"],
+    "doctor": ["doctor"],
+    "inventory": ["inventory"],
+    "prune": ["prune", "--keep", "1"],
+}
+
+
+def error_document(run, code: int, kind: str) -> dict:
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr
+    document = json.loads(run.stdout)  # exactly one document
+    assert document["exit_code"] == code
+    assert document["error"]["kind"] == kind, document
+    assert document["error"]["message"] and document["error"]["hint"]
+    assert isinstance(document["outcomes"], list)
+    return document
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_inventory_error_is_a_json_document(keyfleet, tmp_path: Path, command):
+    inventory = tmp_path / "bad.yml"
+    inventory.write_text("management_groups:\n  G:\n    hosts:\n      h1: {role: no_such_role}\n")
+    run = keyfleet(*COMMANDS[command][:1], "-i", str(inventory), *COMMANDS[command][1:], "--json")
+    document = error_document(run, 2, "config")
+    assert "bad.yml" in document["error"]["message"]
+
+
+@pytest.mark.parametrize("command", ["backup", "restore", "prune", "run"])
+def test_a_share_that_is_a_file_is_a_json_document(keyfleet, lab_inventory, tmp_path: Path, command):
+    lab = lab_inventory()
+    not_a_folder = tmp_path / "share-file"
+    not_a_folder.write_text("not a share")
+    argv = COMMANDS[command]
+    run = keyfleet(argv[0], "-i", str(lab.inventory), *argv[1:], "--share", str(not_a_folder), "--json")
+    error_document(run, 1, "share")
+
+
+@pytest.mark.parametrize("command", ["backup", "prune"])
+def test_a_tampered_manifest_is_a_json_document(keyfleet, lab_inventory, command):
+    lab = lab_inventory()
+    assert keyfleet("backup", "-i", str(lab.inventory), "--limit", "t-ms01").returncode == 0
+    manifest = lab.share / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("t-ms01", "t-ms02", 1))
+    argv = COMMANDS[command]
+    run = keyfleet(argv[0], "-i", str(lab.inventory), *argv[1:], "--json")
+    error_document(run, 3, "integrity")
+
+
+def test_a_usage_error_after_parsing_is_a_json_document(keyfleet, lab_inventory):
+    lab = lab_inventory()
+    run = keyfleet("backup", "-i", str(lab.inventory), "--only-stale", "soon", "--json")
+    document = error_document(run, 2, "config")
+    assert "--only-stale" in document["error"]["message"]
