@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
 
-TRANSPORT_FAULTS = ("down", "blackhole", "latency", "auth-failure", "http500", "drop-receive")
+TRANSPORT_FAULTS = ("down", "blackhole", "latency", "auth-failure", "http500", "drop-receive", "no-spn")
 MACHINE_FAULTS = (
     "corrupt-output",
     "truncate-output",
