@@ -478,7 +478,7 @@ BAD_CASES = [
         PROD_HEAD + "  transport: kerberoes\n" + ONE_HOST,
         3,
         "defaults.transport",
-        ["did you mean 'kerberos'", "ntlm, kerberos, credssp, basic, certificate"],
+        ["did you mean 'kerberos'", "ntlm, kerberos, negotiate, credssp, basic, certificate"],
     ),
     (
         "bad-thumbprint",

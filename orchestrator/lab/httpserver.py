@@ -42,6 +42,7 @@ from orchestrator.lab.soap import (
 from orchestrator.lab.wsman import WinRSService
 
 _BACKLOG = 512
+_MECHANISM_NAMES = {"ntlm": "NTLM", "kerberos": "Kerberos", "negotiate": "SPNEGO"}
 _MAX_BODY = 16 * 1024 * 1024  # beyond this the connection is closed without reading the body
 _MAX_LINE = 65536
 _SOAP_TYPE = "application/soap+xml;charset=UTF-8"
@@ -188,6 +189,8 @@ class _Connection:
 
     def _journal(self, operation: str, status: int, user: LabUser | None, **fields: object) -> None:
         name = user.name if user else None
+        if user is not None:
+            fields["auth"] = self.auth.negotiated if self.auth is not None and self.auth.complete else "basic"
         self.server.journal.record(self.host.name, self.cid, operation, status, user=name, **fields)
 
     def _unauthorized(self, user: LabUser | None = None, detail: str | None = None) -> bool:
@@ -273,6 +276,7 @@ class _Connection:
             self._unauthorized()
             return None
         if scheme == "basic":
+            self.auth = self.auth_user = None
             return self._basic(token.strip())
         if scheme in ("negotiate", "ntlm", "kerberos"):
             return self._negotiate(scheme, token.strip())
@@ -313,7 +317,7 @@ class _Connection:
                 self.auth = Acceptor(mechanism, self.host.keys)
             except AuthSetupError as exc:
                 # HTTP.sys answers a failure of its own security subsystem as any refused logon: a bare 401.
-                self._unauthorized(detail=f"{mechanism} acceptor unavailable: {exc}")
+                self._unauthorized(detail=f"{_MECHANISM_NAMES[mechanism]} acceptor unavailable: {exc}")
                 return None
         if self.auth is None or self.auth.complete:
             self._unauthorized(detail="not a first authentication token")
@@ -338,7 +342,6 @@ class _Connection:
             return None
         self.mutual_token = out
         self.auth_user = user
-        self._journal("authenticated", 0, user, detail=self.auth.negotiated)
         return user
 
 

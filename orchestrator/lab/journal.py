@@ -36,6 +36,7 @@ class JournalEntry:
     command_line: str | None = None  # Command only
     stdin_bytes: int | None = None  # Send only
     detail: str | None = None  # a fault or rejection reason
+    auth: str | None = None  # how the request's user logged on: kerberos, ntlm or basic
 
 
 class Journal:
