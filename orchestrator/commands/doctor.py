@@ -90,11 +90,13 @@ def _counts(diagnoses: Sequence[Diagnosis]) -> dict[str, int]:
     return {str(s): sum(1 for d in diagnoses if d.status() is s) for s in Status}
 
 
-def _cell(check: CheckResult, probe: ProbeResult | None) -> Text:
+def _cell(check: CheckResult, probe: ProbeResult | None, auth: str | None) -> Text:
     mark, style = MARK[check.state]
     text = ""
     if check.state is CheckState.FAILED:
         text = str(check.kind or "")
+    elif check.name == "authenticated":
+        text = auth or ""  # the mechanism negotiated: kerberos, ntlm, basic
     elif probe and check.name == "tool":
         text = probe.tool_version or ""
     elif probe and check.name == "temp-space" and probe.temp_free_bytes is not None:
@@ -107,7 +109,8 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool) -> None:
     for d in diagnoses:
         probe = d.probe
         role = str(probe.role) if probe and probe.role else ("(none)" if probe else "")
-        rows.append([d.host.name, role, (probe.version or "") if probe else "", *[_cell(c, probe) for c in d.checks]])
+        version = (probe.version or "") if probe else ""
+        rows.append([d.host.name, role, version, *[_cell(c, probe, d.auth) for c in d.checks]])
     ui.table("doctor", ["host", "role", "version", *COLUMNS.values()], rows)
     by_kind: dict[str, list[str]] = {}
     for d in diagnoses:

@@ -67,6 +67,7 @@ class Diagnosis:
     skipped: bool = False  # never started (interrupted)
     duration: float = 0.0
     attempts: int = 0
+    auth: str | None = None  # the mechanism the logon negotiated: kerberos, ntlm, basic, ... (None: no logon)
 
     def check(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.name == name)
@@ -93,6 +94,7 @@ class ProbeTask:
 
     def __init__(self, winrm_passwords: dict[str, Secret | None]) -> None:
         self._winrm_passwords = winrm_passwords
+        self.mechanisms: dict[str, str | None] = {}  # host name -> what its logon negotiated
 
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
@@ -106,6 +108,7 @@ class ProbeTask:
                 cancel=ctx.cancel,
                 max_output=remote.MAX_OUTPUT_BYTES,
             )
+            self.mechanisms[host.name] = session.mechanism
         return remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
 
 
@@ -128,8 +131,10 @@ def run_doctor(
         events.on_done(result)
 
     runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
-    summary = Runner(ProbeTask(winrm_passwords), forks=forks, events=runner_events).run(hosts)
-    return [diagnose(result) for result in summary.results], summary.interrupted
+    task = ProbeTask(winrm_passwords)
+    summary = Runner(task, forks=forks, events=runner_events).run(hosts)
+    diagnoses = [replace(diagnose(r), auth=task.mechanisms.get(r.host.name)) for r in summary.results]
+    return diagnoses, summary.interrupted
 
 
 def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
@@ -228,6 +233,7 @@ def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> d
         "group": host.group,
         "role": host.role.value,
         "endpoint": host.endpoint,
+        "auth": diagnosis.auth,
         "status": str(diagnosis.status(require)),
         "kind": str(cause.kind) if cause and cause.kind else None,
         "message": f"{cause.name}: {cause.detail}" if cause else None,
