@@ -50,7 +50,8 @@ _HINTS = {
     -1765328160: HINT_KDC,  # KRB5_REALM_UNKNOWN
     -1765328164: HINT_KDC,  # KRB5_CONFIG_NODEFREALM: no default realm
 }
-_CODE_IN_TEXT = re.compile(r"(-17653\d{5})")
+_CODE_IN_TEXT = re.compile(r"(-?\d{10})")  # krb5 error codes, signed or as unsigned GSS minor codes
+_MINOR_TEXT = re.compile(r"Minor \(\d+\): (.*?)(?:, Context:|$)", re.S)
 
 
 class KerberosError(Exception):
@@ -63,15 +64,17 @@ class KerberosError(Exception):
 
 def explain(error: BaseException, where: str) -> KerberosError:
     """A KerberosError for a krb5/gssapi/pyspnego failure, with the hint its error code calls for."""
-    code = getattr(error, "err_code", None)
-    minor = getattr(getattr(error, "base_error", None), "min_code", None) or getattr(error, "min_code", None)
-    text = str(error)
-    match = _CODE_IN_TEXT.search(text)
-    hint = _HINTS.get(code or 0) or _HINTS.get(minor or 0) or (_HINTS.get(int(match.group(1))) if match else None)
+    text = mask(str(error))
+    codes = [getattr(error, "err_code", None), getattr(error, "min_code", None)]
+    codes.append(getattr(getattr(error, "base_error", None), "min_code", None))
+    codes += [int(c) for c in _CODE_IN_TEXT.findall(text)]
+    signed = [c - 2**32 if c >= 2**31 else c for c in codes if isinstance(c, int)]  # GSS minor codes are unsigned
+    hint = next((_HINTS[c] for c in signed if c in _HINTS), None)
     if hint is None and "clock skew" in text.lower():
         hint = HINT_SKEW
-    detail = _first_line(mask(text))
-    return KerberosError(f"{where}: {detail}" + (f"; hint: {hint}" if hint else ""))
+    minor = _MINOR_TEXT.search(text)  # pyspnego: "... Minor (code): what MIT said, Context: ..."
+    detail = minor.group(1) if minor else text
+    return KerberosError(f"{where}: {_first_line(detail)}" + (f"; hint: {hint}" if hint else ""))
 
 
 def _first_line(text: str) -> str:

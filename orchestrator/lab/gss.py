@@ -26,6 +26,7 @@ BOUNDARY = b"--Encrypted Boundary"
 _OCTET = b"\tContent-Type: application/octet-stream\r\n"
 _SPNEGO_OID = bytes.fromhex("06062b0601050502")  # 1.3.6.1.5.5.2
 _KRB5_OIDS = (bytes.fromhex("06092a864886f712010202"), bytes.fromhex("06092a864882f712010202"))  # std, MS
+_NTLM_OID = bytes.fromhex("060a2b0601040182370202 0a".replace(" ", ""))  # 1.3.6.1.4.1.311.2.2.10
 
 
 class AuthRejectedError(Exception):
@@ -75,7 +76,7 @@ def _keytab_credential(keytab: Path) -> Any:
 class Acceptor:
     """One connection's server context: the handshake, then wrap/unwrap of sealed messages."""
 
-    def __init__(self, mechanism: str, keys: HostKeys) -> None:
+    def __init__(self, mechanism: str, keys: HostKeys, first_token: bytes = b"") -> None:
         self.mechanism = mechanism  # ntlm | kerberos | negotiate
         self._keys = keys
         cbt = keys.channel_bindings
@@ -86,17 +87,24 @@ class Acceptor:
                         protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm, channel_bindings=cbt
                     )
                     return
-                contexts: dict[Any, Any] = {}
-                if keys.keytab is not None:
-                    contexts[GSSMech.kerberos] = self._kerberos(keys.keytab, cbt)
                 if mechanism == "kerberos":
                     if keys.keytab is None:
                         raise AuthSetupError("Kerberos is not enabled on this listener")
-                    self._ctx = contexts[GSSMech.kerberos]
+                    self._ctx = self._kerberos(keys.keytab, cbt)
                     return
-                contexts[GSSMech.ntlm] = spnego.server(
-                    protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm, channel_bindings=cbt
-                )
+                # pyspnego's acceptor picks the first of the contexts it is given: offer only what the
+                # client's NegTokenInit lists, in the client's order (RFC 4178: the initiator's preference)
+                contexts: dict[Any, Any] = {}
+                for mech in _offered(first_token, kerberos=keys.keytab is not None):
+                    if mech is GSSMech.kerberos:
+                        assert keys.keytab is not None
+                        contexts[mech] = self._kerberos(keys.keytab, cbt)
+                    else:
+                        contexts[mech] = spnego.server(
+                            protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm, channel_bindings=cbt
+                        )
+                if not contexts:
+                    raise AuthSetupError("no common mechanism")
                 self._ctx = spnego.server(
                     protocol="negotiate",
                     options=spnego.NegotiateOptions.use_negotiate,
@@ -127,7 +135,7 @@ class Acceptor:
         except SpnegoError as exc:
             base = exc.base_error
             raise AuthRejectedError(_reason(exc), getattr(base, "token", None)) from None
-        except (ValueError, struct.error, IndexError) as exc:
+        except (ValueError, struct.error, IndexError, KeyError, StopIteration) as exc:  # a malformed token
             raise AuthRejectedError(type(exc).__name__) from None
 
     @property
@@ -179,6 +187,15 @@ class Acceptor:
         if len(message) != length:
             raise AuthRejectedError("sealed length does not match OriginalContent")
         return message
+
+
+def _offered(token: bytes, *, kerberos: bool) -> list[Any]:
+    """The mechanisms a SPNEGO NegTokenInit offers that this host serves, in the client's order."""
+    found = {GSSMech.ntlm: token.find(_NTLM_OID)}
+    if kerberos:
+        positions = [p for p in (token.find(oid) for oid in _KRB5_OIDS) if p >= 0]
+        found[GSSMech.kerberos] = min(positions, default=-1)
+    return [mech for mech, at in sorted(found.items(), key=lambda item: item[1]) if at >= 0]
 
 
 def sealed_content_type(protocol: str) -> str:

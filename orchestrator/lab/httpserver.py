@@ -314,7 +314,7 @@ class _Connection:
                 self._unauthorized(detail=f"unsupported {scheme} token")
                 return None
             try:
-                self.auth = Acceptor(mechanism, self.host.keys)
+                self.auth = Acceptor(mechanism, self.host.keys, data)
             except AuthSetupError as exc:
                 # HTTP.sys answers a failure of its own security subsystem as any refused logon: a bare 401.
                 self._unauthorized(detail=f"{_MECHANISM_NAMES[mechanism]} acceptor unavailable: {exc}")
