@@ -86,6 +86,18 @@ def kinit(fleet: LabFleet, principal: str, password: str, ccache: Path) -> None:
     )
 
 
+def service_ticket(fleet: LabFleet, spn: str, ccache: Path) -> None:
+    """Add the service ticket for ``spn`` to the user's cache (kvno), as a first logon to that server does."""
+    assert fleet.kdc is not None
+    subprocess.run(
+        [kdc.tool("kvno") or "kvno", "-c", f"FILE:{ccache}", spn],
+        env={**os.environ, **fleet.kdc.env},
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+
+
 def outcomes(stdout: str) -> dict[str, dict[str, Any]]:
     return {o["host"]: o for o in json.loads(stdout)["outcomes"]}
 

@@ -22,6 +22,7 @@ from tests.krb import (
     require,
     require_faketime,
     served,
+    service_ticket,
 )
 from tests.leaks import LeakSearch
 
@@ -206,10 +207,13 @@ def test_clock_skewed_ticket_is_refused_by_the_server(tmp_path, keyfleet):
     ccache = tmp_path / "user-ccache"
     with served(lab) as fleet:
         kinit(fleet, "keyfleet@LAB.TEST", WINRM_PASSWORD, ccache)
+        service_ticket(fleet, "HTTP/k-ms01.lab.test", ccache)  # no KDC exchange needed with the skewed clock
         inventory = client_inventory(lab, "client.yml", _drop_password)
         env = krb_env(fleet, tmp_path / "tmp", KRB5CCNAME=f"FILE:{ccache}", LD_PRELOAD=str(FAKETIME), FAKETIME="+1h")
         run = keyfleet("backup", "-i", str(inventory), "--json", env=env)
+        refused = [e.detail or "" for e in fleet.journal.entries("k-ms01") if e.status == 401]
     assert_auth_failure(run, "k-ms01", HINT_SKEW)
+    assert any("AP-REQ refused" in detail for detail in refused), refused  # by the server, not the KDC
 
 
 def test_kerberos_run_leaks_neither_password_nor_keytab(tmp_path, keyfleet):

@@ -66,11 +66,12 @@ class HostKeys:
     channel_bindings: GssChannelBindings | None = None
 
 
-def _keytab_credential(keytab: Path) -> Any:
+def _keytab_credential(keytab: Path, *, replay_cache: bool = True) -> Any:
     import gssapi
 
     # MIT's credential store: accept with any key of this host's own keytab, no process-wide KRB5_KTNAME
-    return gssapi.Credentials(usage="accept", store={"keytab": f"FILE:{keytab}"})
+    store = {"keytab": f"FILE:{keytab}", **({} if replay_cache else {"rcache": "none:"})}
+    return gssapi.Credentials(usage="accept", store=store)
 
 
 class Acceptor:
@@ -135,8 +136,26 @@ class Acceptor:
         except SpnegoError as exc:
             base = exc.base_error
             raise AuthRejectedError(_reason(exc), getattr(base, "token", None)) from None
+        except AttributeError:
+            # pyspnego reads the flags of a context MIT left unestablished: MIT refused the AP-REQ (e.g.
+            # KRB_AP_ERR_SKEW) and made a KRB-ERROR for the client, which pyspnego drops
+            raise AuthRejectedError("Kerberos AP-REQ refused", self._error_token(token)) from None
         except (ValueError, struct.error, IndexError, KeyError, StopIteration) as exc:  # a malformed token
             raise AuthRejectedError(type(exc).__name__) from None
+
+    def _error_token(self, token: bytes) -> bytes | None:
+        """The KRB-ERROR MIT answers a refused raw Kerberos token with (SPNEGO: none, a bare 401)."""
+        if self.mechanism != "kerberos" or self._keys.keytab is None:
+            return None
+        import gssapi
+
+        # the same check again, without the replay cache that now holds this authenticator
+        credential = _keytab_credential(self._keys.keytab, replay_cache=False)
+        retry = gssapi.SecurityContext(creds=credential, usage="accept")
+        try:
+            return retry.step(token)
+        except gssapi.exceptions.GSSError:
+            return None
 
     @property
     def complete(self) -> bool:
