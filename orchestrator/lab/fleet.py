@@ -143,7 +143,10 @@ class LabFleet:
         keytab = None
         if self.kdc is not None and spec.kerberos_name and not find(faults, "no-spn"):
             keytab = self._users_dir / f"{spec.name}.keytab"
-            self.kdc.add_service(f"HTTP/{spec.kerberos_name}", keytab)
+            # the computer account holds host/<name>, and Active Directory maps HTTP/ and WSMAN/ to it
+            # (sPNMappings): WinRM clients ask for any of them (pywinrm HTTP, pypsrp host or WSMAN)
+            names = ("HTTP", "WSMAN", "host")
+            self.kdc.add_service([f"{service}/{spec.kerberos_name}" for service in names], keytab)
         listener = HostListener(
             spec.name,
             spec.scheme,

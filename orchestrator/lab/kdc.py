@@ -167,16 +167,14 @@ class LabKDC:
         self._kadmin(f'addprinc +requires_preauth -pw "{_quoted(password)}" {principal}')
         return principal
 
-    def add_service(self, spn: str, keytab: Path) -> str:
-        """A service principal with a random key, exported to its own keytab."""
-        principal = self.principal(spn)
+    def add_service(self, spns: list[str], keytab: Path) -> None:
+        """Service principals with random keys, exported together to one keytab (the host's own)."""
         keytab.parent.mkdir(parents=True, exist_ok=True)
-        if keytab.exists():
-            keytab.unlink()
-        self._kadmin(f"addprinc -randkey {principal}")
-        self._kadmin(f"ktadd -k {keytab} {principal}")
+        keytab.unlink(missing_ok=True)
+        for spn in spns:
+            self._kadmin(f"addprinc -randkey {self.principal(spn)}")
+            self._kadmin(f"ktadd -k {keytab} {self.principal(spn)}")
         os.chmod(keytab, 0o600)
-        return principal
 
     def export_keytab(self, name: str, keytab: Path) -> None:
         """Add a keytab entry for an existing user principal (its key is renewed, as ktpass does)."""
