@@ -214,18 +214,18 @@ class _Loader(SchemaReader):
         credential = None
         if "credential" in merged:
             credential = self.credential(merged["credential"], f"{key}.credential")
+        if credential is not None and credential.keytab is not None and transport not in KERBEROS_TRANSPORTS:
+            raise self.fail(
+                f"a keytab is used only with transport kerberos or negotiate, not {transport}",
+                merged["credential"].node,
+                f"{key}.credential.keytab",
+            )
         if transport in ("ntlm", "basic", "credssp") and (credential is None or credential.password is None):
             missing = "credential" if credential is None else "credential.password"
             raise self.fail(
                 f"missing required key {missing!r} (transport {transport} needs a username and password)",
                 key_node,
                 key,
-            )
-        if credential is not None and credential.keytab is not None and transport not in KERBEROS_TRANSPORTS:
-            raise self.fail(
-                f"a keytab is used only with transport kerberos or negotiate, not {transport}",
-                merged["credential"].node,
-                f"{key}.credential.keytab",
             )
         if transport == "certificate":
             for needed in ("client_cert", "client_key"):
