@@ -70,7 +70,9 @@ def _keytab_credential(keytab: Path, *, replay_cache: bool = True) -> Any:
     import gssapi
 
     # MIT's credential store: accept with any key of this host's own keytab, no process-wide KRB5_KTNAME
-    store = {"keytab": f"FILE:{keytab}", **({} if replay_cache else {"rcache": "none:"})}
+    store: dict[bytes | str, bytes | str] = {"keytab": f"FILE:{keytab}"}
+    if not replay_cache:
+        store["rcache"] = "none:"
     return gssapi.Credentials(usage="accept", store=store)
 
 
