@@ -107,8 +107,11 @@ def test_production_example_loads_without_its_env_vars(tmp_path: Path, monkeypat
     text = PRODUCTION.read_text(encoding="utf-8").replace("/etc/pki/contoso/root-ca.pem", str(ca))
     inv = load_inventory(write(tmp_path, text, "example-production.yml"))
     assert inv.lab is None
-    schemes = {h.credential.password.scheme for h in inv.hosts.values() if h.credential}
+    schemes = {h.credential.password.scheme for h in inv.hosts.values() if h.credential and h.credential.password}
     assert schemes <= {"env", "file", "prompt", "command", "vault"}
+    kerberos = inv.hosts["euscsm-ms01"]  # a Kerberos-only group: keytab, domain
+    assert kerberos.credential is not None and kerberos.credential.keytab == "/etc/keyfleet/svc-keyfleet.keytab"
+    assert (kerberos.transport, kerberos.kerberos_hostname) == ("kerberos", "euscsm-ms01.eu.contoso.com")
     assert all(h.lab is None for h in inv.hosts.values())
     pinned = inv.hosts["scsm-ms02.contoso.com"]
     assert pinned.cert_thumbprint == "3f1a9b220c4d5e6f708192a3b4c5d6e7f8091a2b"
