@@ -57,9 +57,10 @@ _MINOR_TEXT = re.compile(r"Minor \(\d+\): (.*?)(?:, Context:|$)", re.S)
 class KerberosError(Exception):
     """A Kerberos logon failed; ``reason`` is safe to show (no secret) and ends with its hint."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, hint: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.hint = hint
 
 
 def explain(error: BaseException, where: str) -> KerberosError:
@@ -74,7 +75,7 @@ def explain(error: BaseException, where: str) -> KerberosError:
         hint = HINT_SKEW
     minor = _MINOR_TEXT.search(text)  # pyspnego: "... Minor (code): what MIT said, Context: ..."
     detail = minor.group(1) if minor else text
-    return KerberosError(f"{where}: {_first_line(detail)}" + (f"; hint: {hint}" if hint else ""))
+    return KerberosError(f"{where}: {_first_line(detail)}" + (f"; hint: {hint}" if hint else ""), hint)
 
 
 def _first_line(text: str) -> str:
@@ -261,10 +262,12 @@ def credentials_for(host: HostConfig, password: Secret | None) -> list[Any] | No
     creds: list[Any] = []
     try:
         cache = CACHES.ccache(host, password)
-    except KerberosError:
-        if host.transport != "negotiate" or password is None:
+    except KerberosError as exc:
+        # Negotiate falls back to NTLM only when Kerberos is unavailable (no KDC), as Windows clients do;
+        # a refused logon (wrong password, clock skew) stays a failure
+        if host.transport != "negotiate" or password is None or exc.hint != HINT_KDC:
             raise
-        cache = None  # Negotiate falls back to NTLM when Kerberos is unavailable, as Windows clients do
+        cache = None
     if cache is not None and host.credential is not None:
         principal = principal_name(host.credential.username, host.realm)
         creds.append(spnego.KerberosCCache(ccache=cache, principal=principal))

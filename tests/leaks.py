@@ -110,6 +110,10 @@ class LeakSearch:
                         continue
         return sources
 
+    def where(self, needle: bytes) -> list[str]:
+        """The sources holding ``needle`` (binary secrets such as keytab keys)."""
+        return [source for source, data in self._sources() if needle in data]
+
     def findings(self) -> list[str]:
         found = []
         sources = self._sources()

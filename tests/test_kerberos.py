@@ -159,6 +159,14 @@ def test_wrong_password(tmp_path, keyfleet):
     assert private_caches(tmp_path / "tmp") == []
 
 
+def test_negotiate_does_not_hide_a_wrong_password_behind_ntlm(tmp_path, keyfleet):
+    lab = kerberos_lab(tmp_path / "lab", {"KRB": {"k-ms01": {"role": "management_server", "transport": "negotiate"}}})
+    with served(lab) as fleet:
+        inventory = client_inventory(lab, "client.yml", _wrong_password)
+        run = keyfleet("backup", "-i", str(inventory), "--json", env=krb_env(fleet, tmp_path / "tmp"))
+    assert_auth_failure(run, "k-ms01", HINT_PASSWORD)
+
+
 def test_unreachable_kdc(tmp_path, keyfleet):
     lab = kerberos_lab(tmp_path / "lab", {"KRB": {"k-ms01": {"role": "management_server"}}})
     with served(lab) as fleet:
@@ -249,7 +257,14 @@ def test_kerberos_run_leaks_neither_password_nor_keytab(tmp_path, keyfleet):
     search.add("argv", " ".join(run.args + doctor.args))
     search.add_folder(tmp_path)
     assert search.assert_clean() > 5
-    # the keytab's key material (its last entry's key bytes) is nowhere but in the keytab itself
-    key = keytab_file.read_bytes()[-36:-4]
-    found = [name for name, data in search._sources() if key in data]
+    # the keytab's keys are nowhere but in the keytab itself
+    keys = keytab_keys(keytab_file)
+    assert len(keys) >= 2 and all(key in keytab_file.read_bytes() for key in keys)
+    found = [source for key in keys for source in search.where(key)]
     assert found == [], found
+
+
+def keytab_keys(path: Path) -> list[bytes]:
+    import krb5
+
+    return [bytes(entry.key.data) for entry in krb5.kt_resolve(krb5.init_context(), f"FILE:{path}".encode())]
