@@ -268,3 +268,15 @@ def keytab_keys(path: Path) -> list[bytes]:
     import krb5
 
     return [bytes(entry.key.data) for entry in krb5.kt_resolve(krb5.init_context(), f"FILE:{path}".encode())]
+
+
+def test_the_kerberos_lab_inventory_backs_up_every_host(tmp_path, keyfleet):
+    inventory = tmp_path / "lab-kerberos.yml"  # a copy: its state and share are written beside it
+    inventory.write_text((Path(__file__).resolve().parents[1] / "inventories" / "lab-kerberos.yml").read_text())
+    run = keyfleet("backup", "-i", str(inventory), "--json", env={"TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    assert {o["status"] for o in outcomes(run.stdout).values()} == {"ok"}
+    assert len(outcomes(run.stdout)) == 4
+    journal = tmp_path / "lab-kerberos-state" / "journal.jsonl"
+    assert {json.loads(line)["auth"] for line in journal.read_text().splitlines()} == {None, "kerberos"}
+    assert private_caches(tmp_path) == []

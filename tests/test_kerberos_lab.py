@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import struct
 
 import pytest
 import requests
@@ -152,3 +153,45 @@ def test_lab_krb5_conf_has_no_dns(fleet):
         assert line in conf
     assert "127.0.0.1:" in conf
     assert os.environ["KRB5_CONFIG"] == str(fleet.kdc.krb5_conf_path)
+
+
+def _sealed(ctx, message: bytes) -> bytes:
+    """An MS-WSMV multipart body with the Kerberos protocol (as the Kerberos scheme asks for), built here."""
+    wrapped = ctx.wrap_winrm(message)
+    boundary = b"--Encrypted Boundary"
+    return (
+        boundary + b"\r\n\tContent-Type: application/HTTP-Kerberos-session-encrypted\r\n"
+        b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
+        + str(len(message)).encode()
+        + b"\r\n"
+        + boundary
+        + b"\r\n\tContent-Type: application/octet-stream\r\n"
+        + struct.pack("<I", len(wrapped.header))
+        + wrapped.header
+        + wrapped.data
+        + boundary
+        + b"--\r\n"
+    )
+
+
+def test_kerberos_scheme_message_encryption_both_ways(fleet):
+    ctx, token = _kerberos_token("k-ms01")
+    endpoint = fleet.spec("k-ms01").endpoint
+    with requests.Session() as http:  # one connection: the logon holds for it, as on Windows
+        auth = {"Authorization": f"Kerberos {base64.b64encode(token).decode()}"}
+        first = http.post(endpoint, headers=auth, data=b"", timeout=10)
+        assert first.status_code == 200
+        ctx.step(base64.b64decode(first.headers["WWW-Authenticate"].partition(" ")[2]))
+        content_type = (
+            'multipart/encrypted;protocol="application/HTTP-Kerberos-session-encrypted";boundary="Encrypted Boundary"'
+        )
+        reply = http.post(
+            endpoint, headers={"Content-Type": content_type}, data=_sealed(ctx, b"<not-soap/>"), timeout=10
+        )
+    assert 'protocol="application/HTTP-Kerberos-session-encrypted"' in reply.headers["Content-Type"]
+    payload = reply.content.split(b"\tContent-Type: application/octet-stream\r\n", 1)[1][
+        : -len(b"--Encrypted Boundary--\r\n")
+    ]
+    header_length = struct.unpack("<I", payload[:4])[0]
+    fault = ctx.unwrap_winrm(payload[4 : 4 + header_length], payload[4 + header_length :])
+    assert reply.status_code in (400, 500) and b"Fault" in fault

@@ -6,12 +6,14 @@ Secrets (the database master key, user passwords) reach those tools on stdin, ne
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,7 @@ class LabKDC:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_end_with_parent,
         )
         self._wait_listening()
         return self
@@ -200,6 +203,12 @@ class LabKDC:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _end_with_parent() -> None:
+    """In the KDC before exec: SIGTERM when the process that started it dies, even by SIGKILL."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _quoted(password: str) -> str:
