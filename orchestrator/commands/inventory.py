@@ -59,6 +59,8 @@ def host_document(host: HostConfig) -> dict[str, Any]:
         "cert_thumbprint": host.cert_thumbprint,
         "allow_insecure": host.allow_insecure,
         "credential": _credential(host.credential),
+        "kerberos_hostname": host.kerberos_hostname,
+        "realm": host.realm,
         "client_cert": host.client_cert,
         "client_key": host.client_key,
         "connect_timeout": host.connect_timeout,
