@@ -166,21 +166,27 @@ class TicketCaches:
 CACHES = TicketCaches()
 
 
+def tls_server_end_point(cert_der: bytes) -> GssChannelBindings:
+    """RFC 5929 channel bindings of a server certificate, hashed with its signature hash (MD5/SHA-1: SHA-256)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    signature_hash = x509.load_der_x509_certificate(cert_der).signature_hash_algorithm
+    names: dict[str, hashes.HashAlgorithm] = {"sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
+    algorithm = names.get(signature_hash.name if signature_hash else "", hashes.SHA256())
+    digest = hashes.Hash(algorithm)
+    digest.update(cert_der)
+    return GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
+
+
 def _cbt(response: requests.Response) -> GssChannelBindings | None:
     """RFC 5929 tls-server-end-point bindings of the HTTPS connection a response came on (None over http)."""
-    from orchestrator.lab.ntlm import tls_server_end_point
-
     try:
         sock = response.raw._fp.fp.raw._sock  # type: ignore[union-attr]  # urllib3's socket: the one place requests exposes the peer cert
         der = sock.getpeercert(True)
     except AttributeError:
         return None
-    if not der:
-        return None
-    from cryptography import x509
-
-    algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
-    return tls_server_end_point(der, algorithm.name if algorithm else "")
+    return tls_server_end_point(der) if der else None
 
 
 class NegotiateAuth(requests.auth.AuthBase):

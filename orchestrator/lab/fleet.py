@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from cryptography import x509
-
 from orchestrator.errors import ConfigError, KeyfleetError
 from orchestrator.inventory.model import Inventory, LabHostSettings, Role
+from orchestrator.kerberos import principal_name, tls_server_end_point
 from orchestrator.lab.faults import find, parse_faults
 from orchestrator.lab.httpserver import HostListener, LabHTTPServer
 from orchestrator.lab.journal import Journal
 from orchestrator.lab.kdc import LabKDC
 from orchestrator.lab.machine import Machine
-from orchestrator.lab.ntlm import tls_server_end_point, write_user_file
+from orchestrator.lab.ntlm import write_user_file
 from orchestrator.lab.pki import LabPKI
 from orchestrator.lab.wsman import ServiceLimits, WinRSService
 
@@ -163,9 +162,8 @@ class LabFleet:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(cert.cert_path, cert.key_path)
-            algorithm = x509.load_der_x509_certificate(cert.der).signature_hash_algorithm
             listener.ssl_context = ctx
-            listener.channel_bindings = tls_server_end_point(cert.der, algorithm.name if algorithm else "")
+            listener.channel_bindings = tls_server_end_point(cert.der)
         try:
             port = server.listen(listener, spec.address, spec.port)
         except OSError as exc:
@@ -187,11 +185,11 @@ class LabFleet:
             if spec.kerberos_name:
                 users.update({name: password for name, (password, _) in spec.users.items()})
         for name, password in users.items():
-            kdc.add_user(_principal(name, kdc.realm), password)
+            kdc.add_user(principal_name(name, kdc.realm), password)
         for name, keytab in self._keytabs.items():
             keytab.parent.mkdir(parents=True, exist_ok=True)
             keytab.unlink(missing_ok=True)
-            kdc.export_keytab(_principal(name, kdc.realm), keytab)
+            kdc.export_keytab(principal_name(name, kdc.realm), keytab)
 
     def stop(self) -> None:
         if self.kdc is not None:
@@ -214,12 +212,6 @@ class LabFleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def _principal(username: str, realm: str) -> str:
-    from orchestrator.kerberos import principal_name
-
-    return principal_name(username, realm)
 
 
 def _free_port(address: str) -> int:

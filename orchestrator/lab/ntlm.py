@@ -1,4 +1,4 @@
-"""NTLM for the lab server: per-host user files for pyspnego's acceptor, and TLS channel bindings."""
+"""NTLM for the lab server: per-host user files for pyspnego's acceptor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from spnego.channel_bindings import GssChannelBindings
 
 from orchestrator.privatefile import write_private
 
@@ -39,14 +37,3 @@ def user_file_env(path: Path) -> Iterator[None]:
                 del os.environ["NTLM_USER_FILE"]
             else:
                 os.environ["NTLM_USER_FILE"] = previous
-
-
-def tls_server_end_point(cert_der: bytes, hash_name: str) -> GssChannelBindings:
-    """RFC 5929 channel bindings of a server certificate (hash: the certificate's signature hash)."""
-    from cryptography.hazmat.primitives import hashes
-
-    names: dict[str, hashes.HashAlgorithm] = {"sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
-    algorithm = names.get(hash_name.lower(), hashes.SHA256())  # RFC 5929: MD5/SHA-1 become SHA-256
-    digest = hashes.Hash(algorithm)
-    digest.update(cert_der)
-    return GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
