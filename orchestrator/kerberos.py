@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import importlib.util
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ import spnego
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 
+from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import Secret, mask
 
@@ -50,6 +52,7 @@ _HINTS = {
     -1765328160: HINT_KDC,  # KRB5_REALM_UNKNOWN
     -1765328164: HINT_KDC,  # KRB5_CONFIG_NODEFREALM: no default realm
 }
+INSTALL_HINT = "pip install 'keyfleet[kerberos]' (bash .ci/setup kerberos)"
 _CODE_IN_TEXT = re.compile(r"(-?\d{10})")  # krb5 error codes, signed or as unsigned GSS minor codes
 _MINOR_TEXT = re.compile(r"Minor \(\d+\): (.*?)(?:, Context:|$)", re.S)
 
@@ -282,9 +285,19 @@ def credentials_for(host: HostConfig, password: Secret | None) -> list[Any] | No
     return creds or None
 
 
+def missing_bindings() -> str | None:
+    """Which MIT Kerberos binding (gssapi, krb5) is not installed, or None."""
+    return next((name for name in ("gssapi", "krb5") if importlib.util.find_spec(name) is None), None)
+
+
 def attach(transport: Any, host: HostConfig, password: Secret | None) -> NegotiateAuth:
     """Make a pywinrm Transport authenticate with NegotiateAuth. Its session is built on the first send (so
     the logon runs under the caller's deadline and error handling); over http it then sets up encryption."""
+    missing = missing_bindings()
+    if missing is not None:
+        raise HostFailure(
+            ErrorKind.CONFIG, host.name, f"transport {host.transport} needs the {missing} module: {INSTALL_HINT}"
+        )
     auth = NegotiateAuth(host.transport, None, host.kerberos_hostname)
 
     def build_session() -> requests.Session:
