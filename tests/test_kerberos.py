@@ -4,12 +4,17 @@ with its kind and hint (exit 1, no traceback), the private credential cache, the
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.kerberos import HINT_KDC, HINT_PASSWORD, HINT_SKEW, HINT_SPN
+from tests.conftest import cli_env
 from tests.krb import (
     FAKETIME,
     WINRM_PASSWORD,
@@ -280,3 +285,23 @@ def test_the_kerberos_lab_inventory_backs_up_every_host(tmp_path, keyfleet):
     journal = tmp_path / "lab-kerberos-state" / "journal.jsonl"
     assert {json.loads(line)["auth"] for line in journal.read_text().splitlines()} == {None, "kerberos"}
     assert private_caches(tmp_path) == []
+
+
+def test_interrupted_run_removes_its_private_credential_cache(tmp_path):
+    fleet = {"KRB": {"k-ms01": {"role": "management_server", "lab": {"faults": ["latency:1"]}}}}
+    lab = kerberos_lab(tmp_path / "lab", fleet)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp_path / "home").mkdir()
+    argv = [sys.executable, "-m", "orchestrator", "backup", "-i", str(lab.inventory)]
+    env = cli_env(tmp_path / "home", {"TMPDIR": str(tmp)})
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as proc:
+        deadline = time.monotonic() + 30
+        while not private_caches(tmp) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert private_caches(tmp), "no private credential cache while the run was going on"
+        assert list(private_caches(tmp)[0].iterdir()), "the cache folder holds the run's ticket"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert private_caches(tmp) == []
