@@ -109,10 +109,6 @@ class TicketCaches:
         self._dir: Path | None = None
         self._caches: dict[_CacheKey, str | KerberosError] = {}
 
-    @property
-    def folder(self) -> Path | None:
-        return self._dir
-
     def ccache(self, host: HostConfig, password: Secret | None) -> str | None:
         """``FILE:path`` of a cache holding a ticket for the host's credential, or None: the user's own tickets.
         Raises KerberosError (the same one for every host of that credential) when the logon fails."""
