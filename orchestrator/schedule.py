@@ -56,8 +56,8 @@ def _template(name: str) -> Template:
 
 def _secret_refs(inv: Inventory) -> list[SecretRef]:
     refs = [inv.backup.password] if inv.backup.password else []
-    refs += [h.credential.password for h in inv.hosts.values() if h.credential]
-    if inv.share and inv.share.credential:
+    refs += [h.credential.password for h in inv.hosts.values() if h.credential and h.credential.password]
+    if inv.share and inv.share.credential and inv.share.credential.password:
         refs.append(inv.share.credential.password)
     if inv.signing and inv.signing.private_key:
         refs.append(inv.signing.private_key)

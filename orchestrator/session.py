@@ -31,7 +31,7 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from orchestrator import transport
+from orchestrator import kerberos, transport
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import Secret, mask
@@ -101,7 +101,8 @@ class WinRMSession:
         try:
             self._protocol = Protocol(
                 endpoint=host.endpoint,
-                transport=host.transport,  # type: ignore[arg-type]  # the inventory's names are pywinrm's
+                # the inventory's names are pywinrm's; kerberos and negotiate are keyfleet's own NegotiateAuth
+                transport="kerberos" if host.transport in kerberos.TRANSPORTS else host.transport,  # type: ignore[arg-type]
                 username=username,
                 password=password.reveal() if password else None,
                 cert_pem=host.client_cert,
@@ -119,7 +120,17 @@ class WinRMSession:
         self._watch = transport.bound(
             self._protocol, proxy=host.proxy, thumbprint=host.cert_thumbprint if self._pinned else None
         )
+        self._gss = None
+        if host.transport in kerberos.TRANSPORTS:
+            self._gss = kerberos.attach(self._protocol.transport, host, password)
         self.requests_sent = 0
+
+    @property
+    def mechanism(self) -> str | None:
+        """The authentication in use: kerberos, ntlm, basic, credssp or certificate (None before a logon)."""
+        if self._gss is not None:
+            return self._gss.negotiated
+        return self.host.transport if self._protocol.transport.session is not None else None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -309,6 +320,8 @@ class WinRMSession:
         if isinstance(exc, PermissionError) and "NTLM" in str(exc):
             # requests_ntlm: "Access denied: Server did not respond with NTLM challenge token"
             return HostFailure(ErrorKind.AUTH, name, f"NTLM logon refused by {where}")
+        if isinstance(exc, kerberos.KerberosError):
+            return HostFailure(ErrorKind.AUTH, name, exc.reason)
         if isinstance(exc, InvalidCredentialsError):
             return HostFailure(ErrorKind.AUTH, name, f"credentials rejected by {where} (HTTP 401)")
         if isinstance(exc, WSManFaultError):

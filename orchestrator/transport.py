@@ -288,18 +288,18 @@ class BoundedTransport(winrm.transport.Transport):
                 session = super().build_session()
             finally:
                 self.proxy = explicit
-            self._harden(session)
+            self.harden(session)
         assert self.session is not None
         return self.session
 
     def setup_encryption(self, session: requests.Session) -> None:
-        self._harden(session)  # build_session sends the first request from here, before it returns
+        self.harden(session)  # build_session sends the first request from here, before it returns
         super().setup_encryption(session)
         if getattr(session.auth, "session_security", True) is None:
             # requests_ntlm keys its sealing on the 401 challenge; a 200 without it leaves none
             raise NotAuthenticated()
 
-    def _harden(self, session: requests.Session) -> None:
+    def harden(self, session: requests.Session) -> None:
         if session.get_adapter(self.endpoint) is self.adapter:
             return
         session.trust_env = False

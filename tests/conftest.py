@@ -57,6 +57,7 @@ def make_lab_inventory(
     defaults: dict[str, Any] | None = None,
     backup: dict[str, Any] | None = None,
     winrm_password: str = "Lab-Test-Pw-1",
+    lab: dict[str, Any] | None = None,
 ) -> LabFiles:
     """Write a lab inventory under ``root`` with its own loopback /24, share and state folder."""
     subnet = next(_subnet) % 150 + 100
@@ -72,7 +73,7 @@ def make_lab_inventory(
             index += 1
         groups[group] = {"hosts": entries}
     document = {
-        "lab": {"serve": True, "state_dir": "lab-state", "seed": 1},
+        "lab": {"serve": True, "state_dir": "lab-state", "seed": 1, **(lab or {})},
         "share": {"url": "share"},
         "backup": {"password": "Lab-Backup-Test-1", "password_id": "test-1", "max_age": "30d", **(backup or {})},
         "signing": dict(LAB_SIGNING),

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lab.faults import FAULT_KINDS
+from orchestrator.lab.faults import FAULT_KINDS, KERBEROS_FAULTS
 
 _EXAMPLE_ARGUMENT = {"latency": "latency:0.2", "http500": "http500:Send"}
-# one example of every lab fault kind, plus a run without faults
-EVERY_FAULT = ["none", *(_EXAMPLE_ARGUMENT.get(kind, kind) for kind in FAULT_KINDS)]
+# one example of every lab fault kind, plus a run without faults (Kerberos faults: tests/test_kerberos.py)
+EVERY_FAULT = ["none", *(_EXAMPLE_ARGUMENT.get(kind, kind) for kind in FAULT_KINDS if kind not in KERBEROS_FAULTS)]
 # two hosts, one per auth mode, with timeouts short enough for blackhole and tool-hanging
 LEAK_FLEET: dict[str, dict[str, Any]] = {
     "LEAK": {
@@ -109,6 +109,10 @@ class LeakSearch:
                     except OSError:
                         continue
         return sources
+
+    def where(self, needle: bytes) -> list[str]:
+        """The sources holding ``needle`` (binary secrets such as keytab keys)."""
+        return [source for source, data in self._sources() if needle in data]
 
     def findings(self) -> list[str]:
         found = []

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.inventory.model import Role
+from orchestrator.inventory.model import Credential, Role, SecretRef
 from orchestrator.inventory.schema import SETTINGS, settings_reference_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +30,11 @@ lab: {serve: false, state_dir: state, seed: 3}
 defaults:
   credential: {username: 'LAB\\kf', password: lab-pass-1234}
 """
+
+
+def password_of(credential: Credential | None) -> SecretRef:
+    assert credential is not None and credential.password is not None
+    return credential.password
 
 
 def write(tmp_path: Path, text: str, name: str = "inv.yml") -> Path:
@@ -76,7 +81,8 @@ def test_lab_inventory_loads() -> None:
     for host in inv.hosts.values():
         assert host.address.startswith("127.0.10.")
         assert host.lab is not None
-        assert host.credential is not None and host.credential.password.scheme == "plain"
+        assert host.credential is not None and host.credential.password is not None
+        assert host.credential.password.scheme == "plain"
         if host.scheme == "https":
             assert host.ca_bundle == str(LAB.parent / "lab-state" / "ca.pem")
     assert inv.backup.password is not None and inv.backup.password.scheme == "plain"
@@ -107,8 +113,11 @@ def test_production_example_loads_without_its_env_vars(tmp_path: Path, monkeypat
     text = PRODUCTION.read_text(encoding="utf-8").replace("/etc/pki/contoso/root-ca.pem", str(ca))
     inv = load_inventory(write(tmp_path, text, "example-production.yml"))
     assert inv.lab is None
-    schemes = {h.credential.password.scheme for h in inv.hosts.values() if h.credential}
+    schemes = {h.credential.password.scheme for h in inv.hosts.values() if h.credential and h.credential.password}
     assert schemes <= {"env", "file", "prompt", "command", "vault"}
+    kerberos = inv.hosts["euscsm-ms01"]  # a Kerberos-only group: keytab, domain
+    assert kerberos.credential is not None and kerberos.credential.keytab == "/etc/keyfleet/svc-keyfleet.keytab"
+    assert (kerberos.transport, kerberos.kerberos_hostname) == ("kerberos", "euscsm-ms01.eu.contoso.com")
     assert all(h.lab is None for h in inv.hosts.values())
     pinned = inv.hosts["scsm-ms02.contoso.com"]
     assert pinned.cert_thumbprint == "3f1a9b220c4d5e6f708192a3b4c5d6e7f8091a2b"
@@ -143,7 +152,7 @@ management_groups:
     assert ms01.tool_timeout == 90 and ms02.tool_timeout == 45 and ms01.retries == 4
     assert ms01.port == 5986 and ms01.scheme == "https" and ms02.port == 15985
     assert ms01.credential is not None and ms01.credential.username == "CONTOSO\\svc"
-    assert ms01.credential.password.target == "G1_PASS"  # credential mappings merge key by key
+    assert password_of(ms01.credential).target == "G1_PASS"  # credential mappings merge key by key
     assert dw01.address == "dw01.example.org" and ms01.address == "ms01"
     assert dw01.cert_thumbprint == "ab" * 19 + "cd"
     assert ms01.connect_timeout == 10 and ms01.operation_timeout == 20 and ms01.host_timeout == 300
@@ -205,9 +214,9 @@ management_groups:
     assert hosts["ms01"].ca_bundle == str(tmp_path / "state" / "ca.pem")
     assert hosts["ms02"].ca_bundle == str(tmp_path / "certs" / "ca.pem")
     assert hosts["ms03"].credential is not None
-    assert hosts["ms03"].credential.password.target == str(tmp_path / "secrets" / "pw")
+    assert password_of(hosts["ms03"].credential).target == str(tmp_path / "secrets" / "pw")
     assert hosts["ms04"].credential is not None
-    assert hosts["ms04"].credential.password.target == f"{tmp_path / 'v.yml'}#a.b"
+    assert password_of(hosts["ms04"].credential).target == f"{tmp_path / 'v.yml'}#a.b"
 
 
 @pytest.mark.parametrize("url", ["smb://files01/keys", "smb://files01:4445/keys/scsm", "\\\\files01\\keys\\scsm"])
@@ -225,7 +234,7 @@ management_groups: {{G: {{hosts: {{ms01: {{role: management_server}}}}}}}}
         )
     )
     assert inv.share is not None and inv.share.url == url
-    assert inv.share.credential is not None and inv.share.credential.password.describe() == "env:SHARE_PW"
+    assert inv.share.credential is not None and password_of(inv.share.credential).describe() == "env:SHARE_PW"
 
 
 def test_allow_insecure_permits_basic_over_http(tmp_path: Path) -> None:
@@ -485,7 +494,7 @@ BAD_CASES = [
         PROD_HEAD + "  transport: kerberoes\n" + ONE_HOST,
         3,
         "defaults.transport",
-        ["did you mean 'kerberos'", "ntlm, kerberos, credssp, basic, certificate"],
+        ["did you mean 'kerberos'", "ntlm, kerberos, negotiate, credssp, basic, certificate"],
     ),
     (
         "bad-thumbprint",
@@ -735,7 +744,7 @@ def test_plaintext_allowed_in_lab_with_a_loopback_smb_share(tmp_path: Path, url:
     share = f"share: {{url: '{url}', credential: {{username: b, password: Lab-Share-Pw-1}}}}\n"
     inv = load_inventory(write(tmp_path, LAB_HEAD + share + LOOPBACK_HOST))
     assert inv.share is not None and inv.share.credential is not None
-    assert inv.share.credential.password.scheme == "plain"
+    assert password_of(inv.share.credential).scheme == "plain"
 
 
 def test_lab_with_remote_hosts_loads_when_every_secret_is_a_reference(tmp_path: Path) -> None:

@@ -105,11 +105,13 @@ def _counts(diagnoses: Sequence[Diagnosis], require: Sequence[str] = CHECKS) -> 
     return {str(s): sum(1 for d in diagnoses if d.status(require) is s) for s in Status}
 
 
-def _cell(check: CheckResult, probe: ProbeResult | None) -> Text:
+def _cell(check: CheckResult, probe: ProbeResult | None, auth: str | None) -> Text:
     mark, style = MARK[check.state]
     text = ""
     if check.state is CheckState.FAILED:
         text = str(check.kind or "")
+    elif check.name == "authenticated":
+        text = auth or ""  # the mechanism negotiated: kerberos, ntlm, basic
     elif probe and check.name == "tool":
         text = probe.tool_version or ""
     elif probe and check.name == "temp-space" and probe.temp_free_bytes is not None:
@@ -124,7 +126,7 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool, require: S
     for d in diagnoses:
         probe = d.probe
         role = " + ".join(str(r) for r in probe.roles) or "(none)" if probe else ""
-        cells = [_cell(d.check(name), probe) for name in require]
+        cells = [_cell(d.check(name), probe, d.auth) for name in require]
         rows.append([d.host.name, role, (probe.version or "") if probe else "", *cells])
     order = failures_first([_kind(d, require) for d in diagnoses], [str(d.status(require)) for d in diagnoses])
     columns = ["host", "roles", "version", *(COLUMNS[name] for name in require)]

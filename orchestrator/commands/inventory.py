@@ -22,10 +22,14 @@ def format_duration(seconds: float) -> str:
     return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:g}s"
 
 
-def _credential(credential: Credential | None) -> dict[str, str] | None:
+def _credential(credential: Credential | None) -> dict[str, str | None] | None:
     if credential is None:
         return None
-    return {"username": credential.username, "password": credential.password.describe()}
+    password = credential.password.describe() if credential.password else None
+    shown: dict[str, str | None] = {"username": credential.username, "password": password}
+    if credential.keytab is not None:
+        shown["keytab"] = credential.keytab  # the path only: keyfleet never reads the keytab
+    return shown
 
 
 def _lab_host(lab: LabHostSettings | None) -> dict[str, Any] | None:
@@ -55,6 +59,8 @@ def host_document(host: HostConfig) -> dict[str, Any]:
         "cert_thumbprint": host.cert_thumbprint,
         "allow_insecure": host.allow_insecure,
         "credential": _credential(host.credential),
+        "kerberos_hostname": host.kerberos_hostname,
+        "realm": host.realm,
         "client_cert": host.client_cert,
         "client_key": host.client_key,
         "connect_timeout": host.connect_timeout,

@@ -45,6 +45,12 @@ from orchestrator.inventory.yamlnodes import YamlDocument, line_of
 from orchestrator.secretrefs import PLAINTEXT_ADVICE
 
 _PORTS = {"http": 5985, "https": 5986}
+KERBEROS_TRANSPORTS = ("kerberos", "negotiate")
+
+
+def _in_domain(name: str, domain: str | None) -> str:
+    """The host's DNS name for its service principal: a name without a dot gets the inventory's domain."""
+    return f"{name}.{domain}" if domain and "." not in name else name
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -87,6 +93,8 @@ class _Loader(SchemaReader):
                 serve=self.value_of(lab, Scope.LAB, "serve"),
                 state_dir=Path(self.resolve_path(self.value_of(lab, Scope.LAB, "state_dir"))),
                 seed=self.value_of(lab, Scope.LAB, "seed"),
+                kerberos=self.value_of(lab, Scope.LAB, "kerberos"),
+                realm=self.value_of(lab, Scope.LAB, "realm"),
             )
         top = self.section(root, Scope.TOP, "", complete=True)
         defaults = top["defaults"].value if "defaults" in top else {}
@@ -183,7 +191,12 @@ class _Loader(SchemaReader):
                     continue
                 earlier = merged.get(setting_name)
                 if earlier is not None and isinstance(value.value, dict):
-                    value = Value({**earlier.value, **value.value}, value.node)
+                    inherited = dict(earlier.value)
+                    if setting_name == "credential":  # a password and a keytab replace each other
+                        for own, other in (("keytab", "password"), ("password", "keytab")):
+                            if own in value.value:
+                                inherited.pop(other, None)
+                    value = Value({**inherited, **value.value}, value.node)
                 merged[setting_name] = value
         self.require(allowed, merged, key_node, key)
 
@@ -202,9 +215,16 @@ class _Loader(SchemaReader):
         credential = None
         if "credential" in merged:
             credential = self.credential(merged["credential"], f"{key}.credential")
-        elif transport in ("ntlm", "basic", "credssp"):
+        if credential is not None and credential.keytab is not None and transport not in KERBEROS_TRANSPORTS:
             raise self.fail(
-                f"missing required key 'credential' (transport {transport} needs a username and password)",
+                f"a keytab is used only with transport kerberos or negotiate, not {transport}",
+                merged["credential"].node,
+                f"{key}.credential.keytab",
+            )
+        if transport in ("ntlm", "basic", "credssp") and (credential is None or credential.password is None):
+            missing = "credential" if credential is None else "credential.password"
+            raise self.fail(
+                f"missing required key {missing!r} (transport {transport} needs a username and password)",
                 key_node,
                 key,
             )
@@ -237,11 +257,17 @@ class _Loader(SchemaReader):
             lab=self.lab_host(merged.get("lab"), f"{key}.lab") if self.lab is not None else None,
             location=Location(self.display, line_of(key_node), key),
             proxy=get("proxy"),
+            kerberos_hostname=get("kerberos_hostname") or _in_domain(name, get("domain")),
+            realm=get("realm"),
         )
 
     def credential(self, value: Value, key: str) -> Credential:
-        self.require(settings_for(Scope.CREDENTIAL), value.value, value.node, key)
-        return Credential(username=value.value["username"].value, password=value.value["password"].value)
+        values: dict[str, Value] = value.value
+        self.require(settings_for(Scope.CREDENTIAL), values, value.node, key)
+        if "password" in values and "keytab" in values:
+            raise self.fail("give a password or a keytab, not both", values["keytab"].node, f"{key}.keytab")
+        keytab = self.resolve_path(values["keytab"].value) if "keytab" in values else None
+        return Credential(values["username"].value, values["password"].value if "password" in values else None, keytab)
 
     def ca_bundle(self, value: Value | None, key: str) -> str | None:
         if value is None:
@@ -308,6 +334,10 @@ class _Loader(SchemaReader):
                     "share.credential",
                 )
             credential = self.credential(values["credential"], "share.credential")
+            if credential.password is None or credential.keytab is not None:
+                raise self.fail(
+                    "a share credential is {username, password}", values["credential"].node, "share.credential"
+                )
         return ShareConfig(url, credential, self.value_of(values, Scope.SHARE, "require_encryption"))
 
     def backup(self, value: Value | None) -> BackupPolicy:

@@ -49,7 +49,8 @@ class SecretRef:
 @dataclass(frozen=True)
 class Credential:
     username: str
-    password: SecretRef
+    password: SecretRef | None  # None: Kerberos with a keytab, or the user's own tickets
+    keytab: str | None = None  # Kerberos keytab file (resolved path); its contents are never read by keyfleet
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class HostConfig:
     address: str
     port: int
     scheme: str  # https | http
-    transport: str  # ntlm | kerberos | credssp | basic | certificate
+    transport: str  # ntlm | kerberos | negotiate | credssp | basic | certificate
     cert_validation: bool
     ca_bundle: str | None  # a file path (the lab's CA already substituted)
     cert_thumbprint: str | None  # hex, SHA-256 (64) or SHA-1 (40), no separators, lower case
@@ -95,6 +96,8 @@ class HostConfig:
     tool_input: str  # auto | stdin | console: how the password reaches SecureStorageBackup.exe
     lab: LabHostSettings | None
     location: Location
+    kerberos_hostname: str = ""  # host part of the service principal HTTP/<kerberos_hostname>
+    realm: str | None = None  # Kerberos realm of the credential's user; None: krb5.conf's default
     proxy: str | None = None  # HTTP proxy URL for WinRM; None: no proxy (the environment is never read)
 
     @property
@@ -136,6 +139,8 @@ class LabConfig:
     serve: bool  # True: the controller starts the lab itself for the duration of a command
     state_dir: Path  # CA, host certificates and simulated registries live here
     seed: int = 0
+    kerberos: bool = False  # the lab also runs its own KDC (MIT krb5kdc) for kerberos and negotiate hosts
+    realm: str = "LAB.TEST"
 
 
 @dataclass(frozen=True)

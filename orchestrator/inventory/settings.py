@@ -15,12 +15,14 @@ from typing import Any
 from orchestrator.inventory.model import Role
 from orchestrator.inventory.values import (
     check_address,
+    check_keytab,
     check_not_empty,
     check_operation_timeout,
     check_port,
     check_positive,
     check_proxy,
     check_public_key,
+    check_realm,
     check_retries,
     check_thumbprint,
 )
@@ -81,7 +83,7 @@ class Setting:
 
 ROLES = tuple(r.value for r in Role)
 SCHEMES = ("https", "http")
-TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic", "certificate")
+TRANSPORTS = ("ntlm", "kerberos", "negotiate", "credssp", "basic", "certificate")
 UNENCRYPTED_TRANSPORTS = ("basic", "certificate")  # cannot seal messages over plain HTTP
 LAB_CA = "lab"  # ca_bundle: the lab CA at <lab.state_dir>/ca.pem, written when the lab starts
 
@@ -116,6 +118,15 @@ SETTINGS: tuple[Setting, ...] = (
         "lab-state",
     ),
     Setting("seed", Kind.INT, (Scope.LAB,), "Seed of the simulated keys.", 0),
+    Setting(
+        "kerberos",
+        Kind.BOOL,
+        (Scope.LAB,),
+        "Also run a private MIT KDC (krb5kdc on loopback) for kerberos and negotiate hosts; "
+        "needs `bash .ci/setup kerberos`.",
+        False,
+    ),
+    Setting("realm", Kind.STR, (Scope.LAB,), "Realm of the lab KDC.", "LAB.TEST", check=check_realm),
     # share
     Setting(
         "url",
@@ -181,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
         "credential",
         Kind.MAPPING,
         HOST_SCOPES,
-        "WinRM `{username, password}`; required for ntlm, basic and credssp. Inherited mappings merge key by key.",
+        "WinRM `{username, password}` or `{username, keytab}`; required for ntlm, basic and credssp; for kerberos "
+        "and negotiate without one, the user's own Kerberos tickets are used. Inherited mappings merge key by key.",
         section=Scope.CREDENTIAL,
     ),
     Setting(
@@ -192,7 +204,20 @@ SETTINGS: tuple[Setting, ...] = (
         required=True,
         check=check_not_empty,
     ),
-    Setting("password", Kind.SECRET, (Scope.CREDENTIAL,), "Secret reference to the password.", required=True),
+    Setting(
+        "password",
+        Kind.SECRET,
+        (Scope.CREDENTIAL,),
+        "Secret reference to the password (kerberos, negotiate: keyfleet gets its own ticket into a private "
+        "credential cache removed after the run; none: the user's existing tickets).",
+    ),
+    Setting(
+        "keytab",
+        Kind.STR,
+        (Scope.CREDENTIAL,),
+        "`file:PATH` of a Kerberos keytab for unattended runs (kerberos, negotiate); never read by keyfleet itself.",
+        check=check_keytab,
+    ),
     Setting("role", Kind.CHOICE, HOST_SCOPES, "SCSM role of the server.", required=True, choices=ROLES),
     Setting(
         "address",
@@ -210,9 +235,32 @@ SETTINGS: tuple[Setting, ...] = (
         "transport",
         Kind.CHOICE,
         HOST_SCOPES,
-        "WinRM authentication. `basic` and `certificate` need https.",
+        "WinRM authentication. `basic` and `certificate` need https; `negotiate` is SPNEGO (Kerberos, else NTLM).",
         "ntlm",
         choices=TRANSPORTS,
+    ),
+    Setting(
+        "domain",
+        Kind.STR,
+        HOST_SCOPES,
+        "DNS domain of the servers: a host name without a dot gets it for its Kerberos service principal.",
+        check=check_address,
+    ),
+    Setting(
+        "kerberos_hostname",
+        Kind.STR,
+        HOST_SCOPES,
+        "Host part of the service principal `HTTP/<kerberos_hostname>` (kerberos, negotiate).",
+        default_doc="the host name, in `domain` if set",
+        check=check_address,
+    ),
+    Setting(
+        "realm",
+        Kind.STR,
+        HOST_SCOPES,
+        "Kerberos realm of the credential's user (`user@REALM`).",
+        default_doc="the realm in the username, else krb5.conf's default_realm",
+        check=check_realm,
     ),
     Setting("cert_validation", Kind.BOOL, HOST_SCOPES, "Validate the listener certificate (https).", True),
     Setting(

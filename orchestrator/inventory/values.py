@@ -199,3 +199,21 @@ def parse_duration(value: object) -> float:
     if seconds > MAX_DURATION:
         raise Invalid("must be at most 3650d")
     return seconds
+
+
+_REALM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,254}$")
+
+
+def check_realm(value: str) -> str:
+    """A Kerberos realm (upper-cased, as Active Directory names them)."""
+    if not _REALM.match(value):
+        raise Invalid(f"invalid realm {value!r}: letters, digits, dots and hyphens, e.g. CONTOSO.COM")
+    return value.upper()
+
+
+def check_keytab(value: str) -> str:
+    """``file:PATH`` of a keytab: the path (resolved later against the inventory's folder)."""
+    scheme, sep, path = value.partition(":")
+    if scheme != "file" or not sep or not path.strip() or "\0" in path:
+        raise Invalid("a keytab is given as file:PATH (the keytab file itself is never read by keyfleet)")
+    return path

@@ -135,7 +135,7 @@ def winrm_passwords(hosts: Iterable[HostConfig]) -> dict[str, Secret | None]:
     """Resolve every host's WinRM password up front, in the main thread (prompts, vault)."""
     passwords: dict[str, Secret | None] = {}
     for host in hosts:
-        if host.credential is None:
+        if host.credential is None or host.credential.password is None:
             passwords[host.name] = None
         else:
             passwords[host.name] = resolve(host.credential.password, purpose=f"WinRM password for {host.name}")

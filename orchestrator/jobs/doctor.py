@@ -69,6 +69,7 @@ class Diagnosis:
     skipped: bool = False  # never started (interrupted)
     duration: float = 0.0
     attempts: int = 0
+    auth: str | None = None  # the mechanism the logon negotiated: kerberos, ntlm, basic, ... (None: no logon)
 
     def check(self, name: str) -> CheckResult:
         return next((c for c in self.checks if c.name == name), CheckResult(name, CheckState.NOT_RUN))
@@ -98,6 +99,7 @@ class ProbeTask:
     def __init__(self, winrm_passwords: dict[str, Secret | None], *, smoke: bool = False) -> None:
         self._winrm_passwords = winrm_passwords
         self._smoke = smoke
+        self.mechanisms: dict[str, str | None] = {}  # host name -> what its logon negotiated
 
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
@@ -110,6 +112,7 @@ class ProbeTask:
                 max_output=remote.MAX_OUTPUT_BYTES,
                 on_phase=ctx.report,
             )
+            self.mechanisms[host.name] = session.mechanism
             probe = remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
             if not (self._smoke and probe.admin and probe.tool_path):
                 return probe
@@ -146,8 +149,10 @@ def run_doctor(
         events.on_done(result)
 
     runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
-    summary = Runner(ProbeTask(winrm_passwords, smoke=smoke), forks=forks, events=runner_events).run(hosts)
-    return [diagnose(result) for result in summary.results], summary.interrupted
+    task = ProbeTask(winrm_passwords, smoke=smoke)
+    summary = Runner(task, forks=forks, events=runner_events).run(hosts)
+    diagnoses = [replace(diagnose(r), auth=task.mechanisms.get(r.host.name)) for r in summary.results]
+    return diagnoses, summary.interrupted
 
 
 def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
@@ -264,6 +269,7 @@ def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> d
         "group": host.group,
         "role": host.role.value,
         "endpoint": host.endpoint,
+        "auth": diagnosis.auth,
         "status": str(diagnosis.status(require)),
         "kind": str(cause.kind) if cause and cause.kind else None,
         "message": f"{cause.name}: {cause.detail}" if cause else None,

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
 
-TRANSPORT_FAULTS = ("down", "blackhole", "latency", "auth-failure", "http500", "drop-receive")
+TRANSPORT_FAULTS = ("down", "blackhole", "latency", "auth-failure", "http500", "drop-receive", "no-spn")
+KERBEROS_FAULTS = ("no-spn",)  # only where the lab runs a KDC (lab.kerberos): no service principal registered
 MACHINE_FAULTS = (
     "corrupt-output",
     "truncate-output",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -14,19 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from cryptography import x509
-
 from orchestrator.errors import ConfigError, KeyfleetError
 from orchestrator.inventory.model import Inventory, LabHostSettings, Role
+from orchestrator.kerberos import principal_name, tls_server_end_point
 from orchestrator.lab.faults import find, parse_faults
 from orchestrator.lab.httpserver import HostListener, LabHTTPServer
 from orchestrator.lab.journal import Journal
+from orchestrator.lab.kdc import LabKDC
 from orchestrator.lab.machine import Machine
-from orchestrator.lab.ntlm import tls_server_end_point, write_user_file
+from orchestrator.lab.ntlm import write_user_file
 from orchestrator.lab.pki import LabPKI
 from orchestrator.lab.wsman import ServiceLimits, WinRSService
 
 AUTH_MODES = ("ntlm", "basic")
+KERBEROS_TRANSPORTS = ("kerberos", "negotiate")  # served as ntlm hosts that also hold HTTP/<name> keys
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class LabHostSpec:
     settings: LabHostSettings = field(default_factory=LabHostSettings)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     allow_unencrypted: bool = False  # Windows' AllowUnencrypted=true: Basic over plain HTTP
+    kerberos_name: str | None = None  # with a KDC: the host's service principal is HTTP/<kerberos_name>
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -62,8 +66,16 @@ class LabFleet:
     """Start with ``start()`` or ``with LabFleet(...) as fleet:``; every host listens until ``stop()``."""
 
     def __init__(
-        self, specs: list[LabHostSpec], state_dir: Path, seed: int = 0, journal_path: Path | None = None
+        self,
+        specs: list[LabHostSpec],
+        state_dir: Path,
+        seed: int = 0,
+        journal_path: Path | None = None,
+        kdc: LabKDC | None = None,
+        keytabs: dict[str, Path] | None = None,
     ) -> None:
+        """``kdc``: a KDC (not started) the fleet starts and stops, with a user principal for every lab user;
+        ``keytabs``: user name -> keytab file the fleet exports that user's keys to (unattended logons)."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ConfigError("lab fleet: duplicate host names")
@@ -76,7 +88,9 @@ class LabFleet:
         self._machines: dict[str, Machine] = {}
         self._services: list[WinRSService] = []
         self._server: LabHTTPServer | None = None
-        self._users_dir: Path | None = None  # this fleet's own NTLM user files, removed by stop()
+        self._users_dir: Path | None = None  # this fleet's own NTLM user files and keytabs, removed by stop()
+        self.kdc = kdc
+        self._keytabs = dict(keytabs or {})
 
     @property
     def ca_path(self) -> Path:
@@ -104,6 +118,8 @@ class LabFleet:
             # Unique per fleet: another fleet on the same state_dir (a second command on the same lab
             # inventory) must neither overwrite nor delete the user files this one is serving with.
             self._users_dir = Path(tempfile.mkdtemp(prefix=".ntlm-users-", dir=self.state_dir))
+            if self.kdc is not None:
+                self._start_kdc(self.kdc)
             for spec in list(self._specs.values()):
                 self._specs[spec.name] = self._start_host(server, spec)
         except BaseException:
@@ -123,6 +139,13 @@ class LabFleet:
         assert self._users_dir is not None
         user_file = self._users_dir / f"{spec.name}.ntlm-users"
         write_user_file(user_file, {name: pw for name, (pw, _) in spec.users.items()})
+        keytab = None
+        if self.kdc is not None and spec.kerberos_name and not find(faults, "no-spn"):
+            keytab = self._users_dir / f"{spec.name}.keytab"
+            # the computer account holds host/<name>, and Active Directory maps HTTP/ and WSMAN/ to it
+            # (sPNMappings): WinRM clients ask for any of them (pywinrm HTTP, pypsrp host or WSMAN)
+            names = ("HTTP", "WSMAN", "host")
+            self.kdc.add_service([f"{service}/{spec.kerberos_name}" for service in names], keytab)
         listener = HostListener(
             spec.name,
             spec.scheme,
@@ -132,15 +155,15 @@ class LabFleet:
             faults,
             ntlm_user_file=user_file,
             allow_unencrypted=spec.allow_unencrypted,
+            keytab=keytab,
         )
         if spec.scheme == "https":
             cert = self._pki.host_certificate(spec.name, spec.address)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(cert.cert_path, cert.key_path)
-            algorithm = x509.load_der_x509_certificate(cert.der).signature_hash_algorithm
             listener.ssl_context = ctx
-            listener.channel_bindings = tls_server_end_point(cert.der, algorithm.name if algorithm else "")
+            listener.channel_bindings = tls_server_end_point(cert.der)
         try:
             port = server.listen(listener, spec.address, spec.port)
         except OSError as exc:
@@ -155,7 +178,22 @@ class LabFleet:
             ) from None
         return dataclasses.replace(spec, port=port)
 
+    def _start_kdc(self, kdc: LabKDC) -> None:
+        kdc.start()
+        users: dict[str, str] = {}
+        for spec in self._specs.values():
+            if spec.kerberos_name:
+                users.update({name: password for name, (password, _) in spec.users.items()})
+        for name, password in users.items():
+            kdc.add_user(principal_name(name, kdc.realm), password)
+        for name, keytab in self._keytabs.items():
+            keytab.parent.mkdir(parents=True, exist_ok=True)
+            keytab.unlink(missing_ok=True)
+            kdc.export_keytab(principal_name(name, kdc.realm), keytab)
+
     def stop(self) -> None:
+        if self.kdc is not None:
+            self.kdc.stop()
         for service in self._services:
             service.stop()
         if self._server is not None:
@@ -208,16 +246,30 @@ def fleet_from_inventory(inv: Inventory) -> LabFleet:
         raise ConfigError("the inventory has no lab: section", file=str(inv.path))
     state_dir = lab_state_dir(inv)
     specs = []
+    keytabs: dict[str, Path] = {}
+    kerberos = inv.lab.kerberos
     for host in inv.hosts.values():
         loc = host.location
-        if host.transport not in AUTH_MODES:
+        served = AUTH_MODES + (KERBEROS_TRANSPORTS if kerberos else ())
+        if host.transport not in served:
+            extra = "" if kerberos else " (kerberos and negotiate need lab.kerberos: true)"
             raise ConfigError(
-                f"the lab serves ntlm and basic only, not {host.transport!r}", file=loc.file, line=loc.line, key=loc.key
+                f"the lab serves {', '.join(served)} only, not {host.transport!r}{extra}",
+                file=loc.file,
+                line=loc.line,
+                key=loc.key,
             )
-        if host.credential is None:
-            raise ConfigError("a lab host needs a credential", file=loc.file, line=loc.line, key=loc.key)
+        credential = host.credential
+        if credential is None or (credential.password is None and credential.keytab is None):
+            raise ConfigError("a lab host needs a credential with a password or keytab", file=loc.file, line=loc.line)
         settings = host.lab or LabHostSettings()
-        password = resolve(host.credential.password, purpose=f"lab password of {host.name}").reveal()
+        if credential.password is not None:
+            password = resolve(credential.password, purpose=f"lab password of {host.name}").reveal()
+        else:
+            assert credential.keytab is not None
+            keytabs[credential.username] = Path(credential.keytab)
+            password = secrets.token_urlsafe(18)  # the account's password nobody knows: only its keytab logs on
+        kerberos_host = host.transport in KERBEROS_TRANSPORTS
         specs.append(
             LabHostSpec(
                 name=host.name,
@@ -226,13 +278,15 @@ def fleet_from_inventory(inv: Inventory) -> LabFleet:
                 address=host.address,
                 port=host.port,
                 scheme=host.scheme,
-                auth=host.transport,
-                users={host.credential.username: (password, settings.admin)},
+                auth="ntlm" if kerberos_host else host.transport,
+                users={credential.username: (password, settings.admin)},
                 settings=settings,
                 allow_unencrypted=host.allow_insecure,
+                kerberos_name=host.kerberos_hostname if kerberos else None,
             )
         )
-    return LabFleet(specs, state_dir, inv.lab.seed, journal_path=state_dir / "journal.jsonl")
+    kdc = LabKDC(state_dir / "kdc", realm=inv.lab.realm) if kerberos else None
+    return LabFleet(specs, state_dir, inv.lab.seed, journal_path=state_dir / "journal.jsonl", kdc=kdc, keytabs=keytabs)
 
 
 @contextmanager
@@ -242,4 +296,16 @@ def serving(inv: Inventory) -> Iterator[LabFleet | None]:
         yield None
         return
     with fleet_from_inventory(inv) as fleet:
-        yield fleet
+        if fleet.kdc is None:
+            yield fleet
+            return
+        # the embedded lab's realm is found through its krb5.conf by keyfleet's own Kerberos logons
+        previous = os.environ.get("KRB5_CONFIG")
+        os.environ["KRB5_CONFIG"] = str(fleet.kdc.krb5_conf_path)
+        try:
+            yield fleet
+        finally:
+            if previous is None:
+                os.environ.pop("KRB5_CONFIG", None)
+            else:
+                os.environ["KRB5_CONFIG"] = previous

@@ -1,5 +1,5 @@
-"""The lab's HTTP/1.1 listeners: one per host on its own loopback address, TLS, Basic and NTLM
-authentication, NTLM message sealing, transport-level faults, and one thread per connection."""
+"""The lab's HTTP/1.1 listeners: one per host on its own loopback address, TLS, Basic, NTLM, Kerberos and
+SPNEGO authentication, message sealing, transport-level faults, and one thread per connection."""
 
 from __future__ import annotations
 
@@ -19,9 +19,18 @@ from typing import IO
 from spnego.channel_bindings import GssChannelBindings
 
 from orchestrator.lab.faults import Fault, find
+from orchestrator.lab.gss import (
+    KERBEROS_PROTOCOL,
+    SPNEGO_PROTOCOL,
+    Acceptor,
+    AuthRejectedError,
+    AuthSetupError,
+    HostKeys,
+    sealed_content_type,
+    token_mechanism,
+)
 from orchestrator.lab.journal import Journal
 from orchestrator.lab.machine import LabUser
-from orchestrator.lab.ntlm import PROTOCOL, SEALED_CONTENT_TYPE, NTLMAcceptor, NTLMSetupError, NTLMUnavailableError
 from orchestrator.lab.soap import (
     SoapFaultError,
     SoapRequest,
@@ -33,6 +42,7 @@ from orchestrator.lab.soap import (
 from orchestrator.lab.wsman import WinRSService
 
 _BACKLOG = 512
+_MECHANISM_NAMES = {"ntlm": "NTLM", "kerberos": "Kerberos", "negotiate": "SPNEGO"}
 _MAX_BODY = 16 * 1024 * 1024  # beyond this the connection is closed without reading the body
 _MAX_LINE = 65536
 _SOAP_TYPE = "application/soap+xml;charset=UTF-8"
@@ -62,6 +72,12 @@ class HostListener:
     channel_bindings: GssChannelBindings | None = None
     ntlm_user_file: Path | None = None
     allow_unencrypted: bool = False  # Windows' AllowUnencrypted=true: Basic over plain HTTP
+    keytab: Path | None = None  # this host's HTTP/<name> keys: Kerberos is accepted when set
+
+    @property
+    def keys(self) -> HostKeys:
+        assert self.ntlm_user_file is not None
+        return HostKeys(self.ntlm_user_file, self.keytab, self.channel_bindings)
 
     @property
     def basic_enabled(self) -> bool:
@@ -74,11 +90,15 @@ class HostListener:
             c = configured.lower()
             if c == wanted or ("\\" not in c and wanted.rpartition("\\")[2] == c):
                 return LabUser(configured, admin)
+            # a Kerberos principal user@REALM is the account DOMAIN\user of that realm's domain
+            if "@" in wanted and "@" not in c and wanted.partition("@")[0] == c.rpartition("\\")[2]:
+                return LabUser(configured, admin)
         return None
 
     def challenges(self) -> list[str]:
         basic = ['Basic realm="WSMAN"'] if self.basic_enabled else []
-        return ["Negotiate", *basic]
+        kerberos = ["Kerberos"] if self.keytab is not None else []
+        return ["Negotiate", *kerberos, *basic]
 
 
 @dataclass
@@ -128,8 +148,10 @@ class _Connection:
 
     def __init__(self, server: LabHTTPServer, host: HostListener, sock: socket.socket, cid: int) -> None:
         self.server, self.host, self.sock, self.cid = server, host, sock, cid
-        self.ntlm: NTLMAcceptor | None = None
-        self.ntlm_user: LabUser | None = None
+        self.auth: Acceptor | None = None
+        self.auth_scheme = "Negotiate"  # the scheme the client authenticated with: Negotiate or Kerberos
+        self.auth_user: LabUser | None = None
+        self.mutual_token: bytes | None = None  # the server's last token, sent on the next answer (mutual auth)
 
     def run(self) -> None:
         try:
@@ -158,12 +180,17 @@ class _Connection:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Server: Microsoft-HTTPAPI/2.0"]
         if body or content_type:
             head.append(f"Content-Type: {content_type or _SOAP_TYPE}")
+        if challenge is None and self.mutual_token is not None:
+            challenge = [f"{self.auth_scheme} {base64.b64encode(self.mutual_token).decode()}"]
+            self.mutual_token = None
         head += [f"WWW-Authenticate: {c}" for c in challenge or ()]
         head.append(f"Content-Length: {len(body)}")
         self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
     def _journal(self, operation: str, status: int, user: LabUser | None, **fields: object) -> None:
         name = user.name if user else None
+        if user is not None:
+            fields["auth"] = self.auth.negotiated if self.auth is not None and self.auth.complete else "basic"
         self.server.journal.record(self.host.name, self.cid, operation, status, user=name, **fields)
 
     def _unauthorized(self, user: LabUser | None = None, detail: str | None = None) -> bool:
@@ -184,13 +211,14 @@ class _Connection:
         user = self._authenticate(req)
         if user is None:
             return True
-        sealed = PROTOCOL.lower() in req.headers.get("content-type", "").lower()
+        content_type = req.headers.get("content-type", "").lower()
+        sealed = next((p for p in (SPNEGO_PROTOCOL, KERBEROS_PROTOCOL) if p.lower() in content_type), None)
         if sealed:
-            if self.ntlm is None or not self.ntlm.complete:
-                return self._unauthorized(detail="sealed message without an NTLM context")
+            if self.auth is None or not self.auth.complete:
+                return self._unauthorized(detail="sealed message without a security context")
             try:
-                soap = self.ntlm.unseal(req.body)
-            except NTLMUnavailableError as exc:
+                soap = self.auth.unseal(req.body)
+            except AuthRejectedError as exc:
                 self._journal("rejected", 400, user, detail=f"cannot unseal: {exc}")
                 self._send(400)
                 return False
@@ -207,7 +235,7 @@ class _Connection:
             soap = req.body
         return self._soap(soap, user, sealed)
 
-    def _soap(self, soap: bytes, user: LabUser, sealed: bool) -> bool:
+    def _soap(self, soap: bytes, user: LabUser, sealed: str | None) -> bool:
         limits = self.host.service.limits
         op, relates, fields = "rejected", "", {}
         try:
@@ -236,8 +264,8 @@ class _Connection:
             detail = f"fault {fault.wsman_code}"
         self._journal(op, status, user, detail=detail, **{k: v for k, v in fields.items() if v is not None})
         if sealed:
-            assert self.ntlm is not None
-            self._send(status, self.ntlm.seal(body), content_type=SEALED_CONTENT_TYPE)
+            assert self.auth is not None
+            self._send(status, self.auth.seal(body, sealed), content_type=sealed_content_type(sealed))
         else:
             self._send(status, body)
         return True
@@ -248,14 +276,15 @@ class _Connection:
         scheme, _, token = header.partition(" ")
         scheme = scheme.lower()
         if not header:
-            if self.ntlm_user is not None:
-                return self.ntlm_user
+            if self.auth_user is not None:
+                return self.auth_user
             self._unauthorized()
             return None
         if scheme == "basic":
+            self.auth = self.auth_user = None
             return self._basic(token.strip())
-        if scheme in ("negotiate", "ntlm"):
-            return self._negotiate(token.strip())
+        if scheme in ("negotiate", "ntlm", "kerberos"):
+            return self._negotiate(scheme, token.strip())
         self._unauthorized(detail=f"unsupported scheme {scheme}")
         return None
 
@@ -277,41 +306,47 @@ class _Connection:
             return None
         return user
 
-    def _negotiate(self, token: str) -> LabUser | None:
+    def _negotiate(self, scheme: str, token: str) -> LabUser | None:
         try:
             data = base64.b64decode(token, validate=True)
         except binascii.Error:
             data = b""
-        msg_type = int.from_bytes(data[8:12], "little") if data.startswith(b"NTLMSSP\x00") else 0
-        if msg_type == 1:
-            assert self.host.ntlm_user_file is not None
-            self.ntlm_user = self.ntlm = None
-            try:
-                self.ntlm = NTLMAcceptor(self.host.ntlm_user_file, self.host.channel_bindings)
-            except NTLMSetupError as exc:
-                # HTTP.sys answers a failure of its own security subsystem as any refused logon: a bare 401.
-                self._unauthorized(detail=f"NTLM acceptor unavailable: {exc}")
+        mechanism = token_mechanism(scheme, data)
+        if mechanism is not None:
+            self.auth_user = self.auth = self.mutual_token = None
+            self.auth_scheme = "Kerberos" if scheme == "kerberos" else "Negotiate"
+            if mechanism == "unknown" or (scheme == "kerberos" and mechanism != "kerberos"):
+                self._unauthorized(detail=f"unsupported {scheme} token")
                 return None
-        if msg_type not in (1, 3) or self.ntlm is None:
-            self._unauthorized(detail="not an NTLM token")
+            try:
+                self.auth = Acceptor(mechanism, self.host.keys, data)
+            except AuthSetupError as exc:
+                # HTTP.sys answers a failure of its own security subsystem as any refused logon: a bare 401.
+                self._unauthorized(detail=f"{_MECHANISM_NAMES[mechanism]} acceptor unavailable: {exc}")
+                return None
+        if self.auth is None or self.auth.complete:
+            self._unauthorized(detail="not a first authentication token")
             return None
         try:
-            out = self.ntlm.step(data)
-        except NTLMUnavailableError as exc:
-            self.ntlm = None
-            self._unauthorized(detail=f"NTLM rejected: {exc}")
+            out = self.auth.step(data)
+        except AuthRejectedError as exc:
+            self.auth = None
+            self._journal("auth-handshake", 401, None, detail=f"{mechanism or 'token'} rejected: {exc}")
+            # a Kerberos error (e.g. KRB_AP_ERR_SKEW) goes back to the client in the header, as SSPI does
+            error = [f"{self.auth_scheme} {base64.b64encode(exc.token).decode()}"] if exc.token else None
+            self._send(401, challenge=error or self.host.challenges())
             return None
-        if not self.ntlm.complete:
-            challenge = "Negotiate " + base64.b64encode(out or b"").decode()
-            self._journal("auth-handshake", 401, None)
-            self._send(401, challenge=[challenge])
+        if not self.auth.complete:
+            self._journal("auth-handshake", 401, None, detail=self.auth.mechanism)
+            self._send(401, challenge=[f"{self.auth_scheme} " + base64.b64encode(out or b"").decode()])
             return None
-        user = self.host.user(self.ntlm.client_principal or "")
+        user = self.host.user(self.auth.client_principal or "")
         if user is None or find(self.host.faults, "auth-failure"):
-            self.ntlm = None
+            self.auth = None
             self._unauthorized(user, detail="lab fault auth-failure" if user else "unknown user")
             return None
-        self.ntlm_user = user
+        self.mutual_token = out
+        self.auth_user = user
         return user
 
 

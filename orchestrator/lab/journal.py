@@ -39,6 +39,7 @@ class JournalEntry:
     options: str | None = None  # Create and Command: the WinRS options, e.g. "WINRS_CODEPAGE=65001"
     request: str | None = None  # Send: the JSON request line a helper got (its script as a hash)
     detail: str | None = None  # a fault or rejection reason
+    auth: str | None = None  # how the request's user logged on: kerberos, ntlm or basic
 
 
 class Journal:

@@ -66,6 +66,7 @@ def _smb_password(credential: Credential | None) -> Secret | None:
         return None
     from orchestrator.secretrefs import resolve
 
+    assert credential.password is not None  # the loader requires it for a share
     return resolve(credential.password, purpose="share password", override_env=PASSWORD_ENV)
 
 
