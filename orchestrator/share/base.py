@@ -5,6 +5,32 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from orchestrator.errors import IntegrityError
+
+FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # symbolic links and junctions on Windows (MS-FSCC 2.6)
+
+
+class ShareLinkError(IntegrityError):
+    """A path under the share goes through a symbolic link or junction: never followed (exit 3)."""
+
+
+class ItemKind(StrEnum):
+    FILE = "file"
+    TEMPORARY = "temporary"  # a writer's ``.<name>.tmp-<random>``
+    LINK = "link"  # a symbolic link, junction or other reparse point: never followed
+
+
+@dataclass(frozen=True)
+class ShareItem:
+    """One thing found under the share by :meth:`Share.scan`."""
+
+    path: str
+    kind: ItemKind
+    modified: datetime | None
 
 
 class Share(ABC):
@@ -17,6 +43,8 @@ class Share(ABC):
     - ``lock`` serialises manifest updates between processes and controllers.
     - Files are created private (0600, folders 0700 where the backend has POSIX modes).
     - Temporary files are named ``.<name>.tmp-<random>`` and are never listed by ``list_files``.
+    - No path is followed through a symbolic link or junction: an operation whose path meets one
+      raises ``ShareLinkError``; ``list_files`` does not list or enter them, ``scan`` reports them.
     Every failure raises ``ShareError`` (or its subclass) with a message naming the share.
     """
 
@@ -37,6 +65,11 @@ class Share(ABC):
     @abstractmethod
     def list_files(self, prefix: str = "") -> Iterator[str]:
         """Every file below ``prefix`` (recursively), as share-relative paths, temp files excluded."""
+
+    @abstractmethod
+    def scan(self) -> list[ShareItem]:
+        """Every file, temporary file and link under the share (links not entered), with its
+        modification time; the lock file is left out."""
 
     @abstractmethod
     def remove(self, path: str) -> None: ...

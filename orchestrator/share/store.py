@@ -1,8 +1,10 @@
-"""Backups on a share: key files, the signed manifest and run records, kept consistent under the lock.
+"""Backups on a share: key files, the signed history and run records, kept consistent under the lock.
 
-Every write happens under the share's lock: a key file is written (never overwriting), then the
-manifest is re-read, verified, extended, signed and replaced atomically. A crash at any moment
-leaves the old or the new manifest, at worst an orphan key file that the audit reports. Because
+Every write happens under the share's lock: a key file is written (never overwriting), then one
+signed log segment naming the previous generation is created (never overwriting: a segment of that
+generation written by another controller sends this one back to re-read). The history is read and
+verified once per command and kept in memory, so a commit costs what it adds. A crash at any moment
+leaves the old or the new generation, at worst an orphan key file that the audit reports. Because
 no writer works outside the lock, temporaries found while holding it are stale and safe to delete.
 """
 
@@ -11,17 +13,31 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from orchestrator.errors import ConfigError, IntegrityError, ShareError, ShareExistsError
 from orchestrator.share import layout
 from orchestrator.share.base import Share
+from orchestrator.share.history import (
+    LOG_DIR,
+    History,
+    HistoryError,
+    build_segment,
+    new_share_id,
+    read_history,
+    segment_generation,
+    segment_path,
+)
 from orchestrator.share.manifest import Manifest, ManifestEntry, public_key_sha256
 from orchestrator.share.runrecord import RunRecord
+from orchestrator.share.state import ShareState
+
+_COMMIT_ATTEMPTS = 5  # another controller's segment of the same generation sends us back to re-read
 
 
 class FileState(StrEnum):
@@ -54,9 +70,12 @@ class _PendingAdd:
 class BackupStore:
     """Key files, manifest and run records on one share.
 
-    ``signer`` signs every manifest written (None: written unsigned). ``verifier`` (default: the
-    signer's public key) is checked before the manifest is extended or pruned, so a tampered
-    manifest is never re-signed.
+    ``signer`` signs every segment, checkpoint and run record written (None: nothing can be
+    committed). ``verifier`` (default: the signer's public key) checks the history before it is
+    extended or pruned, so a tampered history is never built on. ``record_signer`` signs run records
+    of a store that commits nothing (restore). ``state_root``: where this controller remembers the
+    generations it saw (default ``~/.local/state/keyfleet``). ``notices``: one-line messages for the
+    user (an upgraded share, a run record written late).
     """
 
     def __init__(
@@ -66,63 +85,179 @@ class BackupStore:
         verifier: Ed25519PublicKey | None = None,
         *,
         lock_timeout: float = 60.0,
+        record_signer: Ed25519PrivateKey | None = None,
+        state_root: Path | None = None,
     ) -> None:
         if signer and verifier and public_key_sha256(signer.public_key()) != public_key_sha256(verifier):
             raise ConfigError("the signing private key does not belong to the public key", key="signing.public_key")
         self.share = share
         self.signer = signer
         self.verifier = verifier or (signer.public_key() if signer else None)
+        self.record_signer = signer or record_signer
         self.lock_timeout = lock_timeout
+        self.state_root = state_root
+        self.notices: list[str] = []
         self.stored: list[ManifestEntry] = []  # every entry this store added, in order
+        self._history: History | None = None
         self._closed = False
         self._queue: list[_PendingAdd] = []
         self._queue_guard = threading.Lock()
         self._commit_guard = threading.Lock()
 
-    # -- manifest ------------------------------------------------------------------------------
+    # -- history -------------------------------------------------------------------------------
 
     def load_manifest(self, verify: bool = True) -> Manifest:
-        """The manifest; ``verify`` checks its signature first.
+        """The share's current entries, from its verified history (``verify=False``: the history as
+        far as it can be proven, for a share known to be damaged).
 
-        A share without a manifest is new (an empty manifest) only while it holds no key files;
-        otherwise the manifest was deleted, and starting a new one would bury the history:
-        IntegrityError.
+        A share without a manifest is new only while it holds no key files; otherwise the manifest was
+        deleted, and starting a new one would bury the history: IntegrityError.
         """
-        if not self.share.exists(layout.MANIFEST):
-            if verify and self._holds_backups():
-                raise IntegrityError(
-                    f"share {self.share.url}: manifest.json is missing but the share holds key files; "
-                    "refusing to start a new manifest (run `keyfleet audit`)"
-                )
-            return Manifest()
+        if not verify:
+            return read_history(self.share, self._verifier(), problems=[]).manifest()
+        return self.load_history().manifest()
+
+    def load_history(self) -> History:
+        """Read and verify the whole history, check it against what this controller saw before and
+        against the newest run record, and keep it for the commits to come."""
         try:
-            manifest = Manifest.from_bytes(self.share.read_bytes(layout.MANIFEST))
-        except IntegrityError as exc:
-            raise IntegrityError(f"share {self.share.url}: {exc}") from None
-        if verify:
-            if self.verifier is None:
-                raise ConfigError("no public key to verify manifest.json with", key="signing.public_key")
-            try:
-                manifest.verify(self.verifier)
-            except IntegrityError as exc:
-                raise IntegrityError(f"share {self.share.url}: {exc}") from None
-        return manifest
+            history = read_history(self.share, self._verifier())
+            if not history.exists and self._holds_backups():
+                raise HistoryError(
+                    "manifest-missing",
+                    "manifest.json is missing but the share holds key files; refusing to start a new "
+                    "manifest (run `keyfleet audit`)",
+                    layout.MANIFEST,
+                )
+            self._check_latest_record(history)
+            state = self.controller_state(history)
+            if state is not None:
+                state.check(history)
+                state.remember(history)
+        except HistoryError as exc:
+            raise HistoryError(exc.kind, f"share {self.share.url}: {exc.kind}: {exc}", exc.path) from None
+        self._history = history
+        return history
+
+    def controller_state(self, history: History) -> ShareState | None:
+        if history.share_id is None or self.verifier is None:
+            return None
+        return ShareState(history.share_id, public_key_sha256(self.verifier), self.share.url, self.state_root)
+
+    def _verifier(self) -> Ed25519PublicKey:
+        if self.verifier is None:
+            raise ConfigError("no public key to verify manifest.json with", key="signing.public_key")
+        return self.verifier
+
+    def _check_latest_record(self, history: History) -> None:
+        """A signed run record naming a generation the history does not reach means a rollback."""
+        names = [p for p in self.share.list_files(layout.RUNS_DIR) if layout.is_run_record_path(p)]
+        if not names or history.legacy:
+            return
+        latest = max(names)
+        try:
+            record = RunRecord.from_bytes(self.share.read_bytes(latest), name=latest, verifier=self._verifier())
+        except IntegrityError:
+            return  # the audit reports it; it proves nothing either way
+        if record.signed and record.generation is not None and record.generation > history.generation:
+            raise HistoryError(
+                "rollback",
+                f"run record {latest} was written at generation {record.generation}, but the history "
+                f"ends at generation {history.generation}: newer history was removed",
+                latest,
+            )
 
     def _holds_backups(self) -> bool:
         return any(layout.parse_key_file_path(path) is not None for path in self.share.list_files())
 
-    def _manifest_for_update(self) -> Manifest:
-        try:
-            return self.load_manifest(verify=self.verifier is not None)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{exc}; refusing to change it (run `keyfleet audit`)") from None
+    def _history_for_update(self) -> History:
+        """The history to extend: the one in memory while its newest segment is still in place
+        (another controller's compaction removes it), else re-read and re-verified."""
+        history = self._history
+        if history is None or history.generation == 0 or not self.share.exists(segment_path(history.generation)):
+            try:
+                history = self.load_history()
+            except IntegrityError as exc:
+                raise IntegrityError(f"{exc}; refusing to change it (run `keyfleet audit`)") from None
+        return history
 
-    def _save_manifest(self, entries: tuple[ManifestEntry, ...]) -> Manifest:
-        manifest = Manifest(entries=entries, updated=datetime.now(UTC))
-        if self.signer:
-            manifest = manifest.signed(self.signer)
-        self.share.replace(layout.MANIFEST, manifest.to_bytes())
-        return manifest
+    def _signer(self) -> Ed25519PrivateKey:
+        if self.signer is None:
+            raise ConfigError("signing.private_key is needed to change the share's history", key="signing.private_key")
+        return self.signer
+
+    def _start(self, history: History, run_id: str | None) -> History:
+        """Give a new share its identity (an empty signed checkpoint), or upgrade an old-format one."""
+        key = self._signer()
+        if history.legacy:
+            legacy_records = {
+                path: hashlib.sha256(self.share.read_bytes(path)).hexdigest()
+                for path in self.share.list_files(layout.RUNS_DIR)
+                if layout.is_run_record_path(path)
+            }
+            upgraded = History(share_id=new_share_id(), exists=True)
+            data, segment = build_segment(
+                key,
+                share_id=upgraded.share_id or "",
+                generation=1,
+                previous=None,
+                run_id=run_id,
+                added=list(history.entries.values()),
+                removed=[],
+                upgraded_from=history.legacy_sha256,
+                legacy_records=legacy_records,
+            )
+            self.share.write_new(segment_path(1), data)
+            upgraded.apply(segment)
+            self._compact(upgraded)
+            self.notices.append(
+                f"share {self.share.url}: upgraded to the hash-chained history (generation 1, "
+                f"{len(upgraded.entries)} entries and {len(legacy_records)} run records kept)"
+            )
+            return upgraded
+        fresh = History(share_id=new_share_id(), exists=True)
+        self.share.replace(layout.MANIFEST, fresh.checkpoint_bytes(key))
+        return fresh
+
+    def _append(self, history: History, run_id: str | None, added: list[ManifestEntry], removed: list[str]) -> None:
+        """Write the next generation's segment; ShareExistsError when another controller wrote it first."""
+        data, segment = build_segment(
+            self._signer(),
+            share_id=history.share_id or "",
+            generation=history.generation + 1,
+            previous=history.head,
+            run_id=run_id,
+            added=added,
+            removed=removed,
+        )
+        self.share.write_new(segment_path(segment.generation), data)
+        history.apply(segment)
+        if history.needs_compaction():
+            self._compact(history)
+
+    def _compact(self, history: History) -> None:
+        """A new checkpoint of the current generation, then the segments before it go (segment G stays:
+        a controller holding G in memory finds it and knows nothing was compacted past it)."""
+        self.share.replace(layout.MANIFEST, history.checkpoint_bytes(self._signer()))
+        history.compacted()
+        for path in self.share.list_files(LOG_DIR):
+            generation = segment_generation(path)
+            if generation is not None and generation < history.generation:
+                self.share.remove(path)
+
+    def compact(self) -> None:
+        """Write a checkpoint of the current generation now (the commits do it when it pays)."""
+        with self.share.lock(self.lock_timeout):
+            history = self._history_for_update()
+            if history.legacy or not history.exists:
+                raise ConfigError("nothing to compact: the share has no hash-chained history yet")
+            self._compact(history)
+
+    def _remember(self) -> None:
+        history = self._history
+        state = self.controller_state(history) if history is not None else None
+        if state is not None and history is not None:
+            state.remember(history)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -178,30 +313,15 @@ class BackupStore:
     def _commit(self, batch: list[_PendingAdd]) -> None:
         try:
             with self.share.lock(self.lock_timeout):
-                manifest = self._manifest_for_update()
-                if manifest.updated is None:
-                    # a new share: a signed manifest exists before the first key file, so a share
-                    # with key files and no manifest can only mean a deleted manifest
-                    manifest = self._save_manifest(())
-                known = {e.id: e for e in manifest.entries}
-                added: list[_PendingAdd] = []
-                for item in batch:
-                    recorded = known.get(item.entry.id)
-                    if recorded is not None and recorded.sha256 == item.entry.sha256:
-                        item.result = recorded  # the same bytes, stored in the same second: already recorded
-                        continue
+                for attempt in range(_COMMIT_ATTEMPTS):
                     try:
-                        self._write_key_file(item.entry, item.data)
-                    except (ShareError, IntegrityError) as exc:
-                        item.error = exc
-                        continue
-                    known[item.entry.id] = item.entry
-                    added.append(item)
-                if added:
-                    self._save_manifest((*manifest.entries, *(item.entry for item in added)))
-                for item in added:
-                    item.result = item.entry
-                    self.stored.append(item.entry)
+                        self._commit_once(batch)
+                        break
+                    except ShareExistsError:
+                        self._history = None  # another controller wrote this generation: re-read
+                        if attempt == _COMMIT_ATTEMPTS - 1:
+                            raise
+            self._remember()
         except (ShareError, IntegrityError, ConfigError) as exc:
             for item in batch:
                 if item.result is None and item.error is None:
@@ -211,6 +331,34 @@ class BackupStore:
                 if item.result is None and item.error is None:
                     item.error = ShareError(f"share {self.share.url}: the manifest update did not complete")
                 item.done = True
+
+    def _commit_once(self, batch: list[_PendingAdd]) -> None:
+        history = self._history_for_update()
+        run_id = next((item.entry.run_id for item in batch if item.entry.run_id), None)
+        if history.legacy or not history.exists:
+            # a signed manifest exists before the first key file, so a share with key files and no
+            # manifest can only mean a deleted manifest
+            history = self._history = self._start(history, run_id)
+        known = history.entries
+        added: list[_PendingAdd] = []
+        for item in batch:
+            if item.result is not None or item.error is not None:
+                continue
+            recorded = known.get(item.entry.id)
+            if recorded is not None and recorded.sha256 == item.entry.sha256:
+                item.result = recorded  # the same bytes, stored in the same second: already recorded
+                continue
+            try:
+                self._write_key_file(item.entry, item.data)
+            except (ShareError, IntegrityError) as exc:
+                item.error = exc
+                continue
+            added.append(item)
+        if added:
+            self._append(history, run_id, [item.entry for item in added], [])
+        for item in added:
+            item.result = item.entry
+            self.stored.append(item.entry)
 
     def _write_key_file(self, entry: ManifestEntry, data: bytes) -> None:
         try:
@@ -228,26 +376,56 @@ class BackupStore:
             return list(self.stored)
 
     def write_run_record(self, record: RunRecord) -> str:
-        """Write ``runs/<run-id>.json`` (never overwriting); return its share path."""
+        """Write ``runs/<run-id>.json`` (never overwriting), signed and naming the generation the run
+        left behind; return its share path. When the share refuses it, the signed record is kept in
+        this controller's state (the next backup writes it) and the error is raised."""
         path = layout.run_record_path(record.run_id)
-        with self.share.lock(self.lock_timeout):
-            self.share.write_new(path, record.to_bytes())
+        history = self._history
+        if history is not None:
+            record = replace(record, generation=history.generation, head=history.head)
+        data = record.to_bytes(self.record_signer)
+        try:
+            with self.share.lock(self.lock_timeout):
+                self.share.write_new(path, data)
+        except ShareError:
+            state = self.controller_state(history) if history is not None else None
+            if state is not None:
+                state.keep_pending(record.run_id, data)
+            raise
         return path
 
-    def remove_entries(self, ids: Collection[str]) -> list[ManifestEntry]:
-        """Drop entries from the manifest (signed, replaced atomically), then delete their files."""
+    def write_pending_records(self) -> list[str]:
+        """Write run records an earlier run could not write (kept in this controller's state)."""
+        history = self._history or self.load_history()
+        state = self.controller_state(history)
+        written: list[str] = []
+        for run_id, data in state.pending() if state is not None else []:
+            path = layout.run_record_path(run_id)
+            try:
+                with self.share.lock(self.lock_timeout):
+                    self.share.write_new(path, data)
+            except ShareExistsError:
+                pass
+            written.append(path)
+            self.notices.append(f"wrote run record {path}, which run {run_id} could not write to the share")
+            if state is not None:
+                state.drop_pending(run_id)
+        return written
+
+    def remove_entries(self, ids: Collection[str], *, run_id: str | None = None) -> list[ManifestEntry]:
+        """Drop entries from the history (one signed segment), then delete their files."""
         wanted = set(ids)
         with self.share.lock(self.lock_timeout):
-            manifest = self._manifest_for_update()
-            removed = [entry for entry in manifest.entries if entry.id in wanted]
-            kept = tuple(entry for entry in manifest.entries if entry.id not in wanted)
+            history = self._history_for_update()
+            removed = [history.entries[i] for i in wanted if i in history.entries]
             if not removed:
                 return []
-            self._save_manifest(kept)
-            still_used = {entry.path for entry in kept}
+            self._append(history, run_id, [], [entry.id for entry in removed])
+            still_used = {entry.path for entry in history.entries.values()}
             for entry in removed:
                 if entry.path not in still_used and self.share.exists(entry.path):
                     self.share.remove(entry.path)
+        self._remember()
         return removed
 
     def remove_stale_temporaries(self) -> int:
@@ -285,19 +463,33 @@ class BackupStore:
         }[check.state]
         raise IntegrityError(f"share {self.share.url}: key file {entry.path!r} of {entry.host} {reason}")
 
-    def run_records(self, *, invalid: list[str] | None = None) -> list[RunRecord]:
-        """Every run record, oldest first. Unreadable ones raise, or go to ``invalid`` if given."""
+    def run_records(self, *, invalid: list[str] | None = None, history: History | None = None) -> list[RunRecord]:
+        """Every run record that proves itself, oldest first: signed by the inventory's key, or an
+        old-format record the history vouches for (its SHA-256 listed at the upgrade, or a share not
+        upgraded yet). Others raise, or go to ``invalid`` if given."""
+        history = history or self._history
         records = []
         for path in self.share.list_files(layout.RUNS_DIR):
             if not layout.is_run_record_path(path):
                 continue
             try:
-                records.append(RunRecord.from_bytes(self.share.read_bytes(path), name=path))
+                records.append(self._read_record(path, history))
             except IntegrityError:
                 if invalid is None:
                     raise
                 invalid.append(path)
         return sorted(records, key=lambda record: (record.started, record.run_id))
+
+    def _read_record(self, path: str, history: History | None) -> RunRecord:
+        data = self.share.read_bytes(path)
+        record = RunRecord.from_bytes(data, name=path, verifier=self.verifier)
+        if layout.run_record_path(record.run_id) != path:
+            raise IntegrityError(f"{path} holds the record of another run ({record.run_id})")
+        if record.signed or self.verifier is None or history is None or history.legacy:
+            return record
+        if history.legacy_records.get(path) == hashlib.sha256(data).hexdigest():
+            return record
+        raise IntegrityError(f"{path} is not signed and is not a record the history vouches for")
 
     def latest_run_record(self, command: str | None = None) -> RunRecord | None:
         """The most recent run record (of ``command`` if given), or None."""
