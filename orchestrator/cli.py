@@ -107,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("create", "view", "edit", "encrypt", "decrypt", "rekey"))
     p.add_argument("file", metavar="FILE")
 
-    p = sub.add_parser("prune", help="remove old key files beyond the newest N per server")
+    p = sub.add_parser("prune", help="remove old key files beyond the newest N per server, or leftovers")
     _inventory(p)
     _share(p)
-    p.add_argument("--keep", type=_positive_int, required=True, metavar="N")
+    p.add_argument("--keep", type=_positive_int, metavar="N")
+    p.add_argument("--orphans", action="store_true", help="remove key files no entry lists and stale temporaries")
     p.add_argument("--check", action="store_true", help="show what would be removed")
     _json(p)
 

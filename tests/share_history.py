@@ -42,4 +42,22 @@ def read_share(root: Path, public_key: str) -> dict[str, Any]:
             entries.pop(removed, None)
         entries.update({e["id"]: e for e in segment["added"]})
         generation, head = number, digest
-    return {"generation": generation, "head": head, "share_id": checkpoint["share_id"], "entries": list(entries.values())}
+    return {
+        "generation": generation,
+        "head": head,
+        "share_id": checkpoint["share_id"],
+        "entries": list(entries.values()),
+    }
+
+
+def compact(root: Path, private_key: str) -> None:
+    """Make manifest.json hold every entry (a checkpoint of the newest generation), as keyfleet does
+    once the log is long: tests that edit manifest.json on disk start from there."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from orchestrator.share.local import LocalShare
+    from orchestrator.share.store import BackupStore
+
+    generation = json.loads((root / "manifest.json").read_text()).get("generation", 0)
+    if any(int(p.stem) > generation for p in (root / "log").glob("*.json")):
+        BackupStore(LocalShare(root), Ed25519PrivateKey.from_private_bytes(base64.b64decode(private_key))).compact()

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
             return 0
+        store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if summary.interrupted:
             store.remove_stale_temporaries()
     code = backup.exit_code(summary)
+    for notice in store.notices:
+        ui.line(notice)
     _render(ui, summary, record, record_path)
     if args.json:
         print_json(_result_json(record, record_path, code))

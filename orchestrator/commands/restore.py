@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         require_terminal("pass --yes to restore without asking")
     share = context.share_for(inv, args.share)
     with share:
-        store = context.open_store(inv, share, sign=False)
+        store = context.open_store(inv, share, sign=False, sign_records=True)
         request = restore.prepare_restore(store, host, args.entry)
         label_warning = restore.password_label_warning(inv, request)
         if label_warning:

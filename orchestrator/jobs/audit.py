@@ -24,6 +24,7 @@ from orchestrator.share.manifest import Manifest, ManifestEntry, format_iso, pub
 from orchestrator.share.runrecord import OutcomeStatus, RunRecord
 from orchestrator.share.store import BackupStore, FileState
 
+_UNREADABLE = frozenset({"manifest-invalid", "signature-invalid", "signature-missing", "manifest-missing"})
 STALE_TEMPORARY = timedelta(hours=1)  # longer than any run's writes take: its writer is gone
 
 
@@ -206,6 +207,8 @@ class _Audit:
     def history(self) -> tuple[History, SignatureState]:
         """The history as far as it proves itself; every problem a finding."""
         if self.store.verifier is None:
+            if not self.store.share.exists(layout.MANIFEST):
+                return History(), SignatureState.ABSENT
             self.find(
                 "signature-unverifiable",
                 Severity.INTEGRITY,
@@ -267,8 +270,8 @@ class _Audit:
     def chain_records(self, history: History, records: list[RunRecord], invalid: set[str]) -> None:
         """Run records against the history, both ways: every generation's run has its record, and no
         record (nor an entry it stored) is newer than the history."""
-        if history.legacy:
-            return
+        if history.legacy or not history.exists or any(f.kind in _UNREADABLE for f in self.findings):
+            return  # nothing proven to check them against
         by_id = {record.run_id: record for record in records}
         missing: dict[str, str] = {}
         for segment in history.segments:

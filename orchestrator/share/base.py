@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from orchestrator.errors import IntegrityError
+from orchestrator.errors import ConfigError, IntegrityError
+from orchestrator.share import layout
 
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # symbolic links and junctions on Windows (MS-FSCC 2.6)
 
@@ -75,6 +76,10 @@ class Share(ABC):
     def remove(self, path: str) -> None: ...
 
     @abstractmethod
+    def remove_temporary(self, path: str) -> None:
+        """Delete one writer's temporary file (its folder checked as any path; a missing file is fine)."""
+
+    @abstractmethod
     def lock(self, timeout: float = 60.0) -> AbstractContextManager[None]: ...
 
     @abstractmethod
@@ -89,3 +94,13 @@ class Share(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def split_temporary(path: str) -> tuple[str, str]:
+    """``(folder, name)`` of a temporary file's share path; ConfigError unless it is one."""
+    folder, _, name = path.rpartition("/")
+    if not layout.is_temporary(name):
+        raise ConfigError(f"{path!r} is not a temporary file of the share")
+    if folder:
+        layout.validate_path(folder)
+    return folder, name

@@ -224,7 +224,7 @@ def read_history(share: Share, verifier: Ed25519PublicKey, problems: list[Histor
     generations = sorted(g for g in (segment_generation(p) for p in share.list_files(LOG_DIR)) if g is not None)
     try:
         if share.exists(layout.MANIFEST):
-            history = _read_checkpoint(share, verifier, generations)
+            history = _read_checkpoint(share, verifier, generations, problems)
         elif generations:
             raise HistoryError(
                 "manifest-missing", "manifest.json is missing but the log holds segments", layout.MANIFEST
@@ -238,18 +238,24 @@ def read_history(share: Share, verifier: Ed25519PublicKey, problems: list[Histor
     return history
 
 
-def _read_checkpoint(share: Share, verifier: Ed25519PublicKey, generations: list[int]) -> History:
+def _read_checkpoint(
+    share: Share, verifier: Ed25519PublicKey, generations: list[int], problems: list[HistoryError] | None
+) -> History:
+    """The checkpoint; with ``problems``, a bad signature is reported there and the entries are still
+    read (unproven), so the audit can name the servers they belong to."""
     data = share.read_bytes(layout.MANIFEST)
     document = _load(data, layout.MANIFEST, None, "manifest-invalid")
     if document.get("format") == LEGACY_FORMAT:
-        return _read_legacy(data, verifier, generations)
+        return _read_legacy(data, verifier, generations, problems)
     if document.get("format") != CHECKPOINT_FORMAT:
         raise HistoryError("manifest-invalid", f"manifest.json has an unknown format {document.get('format')!r}")
     try:
         verify_document(document, verifier, layout.MANIFEST)
     except IntegrityError as exc:
         kind = "signature-missing" if document.get("signature") is None else "signature-invalid"
-        raise HistoryError(kind, str(exc), layout.MANIFEST) from None
+        if problems is None:
+            raise HistoryError(kind, str(exc), layout.MANIFEST) from None
+        problems.append(HistoryError(kind, str(exc), layout.MANIFEST))
     try:
         generation, head = document["generation"], document.get("head")
         if not isinstance(generation, int) or generation < 0 or not isinstance(document["share_id"], str):
@@ -272,15 +278,22 @@ def _read_checkpoint(share: Share, verifier: Ed25519PublicKey, generations: list
         raise HistoryError("manifest-invalid", f"manifest.json is not a valid checkpoint: {exc}") from None
 
 
-def _read_legacy(data: bytes, verifier: Ed25519PublicKey, generations: list[int]) -> History:
+def _read_legacy(
+    data: bytes, verifier: Ed25519PublicKey, generations: list[int], problems: list[HistoryError] | None
+) -> History:
     """A keyfleet-manifest/1 file: verified as before. With a log beside it, it is either an upgrade
     interrupted before the checkpoint (segment 1 names this very file) or a rolled-back manifest."""
-    manifest = Manifest.from_bytes(data)
+    try:
+        manifest = Manifest.from_bytes(data)
+    except IntegrityError as exc:
+        raise HistoryError("manifest-invalid", str(exc), layout.MANIFEST) from None
     try:
         manifest.verify(verifier)
     except IntegrityError as exc:
         kind = "signature-missing" if manifest.signature is None else "signature-invalid"
-        raise HistoryError(kind, str(exc), layout.MANIFEST) from None
+        if problems is None:
+            raise HistoryError(kind, str(exc), layout.MANIFEST) from None
+        problems.append(HistoryError(kind, str(exc), layout.MANIFEST))
     sha256 = hashlib.sha256(data).hexdigest()
     if generations:
         # the caller folds the log from generation 1, whose segment must name this file (checked there)

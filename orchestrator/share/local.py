@@ -15,7 +15,14 @@ from pathlib import Path
 
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.share import layout
-from orchestrator.share.base import FILE_ATTRIBUTE_REPARSE_POINT, ItemKind, Share, ShareItem, ShareLinkError
+from orchestrator.share.base import (
+    FILE_ATTRIBUTE_REPARSE_POINT,
+    ItemKind,
+    Share,
+    ShareItem,
+    ShareLinkError,
+    split_temporary,
+)
 
 if sys.platform == "win32":  # pragma: no cover - exercised only on a Windows controller
     import msvcrt
@@ -213,6 +220,16 @@ class LocalShare(Share):
         try:
             target.unlink()
             _sync_folder(target.parent)
+        except OSError as exc:
+            raise self._error("remove", path, exc) from None
+
+    def remove_temporary(self, path: str) -> None:
+        folder, name = split_temporary(path)
+        target = (self._full(folder) if folder else self.root) / name
+        try:
+            os.unlink(target)  # unlink removes a link itself, never its target
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise self._error("remove", path, exc) from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -72,7 +72,7 @@ class RunRecord:
     outcomes: tuple[HostOutcome, ...]
     generation: int | None = None  # of the share's history when the record was written
     head: str | None = None  # that generation's digest
-    signed: bool = False  # read with a valid signature (legacy records have none)
+    signed: bool = field(default=False, compare=False)  # read with a valid signature (legacy: none)
 
     def outcome(self, host: str) -> HostOutcome | None:
         return next((outcome for outcome in self.outcomes if outcome.host == host), None)

@@ -19,7 +19,14 @@ from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask, SMB2SetIn
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
 from orchestrator.share import layout
-from orchestrator.share.base import FILE_ATTRIBUTE_REPARSE_POINT, ItemKind, Share, ShareItem, ShareLinkError
+from orchestrator.share.base import (
+    FILE_ATTRIBUTE_REPARSE_POINT,
+    ItemKind,
+    Share,
+    ShareItem,
+    ShareLinkError,
+    split_temporary,
+)
 
 _LOCK_POLL = 0.1
 _FILE_ATTRIBUTE_DIRECTORY = 0x10
@@ -134,6 +141,15 @@ class SMBShare(Share):
     def remove(self, path: str) -> None:
         with self._translate(f"cannot remove {path}"):
             self._delete(self._unc(path))
+
+    def remove_temporary(self, path: str) -> None:
+        folder, name = split_temporary(path)
+        with self._translate(f"cannot remove the temporary {path}"):
+            try:
+                self._delete((self._unc(folder) if folder else self._root) + "\\" + name)
+            except SMBOSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
 
     def lock(self, timeout: float = 60.0) -> AbstractContextManager[None]:
         return self._locked(timeout)

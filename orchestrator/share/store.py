@@ -135,6 +135,7 @@ class BackupStore:
                 state.check(history)
                 state.remember(history)
         except HistoryError as exc:
+            self._history = None  # what was proven before is no ground to build on now
             raise HistoryError(exc.kind, f"share {self.share.url}: {exc.kind}: {exc}", exc.path) from None
         self._history = history
         return history
@@ -412,6 +413,21 @@ class BackupStore:
                 state.drop_pending(run_id)
         return written
 
+    def unrecorded_runs(self) -> list[str]:
+        """Runs that committed generations since the checkpoint but have no run record on the share
+        (a run that could not write it, or a record deleted since): a notice for each."""
+        history = self._history or self.load_history()
+        present = set(self.share.list_files(layout.RUNS_DIR))
+        missing = sorted(
+            {s.run_id for s in history.segments if s.run_id and layout.run_record_path(s.run_id) not in present}
+        )
+        for run_id in missing:
+            self.notices.append(
+                f"run {run_id} committed backups but its run record {layout.run_record_path(run_id)} is missing "
+                "(the share refused it, or it was deleted): `keyfleet audit` reports it"
+            )
+        return missing
+
     def remove_entries(self, ids: Collection[str], *, run_id: str | None = None) -> list[ManifestEntry]:
         """Drop entries from the history (one signed segment), then delete their files."""
         wanted = set(ids)
@@ -426,6 +442,24 @@ class BackupStore:
                 if entry.path not in still_used and self.share.exists(entry.path):
                     self.share.remove(entry.path)
         self._remember()
+        return removed
+
+    def remove_unlisted(self, paths: Collection[str]) -> set[str]:
+        """Delete files no entry of the (re-read, verified) history lists, under the lock; never a
+        listed file, never through a link. Return the paths removed."""
+        removed: set[str] = set()
+        with self.share.lock(self.lock_timeout):
+            history = self._history_for_update()
+            listed = {entry.path for entry in history.entries.values()}
+            for path in paths:
+                name = path.rsplit("/", 1)[-1]
+                if path in listed or not (layout.is_temporary(name) or layout.parse_key_file_path(path)):
+                    continue
+                if layout.is_temporary(name):
+                    self.share.remove_temporary(path)
+                elif self.share.exists(path):
+                    self.share.remove(path)
+                removed.add(path)
         return removed
 
     def remove_stale_temporaries(self) -> int:
