@@ -183,8 +183,8 @@ class SMBShare(Share):
     def _unc(self, path: str) -> str:
         """The UNC path of ``path``, after checking that none of its existing components is a reparse
         point (symbolic link, junction): the server or smbprotocol would follow it."""
-        unc = self._root
         parts = layout.validate_path(path).split("/")
+        unc = self._root
         for index, part in enumerate(parts):
             unc += f"\\{part}"
             try:
@@ -200,7 +200,7 @@ class SMBShare(Share):
                     f"share {self.url}: {link} is a symbolic link or junction (a reparse point); keyfleet never "
                     f"follows a link under the share (refusing {path}; run `keyfleet audit`)"
                 )
-        return unc
+        return self._root + "".join(f"\\{part}" for part in parts)
 
     def _kwargs(self) -> dict[str, Any]:
         return {
