@@ -272,10 +272,18 @@ def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     verify_signature(manifest, lab.inventory)
     assert manifest["entries"] and ok <= {e["host"] for e in manifest["entries"]}
     assert_files_match(root, manifest)
-    # the restarted server serves the same share again: the audit reads it and sees the gap
+    # the restarted server serves the same share again: the audit reads it and sees the gap, and that
+    # the run's generations have no run record (exit 3 until one is written)
     code, report = audit(keyfleet, lab, "--share", server.url(folder), env=server.share_env())
-    assert code == 1 and report["manifest"]["signature"] == "valid"
+    assert code == 3 and report["manifest"]["signature"] == "valid"
+    assert {f["kind"] for f in report["findings"] if f["severity"] == "integrity"} == {"run-record-missing"}
     assert report["summary"]["covered"] == len(manifest["entries"]) < len(outcomes)
+    # the next backup of this controller writes the signed record it kept, and says so
+    again = keyfleet("backup", "-i", str(lab.inventory), "--share", server.url(folder), env=server.share_env())
+    assert again.returncode == 0, again.stderr
+    assert "which run" in again.stderr and "could not write to the share" in again.stderr
+    code, report = audit(keyfleet, lab, "--share", server.url(folder), env=server.share_env())
+    assert code == 0 and report["findings"] == [], report["findings"]
 
 
 def test_connection_lost_after_the_rename_does_not_fail_the_write(
