@@ -65,8 +65,8 @@ class Finding:
     """Something wrong on the share. ``kind``: signature-invalid, signature-missing,
     signature-unverifiable, manifest-invalid, manifest-missing, altered, lost, bad-path,
     entry-inconsistent, run-record-mismatch, orphan-file, unknown-host, run-record-invalid,
-    rollback, chain-broken, segment-invalid, run-record-missing, symlink, temporary-file,
-    legacy-format. ``age``: of a leftover file."""
+    rollback, chain-broken, segment-invalid, run-record-missing, symlink, unreadable,
+    temporary-file, legacy-format. ``age``: of a leftover file."""
 
     kind: str
     severity: Severity
@@ -373,6 +373,23 @@ class _Audit:
                     "altered",
                     Severity.INTEGRITY,
                     f"key file {entry.path} no longer matches its SHA-256 in the manifest",
+                    entry.host,
+                    entry.path,
+                )
+            elif check.state is FileState.UNREADABLE:
+                self.find(
+                    "unreadable",
+                    Severity.INTEGRITY,
+                    f"key file {entry.path} cannot be read: the share denies access (on Samba, also a "
+                    "symbolic link leading out of the share)",
+                    entry.host,
+                    entry.path,
+                )
+            elif check.state is FileState.LINKED:
+                self.find(
+                    "symlink",
+                    Severity.INTEGRITY,
+                    f"key file {entry.path} is behind a symbolic link or junction (never followed)",
                     entry.host,
                     entry.path,
                 )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from orchestrator.errors import ConfigError, IntegrityError
+from orchestrator.errors import ConfigError, IntegrityError, ShareError
 from orchestrator.share import layout
 
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # symbolic links and junctions on Windows (MS-FSCC 2.6)
@@ -17,6 +17,11 @@ FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # symbolic links and junctions on Windows 
 
 class ShareLinkError(IntegrityError):
     """A path under the share goes through a symbolic link or junction: never followed (exit 3)."""
+
+
+class ShareAccessDenied(ShareError):
+    """The share refuses to open one path (permissions; Samba also answers so for a symbolic link
+    leading out of the share, which its default ``wide links = no`` never follows)."""
 
 
 class ItemKind(StrEnum):

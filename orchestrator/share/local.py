@@ -19,6 +19,7 @@ from orchestrator.share.base import (
     FILE_ATTRIBUTE_REPARSE_POINT,
     ItemKind,
     Share,
+    ShareAccessDenied,
     ShareItem,
     ShareLinkError,
     split_temporary,
@@ -62,7 +63,8 @@ class LocalShare(Share):
     def _error(self, action: str, path: str, exc: OSError) -> ShareError:
         reason = _REASONS.get(exc.errno or 0) or exc.strerror or exc.__class__.__name__
         where = f" {path}" if path else ""
-        return ShareError(f"share {self.url}: cannot {action}{where}: {reason}")
+        error = ShareAccessDenied if exc.errno in (errno.EACCES, errno.EPERM) else ShareError
+        return error(f"share {self.url}: cannot {action}{where}: {reason}")
 
     def _full(self, path: str) -> Path:
         """The path of ``path`` under the root, after checking (lstat, never following) that none of

@@ -23,6 +23,7 @@ from orchestrator.share.base import (
     FILE_ATTRIBUTE_REPARSE_POINT,
     ItemKind,
     Share,
+    ShareAccessDenied,
     ShareItem,
     ShareLinkError,
     split_temporary,
@@ -397,7 +398,8 @@ class SMBShare(Share):
     def _fail(self, action: str, exc: BaseException, *, connecting: bool = False) -> NoReturn:
         if isinstance(exc, ValueError) and not isinstance(exc.__cause__, OSError):
             raise exc  # a programming error, not an SMB failure
-        raise ShareError(f"share {self.url}: {action}: {self._reason(exc, connecting)}") from exc
+        error = ShareAccessDenied if _status(exc) == NtStatus.STATUS_ACCESS_DENIED and not connecting else ShareError
+        raise error(f"share {self.url}: {action}: {self._reason(exc, connecting)}") from exc
 
     def _reason(self, exc: BaseException, connecting: bool) -> str:
         status = _status(exc)

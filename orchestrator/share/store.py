@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from orchestrator.errors import ConfigError, IntegrityError, ShareError, ShareExistsError
 from orchestrator.share import layout
-from orchestrator.share.base import Share
+from orchestrator.share.base import Share, ShareAccessDenied, ShareLinkError
 from orchestrator.share.history import (
     LOG_DIR,
     History,
@@ -47,6 +47,8 @@ class FileState(StrEnum):
     LOST = "lost"  # the file is gone
     ALTERED = "altered"  # the bytes no longer hash to the entry's SHA-256 (or size)
     BAD_PATH = "bad-path"  # the entry's path is not a valid share path: never read
+    LINKED = "linked"  # the path goes through a symbolic link or junction: never followed
+    UNREADABLE = "unreadable"  # the share refuses to open it (access denied)
 
 
 @dataclass(frozen=True)
@@ -478,9 +480,14 @@ class BackupStore:
             layout.validate_path(entry.path)
         except ConfigError:
             return KeyFileCheck(entry, FileState.BAD_PATH), None
-        if not self.share.exists(entry.path):
-            return KeyFileCheck(entry, FileState.LOST), None
-        data = self.share.read_bytes(entry.path)
+        try:
+            if not self.share.exists(entry.path):
+                return KeyFileCheck(entry, FileState.LOST), None
+            data = self.share.read_bytes(entry.path)
+        except ShareLinkError:
+            return KeyFileCheck(entry, FileState.LINKED), None
+        except ShareAccessDenied:
+            return KeyFileCheck(entry, FileState.UNREADABLE), None
         actual = hashlib.sha256(data).hexdigest()
         state = FileState.OK if actual == entry.sha256 and len(data) == entry.size else FileState.ALTERED
         return KeyFileCheck(entry, state, actual), data
@@ -494,6 +501,8 @@ class BackupStore:
             FileState.LOST: "is missing",
             FileState.ALTERED: "does not match its SHA-256 in the manifest",
             FileState.BAD_PATH: "has an invalid path in the manifest",
+            FileState.LINKED: "is behind a symbolic link or junction (never followed)",
+            FileState.UNREADABLE: "cannot be read (access denied)",
         }[check.state]
         raise IntegrityError(f"share {self.share.url}: key file {entry.path!r} of {entry.host} {reason}")
 
