@@ -270,6 +270,14 @@ class _Audit:
     def chain_records(self, history: History, records: list[RunRecord], invalid: set[str]) -> None:
         """Run records against the history, both ways: every generation's run has its record, and no
         record (nor an entry it stored) is newer than the history."""
+        if history.legacy and any(record.signed for record in records):
+            self.find(
+                "rollback",
+                Severity.INTEGRITY,
+                "signed run records show the share was upgraded to the hash-chained history, but manifest.json "
+                "is an old-format manifest again and the log is gone",
+                path=layout.MANIFEST,
+            )
         if history.legacy or not history.exists or any(f.kind in _UNREADABLE for f in self.findings):
             return  # nothing proven to check them against
         by_id = {record.run_id: record for record in records}

@@ -155,13 +155,20 @@ class BackupStore:
     def _check_latest_record(self, history: History) -> None:
         """A signed run record naming a generation the history does not reach means a rollback."""
         names = [p for p in self.share.list_files(layout.RUNS_DIR) if layout.is_run_record_path(p)]
-        if not names or history.legacy:
+        if not names:
             return
         latest = max(names)
         try:
             record = RunRecord.from_bytes(self.share.read_bytes(latest), name=latest, verifier=self._verifier())
         except IntegrityError:
             return  # the audit reports it; it proves nothing either way
+        if record.signed and history.legacy:
+            raise HistoryError(
+                "rollback",
+                f"run record {latest} is signed, so the share was upgraded to the hash-chained history, but "
+                "manifest.json is an old-format manifest again and the log is gone",
+                layout.MANIFEST,
+            )
         if record.signed and record.generation is not None and record.generation > history.generation:
             raise HistoryError(
                 "rollback",
