@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--hosts", type=_positive_int, default=64, metavar="N")
     bench.add_argument("--forks", type=_positive_int, default=32, metavar="N")
     bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
+    bench.add_argument("--history", type=int, metavar="N", help="instead: commit cost on a share with N prior entries")
+    bench.add_argument("--history-hosts", type=_positive_int, default=1000, metavar="N", help="hosts of its big backup")
     _json(bench)
     return parser
 

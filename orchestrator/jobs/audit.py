@@ -21,7 +21,7 @@ from orchestrator.share import layout
 from orchestrator.share.base import ItemKind, ShareItem
 from orchestrator.share.history import LOG_DIR, History, HistoryError, read_history
 from orchestrator.share.manifest import Manifest, ManifestEntry, format_iso, public_key_sha256
-from orchestrator.share.runrecord import OutcomeStatus, RunRecord
+from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
 from orchestrator.share.store import BackupStore, FileState
 
 _UNREADABLE = frozenset({"manifest-invalid", "signature-invalid", "signature-missing", "manifest-missing"})
@@ -482,11 +482,11 @@ class _Audit:
             )
 
     def server(
-        self, host: HostConfig, manifest: Manifest, intact: set[str], records: list[RunRecord]
+        self, host: HostConfig, manifest: Manifest, intact: set[str], outcomes: list[tuple[RunRecord, HostOutcome]]
     ) -> ServerCoverage:
         entries = manifest.entries_for(host.name)
         good = next((entry for entry in entries if entry.id in intact), None)
-        attempt, version = _history(host.name, records)
+        attempt, version = _history(outcomes)
         age = self.now - good.created if good else None
         problems = tuple(self.problems.get(host.name, ()))
         if problems:
@@ -522,14 +522,23 @@ class _Audit:
         )
 
 
-def _history(host: str, records: list[RunRecord]) -> tuple[Attempt | None, tuple[str, datetime] | None]:
-    """The host's latest attempt (ok or failed) and latest seen SCSM version, from run records."""
+def _outcomes_by_host(records: list[RunRecord]) -> dict[str, list[tuple[RunRecord, HostOutcome]]]:
+    """Each host's outcomes in record order: one pass, so the audit stays linear in the history."""
+    index: dict[str, list[tuple[RunRecord, HostOutcome]]] = {}
+    for record in records:
+        seen: set[str] = set()
+        for outcome in record.outcomes:
+            if outcome.host not in seen:  # a host's first outcome in a record, as RunRecord.outcome gives
+                seen.add(outcome.host)
+                index.setdefault(outcome.host, []).append((record, outcome))
+    return index
+
+
+def _history(outcomes: list[tuple[RunRecord, HostOutcome]]) -> tuple[Attempt | None, tuple[str, datetime] | None]:
+    """The host's latest attempt (ok or failed) and latest seen SCSM version, from its run record outcomes."""
     attempt: Attempt | None = None
     version: tuple[str, datetime] | None = None
-    for record in reversed(records):
-        outcome = record.outcome(host)
-        if outcome is None:
-            continue
+    for record, outcome in reversed(outcomes):
         if attempt is None and record.command in BACKUP_COMMANDS and outcome.status is not OutcomeStatus.SKIPPED:
             attempt = Attempt(record.run_id, record.started, outcome.status, outcome.kind, outcome.message)
         if version is None and outcome.scsm_version:
@@ -556,7 +565,8 @@ def run_audit(
     intact = audit.check_entries(manifest, records)
     audit.share_files(manifest, signature, store.share.scan())
     audit.controller(history)
-    servers = [audit.server(host, manifest, intact, records) for host in inventory.hosts.values()]
+    by_host = _outcomes_by_host(records)
+    servers = [audit.server(host, manifest, intact, by_host.get(host.name, [])) for host in inventory.hosts.values()]
     roles = [r for r in Role if any(s.role == r for s in servers)]
     return AuditReport(
         generated=audit.now,

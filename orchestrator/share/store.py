@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -59,6 +60,17 @@ class KeyFileCheck:
 
 
 @dataclass
+class CommitStats:
+    """What this store's commits cost: group commits made, entries they added, the CPU time of the
+    committing threads (key file writes, segment, compactions), and how many compactions ran."""
+
+    commits: int = 0
+    entries: int = 0
+    cpu_seconds: float = 0.0
+    compactions: int = 0
+
+
+@dataclass
 class _PendingAdd:
     """One key file waiting for the next group commit, and how it ended."""
 
@@ -100,6 +112,7 @@ class BackupStore:
         self.state_root = state_root
         self.notices: list[str] = []
         self.stored: list[ManifestEntry] = []  # every entry this store added, in order
+        self.stats = CommitStats()
         self._history: History | None = None
         self._closed = False
         self._queue: list[_PendingAdd] = []
@@ -250,6 +263,7 @@ class BackupStore:
         a controller holding G in memory finds it and knows nothing was compacted past it)."""
         self.share.replace(layout.MANIFEST, history.checkpoint_bytes(self._signer()))
         history.compacted()
+        self.stats.compactions += 1
         for path in self.share.list_files(LOG_DIR):
             generation = segment_generation(path)
             if generation is not None and generation < history.generation:
@@ -321,6 +335,8 @@ class BackupStore:
         return pending.result
 
     def _commit(self, batch: list[_PendingAdd]) -> None:
+        started = time.thread_time()
+        stored = len(self.stored)
         try:
             with self.share.lock(self.lock_timeout):
                 for attempt in range(_COMMIT_ATTEMPTS):
@@ -341,6 +357,9 @@ class BackupStore:
                 if item.result is None and item.error is None:
                     item.error = ShareError(f"share {self.share.url}: the manifest update did not complete")
                 item.done = True
+            self.stats.commits += 1
+            self.stats.entries += len(self.stored) - stored
+            self.stats.cpu_seconds += time.thread_time() - started
 
     def _commit_once(self, batch: list[_PendingAdd]) -> None:
         history = self._history_for_update()
