@@ -193,3 +193,13 @@ def test_links_inside_the_share_are_never_followed(tmp_path: Path, key: Ed25519P
     links = sorted(f.path or "" for f in report.findings if f.kind == "symlink")
     assert links == ["PROD/management_server/ms02", "runs/link.json"] and report.exit_code == 3
     assert plan_leftovers(store) == []  # nothing behind a link is offered for removal
+
+
+def test_history_bench_measures_both_shares_through_the_store() -> None:
+    from orchestrator.lab.history_bench import as_rows, history_bench
+
+    result = history_bench(150, hosts=20, workers=8, repeats=3)
+    assert (result.fresh.entries_before, result.grown.entries_before) == (0, 150)
+    assert result.fresh.fleet_commits >= 1 and result.grown.fleet_commits >= 1
+    assert result.one_host_ratio > 0 and result.fleet_ratio > 0
+    assert any("target <= 1.5x" in value for _, value in as_rows(result))
