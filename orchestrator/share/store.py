@@ -41,16 +41,6 @@ from orchestrator.share.state import ShareState
 _COMMIT_ATTEMPTS = 5  # another controller's segment of the same generation sends us back to re-read
 
 
-def _thread_user_seconds() -> float:
-    """User CPU of the calling thread (Linux); elsewhere its whole CPU time."""
-    try:
-        import resource
-
-        return float(resource.getrusage(resource.RUSAGE_THREAD).ru_utime)
-    except (ImportError, AttributeError):  # pragma: no cover - Windows, macOS
-        return time.thread_time()
-
-
 class FileState(StrEnum):
     """What re-reading a manifest entry's key file found."""
 
@@ -77,7 +67,6 @@ class CommitStats:
     commits: int = 0
     entries: int = 0
     cpu_seconds: float = 0.0  # user + system (the kernel's share: writes, fsync, renames)
-    user_seconds: float = 0.0  # user only: serialising, hashing, signing
     compactions: int = 0
 
 
@@ -346,7 +335,7 @@ class BackupStore:
         return pending.result
 
     def _commit(self, batch: list[_PendingAdd]) -> None:
-        started, user = time.thread_time(), _thread_user_seconds()
+        started = time.thread_time()
         stored = len(self.stored)
         try:
             with self.share.lock(self.lock_timeout):
@@ -370,7 +359,6 @@ class BackupStore:
             self.stats.commits += 1
             self.stats.entries += len(self.stored) - stored
             self.stats.cpu_seconds += time.thread_time() - started
-            self.stats.user_seconds += _thread_user_seconds() - user
 
     def _commit_once(self, batch: list[_PendingAdd]) -> None:
         history = self._history_for_update()
@@ -548,7 +536,7 @@ class BackupStore:
         """Every run record that proves itself, oldest first: signed by the inventory's key, or an
         old-format record the history vouches for (its SHA-256 listed at the upgrade, or a share not
         upgraded yet). Others raise, or go to ``invalid`` if given."""
-        history = history or self._history
+        history = history or self._history or (self.load_history() if self.verifier is not None else None)
         records = []
         for path in self.share.list_files(layout.RUNS_DIR):
             if not layout.is_run_record_path(path):
@@ -566,8 +554,8 @@ class BackupStore:
         record = RunRecord.from_bytes(data, name=path, verifier=self.verifier)
         if layout.run_record_path(record.run_id) != path:
             raise IntegrityError(f"{path} holds the record of another run ({record.run_id})")
-        if record.signed or self.verifier is None or history is None or history.legacy:
-            return record
+        if record.signed or history is None or history.legacy:
+            return record  # history None: no public key, nothing can be verified (the audit says so)
         if history.legacy_records.get(path) == hashlib.sha256(data).hexdigest():
             return record
         raise IntegrityError(f"{path} is not signed and is not a record the history vouches for")
