@@ -358,7 +358,8 @@ def _share_id_of(data: bytes) -> str | None:
 
 
 def _dump(document: dict[str, Any]) -> bytes:
-    return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    # no indent: json's C encoder only serves unindented output, and a checkpoint holds every entry
+    return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _load(data: bytes, path: str, expected_format: str | None, kind: str) -> dict[str, Any]:

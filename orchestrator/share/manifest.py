@@ -57,9 +57,20 @@ class ManifestEntry:
     run_id: str | None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["created"] = format_iso(self.created)
-        return data
+        return {
+            "id": self.id,
+            "host": self.host,
+            "group": self.group,
+            "role": self.role,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "created": format_iso(self.created),
+            "password_id": self.password_id,
+            "scsm_version": self.scsm_version,
+            "helper_version": self.helper_version,
+            "run_id": self.run_id,
+        }
 
     @classmethod
     def from_json(cls, data: object) -> ManifestEntry:
