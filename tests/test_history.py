@@ -7,8 +7,10 @@ import base64
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -57,6 +59,16 @@ def backup(store: BackupStore, hosts: list[str], when: datetime = NOW) -> list[M
     return entries
 
 
+def recording(log: list[str], method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, noting the share path of every call in ``log``."""
+
+    def wrapper(path: str, *args: Any) -> Any:
+        log.append(path)
+        return method(path, *args)
+
+    return wrapper
+
+
 def test_a_commit_writes_one_key_file_and_one_segment(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     store = BackupStore(LocalShare(tmp_path), key)
     backup(store, [f"ms{i:02}" for i in range(40)])
@@ -65,10 +77,9 @@ def test_a_commit_writes_one_key_file_and_one_segment(tmp_path: Path, key: Ed255
     written: list[str] = []
     read: list[str] = []
     share = store.share
-    original_write, original_replace, original_read = share.write_new, share.replace, share.read_bytes
-    share.write_new = lambda p, d: (written.append(p), original_write(p, d))[1]  # type: ignore[method-assign]
-    share.replace = lambda p, d: (written.append(p), original_replace(p, d))[1]  # type: ignore[method-assign]
-    share.read_bytes = lambda p: (read.append(p), original_read(p))[1]  # type: ignore[method-assign]
+    share.write_new = recording(written, share.write_new)  # type: ignore[method-assign]
+    share.replace = recording(written, share.replace)  # type: ignore[method-assign]
+    share.read_bytes = recording(read, share.read_bytes)  # type: ignore[method-assign]
     entry = store.add(host="new01", group="PROD", role="management_server", data=b"k" * 50, password_id="p")
     assert written == [entry.path, segment_path(generation + 1)] and read == []
     assert read_share(tmp_path, public(key))["generation"] == generation + 1
