@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             removed = apply_prune(store, plan, run_id)
             if removed:
                 record_run(store, prune_record(run_id, started, inventory, share.url, removed), _warn)
+            for notice in store.notices:
+                print(f"keyfleet: {notice}", file=sys.stderr)
     if args.json:
         print_json(plan_json(plan, applied=not args.check))
         return 0

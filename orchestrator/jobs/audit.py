@@ -270,7 +270,7 @@ class _Audit:
     def chain_records(self, history: History, records: list[RunRecord], invalid: set[str]) -> None:
         """Run records against the history, both ways: every generation's run has its record, and no
         record (nor an entry it stored) is newer than the history."""
-        if history.legacy and any(record.signed for record in records):
+        if history.legacy and any(record.signed and record.generation for record in records):
             self.find(
                 "rollback",
                 Severity.INTEGRITY,

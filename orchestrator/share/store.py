@@ -175,7 +175,7 @@ class BackupStore:
             record = RunRecord.from_bytes(self.share.read_bytes(latest), name=latest, verifier=self._verifier())
         except IntegrityError:
             return  # the audit reports it; it proves nothing either way
-        if record.signed and history.legacy:
+        if record.signed and record.generation and history.legacy:
             raise HistoryError(
                 "rollback",
                 f"run record {latest} is signed, so the share was upgraded to the hash-chained history, but "
@@ -464,6 +464,8 @@ class BackupStore:
             removed = [history.entries[i] for i in wanted if i in history.entries]
             if not removed:
                 return []
+            if history.legacy:  # an old-format share: upgraded first, as a backup would
+                history = self._history = self._start(history, run_id)
             self._append(history, run_id, [], [entry.id for entry in removed])
             still_used = {entry.path for entry in history.entries.values()}
             for entry in removed:
