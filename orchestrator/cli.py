@@ -158,12 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE", help="the secrets file (YAML inside the vault)")
 
-    p = sub.add_parser("prune", help="remove old key files beyond the newest N per server")
+    p = sub.add_parser("prune", help="remove old key files beyond the newest N per server, or leftovers")
     _inventory(p)
     _share(p)
     p.add_argument(
-        "--keep", type=_positive_int, required=True, metavar="N", help="intact backups kept per server (1 or more)"
+        "--keep", type=_positive_int, metavar="N", help="intact backups kept per server (1 or more); or --orphans"
     )
+    p.add_argument("--orphans", action="store_true", help="remove key files no entry lists and stale temporaries")
     p.add_argument("--check", action="store_true", help="show what would be removed")
     _json(p)
 
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="lab key files sealed with scrypt 2^14 (default) or 2^4 (cheap: the lab is not the bottleneck)",
     )
+    bench.add_argument("--history", type=int, metavar="N", help="instead: commit cost on a share with N prior entries")
+    bench.add_argument("--history-hosts", type=_positive_int, default=1000, metavar="N", help="hosts of its big backup")
     _json(bench)
     return parser
 

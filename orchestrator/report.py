@@ -104,6 +104,7 @@ def audit_json(report: AuditReport) -> dict[str, Any]:
             "updated": _iso(report.manifest_updated),
             "signature": str(report.signature),
             "public_key_sha256": report.public_key_sha256,
+            "generation": report.generation,
         },
         "summary": {
             "servers": len(report.servers),
@@ -115,7 +116,14 @@ def audit_json(report: AuditReport) -> dict[str, Any]:
         "groups": [_coverage_json(c) for c in report.groups],
         "servers": [_server_json(s) for s in report.servers],
         "findings": [
-            {"kind": f.kind, "severity": str(f.severity), "host": f.host, "path": f.path, "message": f.message}
+            {
+                "kind": f.kind,
+                "severity": str(f.severity),
+                "host": f.host,
+                "path": f.path,
+                "message": f.message,
+                "age_seconds": None if f.age is None else int(f.age.total_seconds()),
+            }
             for f in report.findings
         ],
     }

@@ -105,6 +105,12 @@ def lab_inventory(tmp_path: Path) -> Callable[..., LabFiles]:
 
 
 @pytest.fixture(autouse=True)
+def _private_controller_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test is its own controller: the generations it saw never leak into ~/.local/state."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("controller-state")))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_secret_cache() -> Iterator[None]:
     clear_cache()
     yield

@@ -35,7 +35,7 @@ from orchestrator.jobs.audit import AuditReport, SignatureState, Status, parse_m
 from orchestrator.report import print_table, render_json, render_markdown, render_text
 from orchestrator.report_html import render_html
 from orchestrator.share.local import LocalShare
-from orchestrator.share.manifest import ManifestEntry
+from orchestrator.share.manifest import ManifestEntry, sign_document
 from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
 
@@ -161,6 +161,8 @@ class Fleet:
         return self.root / "share" / self.entries[host].path
 
     def edit_manifest(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Compact the history into manifest.json (a checkpoint holding every entry), then edit it."""
+        self.store.compact()
         path = self.root / "share" / "manifest.json"
         document = json.loads(path.read_text())
         change(document)
@@ -269,13 +271,27 @@ def test_unsafe_path_in_manifest_is_never_read(fleet: Fleet) -> None:
 
 
 def test_run_record_disagrees_with_manifest(fleet: Fleet) -> None:
+    """A signed run record whose outcome names other bytes than the entry of its run."""
     run = fleet.root / "share" / "runs" / f"{fleet.entries['ms01'].run_id}.json"
     document = json.loads(run.read_text())
     document["outcomes"][0]["sha256"] = "0" * 64
-    run.write_text(json.dumps(document))
+    run.write_bytes((json.dumps(sign_document(document, fleet.key)) + "\n").encode())
     report = fleet.audit()
     assert ("run-record-mismatch", "ms01") in kinds(report)
     assert statuses(report)["ms01"] is Status.ALTERED
+
+
+def test_edited_or_unsigned_run_record_is_an_integrity_failure(fleet: Fleet) -> None:
+    run = fleet.root / "share" / "runs" / f"{fleet.entries['ms01'].run_id}.json"
+    document = json.loads(run.read_text())
+    document["outcomes"][0]["status"] = "failed"
+    run.write_text(json.dumps(document))
+    report = fleet.audit()
+    assert ("run-record-invalid", None) in kinds(report)
+    assert report.exit_code == 3
+    document.pop("signature")
+    run.write_text(json.dumps(document))
+    assert ("run-record-invalid", None) in kinds(fleet.audit())
 
 
 def test_missing_failing_and_recovered(fleet: Fleet) -> None:
@@ -341,12 +357,18 @@ def test_doctor_failures_are_not_backup_attempts(fleet: Fleet) -> None:
     assert statuses(fleet.audit())["ms01"] is Status.COVERED
 
 
-def test_unknown_hosts_and_bad_run_records_are_warnings(fleet: Fleet) -> None:
-    fleet.store.add(host="gone01", group="OLD", role="management_server", data=b"x" * 40, password_id="p")
+def test_unknown_hosts_are_warnings_and_bad_run_records_integrity_failures(fleet: Fleet) -> None:
+    run_id = new_run_id(NOW)
+    fleet.store.add(
+        host="gone01", group="OLD", role="management_server", data=b"x" * 40, password_id="p", run_id=run_id
+    )
+    fleet.record(NOW, [], run_id=run_id)
+    assert kinds(fleet.audit()) == [("unknown-host", "gone01")]
+    assert fleet.audit().exit_code == 0
     (fleet.root / "share" / "runs" / "20260101T000000Z-abcdef.json").write_text("{not json")
     report = fleet.audit()
     assert kinds(report) == [("run-record-invalid", None), ("unknown-host", "gone01")]
-    assert report.exit_code == 0
+    assert report.exit_code == 3
 
 
 def test_torn_manifest(fleet: Fleet) -> None:
@@ -439,8 +461,10 @@ def test_json_schema(damaged: AuditReport) -> None:
             "host": "dw01",
             "path": damaged.findings[0].path,
             "message": f"key file {damaged.findings[0].path} is gone",
+            "age_seconds": None,
         },
     ]
+    assert document["manifest"]["generation"] == 6
     assert document["manifest"]["signature"] == "valid"
     assert set(document) == {
         "format",

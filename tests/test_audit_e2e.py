@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import LAB_SIGNING, SMALL_FLEET, CliRun, LabFiles, cli_env, make_lab_inventory
+from tests.share_history import compact, read_share
 
 Json = dict[str, Any]
 Keyfleet = Callable[..., CliRun]
@@ -76,7 +77,8 @@ def host_settings(document: Json, host: str) -> Json:
 
 
 def manifest_of(lab: LabFiles) -> Json:
-    return json.loads((lab.share / "manifest.json").read_text())
+    """The share's entries as an auditor's reader proves them (tests/share_history.py)."""
+    return read_share(lab.share, LAB_SIGNING["public_key"])
 
 
 def entry_of(manifest: Json, host: str) -> Json:
@@ -93,14 +95,14 @@ def canonical(document: Json) -> bytes:
 
 
 def verify_signature(manifest: Json) -> None:
-    """With cryptography alone and the inventory's public key (raises if the signature is bad)."""
-    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(LAB_SIGNING["public_key"]))
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    key.verify(base64.b64decode(manifest["signature"]["value"]), canonical(body))
+    """``manifest`` came from ``read_share``, which verified every signature of the history."""
+    assert manifest["generation"] >= 1 and manifest["head"]
 
 
 def edit_manifest(lab: LabFiles, change: Callable[[Json], None], *, resign: bool = False) -> None:
-    """Change manifest.json on disk; ``resign``: sign it again with the inventory's own key pair."""
+    """Change manifest.json on disk (first compacted: it then holds every entry); ``resign``: sign it
+    again with the inventory's own key pair."""
+    compact(lab.share, LAB_SIGNING["private_key"])
     path = lab.share / "manifest.json"
     document = json.loads(path.read_text())
     change(document)
@@ -664,8 +666,8 @@ def test_prune_keeps_the_newest_backup_of_every_server(lab: LabFiles, keyfleet: 
     backup_entry_ids(keyfleet, lab)
     next_second()
     newest = backup_entry_ids(keyfleet, lab)  # three backups of every server in all, a second apart at least
-    manifest_before = (lab.share / "manifest.json").read_bytes()
-    assert len(json.loads(manifest_before)["entries"]) == 18 and len(key_files_on_disk(lab)) == 18
+    manifest_before = manifest_of(lab)
+    assert len(manifest_before["entries"]) == 18 and len(key_files_on_disk(lab)) == 18
 
     check = keyfleet("prune", "-i", str(lab.inventory), "--keep", "1", "--check", "--json")
     assert check.returncode == 0, check.stderr
@@ -673,7 +675,7 @@ def test_prune_keeps_the_newest_backup_of_every_server(lab: LabFiles, keyfleet: 
     assert plan["applied"] is False and plan["keep"] == 1
     assert {d["id"] for d in plan["decisions"] if d["action"] == "keep"} == set(newest.values())
     assert sum(d["action"] == "remove" for d in plan["decisions"]) == 12
-    assert (lab.share / "manifest.json").read_bytes() == manifest_before and len(key_files_on_disk(lab)) == 18
+    assert manifest_of(lab) == manifest_before and len(key_files_on_disk(lab)) == 18
 
     prune = keyfleet("prune", "-i", str(lab.inventory), "--keep", "1")
     assert prune.returncode == 0, prune.stderr

@@ -27,6 +27,7 @@ from orchestrator.lab.journal import Journal
 from orchestrator.lab.plan import SECRETS_FILE, lab_secrets, plan_hosts
 from orchestrator.share.manifest import load_public_key, new_signing_key_pair
 from tests.conftest import CliRun, LabFiles
+from tests.share_history import read_share
 
 
 def _bare_pywinrm(host: dict[str, object], username: str, password: str) -> tuple[bytes, bytes, int]:
@@ -130,7 +131,8 @@ def test_lab_up_keeps_its_secrets_and_share_across_starts(tmp_path: Path, keyfle
         assert second[section] == first[section]
     assert first["share"]["url"] == str(tmp_path / "rehearsal-share")  # named after the inventory, not lab-share
     assert first["lab"]["state_dir"] == str(tmp_path / "rehearsal-state")  # default: next to the inventory
-    assert len(json.loads((tmp_path / "rehearsal-share" / "manifest.json").read_text())["entries"]) == 4
+    public_key = first["signing"]["public_key"]
+    assert len(read_share(tmp_path / "rehearsal-share", public_key)["entries"]) == 4
     secrets_file = tmp_path / "rehearsal-state" / SECRETS_FILE
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(inventory.stat().st_mode) == 0o600

@@ -29,6 +29,7 @@ from orchestrator.share.manifest import (
 )
 from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore, FileState
+from tests.share_history import read_share
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -66,13 +67,11 @@ def test_add_writes_file_and_signed_manifest(store: BackupStore, tmp_path: Path,
     assert entry.id == f"ms01-20260102T030405Z-{sha[:12]}"
     assert (tmp_path / entry.path).read_bytes() == b"secret-key-bytes"
     # An auditor's script: cryptography and json alone, with the public key from the inventory.
-    document = json.loads((tmp_path / "manifest.json").read_text())
-    signature = document.pop("signature")
-    payload = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    key.public_key().verify(base64.b64decode(signature["value"]), payload)
-    assert signature["alg"] == "ed25519"
-    assert signature["public_key_sha256"] == public_key_sha256(key.public_key())
-    assert document["format"] == "keyfleet-manifest/1"
+    raw_public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    document = read_share(tmp_path, base64.b64encode(raw_public).decode())
+    segment = json.loads((tmp_path / "log" / "000000000001.json").read_text())
+    assert segment["signature"]["public_key_sha256"] == public_key_sha256(key.public_key())
+    assert (document["generation"], segment["previous"], segment["run_id"]) == (1, None, "20260102T030405Z-abcdef")
     assert document["entries"] == [
         {
             "id": entry.id,
@@ -101,10 +100,10 @@ def test_torn_manifest_is_an_integrity_error(store: BackupStore, tmp_path: Path)
     _add(store)
     text = (tmp_path / "manifest.json").read_bytes()
     (tmp_path / "manifest.json").write_bytes(text[: len(text) // 2])
-    with pytest.raises(IntegrityError, match=r"manifest\.json is not a valid manifest"):
-        store.load_manifest(verify=False)
+    with pytest.raises(IntegrityError, match=r"manifest\.json is not valid JSON"):
+        store.load_manifest()
     with pytest.raises(IntegrityError, match="refusing to change it"):
-        _add(store, data=b"other")
+        _add(BackupStore(store.share, store.signer), data=b"other")  # the next command
 
 
 @pytest.mark.parametrize(
@@ -115,7 +114,7 @@ def test_torn_manifest_is_an_integrity_error(store: BackupStore, tmp_path: Path)
         (lambda d: d["entries"].pop(), "does not verify"),
         (lambda d: d.update(signature=None), "not signed"),
         (lambda d: d.pop("signature"), "not signed"),
-        (lambda d: d["signature"].update(public_key_sha256="ab" * 32), "not by the inventory's public key"),
+        (lambda d: d["signature"].update(public_key_sha256="ab" * 32), "another key than the inventory's public key"),
         (lambda d: d["signature"].update(value="!!"), "does not verify"),
     ],
 )
@@ -124,19 +123,20 @@ def test_tampering_detected(
 ) -> None:
     _add(store)
     _add(store, data=b"second")
+    store.compact()  # manifest.json now holds both entries
     document = json.loads((tmp_path / "manifest.json").read_text())
     edit(document)
     (tmp_path / "manifest.json").write_text(json.dumps(document))
     with pytest.raises(IntegrityError, match=message):
         store.load_manifest(verify=True)
     with pytest.raises(IntegrityError, match="refusing to change it"):
-        _add(store, data=b"third")  # a tampered manifest is never re-signed
+        _add(BackupStore(store.share, store.signer), data=b"third")  # a tampered manifest is never built on
 
 
 def test_wrong_public_key(store: BackupStore, tmp_path: Path) -> None:
     _add(store)
     other = BackupStore(LocalShare(tmp_path), verifier=Ed25519PrivateKey.generate().public_key())
-    with pytest.raises(IntegrityError, match="not by the inventory's public key"):
+    with pytest.raises(IntegrityError, match="another key than the inventory's public key"):
         other.load_manifest(verify=True)
 
 
@@ -178,10 +178,12 @@ def test_the_first_add_writes_a_signed_manifest_before_any_key_file(store: Backu
 def test_a_deleted_manifest_is_not_silently_replaced(store: BackupStore, tmp_path: Path) -> None:
     _add(store, created=T0)
     (tmp_path / layout.MANIFEST).unlink()
-    with pytest.raises(IntegrityError, match=r"manifest\.json is missing but the share holds key files"):
+    with pytest.raises(IntegrityError, match=r"manifest-missing: manifest\.json is missing"):
         store.load_manifest()
     with pytest.raises(IntegrityError, match="refusing"):
-        store.add(host="ms02", group="PROD", role="management_server", data=b"x", password_id="p")
+        BackupStore(store.share, store.signer).add(
+            host="ms02", group="PROD", role="management_server", data=b"x", password_id="p"
+        )
 
 
 def test_an_unsigned_empty_manifest_does_not_verify(store: BackupStore, tmp_path: Path, key: Ed25519PrivateKey) -> None:
@@ -343,8 +345,9 @@ def test_new_signing_key_pair() -> None:
 
 
 def test_manifest_roundtrip(key: Ed25519PrivateKey, store: BackupStore) -> None:
+    """The keyfleet-manifest/1 format, still read from shares written before the history."""
     entry = _add(store, created=T0)
-    manifest = store.load_manifest()
+    manifest = Manifest(entries=(entry,), updated=T0).signed(key)
     again = Manifest.from_bytes(manifest.to_bytes())
     assert again == manifest and again.entries == (entry,)
     again.verify(key.public_key())

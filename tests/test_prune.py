@@ -103,15 +103,16 @@ def test_keep_must_be_positive(share: Share) -> None:
 
 
 def test_tampered_manifest_is_not_pruned(share: Share) -> None:
+    share.store.compact()
+    plan = plan_prune(share.inventory, BackupStore(share.store.share, share.key), 1)  # planned before...
     path = share.root / "share" / "manifest.json"
     document = json.loads(path.read_text())
     document["entries"][0]["password_id"] = "other"
     path.write_text(json.dumps(document))
     with pytest.raises(IntegrityError, match="does not verify"):
         plan_prune(share.inventory, share.store, 1)
-    plan = plan_prune(share.inventory, BackupStore(share.store.share), 1)  # unverified plan...
     with pytest.raises(IntegrityError, match="refusing to change it"):
-        apply_prune(share.store, plan)  # ...is still refused under the lock
+        apply_prune(share.store, plan)  # ...the tampering: still refused under the lock
     assert len(share.ids()) == 12
 
 

@@ -10,8 +10,9 @@ import yaml
 
 from orchestrator.inventory.model import LabHostSettings, Role
 from orchestrator.lab.machine import Machine
-from tests.conftest import LabFiles, make_lab_inventory
+from tests.conftest import LAB_SIGNING, LabFiles, make_lab_inventory
 from tests.leaks import LeakSearch
+from tests.share_history import compact, read_share
 
 FLEET = {
     "DR": {
@@ -35,7 +36,7 @@ def backed_up(tmp_path: Path, keyfleet, env: dict[str, str] | None = None) -> La
 
 
 def entry_of(lab: LabFiles, host: str) -> dict:
-    manifest = json.loads((lab.share / "manifest.json").read_text())
+    manifest = read_share(lab.share, LAB_SIGNING["public_key"])
     return next(e for e in manifest["entries"] if e["host"] == host)
 
 
@@ -125,6 +126,7 @@ def test_altered_key_file_or_manifest_is_an_integrity_failure(tmp_path, keyfleet
     assert run.returncode == 3, run.stderr
     assert "does not match its SHA-256" in run.stderr
     key_file.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x01]))  # repaired
+    compact(lab.share, LAB_SIGNING["private_key"])
     manifest = lab.share / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"password_id": "test-1"', '"password_id": "test-2"', 1))
     run = restore(keyfleet, lab, "--yes")

@@ -7,7 +7,6 @@ once; smbd killed in the middle of a run; a wrong SMB password.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import secrets
@@ -22,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import LabHostSettings
@@ -31,8 +29,9 @@ from orchestrator.lab.fleet import serving
 from orchestrator.lab.keyfile import unseal
 from orchestrator.lab.machine import Machine
 from orchestrator.share.smb import SMBShare
-from tests.conftest import SMALL_FLEET, CliRun, LabFiles, cli_env, make_lab_inventory
+from tests.conftest import LAB_SIGNING, SMALL_FLEET, CliRun, LabFiles, cli_env, make_lab_inventory
 from tests.leaks import LeakSearch
+from tests.share_history import read_share
 from tests.smbd import SmbServer, smbd_server  # noqa: F401 - pytest finds the session fixture here
 
 pytestmark = pytest.mark.smb
@@ -66,18 +65,14 @@ def folder() -> str:
 
 
 def manifest_at(root: Path) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((root / "manifest.json").read_text())
-    return document
+    """The share's entries, every signature and link of its history checked (tests/share_history.py)."""
+    return read_share(root, LAB_SIGNING["public_key"])
 
 
 def verify_signature(manifest: dict[str, Any], inventory: Path) -> None:
-    """Ed25519 over the canonical JSON without "signature", with the inventory's public key; raises if bad."""
-    public = yaml.safe_load(inventory.read_text())["signing"]["public_key"]
-    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public))
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert manifest["signature"]["alg"] == "ed25519"
-    key.verify(base64.b64decode(manifest["signature"]["value"]), canonical)
+    """``manifest`` came from ``read_share`` (signatures checked with the lab key): the inventory names it."""
+    assert yaml.safe_load(inventory.read_text())["signing"]["public_key"] == LAB_SIGNING["public_key"]
+    assert manifest["generation"] >= 1
 
 
 def assert_files_match(root: Path, manifest: dict[str, Any]) -> None:
@@ -278,10 +273,18 @@ def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     verify_signature(manifest, lab.inventory)
     assert manifest["entries"] and ok <= {e["host"] for e in manifest["entries"]}
     assert_files_match(root, manifest)
-    # the restarted server serves the same share again: the audit reads it and sees the gap
+    # the restarted server serves the same share again: the audit reads it and sees the gap, and that
+    # the run's generations have no run record (exit 3 until one is written)
     code, report = audit(keyfleet, lab, "--share", server.url(folder), env=server.share_env())
-    assert code == 1 and report["manifest"]["signature"] == "valid"
+    assert code == 3 and report["manifest"]["signature"] == "valid"
+    assert {f["kind"] for f in report["findings"] if f["severity"] == "integrity"} == {"run-record-missing"}
     assert report["summary"]["covered"] == len(manifest["entries"]) < len(outcomes)
+    # the next backup of this controller writes the signed record it kept, and says so
+    again = keyfleet("backup", "-i", str(lab.inventory), "--share", server.url(folder), env=server.share_env())
+    assert again.returncode == 0, again.stderr
+    assert "which run" in again.stderr and "could not write to the share" in again.stderr
+    code, report = audit(keyfleet, lab, "--share", server.url(folder), env=server.share_env())
+    assert code == 0 and report["findings"] == [], report["findings"]
 
 
 def test_connection_lost_after_the_rename_does_not_fail_the_write(

@@ -9,7 +9,9 @@ from typing import Any
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.lab.fleet import lab_machine
 from orchestrator.lab.keyfile import unseal
+from tests.conftest import LAB_SIGNING
 from tests.leaks import LeakSearch
+from tests.share_history import read_share
 
 FLEET: dict[str, dict[str, Any]] = {
     "TOOLS": {
@@ -46,7 +48,7 @@ def test_backup_uses_whatever_input_the_tool_takes(lab_inventory, keyfleet):
     assert wizard["kind"] == "tool-interactive" and "keyfleet collect" in wizard["message"]
     assert old["kind"] == "console-unavailable" and "Windows Server 2016" in old["message"]
     assert "hint: this SecureStorageBackup.exe takes no typed password" in run.stderr
-    manifest = json.loads((lab.share / "manifest.json").read_text())
+    manifest = read_share(lab.share, LAB_SIGNING["public_key"])
     methods = {e["host"]: e.get("method") for e in manifest["entries"]}
     assert methods == {"s-ms01": "stdin", "k-ms01": "console", "p-portal01": "stdin"}
     record = json.loads((lab.share / json.loads(run.stdout)["run_record"]).read_text())
@@ -103,7 +105,7 @@ def test_wizard_then_collect_round_trips_a_key_through_a_dr_drill(lab_inventory,
     outcome = _outcomes(run.stdout)["s-ms01"]
     assert outcome["status"] == "ok" and outcome["method"] == "wizard" and not outcome["warning"]
     assert list(machine.registry.outbox_dir.iterdir()) == []  # removed only once the share held it
-    manifest = json.loads((lab.share / "manifest.json").read_text())
+    manifest = read_share(lab.share, LAB_SIGNING["public_key"])
     (entry,) = manifest["entries"]
     assert entry["method"] == "wizard" and entry["id"] == outcome["entry_id"]
     audit = keyfleet("audit", "-i", str(lab.inventory), "--format", "json")
@@ -124,7 +126,7 @@ def test_collect_twice_stores_once_and_checks_the_role(lab_inventory, keyfleet):
     again = keyfleet("collect", "-i", str(lab.inventory), "--limit", "w-dw01", "--json")
     outcome = _outcomes(again.stdout)["w-dw01"]
     assert outcome["status"] == "ok" and "already on the share" in outcome["warning"]
-    assert len(json.loads((lab.share / "manifest.json").read_text())["entries"]) == 1
+    assert len(read_share(lab.share, LAB_SIGNING["public_key"])["entries"]) == 1
 
 
 def test_no_password_leaks_in_any_input_mode_or_collect(lab_inventory, keyfleet, tmp_path):

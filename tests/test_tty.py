@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select
@@ -10,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import cli_env, make_lab_inventory
+from tests.conftest import LAB_SIGNING, cli_env, make_lab_inventory
+from tests.share_history import read_share
 
 
 class Terminal:
@@ -75,7 +75,7 @@ def test_backup_password_prompt_is_hidden_and_asked_twice(tmp_path):
     term.type("Typed-Password-1\n")
     assert term.wait() == 0, term.output.decode(errors="replace")
     assert b"Typed-Password-1" not in term.output  # never echoed
-    manifest = json.loads((lab.share / "manifest.json").read_text())
+    manifest = read_share(lab.share, LAB_SIGNING["public_key"])
     assert [e["host"] for e in manifest["entries"]] == ["t-ms01"]
 
 

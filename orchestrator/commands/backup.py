@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
             return 0
+        store.write_pending_records()  # run records an earlier run of this controller could not write
+        store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         context.probe_writable(share)
         for warning in context.security_warnings(plan.hosts):

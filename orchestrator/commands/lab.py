@@ -63,6 +63,8 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.hosts < 1 or args.forks < 1:
         raise ConfigError("--hosts and --forks must be at least 1")
+    if args.history is not None:
+        return history_bench_command(args)
     ui = Ui()
     ui.line(
         f"bench: serving {args.hosts} lab hosts in a separate process; timing keyfleet backup at forks 1 "
@@ -75,6 +77,23 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(as_json(result))
     return 0 if result.failures == 0 else 1
+
+
+def history_bench_command(args: argparse.Namespace) -> int:
+    """``lab bench --history N``: commit cost on a fresh share and on one with N entries."""
+    from orchestrator.console import Ui, print_json
+    from orchestrator.lab.history_bench import as_json, as_rows, history_bench
+
+    if args.history < 0:
+        raise ConfigError("--history must be 0 or more")
+    hosts = args.history_hosts
+    ui = Ui()
+    ui.line(f"bench: synthesising {args.history} entries, then backing up 1 and {hosts} hosts on both shares ...")
+    result = history_bench(args.history, hosts=hosts, workers=max(args.forks, 128))
+    ui.table("keyfleet lab bench --history", ["measure", "value"], as_rows(result))
+    if args.json:
+        print_json(as_json(result))
+    return 0
 
 
 def up(args: argparse.Namespace) -> int:

@@ -53,6 +53,8 @@ def run_and_record(
     if summary.interrupted:
         store.remove_stale_temporaries()
     code = backup.exit_code(summary)
+    for notice in store.notices:
+        ui.line(notice)
     render_outcomes(ui, summary, record, record_path)
     if args.json:
         print_json(result_json(record, record_path, code))

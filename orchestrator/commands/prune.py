@@ -1,14 +1,29 @@
-"""``keyfleet prune``: remove key files beyond the newest N per server (``--check``: only list them)."""
+"""``keyfleet prune``: remove key files beyond the newest N per server, or (``--orphans``) leftovers:
+key files no entry lists and stale temporaries. ``--check`` only lists them."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC, datetime
 
 from orchestrator.console import print_json
+from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs.context import open_store, require_share_folder, share_for
-from orchestrator.jobs.prune import PrunePlan, apply_prune, plan_prune
+from orchestrator.jobs.audit import format_age
+from orchestrator.jobs.context import open_store, record_run, require_share_folder, share_for
+from orchestrator.jobs.prune import (
+    Leftover,
+    PrunePlan,
+    apply_prune,
+    plan_leftovers,
+    plan_prune,
+    prune_record,
+    remove_leftovers,
+)
 from orchestrator.share.manifest import format_iso
+from orchestrator.share.runrecord import new_run_id
+from orchestrator.share.store import BackupStore
 
 
 def plan_json(plan: PrunePlan, *, applied: bool) -> dict[str, object]:
@@ -31,13 +46,41 @@ def plan_json(plan: PrunePlan, *, applied: bool) -> dict[str, object]:
     }
 
 
+def leftovers_json(leftovers: list[Leftover], *, applied: bool) -> dict[str, object]:
+    """The ``--orphans --json`` document: ``keyfleet-prune-orphans/1``."""
+    return {
+        "format": "keyfleet-prune-orphans/1",
+        "applied": applied,
+        "files": [
+            {
+                "path": item.path,
+                "kind": item.kind,
+                "age_seconds": None if item.age is None else int(item.age.total_seconds()),
+            }
+            for item in leftovers
+        ],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    if (args.keep is None) == (not args.orphans):
+        raise ConfigError("give either --keep N or --orphans", key="prune")
     inventory = load_inventory(args.inventory)
     with share_for(inventory, args.share) as share:
         require_share_folder(share)
         store = open_store(inventory, share, sign=not args.check)
+        if args.orphans:
+            return _orphans(store, args)
         plan = plan_prune(inventory, store, args.keep)
-        removed = plan.removals if args.check else apply_prune(store, plan)
+        if args.check:
+            removed = plan.removals
+        else:
+            run_id, started = new_run_id(), datetime.now(UTC)
+            removed = apply_prune(store, plan, run_id)
+            if removed:
+                record_run(store, prune_record(run_id, started, inventory, share.url, removed), _warn)
+            for notice in store.notices:
+                print(f"keyfleet: {notice}", file=sys.stderr)
     if args.json:
         print_json(plan_json(plan, applied=not args.check))
         return 0
@@ -47,3 +90,21 @@ def run(args: argparse.Namespace) -> int:
     kept = len(plan.decisions) - len(plan.removals)
     print(f"{verb} {len(removed)} key files; {kept} kept (newest {plan.keep} per server)")
     return 0
+
+
+def _orphans(store: BackupStore, args: argparse.Namespace) -> int:
+    leftovers = plan_leftovers(store)
+    removed = leftovers if args.check else remove_leftovers(store, leftovers)
+    if args.json:
+        print_json(leftovers_json(removed, applied=not args.check))
+        return 0
+    verb = "would remove" if args.check else "removed"
+    for item in removed:
+        age = f", {format_age(item.age)} old" if item.age is not None else ""
+        print(f"{verb} {item.path} ({item.kind}{age})")
+    print(f"{verb} {len(removed)} leftover files (orphan key files and stale temporaries)")
+    return 0
+
+
+def _warn(message: str) -> None:
+    print(f"keyfleet: warning: {message}", file=sys.stderr)

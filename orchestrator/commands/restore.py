@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     share = context.share_for(inv, args.share)
     with share:
         context.require_share_folder(share)
-        store = context.open_store(inv, share, sign=False)
+        store = context.open_store(inv, share, sign=False, sign_records=True)
         request = restore.prepare_restore(store, host, args.entry)
         label_warning = restore.password_label_warning(inv, request)
         if label_warning:

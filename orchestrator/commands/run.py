@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         if playbook.needs_share:
             share = stack.enter_context(context.share_for(inv, args.share))
             context.require_share_folder(share, creatable=playbook.has("backup"), dry_run=args.check)
-            store = context.open_store(inv, share, sign=playbook.has("backup") and not args.check)
+            store = context.open_store(
+                inv, share, sign=playbook.has("backup") and not args.check, sign_records=not args.check
+            )
         resolver = backup.last_failed_resolver(store) if store else None
         hosts = select_playbook_hosts(playbook, inv, args.limit, resolver)
         if args.check:

@@ -1,8 +1,10 @@
 """Backup coverage from the inventory and the share alone: per-server status, coverage, share findings.
 
-No server is contacted. Every key file is re-hashed, the manifest signature is checked with the
-inventory's public key (never one found on the share), and run records tell failed attempts and
-SCSM version changes. The result is a value; ``orchestrator.report`` renders it.
+No server is contacted. Every key file is re-hashed; the history (checkpoint and log segments) and
+every run record are verified with the inventory's public key (never one found on the share) and
+checked against each other in both directions and against the generation this controller saw last;
+run records tell failed attempts and SCSM version changes. Links, leftover temporaries and orphan
+files are reported with their age. The result is a value; ``orchestrator.report`` renders it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
 
-from orchestrator.errors import ConfigError, IntegrityError
+from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.share import layout
+from orchestrator.share.base import ItemKind, ShareItem
+from orchestrator.share.history import LOG_DIR, History, HistoryError, read_history
 from orchestrator.share.manifest import Manifest, ManifestEntry, format_iso, public_key_sha256
-from orchestrator.share.runrecord import OutcomeStatus, RunRecord
+from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
 from orchestrator.share.store import BackupStore, FileState
+
+_UNREADABLE = frozenset({"manifest-invalid", "signature-invalid", "signature-missing", "manifest-missing"})
+STALE_TEMPORARY = timedelta(hours=1)  # longer than any run's writes take: its writer is gone
 
 
 class Status(StrEnum):
@@ -57,13 +64,16 @@ class Severity(StrEnum):
 class Finding:
     """Something wrong on the share. ``kind``: signature-invalid, signature-missing,
     signature-unverifiable, manifest-invalid, manifest-missing, altered, lost, bad-path,
-    entry-inconsistent, run-record-mismatch, orphan-file, unknown-host, run-record-invalid."""
+    entry-inconsistent, run-record-mismatch, orphan-file, unknown-host, run-record-invalid,
+    rollback, chain-broken, segment-invalid, run-record-missing, symlink, unreadable,
+    temporary-file, legacy-format. ``age``: of a leftover file."""
 
     kind: str
     severity: Severity
     message: str
     host: str | None = None
     path: str | None = None
+    age: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,7 @@ class AuditReport:
     roles: tuple[Coverage, ...]
     groups: tuple[Coverage, ...]
     findings: tuple[Finding, ...] = field(default=())
+    generation: int = 0  # of the share's history (0: new, or still in the old format)
 
     @property
     def counts(self) -> Counter[Status]:
@@ -179,38 +190,155 @@ class _Audit:
         self.altered_hosts: set[str] = set()
 
     def find(
-        self, kind: str, severity: Severity, message: str, host: str | None = None, path: str | None = None
+        self,
+        kind: str,
+        severity: Severity,
+        message: str,
+        host: str | None = None,
+        path: str | None = None,
+        age: timedelta | None = None,
     ) -> None:
-        self.findings.append(Finding(kind, severity, message, host, path))
+        self.findings.append(Finding(kind, severity, message, host, path, age))
         if severity is Severity.INTEGRITY and host is not None:
             self.problems.setdefault(host, []).append(message)
             if kind != "lost":
                 self.altered_hosts.add(host)
 
-    def manifest(self) -> tuple[Manifest, SignatureState]:
-        exists = self.store.share.exists(layout.MANIFEST)
-        try:
-            manifest = self.store.load_manifest(verify=False)
-        except IntegrityError as exc:
-            self.find("manifest-invalid", Severity.INTEGRITY, str(exc), path=layout.MANIFEST)
-            return Manifest(), SignatureState.UNREADABLE
-        if not exists:
-            return manifest, SignatureState.ABSENT
+    def history(self) -> tuple[History, SignatureState]:
+        """The history as far as it proves itself; every problem a finding."""
         if self.store.verifier is None:
+            if not self.store.share.exists(layout.MANIFEST):
+                return History(), SignatureState.ABSENT
             self.find(
                 "signature-unverifiable",
                 Severity.INTEGRITY,
                 "the inventory has no signing.public_key: the manifest cannot be verified",
                 path=layout.MANIFEST,
             )
-            return manifest, SignatureState.UNVERIFIABLE
+            return History(), SignatureState.UNVERIFIABLE
+        problems: list[HistoryError] = []
+        history = read_history(self.store.share, self.store.verifier, problems)
+        for problem in problems:
+            self.find(problem.kind, Severity.INTEGRITY, str(problem), path=problem.path)
+        kinds = {problem.kind for problem in problems}
+        if "manifest-invalid" in kinds:
+            return history, SignatureState.UNREADABLE
+        for kind, state in (
+            ("signature-missing", SignatureState.MISSING),
+            ("signature-invalid", SignatureState.INVALID),
+        ):
+            if kind in kinds:
+                return history, state
+        if not history.exists:
+            return history, SignatureState.ABSENT
+        if history.legacy:
+            self.find(
+                "legacy-format",
+                Severity.WARNING,
+                "manifest.json is in the old keyfleet-manifest/1 format (no generations: a rollback cannot be "
+                "detected); the next backup upgrades it",
+                path=layout.MANIFEST,
+            )
+        return history, SignatureState.VALID
+
+    def controller(self, history: History) -> None:
+        """Compare with the newest generation this controller saw; remember this one if it is sound."""
+        state = self.store.controller_state(history)
+        if state is None:
+            return
         try:
-            manifest.verify(self.store.verifier)
-        except IntegrityError as exc:
-            state = SignatureState.MISSING if manifest.signature is None else SignatureState.INVALID
-            self.find(f"signature-{state}", Severity.INTEGRITY, str(exc), path=layout.MANIFEST)
-            return manifest, state
-        return manifest, SignatureState.VALID
+            state.check(history)
+        except HistoryError as exc:
+            self.find(exc.kind, Severity.INTEGRITY, str(exc), path=layout.MANIFEST)
+            return
+        if not any(f.severity is Severity.INTEGRITY for f in self.findings):
+            state.remember(history)
+
+    def run_records(self, history: History) -> list[RunRecord]:
+        invalid: list[str] = []
+        records = self.store.run_records(invalid=invalid, history=history)
+        severity = Severity.WARNING if history.legacy else Severity.INTEGRITY
+        for path in invalid:
+            self.find(
+                "run-record-invalid",
+                severity,
+                f"{path} is not a valid run record (not signed by the inventory's key, changed, or malformed)",
+                path=path,
+            )
+        return records
+
+    def chain_records(self, history: History, records: list[RunRecord], invalid: set[str]) -> None:
+        """Run records against the history, both ways: every generation's run has its record, and no
+        record (nor an entry it stored) is newer than the history."""
+        if history.legacy and any(record.signed and record.generation for record in records):
+            self.find(
+                "rollback",
+                Severity.INTEGRITY,
+                "signed run records show the share was upgraded to the hash-chained history, but manifest.json "
+                "is an old-format manifest again and the log is gone",
+                path=layout.MANIFEST,
+            )
+        if history.legacy or not history.exists or any(f.kind in _UNREADABLE for f in self.findings):
+            return  # nothing proven to check them against
+        by_id = {record.run_id: record for record in records}
+        missing: dict[str, str] = {}
+        for segment in history.segments:
+            if segment.run_id not in by_id:
+                missing.setdefault(segment.run_id or "", f"generation {segment.generation}")
+        for entry in history.entries.values():
+            if entry.run_id and entry.run_id not in by_id:
+                missing.setdefault(entry.run_id, f"entry {entry.id}")
+        for run_id, what in sorted(missing.items()):
+            path = layout.run_record_path(run_id) if run_id else None
+            if path in invalid:
+                continue  # already reported as invalid
+            self.find(
+                "run-record-missing",
+                Severity.INTEGRITY,
+                f"{what} was committed by run {run_id or '(none named)'}, whose run record is missing "
+                "(deleted, or the run could not write it)",
+                path=path,
+            )
+        digests = {segment.generation: segment.digest for segment in history.segments}
+        digests.setdefault(history.checkpoint_generation, history.head or "")
+        removed = {o.entry_id for r in records if r.command == "prune" for o in r.outcomes if o.entry_id}
+        removed.update(i for segment in history.segments for i in segment.removed)
+        for record in records:
+            if not record.signed or record.generation is None:
+                continue
+            path = layout.run_record_path(record.run_id)
+            if record.generation > history.generation:
+                self.find(
+                    "rollback",
+                    Severity.INTEGRITY,
+                    f"run {record.run_id} left the history at generation {record.generation}, but it ends at "
+                    f"generation {history.generation}: newer history was removed",
+                    path=path,
+                )
+            elif record.generation in digests and record.generation > 0 and digests[record.generation] != record.head:
+                self.find(
+                    "rollback",
+                    Severity.INTEGRITY,
+                    f"run {record.run_id} saw another generation {record.generation} than the history holds",
+                    path=path,
+                )
+            if record.command not in BACKUP_COMMANDS:
+                continue
+            for outcome in record.outcomes:
+                stored = outcome.entry_id
+                if (
+                    outcome.status is OutcomeStatus.OK
+                    and stored
+                    and stored not in history.entries
+                    and stored not in removed
+                ):
+                    self.find(
+                        "rollback",
+                        Severity.INTEGRITY,
+                        f"run {record.run_id} stored {stored}, which the history no longer holds (no prune removed it)",
+                        outcome.host,
+                        path,
+                    )
 
     def check_entries(self, manifest: Manifest, records: list[RunRecord]) -> set[str]:
         """Re-hash every key file and cross-check every entry; return the ids of intact entries."""
@@ -256,6 +384,23 @@ class _Audit:
                     entry.host,
                     entry.path,
                 )
+            elif check.state is FileState.UNREADABLE:
+                self.find(
+                    "unreadable",
+                    Severity.INTEGRITY,
+                    f"key file {entry.path} cannot be read: the share denies access (on Samba, also a "
+                    "symbolic link leading out of the share)",
+                    entry.host,
+                    entry.path,
+                )
+            elif check.state is FileState.LINKED:
+                self.find(
+                    "symlink",
+                    Severity.INTEGRITY,
+                    f"key file {entry.path} is behind a symbolic link or junction (never followed)",
+                    entry.host,
+                    entry.path,
+                )
             elif check.state is FileState.BAD_PATH:
                 self.find(
                     "bad-path", Severity.INTEGRITY, f"entry {entry.id} has an unsafe path {entry.path!r}", entry.host
@@ -280,13 +425,35 @@ class _Audit:
             self.find("entry-inconsistent", Severity.INTEGRITY, problem, entry.host, entry.path)
         return problem is None
 
-    def share_files(self, manifest: Manifest, state: SignatureState) -> None:
+    def share_files(self, manifest: Manifest, state: SignatureState, items: list[ShareItem]) -> None:
         known = {entry.path for entry in manifest.entries}
-        orphans = [
-            path
-            for path in self.store.share.list_files()
-            if path != layout.MANIFEST and not path.startswith(f"{layout.RUNS_DIR}/") and path not in known
-        ]
+        orphans: list[ShareItem] = []
+        for item in items:
+            age = self.now - item.modified if item.modified else None
+            if item.kind is ItemKind.LINK:
+                self.find(
+                    "symlink",
+                    Severity.INTEGRITY,
+                    f"{item.path} is a symbolic link or junction: keyfleet never follows links under the share, "
+                    "and backup and prune refuse to write or delete through it",
+                    path=item.path,
+                )
+            elif item.kind is ItemKind.TEMPORARY:
+                if age is not None and age >= STALE_TEMPORARY:
+                    self.find(
+                        "temporary-file",
+                        Severity.WARNING,
+                        f"{item.path} is a temporary file left by an interrupted writer {format_age(age)} ago "
+                        "(`keyfleet prune --orphans` removes it)",
+                        path=item.path,
+                        age=age,
+                    )
+            elif not (
+                item.path == layout.MANIFEST
+                or item.path.startswith((f"{layout.RUNS_DIR}/", f"{LOG_DIR}/"))
+                or item.path in known
+            ):
+                orphans.append(item)
         if orphans and state is SignatureState.ABSENT:
             self.find(
                 "manifest-missing",
@@ -294,10 +461,16 @@ class _Audit:
                 f"{len(orphans)} files but no manifest.json",
                 path=layout.MANIFEST,
             )
-        for path in orphans:
-            parsed = layout.parse_key_file_path(path)
+        for item in orphans:
+            parsed = layout.parse_key_file_path(item.path)
+            age = self.now - item.modified if item.modified else None
             self.find(
-                "orphan-file", Severity.WARNING, f"{path} is not in the manifest", parsed.host if parsed else None, path
+                "orphan-file",
+                Severity.WARNING,
+                f"{item.path} is not in the manifest" + (f" ({format_age(age)} old)" if age is not None else ""),
+                parsed.host if parsed else None,
+                item.path,
+                age,
             )
         unknown = Counter(e.host for e in manifest.entries if e.host not in self.inventory.hosts)
         for host, count in sorted(unknown.items()):
@@ -309,11 +482,11 @@ class _Audit:
             )
 
     def server(
-        self, host: HostConfig, manifest: Manifest, intact: set[str], records: list[RunRecord]
+        self, host: HostConfig, manifest: Manifest, intact: set[str], outcomes: list[tuple[RunRecord, HostOutcome]]
     ) -> ServerCoverage:
         entries = manifest.entries_for(host.name)
         good = next((entry for entry in entries if entry.id in intact), None)
-        attempt, version = _history(host.name, records)
+        attempt, version = _history(outcomes)
         age = self.now - good.created if good else None
         problems = tuple(self.problems.get(host.name, ()))
         if problems:
@@ -349,14 +522,23 @@ class _Audit:
         )
 
 
-def _history(host: str, records: list[RunRecord]) -> tuple[Attempt | None, tuple[str, datetime] | None]:
-    """The host's latest attempt (ok or failed) and latest seen SCSM version, from run records."""
+def _outcomes_by_host(records: list[RunRecord]) -> dict[str, list[tuple[RunRecord, HostOutcome]]]:
+    """Each host's outcomes in record order: one pass, so the audit stays linear in the history."""
+    index: dict[str, list[tuple[RunRecord, HostOutcome]]] = {}
+    for record in records:
+        seen: set[str] = set()
+        for outcome in record.outcomes:
+            if outcome.host not in seen:  # a host's first outcome in a record, as RunRecord.outcome gives
+                seen.add(outcome.host)
+                index.setdefault(outcome.host, []).append((record, outcome))
+    return index
+
+
+def _history(outcomes: list[tuple[RunRecord, HostOutcome]]) -> tuple[Attempt | None, tuple[str, datetime] | None]:
+    """The host's latest attempt (ok or failed) and latest seen SCSM version, from its run record outcomes."""
     attempt: Attempt | None = None
     version: tuple[str, datetime] | None = None
-    for record in reversed(records):
-        outcome = record.outcome(host)
-        if outcome is None:
-            continue
+    for record, outcome in reversed(outcomes):
         if attempt is None and record.command in BACKUP_COMMANDS and outcome.status is not OutcomeStatus.SKIPPED:
             attempt = Attempt(record.run_id, record.started, outcome.status, outcome.kind, outcome.message)
         if version is None and outcome.scsm_version:
@@ -375,14 +557,16 @@ def run_audit(
 ) -> AuditReport:
     """Audit ``store`` (whose ``verifier`` is the inventory's public key) against ``inventory``."""
     audit = _Audit(inventory, store, max_age, now or datetime.now(UTC))
-    manifest, signature = audit.manifest()
-    invalid: list[str] = []
-    records = store.run_records(invalid=invalid)
-    for path in invalid:
-        audit.find("run-record-invalid", Severity.WARNING, f"{path} is not a valid run record", path=path)
+    history, signature = audit.history()
+    manifest = history.manifest()
+    records = audit.run_records(history)
+    invalid = {f.path for f in audit.findings if f.kind == "run-record-invalid" and f.path}
+    audit.chain_records(history, records, invalid)
     intact = audit.check_entries(manifest, records)
-    audit.share_files(manifest, signature)
-    servers = [audit.server(host, manifest, intact, records) for host in inventory.hosts.values()]
+    audit.share_files(manifest, signature, store.share.scan())
+    audit.controller(history)
+    by_host = _outcomes_by_host(records)
+    servers = [audit.server(host, manifest, intact, by_host.get(host.name, [])) for host in inventory.hosts.values()]
     roles = [r for r in Role if any(s.role == r for s in servers)]
     return AuditReport(
         generated=audit.now,
@@ -397,4 +581,5 @@ def run_audit(
         roles=tuple(_coverage(str(role), [s for s in servers if s.role == role]) for role in roles),
         groups=tuple(_coverage(name, [s for s in servers if s.group == name]) for name in inventory.groups),
         findings=tuple(audit.findings),
+        generation=history.generation,
     )

@@ -62,6 +62,7 @@ def prepare_backup(store: BackupStore, hosts: list[HostConfig], *, only_stale: t
     """Read and verify the manifest before any host is touched (an unreachable share or a tampered
     manifest is one clear error, not a failure repeated on every host after its export), then plan."""
     manifest = store.load_manifest(verify=True)
+    store.unrecorded_runs()
     return plan_backup(store, hosts, manifest=manifest, only_stale=only_stale)
 
 

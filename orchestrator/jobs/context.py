@@ -73,20 +73,24 @@ def _is_smb(url: str) -> bool:
     return url.lower().startswith("smb://") or url.startswith(("\\\\", "//"))
 
 
-def open_store(inv: Inventory, share: Share, *, sign: bool) -> BackupStore:
-    """A BackupStore that verifies with the inventory's public key and, when ``sign``, signs."""
+def open_store(inv: Inventory, share: Share, *, sign: bool, sign_records: bool = False) -> BackupStore:
+    """A BackupStore that verifies with the inventory's public key and, when ``sign``, signs. A store
+    that only writes run records (restore) signs them when ``sign_records`` and a private key is set;
+    without one its records are unsigned and the audit reports them."""
     if inv.signing is None:
         raise ConfigError(
             "no signing section: the manifest must be signed (signing.private_key, signing.public_key)",
             file=str(inv.path),
         )
     verifier = load_public_key(inv.signing.public_key)
-    signer = None
+    signer = record_signer = None
     if sign:
         if inv.signing.private_key is None:
             raise ConfigError("signing.private_key is needed to write the manifest", file=str(inv.path))
         signer = load_private_key(resolve(inv.signing.private_key, purpose="manifest signing key"))
-    return BackupStore(share, signer, verifier)
+    elif sign_records and inv.signing.private_key is not None:
+        record_signer = load_private_key(resolve(inv.signing.private_key, purpose="manifest signing key"))
+    return BackupStore(share, signer, verifier, record_signer=record_signer)
 
 
 def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None]) -> str | None:

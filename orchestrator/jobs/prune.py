@@ -1,18 +1,24 @@
-"""Retention: keep the newest N backups of every inventory server, never its newest good one.
+"""Retention: keep the newest N backups of every inventory server, never its newest good one; and
+leftovers: orphan key files (listed by no entry) and temporaries of interrupted writers.
 
-The plan is computed from the verified manifest; applying it drops the entries from the manifest
-under the lock (signed, replaced atomically) before deleting their files, so a crash leaves at
-worst orphan files, never an entry without its file.
+The plan is computed from the verified history; applying it drops the entries in one signed log
+segment under the lock before deleting their files, so a crash leaves at worst orphan files, never
+an entry without its file. Every prune that changes the share writes a signed run record.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import Inventory
+from orchestrator.jobs.audit import STALE_TEMPORARY
+from orchestrator.share import layout
+from orchestrator.share.base import ItemKind
 from orchestrator.share.manifest import ManifestEntry
+from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
 from orchestrator.share.store import BackupStore, FileState
 
 
@@ -57,6 +63,50 @@ def plan_prune(inventory: Inventory, store: BackupStore, keep: int) -> PrunePlan
     return PrunePlan(keep, tuple(decisions))
 
 
-def apply_prune(store: BackupStore, plan: PrunePlan) -> list[ManifestEntry]:
-    """Remove the planned entries (manifest first, then files); return what was removed."""
-    return store.remove_entries([entry.id for entry in plan.removals])
+def apply_prune(store: BackupStore, plan: PrunePlan, run_id: str | None = None) -> list[ManifestEntry]:
+    """Remove the planned entries (history first, then files); return what was removed."""
+    return store.remove_entries([entry.id for entry in plan.removals], run_id=run_id)
+
+
+def prune_record(
+    run_id: str, started: datetime, inventory: Inventory, share_url: str, removed: list[ManifestEntry]
+) -> RunRecord:
+    """The run record of a prune: one ``ok`` outcome per removed entry, so the audit can tell a
+    pruned entry from one a rollback took away."""
+    outcomes = tuple(
+        HostOutcome(
+            e.host, e.group, e.role, OutcomeStatus.OK, message="removed", entry_id=e.id, sha256=e.sha256, size=e.size
+        )
+        for e in removed
+    )
+    return RunRecord(run_id, "prune", started, datetime.now(UTC), str(inventory.path), share_url, False, outcomes)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A file no entry lists (``orphan``) or a writer's temporary (``temporary``), and its age."""
+
+    path: str
+    kind: str
+    age: timedelta | None
+
+
+def plan_leftovers(store: BackupStore, now: datetime | None = None) -> list[Leftover]:
+    """Orphan key files and temporaries older than ``STALE_TEMPORARY``, from the verified history.
+    Links are never listed (the audit reports them; nothing is removed through one)."""
+    now = now or datetime.now(UTC)
+    listed = {entry.path for entry in store.load_manifest(verify=True).entries}
+    found = []
+    for item in store.share.scan():
+        age = now - item.modified if item.modified else None
+        if item.kind is ItemKind.TEMPORARY and age is not None and age >= STALE_TEMPORARY:
+            found.append(Leftover(item.path, "temporary", age))
+        elif item.kind is ItemKind.FILE and layout.parse_key_file_path(item.path) and item.path not in listed:
+            found.append(Leftover(item.path, "orphan", age))
+    return found
+
+
+def remove_leftovers(store: BackupStore, leftovers: list[Leftover]) -> list[Leftover]:
+    """Delete the planned leftovers under the lock; an orphan some entry lists by now is kept."""
+    removed = store.remove_unlisted([item.path for item in leftovers])
+    return [item for item in leftovers if item.path in removed]

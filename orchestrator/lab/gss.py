@@ -156,7 +156,7 @@ class Acceptor:
         retry = gssapi.SecurityContext(creds=credential, usage="accept")
         try:
             answer = retry.step(token)
-        except gssapi.exceptions.GSSError:
+        except gssapi.raw.GSSError:
             return None
         return None if answer is None else bytes(answer)
 

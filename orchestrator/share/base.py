@@ -5,7 +5,38 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
+
+from orchestrator.errors import ConfigError, IntegrityError, ShareError
+from orchestrator.share import layout
+
+FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # symbolic links and junctions on Windows (MS-FSCC 2.6)
+
+
+class ShareLinkError(IntegrityError):
+    """A path under the share goes through a symbolic link or junction: never followed (exit 3)."""
+
+
+class ShareAccessDenied(ShareError):
+    """The share refuses to open one path (permissions; Samba also answers so for a symbolic link
+    leading out of the share, which its default ``wide links = no`` never follows)."""
+
+
+class ItemKind(StrEnum):
+    FILE = "file"
+    TEMPORARY = "temporary"  # a writer's ``.<name>.tmp-<random>``
+    LINK = "link"  # a symbolic link, junction or other reparse point: never followed
+
+
+@dataclass(frozen=True)
+class ShareItem:
+    """One thing found under the share by :meth:`Share.scan`."""
+
+    path: str
+    kind: ItemKind
+    modified: datetime | None
 
 
 class FolderState(StrEnum):
@@ -24,6 +55,8 @@ class Share(ABC):
     - ``lock`` serialises manifest updates between processes and controllers.
     - Files are created private (0600, folders 0700 where the backend has POSIX modes).
     - Temporary files are named ``.<name>.tmp-<random>`` and are never listed by ``list_files``.
+    - No path is followed through a symbolic link or junction: an operation whose path meets one
+      raises ``ShareLinkError``; ``list_files`` does not list or enter them, ``scan`` reports them.
     Every failure raises ``ShareError`` (or its subclass) with a message naming the share.
     """
 
@@ -46,7 +79,16 @@ class Share(ABC):
         """Every file below ``prefix`` (recursively), as share-relative paths, temp files excluded."""
 
     @abstractmethod
+    def scan(self) -> list[ShareItem]:
+        """Every file, temporary file and link under the share (links not entered), with its
+        modification time; the lock file is left out."""
+
+    @abstractmethod
     def remove(self, path: str) -> None: ...
+
+    @abstractmethod
+    def remove_temporary(self, path: str) -> None:
+        """Delete one writer's temporary file (its folder checked as any path; a missing file is fine)."""
 
     @abstractmethod
     def lock(self, timeout: float = 60.0) -> AbstractContextManager[None]: ...
@@ -71,3 +113,13 @@ class Share(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def split_temporary(path: str) -> tuple[str, str]:
+    """``(folder, name)`` of a temporary file's share path; ConfigError unless it is one."""
+    folder, _, name = path.rpartition("/")
+    if not layout.is_temporary(name):
+        raise ConfigError(f"{path!r} is not a temporary file of the share")
+    if folder:
+        layout.validate_path(folder)
+    return folder, name

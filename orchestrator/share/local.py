@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.share import layout
-from orchestrator.share.base import FolderState, Share
+from orchestrator.share.base import (
+    FILE_ATTRIBUTE_REPARSE_POINT,
+    FolderState,
+    ItemKind,
+    Share,
+    ShareAccessDenied,
+    ShareItem,
+    ShareLinkError,
+    split_temporary,
+)
 
 if sys.platform == "win32":  # pragma: no cover - exercised only on a Windows controller
     import msvcrt
@@ -53,10 +64,31 @@ class LocalShare(Share):
     def _error(self, action: str, path: str, exc: OSError) -> ShareError:
         reason = _REASONS.get(exc.errno or 0) or exc.strerror or exc.__class__.__name__
         where = f" {path}" if path else ""
-        return ShareError(f"share {self.url}: cannot {action}{where}: {reason}")
+        error = ShareAccessDenied if exc.errno in (errno.EACCES, errno.EPERM) else ShareError
+        return error(f"share {self.url}: cannot {action}{where}: {reason}")
 
     def _full(self, path: str) -> Path:
-        return self.root / layout.validate_path(path)
+        """The path of ``path`` under the root, after checking (lstat, never following) that none of
+        its existing components is a link; the final open also refuses links (O_NOFOLLOW)."""
+        relative = layout.validate_path(path)
+        current = self.root
+        for part in relative.split("/"):
+            current = current / part
+            try:
+                info = os.lstat(current)
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                raise self._error("look up", path, exc) from None
+            if _is_link(info):
+                raise self._link_error(current.relative_to(self.root).as_posix(), path)
+        return self.root / relative
+
+    def _link_error(self, link: str, path: str) -> ShareLinkError:
+        return ShareLinkError(
+            f"share {self.url}: {link} is a symbolic link or junction; keyfleet never follows a link under "
+            f"the share (refusing {path}; run `keyfleet audit`)"
+        )
 
     def _make_folders(self, folder: Path) -> None:
         """Create ``folder`` and missing parents 0700, syncing each new entry into its parent."""
@@ -97,8 +129,16 @@ class LocalShare(Share):
     # -- Share -----------------------------------------------------------------------------------
 
     def read_bytes(self, path: str) -> bytes:
+        full = self._full(path)
         try:
-            return self._full(path).read_bytes()
+            fd = os.open(full, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._link_error(path, path) from None
+            raise self._error("read", path, exc) from None
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                return handle.read()
         except OSError as exc:
             raise self._error("read", path, exc) from None
 
@@ -130,8 +170,11 @@ class LocalShare(Share):
             raise self._error("replace", path, exc) from None
 
     def exists(self, path: str) -> bool:
+        full = self._full(path)
         try:
-            return self._full(path).is_file()
+            return stat.S_ISREG(os.lstat(full).st_mode)
+        except FileNotFoundError:
+            return False
         except OSError as exc:
             raise self._error("look up", path, exc) from None
 
@@ -152,26 +195,59 @@ class LocalShare(Share):
 
     def list_files(self, prefix: str = "") -> Iterator[str]:
         top = self._full(prefix) if prefix else self.root
-
-        def fail(exc: OSError) -> None:
-            if exc.errno != errno.ENOENT:
-                raise self._error("list", prefix or "the share", exc) from None
-
-        found: list[str] = []
-        for folder, dirs, files in os.walk(top, onerror=fail):
-            dirs.sort()
-            relative = Path(folder).relative_to(self.root).as_posix()
-            for name in files:
-                if layout.is_temporary(name) or (relative == "." and name == layout.LOCK_NAME):
-                    continue
-                found.append(name if relative == "." else f"{relative}/{name}")
+        relative = prefix.strip("/")
+        found = [item.path for item in self._walk(top, relative) if item.kind is ItemKind.FILE]
         yield from sorted(found)
+
+    def scan(self) -> list[ShareItem]:
+        return sorted(self._walk(self.root, ""), key=lambda item: item.path)
+
+    def _walk(self, folder: Path, relative: str) -> list[ShareItem]:
+        """Items below ``folder`` (share path ``relative``), links reported and never entered."""
+        items: list[ShareItem] = []
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return items
+            raise self._error("list", relative or "the share", exc) from None
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            if not relative and entry.name == layout.LOCK_NAME:
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._error("list", path, exc) from None
+            modified = datetime.fromtimestamp(info.st_mtime, UTC)
+            if _is_link(info):
+                items.append(ShareItem(path, ItemKind.LINK, modified))
+            elif stat.S_ISDIR(info.st_mode):
+                items.extend(self._walk(Path(entry.path), path))
+            elif layout.is_temporary(entry.name):
+                items.append(ShareItem(path, ItemKind.TEMPORARY, modified))
+            else:
+                items.append(ShareItem(path, ItemKind.FILE, modified))
+        return items
 
     def remove(self, path: str) -> None:
         target = self._full(path)
         try:
             target.unlink()
             _sync_folder(target.parent)
+        except OSError as exc:
+            raise self._error("remove", path, exc) from None
+
+    def remove_temporary(self, path: str) -> None:
+        folder, name = split_temporary(path)
+        target = (self._full(folder) if folder else self.root) / name
+        try:
+            os.unlink(target)  # unlink removes a link itself, never its target
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise self._error("remove", path, exc) from None
 
@@ -221,19 +297,28 @@ class LocalShare(Share):
             os.close(fd)
 
     def remove_stale_temporaries(self) -> int:
-        """Delete every temporary file; call it under :meth:`lock` (``BackupStore`` does)."""
+        """Delete every temporary file (never through a link); call it under :meth:`lock`
+        (``BackupStore`` does)."""
         removed = 0
-        for folder, _dirs, files in os.walk(self.root):
-            for name in files:
-                if layout.is_temporary(name):
-                    try:
-                        os.unlink(os.path.join(folder, name))
-                    except FileNotFoundError:
-                        continue
-                    except OSError as exc:
-                        raise self._error("remove", name, exc) from None
-                    removed += 1
+        for item in self._walk(self.root, ""):
+            if item.kind is not ItemKind.TEMPORARY:
+                continue
+            try:
+                os.unlink(self.root / item.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._error("remove", item.path, exc) from None
+            removed += 1
         return removed
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; on Windows the lstat walk of ``_full`` stands alone
+
+
+def _is_link(info: os.stat_result) -> bool:
+    """A symbolic link, or on Windows any reparse point (junction, mount point)."""
+    return stat.S_ISLNK(info.st_mode) or bool(getattr(info, "st_file_attributes", 0) & FILE_ATTRIBUTE_REPARSE_POINT)
 
 
 def _process_lock(root: Path) -> threading.Lock:

@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -57,10 +58,22 @@ class ManifestEntry:
     method: str | None = None  # stdin | console | wizard: how the password reached the tool
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["created"] = format_iso(self.created)
-        if self.method is None:
-            del data["method"]  # entries written before the field existed read back unchanged
+        data: dict[str, Any] = {
+            "id": self.id,
+            "host": self.host,
+            "group": self.group,
+            "role": self.role,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "created": format_iso(self.created),
+            "password_id": self.password_id,
+            "scsm_version": self.scsm_version,
+            "helper_version": self.helper_version,
+            "run_id": self.run_id,
+        }
+        if self.method is not None:  # entries written before the field existed read back unchanged
+            data["method"] = self.method
         return data
 
     @classmethod
@@ -106,17 +119,32 @@ class Signature:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The whole manifest. ``signed_bytes`` is exactly what the signature covers as read from disk."""
+    """The share's current entries. ``signed_bytes`` is exactly what the signature covers as read from
+    disk (the ``keyfleet-manifest/1`` format). ``generation`` and ``head`` (the digest of the newest log
+    segment) are 0 and None for a share still in that old format (``legacy``) or a new one."""
 
     entries: tuple[ManifestEntry, ...] = ()
     updated: datetime | None = None
     signature: Signature | None = None
     signed_bytes: bytes | None = field(default=None, repr=False, compare=False)
+    generation: int = 0
+    head: str | None = None
+    share_id: str | None = None
+    legacy: bool = False
+
+    @cached_property
+    def _by_host(self) -> dict[str, list[ManifestEntry]]:
+        index: dict[str, list[tuple[datetime, int, ManifestEntry]]] = {}
+        for position, entry in enumerate(self.entries):
+            index.setdefault(entry.host, []).append((entry.created, position, entry))
+        return {
+            host: [e for _c, _i, e in sorted(mine, key=lambda t: (t[0], t[1]), reverse=True)]
+            for host, mine in index.items()
+        }
 
     def entries_for(self, host: str) -> list[ManifestEntry]:
         """``host``'s entries, newest first (of two in one second, the one added later)."""
-        mine = [(e.created, index, e) for index, e in enumerate(self.entries) if e.host == host]
-        return [e for _created, _index, e in sorted(mine, key=lambda t: (t[0], t[1]), reverse=True)]
+        return list(self._by_host.get(host, ()))
 
     def document(self) -> dict[str, Any]:
         """The JSON document without its signature."""
@@ -185,6 +213,37 @@ class Manifest:
             )
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
             raise IntegrityError(f"manifest.json is not a valid manifest: {exc}") from None
+
+
+def sign_document(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """``document`` with a ``signature`` over its canonical JSON (every other field is signed)."""
+    body = {k: v for k, v in document.items() if k != "signature"}
+    signature = Signature(
+        alg=ALGORITHM,
+        public_key_sha256=public_key_sha256(key.public_key()),
+        value=base64.b64encode(key.sign(canonical_json(body))).decode("ascii"),
+    )
+    return {**body, "signature": asdict(signature)}
+
+
+def verify_document(document: dict[str, Any], key: Ed25519PublicKey, name: str) -> str:
+    """Check ``document``'s signature (made by ``key`` over every other field); return the hex
+    SHA-256 of the signed bytes, the digest its successor names. IntegrityError naming ``name``."""
+    raw = document.get("signature")
+    if raw is None:
+        raise IntegrityError(f"{name} is not signed")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("alg", "public_key_sha256", "value")):
+        raise IntegrityError(f"{name} has a malformed signature")
+    if raw["alg"] != ALGORITHM:
+        raise IntegrityError(f"{name} is signed with an unknown algorithm {raw['alg']!r}")
+    if raw["public_key_sha256"] != public_key_sha256(key):
+        raise IntegrityError(f"{name} is signed by another key than the inventory's public key")
+    payload = canonical_json({k: v for k, v in document.items() if k != "signature"})
+    try:
+        key.verify(base64.b64decode(raw["value"], validate=True), payload)
+    except (InvalidSignature, binascii.Error):
+        raise IntegrityError(f"{name} signature does not verify: it was changed after signing") from None
+    return hashlib.sha256(payload).hexdigest()
 
 
 def public_key_sha256(key: Ed25519PublicKey) -> str:

@@ -1,17 +1,20 @@
-"""Run records (``runs/<run-id>.json``): what one command did to every selected host."""
+"""Run records (``runs/<run-id>.json``): what one command did to every selected host, signed and
+chained to the generation of the share's history it left behind."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from orchestrator.errors import IntegrityError
 from orchestrator.share.layout import format_time
-from orchestrator.share.manifest import parse_iso
+from orchestrator.share.manifest import parse_iso, sign_document, verify_document
 
 
 class OutcomeStatus(StrEnum):
@@ -69,6 +72,9 @@ class RunRecord:
     share: str
     interrupted: bool
     outcomes: tuple[HostOutcome, ...]
+    generation: int | None = None  # of the share's history when the record was written
+    head: str | None = None  # that generation's digest
+    signed: bool = field(default=False, compare=False)  # read with a valid signature (legacy: none)
 
     def outcome(self, host: str) -> HostOutcome | None:
         return next((outcome for outcome in self.outcomes if outcome.host == host), None)
@@ -83,18 +89,33 @@ class RunRecord:
             "share": self.share,
             "interrupted": self.interrupted,
             "outcomes": [outcome.to_json() for outcome in self.outcomes],
+            "generation": self.generation,
+            "head": self.head,
         }
 
-    def to_bytes(self) -> bytes:
-        return (json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    def to_bytes(self, key: Ed25519PrivateKey | None = None) -> bytes:
+        """The record's file; signed with ``key`` (every field) when given."""
+        document = self.to_json() if key is None else sign_document(self.to_json(), key)
+        return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, name: str = "run record") -> RunRecord:
-        """Parse a run record; IntegrityError naming ``name`` if it is malformed."""
+    def from_bytes(
+        cls, data: bytes, *, name: str = "run record", verifier: Ed25519PublicKey | None = None
+    ) -> RunRecord:
+        """Parse a run record; IntegrityError naming ``name`` if it is malformed, or, with
+        ``verifier``, if it carries a signature that does not verify (an unsigned one reads as
+        ``signed=False``: the caller decides what an unsigned record is worth)."""
         try:
             document = json.loads(data.decode("utf-8"))
             if not isinstance(document, dict):
                 raise ValueError("not a JSON object")
+            signed = False
+            if verifier is not None and document.get("signature") is not None:
+                verify_document(document, verifier, name)
+                signed = True
+            generation = document.get("generation")
+            if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool)):
+                raise ValueError("'generation' is not an integer")
             for key in ("run_id", "command", "started", "finished", "inventory", "share"):
                 if not isinstance(document.get(key), str):
                     raise ValueError(f"field {key!r} is missing or not a string")
@@ -110,6 +131,9 @@ class RunRecord:
                 share=document["share"],
                 interrupted=bool(document.get("interrupted", False)),
                 outcomes=tuple(HostOutcome.from_json(outcome) for outcome in outcomes),
+                generation=generation,
+                head=document["head"] if isinstance(document.get("head"), str) else None,
+                signed=signed,
             )
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
             raise IntegrityError(f"{name} is not a valid run record: {exc}") from None

@@ -20,9 +20,19 @@ from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask, SMB2SetIn
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
 from orchestrator.share import layout
-from orchestrator.share.base import FolderState, Share
+from orchestrator.share.base import (
+    FILE_ATTRIBUTE_REPARSE_POINT,
+    FolderState,
+    ItemKind,
+    Share,
+    ShareAccessDenied,
+    ShareItem,
+    ShareLinkError,
+    split_temporary,
+)
 
 _LOCK_POLL = 0.1
+_FILE_ATTRIBUTE_DIRECTORY = 0x10
 _REPLACE_POLL = 0.01
 _REPLACE_PATIENCE = 10.0
 
@@ -119,11 +129,17 @@ class SMBShare(Share):
         return True
 
     def list_files(self, prefix: str = "") -> Iterator[str]:
-        found: list[str] = []
+        found: list[ShareItem] = []
         prefix = prefix.strip("/")
         with self._translate(f"cannot list {prefix or 'the share'}"):
             self._walk(self._unc(prefix) if prefix else self._root, prefix, found)
-        return iter(sorted(found))
+        return iter(sorted(item.path for item in found if item.kind is ItemKind.FILE))
+
+    def scan(self) -> list[ShareItem]:
+        found: list[ShareItem] = []
+        with self._translate("cannot list the share"):
+            self._walk(self._root, "", found)
+        return sorted(found, key=lambda item: item.path)
 
     def folder_state(self) -> FolderState:
         if self._root == self._share_unc:
@@ -154,16 +170,25 @@ class SMBShare(Share):
         with self._translate(f"cannot remove {path}"):
             self._delete(self._unc(path))
 
+    def remove_temporary(self, path: str) -> None:
+        folder, name = split_temporary(path)
+        with self._translate(f"cannot remove the temporary {path}"):
+            try:
+                self._delete((self._unc(folder) if folder else self._root) + "\\" + name)
+            except SMBOSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
     def lock(self, timeout: float = 60.0) -> AbstractContextManager[None]:
         return self._locked(timeout)
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporaries nobody has open (a live writer's temp is open without delete sharing)."""
-        found: list[str] = []
+        found: list[ShareItem] = []
         with self._translate("cannot clean temporary files"):
-            self._walk(self._root, "", found, temporaries=True)
+            self._walk(self._root, "", found)
         removed = 0
-        for path in found:
+        for path in (item.path for item in found if item.kind is ItemKind.TEMPORARY):
             with self._translate(f"cannot remove the temporary {path}"):
                 try:
                     # Names the server listed (temp names are not valid layout paths), so no validation.
@@ -184,7 +209,26 @@ class SMBShare(Share):
     # -- internals ---------------------------------------------------------------------------------
 
     def _unc(self, path: str) -> str:
-        return self._root + "".join(f"\\{part}" for part in layout.validate_path(path).split("/"))
+        """The UNC path of ``path``, after checking that none of its existing components is a reparse
+        point (symbolic link, junction): the server or smbprotocol would follow it."""
+        parts = layout.validate_path(path).split("/")
+        unc = self._root
+        for index, part in enumerate(parts):
+            unc += f"\\{part}"
+            try:
+                # lstat opens with FILE_OPEN_REPARSE_POINT: the link itself, not its target
+                info = smbclient.lstat(unc, **self._session())
+            except SMBOSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    break
+                raise
+            if info.st_file_attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+                link = "/".join(parts[: index + 1])
+                raise ShareLinkError(
+                    f"share {self.url}: {link} is a symbolic link or junction (a reparse point); keyfleet never "
+                    f"follows a link under the share (refusing {path}; run `keyfleet audit`)"
+                )
+        return self._root + "".join(f"\\{part}" for part in parts)
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -313,20 +357,29 @@ class SMBShare(Share):
         with suppress(*_SMB_ERRORS):
             self._delete(temp)
 
-    def _walk(self, folder: str, relative: str, found: list[str], *, temporaries: bool = False) -> None:
+    def _walk(self, folder: str, relative: str, found: list[ShareItem]) -> None:
+        """Items below ``folder``; reparse points are reported as links and never entered.
+
+        (Samba follows symlinks inside the share itself and hides those leading out of it, with its
+        default ``wide links = no``; a Windows server lists them as reparse points.)
+        """
         try:
             with smbclient.scandir(folder, **self._session()) as entries:
-                listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+                listed = [(entry.name, entry.smb_info) for entry in entries]
         except SMBOSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return  # not there (yet), or removed while we walked
             raise
-        for name, is_dir in listed:
+        for name, info in listed:
             child = f"{relative}/{name}" if relative else name
-            if is_dir:
-                self._walk(f"{folder}\\{name}", child, found, temporaries=temporaries)
-            elif layout.is_temporary(name) == temporaries and child != layout.LOCK_NAME:
-                found.append(child)
+            modified = info.last_write_time
+            if info.file_attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+                found.append(ShareItem(child, ItemKind.LINK, modified))
+            elif info.file_attributes & _FILE_ATTRIBUTE_DIRECTORY:
+                self._walk(f"{folder}\\{name}", child, found)
+            elif child != layout.LOCK_NAME:
+                kind = ItemKind.TEMPORARY if layout.is_temporary(name) else ItemKind.FILE
+                found.append(ShareItem(child, kind, modified))
 
     @contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
@@ -372,7 +425,8 @@ class SMBShare(Share):
     def _fail(self, action: str, exc: BaseException, *, connecting: bool = False) -> NoReturn:
         if isinstance(exc, ValueError) and not isinstance(exc.__cause__, OSError):
             raise exc  # a programming error, not an SMB failure
-        raise ShareError(f"share {self.url}: {action}: {self._reason(exc, connecting)}") from exc
+        error = ShareAccessDenied if _status(exc) == NtStatus.STATUS_ACCESS_DENIED and not connecting else ShareError
+        raise error(f"share {self.url}: {action}: {self._reason(exc, connecting)}") from exc
 
     def _reason(self, exc: BaseException, connecting: bool) -> str:
         status = _status(exc)
