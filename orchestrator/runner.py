@@ -103,16 +103,22 @@ class Runner(Generic[T]):
         for host in hosts:
             pending.put(host)
         finished = threading.Event()
+        wake = finished  # until the deferred section below: then its interrupts event
         remaining = [len(hosts)]
 
         def record(result: HostResult[T]) -> None:
             with lock:
                 results[result.host.name] = result
-            self._events.on_done(result)  # before ``finished``: the last host is shown before run() returns
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    finished.set()
+            try:
+                self._events.on_done(result)  # before ``finished``: the last host is shown before run() returns
+            except Exception:  # a display that fails (a closed stderr) must not lose the host or hang the run
+                log.debug("%s: reporting the outcome failed\n%s", result.host.name, traceback.format_exc())
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        finished.set()
+                        wake.set()  # the main loop waits on interrupts and completion alike
 
         def worker() -> None:
             while True:
@@ -132,6 +138,7 @@ class Runner(Generic[T]):
             for i in range(min(self._forks, len(hosts)))
         ]
         with deferred() as interrupts:
+            wake = interrupts.changed
             seen = 0
             started = 0
             while not finished.is_set():
@@ -139,6 +146,7 @@ class Runner(Generic[T]):
                     threads[started].start()
                     started += 1
                 else:
+                    # woken by an interrupt or by the last host; the timeout is only a safety net
                     interrupts.changed.wait(0.1)
                 if interrupts.count == seen:
                     continue

@@ -69,7 +69,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
         return Target(lab, lab.share, [], {}, None)
     server = request.getfixturevalue("smbd_server")
     server.start()
-    folder = f"attack-{secrets.token_hex(4)}/scsm"
+    folder = f"attack-{secrets.token_hex(4)}"  # one level: a backup creates a share folder whose parent exists
     return Target(lab, server.root / folder, ["--share", server.url(folder)], server.share_env(), server.user)
 
 

@@ -48,15 +48,22 @@ def test_a_share_that_is_a_file_is_a_json_document(keyfleet, lab_inventory, tmp_
     not_a_folder.write_text("not a share")
     argv = COMMANDS[command]
     run = keyfleet(argv[0], "-i", str(lab.inventory), *argv[1:], "--share", str(not_a_folder), "--json")
-    error_document(run, 1, "share")
+    error_document(run, 2, "config")
+    assert "is not a folder" in run.stderr
 
 
 @pytest.mark.parametrize("command", ["backup", "prune"])
 def test_a_tampered_manifest_is_a_json_document(keyfleet, lab_inventory, command):
     lab = lab_inventory()
     assert keyfleet("backup", "-i", str(lab.inventory), "--limit", "t-ms01").returncode == 0
-    manifest = lab.share / "manifest.json"
-    manifest.write_text(manifest.read_text().replace("t-ms01", "t-ms02", 1))
+    # the host's entry, wherever the signed history keeps it (the checkpoint or a log segment)
+    tampered = 0
+    for part in [lab.share / "manifest.json", *sorted((lab.share / "log").glob("*.json"))]:
+        text = part.read_text()
+        if "t-ms01" in text:
+            part.write_text(text.replace("t-ms01", "t-ms02"))
+            tampered += 1
+    assert tampered
     argv = COMMANDS[command]
     run = keyfleet(argv[0], "-i", str(lab.inventory), *argv[1:], "--json")
     error_document(run, 3, "integrity")

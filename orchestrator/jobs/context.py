@@ -51,6 +51,8 @@ def require_share_folder(share: Share, *, creatable: bool = False, dry_run: bool
     state = share.folder_state()
     if state is FolderState.EXISTS or (creatable and state is FolderState.MISSING and dry_run):
         return
+    if state is FolderState.NOT_FOLDER:
+        raise ConfigError(f"share {share.url} is not a folder (check the path)")
     if creatable and state is FolderState.MISSING:
         share.create_folder()
         return

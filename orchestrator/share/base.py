@@ -43,6 +43,7 @@ class FolderState(StrEnum):
     EXISTS = "exists"
     MISSING = "missing"  # the share's folder is not there, its parent is
     NO_PARENT = "no-parent"  # neither is there (a mistyped path)
+    NOT_FOLDER = "not-folder"  # something else (a file) is at the share's path
 
 
 class Share(ABC):

@@ -181,6 +181,8 @@ class LocalShare(Share):
     def folder_state(self) -> FolderState:
         if self.root.is_dir():
             return FolderState.EXISTS
+        if os.path.lexists(self.root):
+            return FolderState.NOT_FOLDER
         return FolderState.MISSING if self.root.parent.is_dir() else FolderState.NO_PARENT
 
     def create_folder(self) -> None:

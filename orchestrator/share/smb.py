@@ -148,6 +148,8 @@ class SMBShare(Share):
         with self._translate("cannot check its folder"):
             if self._is_folder(self._root):
                 return FolderState.EXISTS
+            if self._exists(self._root):
+                return FolderState.NOT_FOLDER
             return FolderState.MISSING if self._is_folder(ntpath.dirname(self._root)) else FolderState.NO_PARENT
 
     def create_folder(self) -> None:
@@ -157,6 +159,15 @@ class SMBShare(Share):
             except SMBOSError as exc:
                 if exc.errno != errno.EEXIST:
                     raise
+
+    def _exists(self, unc: str) -> bool:
+        try:
+            smbclient.stat(unc, **self._session())
+        except SMBOSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
+        return True
 
     def _is_folder(self, unc: str) -> bool:
         try:
