@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -242,7 +243,14 @@ class BackupStore:
         self.share.replace(layout.MANIFEST, fresh.checkpoint_bytes(key))
         return fresh
 
-    def _append(self, history: History, run_id: str | None, added: list[ManifestEntry], removed: list[str]) -> None:
+    def _append(
+        self,
+        history: History,
+        run_id: str | None,
+        added: list[ManifestEntry],
+        removed: list[str],
+        verifiers: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         """Write the next generation's segment; ShareExistsError when another controller wrote it first."""
         data, segment = build_segment(
             self._signer(),
@@ -252,6 +260,7 @@ class BackupStore:
             run_id=run_id,
             added=added,
             removed=removed,
+            verifiers=verifiers,
         )
         self.share.write_new(segment_path(segment.generation), data)
         history.apply(segment)
@@ -276,6 +285,31 @@ class BackupStore:
             if history.legacy or not history.exists:
                 raise ConfigError("nothing to compact: the share has no hash-chained history yet")
             self._compact(history)
+
+    def password_verifier(self, password_id: str) -> dict[str, Any] | None:
+        """The signed verifier of ``password_id``'s password (jobs/identity.py), or None before its first backup."""
+        history = self._history or self.load_history()
+        return history.verifiers.get(password_id)
+
+    def add_verifier(self, password_id: str, verifier: dict[str, Any], *, run_id: str | None = None) -> bool:
+        """Record ``password_id``'s verifier in one signed segment, unless the (re-read) history holds one
+        already (another controller's first backup): the first one stays. True when this one was written."""
+        with self.share.lock(self.lock_timeout):
+            for attempt in range(_COMMIT_ATTEMPTS):
+                history = self._history_for_update()
+                if password_id in history.verifiers:
+                    return False
+                if history.legacy or not history.exists:
+                    history = self._history = self._start(history, run_id)
+                try:
+                    self._append(history, run_id, [], [], {password_id: verifier})
+                    break
+                except ShareExistsError:
+                    self._history = None  # another controller wrote this generation: re-read
+                    if attempt == _COMMIT_ATTEMPTS - 1:
+                        raise
+        self._remember()
+        return True
 
     def _remember(self) -> None:
         history = self._history
