@@ -108,10 +108,11 @@ def test_rotate_moves_every_server_to_the_new_id(tmp_path, keyfleet):
     assert "still on password_id 'test-1': p-dw01" in partial.stderr
     recorded = verifiers(lab)
     assert recorded["test-2"]["rotated_from"] == "test-1" and scrypt_verifies(recorded["test-2"], "New-Backup-Pw-2")
-    audit = keyfleet("audit", "-i", str(lab.inventory), "--json")
+    audit = keyfleet("audit", "-i", str(lab.inventory), "--format", "json")
     old = [(f["host"], f["severity"]) for f in json.loads(audit.stdout)["findings"] if f["kind"] == "old-password-id"]
     assert old == [("p-dw01", "warning")]
-    assert "p-dw01" in audit.stderr and "old-password-id" in audit.stderr
+    table = keyfleet("audit", "-i", str(lab.inventory)).stdout
+    assert "[warning] old-password-id: p-dw01: its newest good backup is under password_id 'test-1'" in table
 
     wrong = keyfleet(*rotate, env={"KEYFLEET_BACKUP_PASSWORD": "Not-The-New-Pw-3"})  # resumed: checked too
     assert wrong.returncode == 2 and "password does not match password_id 'test-2'" in wrong.stderr
@@ -119,7 +120,7 @@ def test_rotate_moves_every_server_to_the_new_id(tmp_path, keyfleet):
     rest = keyfleet(*rotate, env=new)
     assert rest.returncode == 0, rest.stderr
     assert "no server is on password_id 'test-1' any more" in rest.stderr
-    document = json.loads(keyfleet("audit", "-i", str(lab.inventory), "--json").stdout)
+    document = json.loads(keyfleet("audit", "-i", str(lab.inventory), "--format", "json").stdout)
     assert [f for f in document["findings"] if f["kind"] == "old-password-id"] == []
     assert {s["host"]: s["password_id"] for s in document["servers"]} == {"p-ms01": "test-2", "p-dw01": "test-2"}
     entries = read_share(lab.share, LAB_SIGNING["public_key"])["entries"]

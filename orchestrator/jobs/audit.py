@@ -491,7 +491,7 @@ class _Audit:
                 self.find(
                     "old-password-id",
                     Severity.WARNING,
-                    f"{server.host}: its newest good backup is under password_id {good.password_id!r}, which "
+                    f"its newest good backup is under password_id {good.password_id!r}, which "
                     f"`keyfleet password rotate` replaced with {replaced[good.password_id]!r}: back it up again",
                     host=server.host,
                     path=good.path,
