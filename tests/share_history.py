@@ -24,8 +24,8 @@ def _verified(document: dict[str, Any], public_key: str) -> str:
 
 
 def read_share(root: Path, public_key: str) -> dict[str, Any]:
-    """``{"generation", "head", "share_id", "entries": [...], "verifiers": {password_id: {...}}}`` of the share at ``root``, every signature
-    and link of the chain checked (AssertionError or InvalidSignature otherwise)."""
+    """``{"generation", "head", "share_id", "entries": [...], "verifiers": {password_id: ...}}`` of the share
+    at ``root``, every signature and link of the chain checked (AssertionError or InvalidSignature otherwise)."""
     checkpoint = json.loads((root / "manifest.json").read_text())
     assert checkpoint["format"] == "keyfleet-manifest/2", checkpoint["format"]
     _verified(checkpoint, public_key)

@@ -133,7 +133,7 @@ def test_a_share_written_before_the_verifier_keeps_working(tmp_path, keyfleet):
     lab.share.mkdir(parents=True)
     store = BackupStore(LocalShare(lab.share), signer, state_root=tmp_path / "old-controller")
     created = datetime(2026, 1, 1, tzinfo=UTC)
-    store.add(host="p-ms01", group="PW", role="management_server", data=b"old key", password_id="test-1", created=created)
+    store.add(host="p-ms01", group="PW", role="management_server", data=b"old", password_id="test-1", created=created)
     assert verifiers(lab) == {}
     assert "verifiers" not in json.loads((lab.share / "manifest.json").read_text())
 
