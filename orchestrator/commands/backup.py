@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         context.probe_writable(share)
-        identity.ensure_identity(store, inv.backup.password_id, password)  # exit 2 on a mismatch, before any host
+        identity.claim_identity(store, inv.backup.password_id, password)  # exit 2 on a mismatch, before any host
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         # the password administrators typed into the wizard: checked against (or recorded as) its id's verifier
         known = store.password_verifier(inv.backup.password_id) is not None
         password = context.backup_password(inv, new=not known)
-        identity.ensure_identity(store, inv.backup.password_id, password)
+        identity.claim_identity(store, inv.backup.password_id, password)
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

@@ -35,10 +35,7 @@ def run(args: argparse.Namespace) -> int:
         if old_verifier is not None and identity.matches(password, old_verifier, old):
             raise ConfigError(f"the new password is the one of password_id {old!r}: choose another", key="--to")
         context.probe_writable(share)
-        if resumed:
-            identity.check_password(store, new, password)
-        elif not store.add_verifier(new, identity.make_verifier(password, rotated_from=old)):
-            identity.check_password(store, new, password)  # another controller recorded one first
+        identity.claim_identity(store, new, password, rotated_from=old)  # a resumed rotation: checked
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             context.probe_writable(store.share)
         if store is not None and password is not None:  # before any host: the password is its id's
             if playbook.has("backup"):
-                identity.ensure_identity(store, inv.backup.password_id, password)
+                identity.claim_identity(store, inv.backup.password_id, password)
             else:
                 identity.check_password(store, inv.backup.password_id, password)
         touches = playbook.touches_servers

@@ -1,9 +1,10 @@
 """Password identity: one password per ``password_id``, proven by an scrypt verifier in the share's history.
 
-The first backup (or collect) under an id records ``scrypt(password, salt)`` with its own random salt and
-parameters in a signed segment; every later backup, restore and collect under that id derives it again
-and compares, before any host is contacted. scrypt is memory-hard (RFC 7914); its cost is OWASP's
-recommended minimum (N=2^17, r=8, p=1), so an offline guess costs more than one against a key file.
+The first backup (or collect) under an id records ``scrypt(password, salt)``, with its own random salt
+and parameters, in the signed segment of its first key file; every later backup, restore and collect
+under that id derives it again and compares, before any host is contacted. scrypt is memory-hard
+(RFC 7914), at OWASP's recommended minimum cost (N=2^17, r=8, p=1): an offline guess against it is no
+easier than against the key files on the same share.
 """
 
 from __future__ import annotations
@@ -77,26 +78,26 @@ def matches(password: Secret, verifier: dict[str, Any], password_id: str) -> boo
     return hmac.compare_digest(derived, expected)
 
 
-def check_password(store: BackupStore, password_id: str, password: Secret) -> bool:
-    """Refuse (PasswordMismatch, exit 2) a password that is not the one recorded for ``password_id``.
-    False when the share holds no verifier of that id yet (its first backup records one)."""
+def check_password(store: BackupStore, password_id: str, password: Secret) -> dict[str, Any] | None:
+    """Refuse (PasswordMismatch, exit 2) a password that is not the one recorded for ``password_id``;
+    return the verifier it matched, None when the share holds none of that id yet."""
     verifier = store.password_verifier(password_id)
     if verifier is None:
-        return False
+        return None
     if not matches(password, verifier, password_id):
         raise PasswordMismatch(
             f"password does not match password_id {password_id!r}: the share's history recorded another password "
             "for it (use that id's password, or give the new one its own id: `keyfleet password rotate`)",
             key="backup.password",
         )
-    return True
+    return verifier
 
 
-def ensure_identity(store: BackupStore, password_id: str, password: Secret, *, run_id: str | None = None) -> None:
-    """Check the password, and record its verifier when ``password_id`` has none yet (a first backup)."""
-    recorded = check_password(store, password_id, password)
-    if not recorded and not store.add_verifier(password_id, make_verifier(password), run_id=run_id):
-        check_password(store, password_id, password)  # another controller recorded one first
+def claim_identity(store: BackupStore, password_id: str, password: Secret, *, rotated_from: str | None = None) -> None:
+    """Check the password (exit 2 on a mismatch); when ``password_id`` has no verifier yet, make one, which
+    the run's first commit records with its key file (``rotated_from``: see make_verifier)."""
+    verifier = check_password(store, password_id, password)
+    store.expect_verifier(password_id, verifier or make_verifier(password, rotated_from=rotated_from))
 
 
 def rotated_ids(verifiers: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -114,6 +114,7 @@ class BackupStore:
         self.notices: list[str] = []
         self.stored: list[ManifestEntry] = []  # every entry this store added, in order
         self.stats = CommitStats()
+        self.verifiers: dict[str, dict[str, Any]] = {}  # password_id -> the verifier this run's password matches
         self._history: History | None = None
         self._closed = False
         self._queue: list[_PendingAdd] = []
@@ -291,25 +292,24 @@ class BackupStore:
         history = self._history or self.load_history()
         return history.verifiers.get(password_id)
 
-    def add_verifier(self, password_id: str, verifier: dict[str, Any], *, run_id: str | None = None) -> bool:
-        """Record ``password_id``'s verifier in one signed segment, unless the (re-read) history holds one
-        already (another controller's first backup): the first one stays. True when this one was written."""
-        with self.share.lock(self.lock_timeout):
-            for attempt in range(_COMMIT_ATTEMPTS):
-                history = self._history_for_update()
-                if password_id in history.verifiers:
-                    return False
-                if history.legacy or not history.exists:
-                    history = self._history = self._start(history, run_id)
-                try:
-                    self._append(history, run_id, [], [], {password_id: verifier})
-                    break
-                except ShareExistsError:
-                    self._history = None  # another controller wrote this generation: re-read
-                    if attempt == _COMMIT_ATTEMPTS - 1:
-                        raise
-        self._remember()
-        return True
+    def expect_verifier(self, password_id: str, verifier: dict[str, Any]) -> None:
+        """The verifier this run's password was checked against (or made for a first backup): the next
+        commit records it when the history holds none for ``password_id``, and every commit refuses a
+        history whose verifier of that id became another one (another controller, another password)."""
+        self.verifiers[password_id] = verifier
+
+    def _new_verifiers(self, history: History) -> dict[str, dict[str, Any]]:
+        fresh = {}
+        for password_id, verifier in self.verifiers.items():
+            recorded = history.verifiers.get(password_id)
+            if recorded is None:
+                fresh[password_id] = verifier
+            elif recorded != verifier:
+                raise IntegrityError(
+                    f"share {self.share.url}: another controller recorded the password of password_id "
+                    f"{password_id!r} during this run; run the command again to check the password against it"
+                )
+        return fresh
 
     def _remember(self) -> None:
         history = self._history
@@ -403,6 +403,7 @@ class BackupStore:
             # a signed manifest exists before the first key file, so a share with key files and no
             # manifest can only mean a deleted manifest
             history = self._history = self._start(history, run_id)
+        verifiers = self._new_verifiers(history)
         known = history.entries
         added: list[_PendingAdd] = []
         for item in batch:
@@ -419,7 +420,7 @@ class BackupStore:
                 continue
             added.append(item)
         if added:
-            self._append(history, run_id, [item.entry for item in added], [])
+            self._append(history, run_id, [item.entry for item in added], [], verifiers)
         for item in added:
             item.result = item.entry
             self.stored.append(item.entry)
