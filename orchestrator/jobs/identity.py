@@ -97,7 +97,11 @@ def claim_identity(store: BackupStore, password_id: str, password: Secret, *, ro
     """Check the password (exit 2 on a mismatch); when ``password_id`` has no verifier yet, make one, which
     the run's first commit records with its key file (``rotated_from``: see make_verifier)."""
     verifier = check_password(store, password_id, password)
-    store.expect_verifier(password_id, verifier or make_verifier(password, rotated_from=rotated_from))
+    store.expect_verifier(
+        password_id,
+        verifier or make_verifier(password, rotated_from=rotated_from),
+        lambda recorded: matches(password, recorded, password_id),
+    )
 
 
 def rotated_ids(verifiers: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -115,6 +115,7 @@ class BackupStore:
         self.stored: list[ManifestEntry] = []  # every entry this store added, in order
         self.stats = CommitStats()
         self.verifiers: dict[str, dict[str, Any]] = {}  # password_id -> the verifier this run's password matches
+        self._accepts: dict[str, Callable[[dict[str, Any]], bool]] = {}
         self._history: History | None = None
         self._closed = False
         self._queue: list[_PendingAdd] = []
@@ -292,11 +293,15 @@ class BackupStore:
         history = self._history or self.load_history()
         return history.verifiers.get(password_id)
 
-    def expect_verifier(self, password_id: str, verifier: dict[str, Any]) -> None:
+    def expect_verifier(
+        self, password_id: str, verifier: dict[str, Any], accepts: Callable[[dict[str, Any]], bool]
+    ) -> None:
         """The verifier this run's password was checked against (or made for a first backup): the next
-        commit records it when the history holds none for ``password_id``, and every commit refuses a
-        history whose verifier of that id became another one (another controller, another password)."""
+        commit records it when the history holds none for ``password_id``. When another controller
+        recorded another one meanwhile, ``accepts`` (does this run's password match it?) decides: adopt
+        it, or refuse every commit."""
         self.verifiers[password_id] = verifier
+        self._accepts[password_id] = accepts
 
     def _new_verifiers(self, history: History) -> dict[str, dict[str, Any]]:
         fresh = {}
@@ -304,10 +309,12 @@ class BackupStore:
             recorded = history.verifiers.get(password_id)
             if recorded is None:
                 fresh[password_id] = verifier
+            elif recorded != verifier and self._accepts[password_id](recorded):
+                self.verifiers[password_id] = recorded  # another controller's first backup, same password
             elif recorded != verifier:
                 raise IntegrityError(
                     f"share {self.share.url}: another controller recorded the password of password_id "
-                    f"{password_id!r} during this run; run the command again to check the password against it"
+                    f"{password_id!r} during this run, and it is another password"
                 )
         return fresh
 
