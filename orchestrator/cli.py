@@ -191,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(/etc/keyfleet/backup-password)",
     )
 
+    p = sub.add_parser("password", help="give the backup password a new password_id: re-export every server")
+    password = p.add_subparsers(dest="password_command", required=True, metavar="ACTION", help="one of:")
+    rotate = password.add_parser(
+        "rotate",
+        help="re-export every server under a new password (KEYFLEET_BACKUP_PASSWORD or the inventory's, asked "
+        "twice) and the id --to",
+    )
+    rotate.add_argument("--from", dest="from_id", required=True, metavar="ID", help="the password_id replaced")
+    rotate.add_argument("--to", dest="to_id", required=True, metavar="ID", help="the new password's password_id")
+    _inventory(rotate)
+    _limit(rotate)
+    rotate.add_argument("--forks", type=_positive_int, default=32, metavar="N", help="hosts worked on at once (32)")
+    _share(rotate)
+    _json(rotate)
+
     p = sub.add_parser("lab", help="serve or measure an emulated fleet")
     lab = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION", help="one of:")
     up = lab.add_parser("up", help="serve an emulated fleet until Ctrl-C")

@@ -24,12 +24,13 @@ def _verified(document: dict[str, Any], public_key: str) -> str:
 
 
 def read_share(root: Path, public_key: str) -> dict[str, Any]:
-    """``{"generation", "head", "share_id", "entries": [...]}`` of the share at ``root``, every signature
-    and link of the chain checked (AssertionError or InvalidSignature otherwise)."""
+    """``{"generation", "head", "share_id", "entries": [...], "verifiers": {password_id: ...}}`` of the share
+    at ``root``, every signature and link of the chain checked (AssertionError or InvalidSignature otherwise)."""
     checkpoint = json.loads((root / "manifest.json").read_text())
     assert checkpoint["format"] == "keyfleet-manifest/2", checkpoint["format"]
     _verified(checkpoint, public_key)
     entries = {e["id"]: e for e in checkpoint["entries"]}
+    verifiers = dict(checkpoint.get("verifiers", {}))
     generation, head = checkpoint["generation"], checkpoint["head"]
     later = sorted(int(p.stem) for p in (root / "log").glob("*.json") if int(p.stem) > generation)
     for number in later:
@@ -41,12 +42,15 @@ def read_share(root: Path, public_key: str) -> dict[str, Any]:
         for removed in segment["removed"]:
             entries.pop(removed, None)
         entries.update({e["id"]: e for e in segment["added"]})
+        for password_id, verifier in segment.get("verifiers", {}).items():
+            verifiers.setdefault(password_id, verifier)
         generation, head = number, digest
     return {
         "generation": generation,
         "head": head,
         "share_id": checkpoint["share_id"],
         "entries": list(entries.values()),
+        "verifiers": verifiers,
     }
 
 

@@ -19,9 +19,9 @@ def test_dr_drill_through_the_command_line(lab_inventory, keyfleet):
 
     wrong = keyfleet("restore", "-i", str(lab.inventory), "--host", "t-dw01", "--yes",
                      env={"KEYFLEET_BACKUP_PASSWORD": "Not-The-Password-1"})  # fmt: skip
-    assert wrong.returncode == 1
-    assert "tool-failed" in wrong.stderr and "Traceback" not in wrong.stderr
-    assert machine.current_key() == rebuilt_key  # a failed restore leaves the server's key alone
+    assert wrong.returncode == 2  # the share's verifier of password_id test-1 refuses it before any host
+    assert "password does not match password_id 'test-1'" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert machine.current_key() == rebuilt_key  # a refused restore leaves the server's key alone
 
     restored = keyfleet("restore", "-i", str(lab.inventory), "--host", "t-dw01", "--yes")
     assert restored.returncode == 0, restored.stderr

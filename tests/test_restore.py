@@ -73,16 +73,16 @@ def test_dr_drill_backup_rebuild_restore(tmp_path, keyfleet):
     assert f"restored {entry['id']} onto r-ms01" in run.stderr
 
 
-def test_wrong_password_fails_clearly_and_leaves_the_key(tmp_path, keyfleet):
+def test_wrong_password_is_refused_by_the_verifier_and_leaves_the_key(tmp_path, keyfleet):
     lab = backed_up(tmp_path, keyfleet)
     server(lab).rebuild()
     rebuilt = server(lab).current_key()
+    before = journal_lines(lab)
     run = restore(keyfleet, lab, "--yes", "--json", env={"KEYFLEET_BACKUP_PASSWORD": "Not-The-Backup-Password"})
-    assert run.returncode == 1, run.stderr
-    outcome = json.loads(run.stdout)["outcomes"][0]
-    assert (outcome["status"], outcome["kind"]) == ("failed", "tool-failed")
-    assert "password is incorrect" in outcome["message"]
-    assert "a wrong password is the usual cause" in run.stderr
+    assert run.returncode == 2, run.stderr
+    assert json.loads(run.stdout)["error"]["kind"] == "config"
+    assert "password does not match password_id" in run.stderr and "Traceback" not in run.stderr
+    assert journal_lines(lab) == before  # refused before the server was contacted
     assert server(lab).current_key() == rebuilt
 
 
@@ -154,7 +154,7 @@ def test_no_secret_leaks_in_restores(tmp_path, keyfleet):
     server(lab).rebuild()
     runs.append(restore(keyfleet, lab, "--yes", "--json", "-v", env={**env, "KEYFLEET_BACKUP_PASSWORD": wrong}))
     runs.append(restore(keyfleet, lab, "--yes", "--json", "-v", env=env))
-    assert [r.returncode for r in runs] == [0, 1, 0], runs[-1].stderr
+    assert [r.returncode for r in runs] == [0, 2, 0], runs[-1].stderr
     search = LeakSearch({"backup password": password, "wrong password": wrong, "winrm password": winrm_password})
     for index, run in enumerate(runs):
         search.add(f"stdout {index}", run.stdout)

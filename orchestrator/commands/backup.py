@@ -13,7 +13,7 @@ from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.inventory.schema import Invalid, parse_duration
-from orchestrator.jobs import backup, context
+from orchestrator.jobs import backup, context, identity
 from orchestrator.secret import Secret
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         context.probe_writable(share)
+        identity.claim_identity(store, inv.backup.password_id, password)  # exit 2 on a mismatch, before any host
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

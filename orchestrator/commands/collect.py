@@ -8,7 +8,7 @@ from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui
 from orchestrator.interrupts import deferred
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs import backup, context
+from orchestrator.jobs import backup, context, identity
 from orchestrator.jobs.collect import CollectTask
 from orchestrator.share.runrecord import new_run_id
 
@@ -24,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
         manifest = store.load_manifest(verify=True)  # a tampered manifest is found before any host
         plan = backup.plan_backup(store, hosts, manifest=manifest, only_stale=None)
         context.probe_writable(share)  # an unwritable share is found before any host is touched
+        # the password administrators typed into the wizard: checked against (or recorded as) its id's verifier
+        known = store.password_verifier(inv.backup.password_id) is not None
+        password = context.backup_password(inv, new=not known)
+        identity.claim_identity(store, inv.backup.password_id, password)
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

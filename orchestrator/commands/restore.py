@@ -12,7 +12,7 @@ from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
 from orchestrator.errors import ErrorKind, KeyfleetError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs import context, restore
+from orchestrator.jobs import context, identity, restore
 from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.yes and not ask_confirmation(ui, request):
             raise KeyfleetError("restore cancelled: not confirmed")
         password = context.backup_password(inv, new=False)
+        identity.check_password(store, request.entry.password_id, password)  # exit 2 before the server is contacted
         for warning in context.security_warnings([host]):
             ui.warn(warning)
         winrm_password = context.winrm_passwords([host])[host.name]

@@ -14,7 +14,7 @@ from orchestrator.commands.doctor import hint_for
 from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
-from orchestrator.jobs import backup, context
+from orchestrator.jobs import backup, context, identity
 from orchestrator.jobs.playbook import PlaybookContext, PlaybookResult, PlaybookRun, StepResult
 from orchestrator.jobs.playbook_schema import (
     Playbook,
@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
         password = context.backup_password(inv, new=playbook.backs_up) if playbook.needs_password else None
         if store is not None and playbook.has("backup"):
             context.probe_writable(store.share)
+        if store is not None and password is not None:  # before any host: the password is its id's
+            if playbook.has("backup"):
+                identity.claim_identity(store, inv.backup.password_id, password)
+            else:
+                identity.check_password(store, inv.backup.password_id, password)
         touches = playbook.touches_servers
         warnings = context.security_warnings(hosts) if touches else []
         for warning in warnings:

@@ -17,6 +17,7 @@ from itertools import pairwise
 
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import HostConfig, Inventory, Role
+from orchestrator.jobs import identity
 from orchestrator.share import layout
 from orchestrator.share.base import ItemKind, ShareItem
 from orchestrator.share.history import LOG_DIR, History, HistoryError, read_history
@@ -66,7 +67,7 @@ class Finding:
     signature-unverifiable, manifest-invalid, manifest-missing, altered, lost, bad-path,
     entry-inconsistent, run-record-mismatch, orphan-file, unknown-host, run-record-invalid,
     rollback, chain-broken, segment-invalid, run-record-missing, symlink, unreadable,
-    temporary-file, legacy-format. ``age``: of a leftover file."""
+    temporary-file, legacy-format, old-password-id. ``age``: of a leftover file."""
 
     kind: str
     severity: Severity
@@ -481,6 +482,21 @@ class _Audit:
                 host,
             )
 
+    def old_password_ids(self, servers: list[ServerCoverage], history: History) -> None:
+        """A finding per server whose newest good backup is under an id `keyfleet password rotate` replaced."""
+        replaced = identity.rotated_ids(history.verifiers)
+        for server in servers:
+            good = server.last_good
+            if good is not None and good.password_id in replaced:
+                self.find(
+                    "old-password-id",
+                    Severity.WARNING,
+                    f"its newest good backup is under password_id {good.password_id!r}, which "
+                    f"`keyfleet password rotate` replaced with {replaced[good.password_id]!r}: back it up again",
+                    host=server.host,
+                    path=good.path,
+                )
+
     def server(
         self, host: HostConfig, manifest: Manifest, intact: set[str], outcomes: list[tuple[RunRecord, HostOutcome]]
     ) -> ServerCoverage:
@@ -567,6 +583,7 @@ def run_audit(
     audit.controller(history)
     by_host = _outcomes_by_host(records)
     servers = [audit.server(host, manifest, intact, by_host.get(host.name, [])) for host in inventory.hosts.values()]
+    audit.old_password_ids(servers, history)
     roles = [r for r in Role if any(s.role == r for s in servers)]
     return AuditReport(
         generated=audit.now,

@@ -6,6 +6,8 @@ under one Ed25519 signature. ``manifest.json`` (``keyfleet-manifest/2``) is a si
 entry at generation G and the digest of segment G. The current state is the checkpoint plus the
 segments after it; a commit costs what it adds, and a compaction (a new checkpoint, then the
 segments before it deleted) happens once the log holds a quarter of the checkpoint's size.
+``verifiers``: per ``password_id``, the scrypt verifier of its password (jobs/identity.py), signed and
+carried into every checkpoint like the entries; the first one recorded for an id stays.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Segment:
     digest: str
     upgraded_from: str | None = None  # SHA-256 of the keyfleet-manifest/1 file this segment replaced
     legacy_records: dict[str, str] = field(default_factory=dict)  # run record path -> SHA-256 at upgrade
+    verifiers: dict[str, dict[str, Any]] = field(default_factory=dict)  # password_id -> its password verifier
 
 
 def build_segment(
@@ -87,6 +90,7 @@ def build_segment(
     removed: list[str],
     upgraded_from: str | None = None,
     legacy_records: dict[str, str] | None = None,
+    verifiers: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[bytes, Segment]:
     """The signed bytes of a new segment, and the segment they hold."""
     now = datetime.now(UTC)
@@ -103,6 +107,8 @@ def build_segment(
     if upgraded_from is not None:
         document["upgraded_from"] = upgraded_from
         document["legacy_records"] = dict(legacy_records or {})
+    if verifiers:
+        document["verifiers"] = verifiers
     signed = sign_document(document, key)
     data = _dump(signed)
     return data, parse_segment(data, segment_path(generation), key.public_key(), share_id)
@@ -142,6 +148,7 @@ def parse_segment(data: bytes, path: str, verifier: Ed25519PublicKey, share_id: 
             digest=digest,
             upgraded_from=document.get("upgraded_from"),
             legacy_records=dict(legacy),
+            verifiers=_verifiers(document),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise HistoryError("segment-invalid", f"{path} is not a valid log segment: {exc}", path) from None
@@ -163,6 +170,7 @@ class History:
     legacy: bool = False
     legacy_sha256: str | None = None  # of the keyfleet-manifest/1 file, while ``legacy``
     exists: bool = False  # manifest.json was found
+    verifiers: dict[str, dict[str, Any]] = field(default_factory=dict)  # password_id -> its password verifier
 
     def apply(self, segment: Segment) -> None:
         """Fold one segment in; HistoryError ``chain-broken`` unless it is the direct successor."""
@@ -178,6 +186,8 @@ class History:
         for entry in segment.added:
             self.entries[entry.id] = entry
         self.legacy_records.update(segment.legacy_records)
+        for password_id, verifier in segment.verifiers.items():
+            self.verifiers.setdefault(password_id, verifier)
         self.generation, self.head, self.updated = segment.generation, segment.digest, segment.time
         self.changes += len(segment.added) + len(segment.removed)
         self.segments.append(segment)
@@ -207,6 +217,8 @@ class History:
             "entries": [entry.to_json() for entry in self.entries.values()],
             "legacy_records": self.legacy_records,
         }
+        if self.verifiers:
+            document["verifiers"] = self.verifiers
         return _dump(sign_document(document, key))
 
     def compacted(self) -> None:
@@ -273,6 +285,7 @@ def _read_checkpoint(
             checkpoint_generation=generation,
             legacy_records={str(k): str(v) for k, v in legacy.items()},
             exists=True,
+            verifiers=_verifiers(document),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise HistoryError("manifest-invalid", f"manifest.json is not a valid checkpoint: {exc}") from None
@@ -372,6 +385,13 @@ def _load(data: bytes, path: str, expected_format: str | None, kind: str) -> dic
     if expected_format is not None and document.get("format") != expected_format:
         raise HistoryError(kind, f"{path} is not a {expected_format} document", path)
     return document
+
+
+def _verifiers(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    value = document.get("verifiers", {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+        raise ValueError("'verifiers' is malformed")
+    return value
 
 
 def _list(document: dict[str, Any], key: str) -> list[Any]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -113,6 +114,8 @@ class BackupStore:
         self.notices: list[str] = []
         self.stored: list[ManifestEntry] = []  # every entry this store added, in order
         self.stats = CommitStats()
+        self.verifiers: dict[str, dict[str, Any]] = {}  # password_id -> the verifier this run's password matches
+        self._accepts: dict[str, Callable[[dict[str, Any]], bool]] = {}
         self._history: History | None = None
         self._closed = False
         self._queue: list[_PendingAdd] = []
@@ -242,7 +245,14 @@ class BackupStore:
         self.share.replace(layout.MANIFEST, fresh.checkpoint_bytes(key))
         return fresh
 
-    def _append(self, history: History, run_id: str | None, added: list[ManifestEntry], removed: list[str]) -> None:
+    def _append(
+        self,
+        history: History,
+        run_id: str | None,
+        added: list[ManifestEntry],
+        removed: list[str],
+        verifiers: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         """Write the next generation's segment; ShareExistsError when another controller wrote it first."""
         data, segment = build_segment(
             self._signer(),
@@ -252,6 +262,7 @@ class BackupStore:
             run_id=run_id,
             added=added,
             removed=removed,
+            verifiers=verifiers,
         )
         self.share.write_new(segment_path(segment.generation), data)
         history.apply(segment)
@@ -276,6 +287,36 @@ class BackupStore:
             if history.legacy or not history.exists:
                 raise ConfigError("nothing to compact: the share has no hash-chained history yet")
             self._compact(history)
+
+    def password_verifier(self, password_id: str) -> dict[str, Any] | None:
+        """The signed verifier of ``password_id``'s password (jobs/identity.py), or None before its first backup."""
+        history = self._history or self.load_history()
+        return history.verifiers.get(password_id)
+
+    def expect_verifier(
+        self, password_id: str, verifier: dict[str, Any], accepts: Callable[[dict[str, Any]], bool]
+    ) -> None:
+        """The verifier this run's password was checked against (or made for a first backup): the next
+        commit records it when the history holds none for ``password_id``. When another controller
+        recorded another one meanwhile, ``accepts`` (does this run's password match it?) decides: adopt
+        it, or refuse every commit."""
+        self.verifiers[password_id] = verifier
+        self._accepts[password_id] = accepts
+
+    def _new_verifiers(self, history: History) -> dict[str, dict[str, Any]]:
+        fresh = {}
+        for password_id, verifier in self.verifiers.items():
+            recorded = history.verifiers.get(password_id)
+            if recorded is None:
+                fresh[password_id] = verifier
+            elif recorded != verifier and self._accepts[password_id](recorded):
+                self.verifiers[password_id] = recorded  # another controller's first backup, same password
+            elif recorded != verifier:
+                raise IntegrityError(
+                    f"share {self.share.url}: another controller recorded the password of password_id "
+                    f"{password_id!r} during this run, and it is another password"
+                )
+        return fresh
 
     def _remember(self) -> None:
         history = self._history
@@ -369,6 +410,7 @@ class BackupStore:
             # a signed manifest exists before the first key file, so a share with key files and no
             # manifest can only mean a deleted manifest
             history = self._history = self._start(history, run_id)
+        verifiers = self._new_verifiers(history)
         known = history.entries
         added: list[_PendingAdd] = []
         for item in batch:
@@ -385,7 +427,7 @@ class BackupStore:
                 continue
             added.append(item)
         if added:
-            self._append(history, run_id, [item.entry for item in added], [])
+            self._append(history, run_id, [item.entry for item in added], [], verifiers)
         for item in added:
             item.result = item.entry
             self.stored.append(item.entry)
