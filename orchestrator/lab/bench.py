@@ -10,6 +10,7 @@ against the ideal, ``ceil(hosts / forks) x chain``, and the CPU floor, (controll
 
 from __future__ import annotations
 
+import compileall
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import orchestrator
 from orchestrator.commands.lab import plan_hosts
 from orchestrator.errors import KeyfleetError
 from orchestrator.inventory.loader import load_inventory
@@ -170,6 +172,12 @@ def _baseline_hosts(inventory: Path, path: Path) -> None:
         json.dump(document, file)
 
 
+def _compile_keyfleet() -> None:
+    """Byte-compile keyfleet's modules, as ``pip install`` does, so that each timed process loads them
+    as an installed keyfleet would, not recompiling every module when PYTHONDONTWRITEBYTECODE is set."""
+    compileall.compile_dir(Path(orchestrator.__file__).parent, quiet=1)
+
+
 def _failures(run: ProcessRun, hosts: int) -> int:
     try:
         summary = json.loads(run.stdout)["summary"]
@@ -187,6 +195,7 @@ def bench(
 ) -> BenchResult:
     plan_hosts(hosts, base_address, "unused", {})  # a bad --base-address or --hosts: one line, before any work
     backup = [sys.executable, "-m", "orchestrator", "backup", "--json"]
+    _compile_keyfleet()
     with tempfile.TemporaryDirectory(prefix="keyfleet-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o700)

@@ -20,6 +20,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
 _KEY_FILE = re.compile(r"(?P<stamp>\d{8}T\d{6}Z)-(?P<sha12>[0-9a-f]{12})\.bin")
 _TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_name(value: str, what: str) -> str:
@@ -32,7 +33,7 @@ def validate_name(value: str, what: str) -> str:
     problem = None
     if not value:
         problem = "is empty"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+    elif _CONTROL.search(value):
         problem = "contains a control character"
     elif "/" in value or "\\" in value:
         problem = "contains a path separator"

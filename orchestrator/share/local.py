@@ -71,9 +71,10 @@ class LocalShare(Share):
         """The path of ``path`` under the root, after checking (lstat, never following) that none of
         its existing components is a link; the final open also refuses links (O_NOFOLLOW)."""
         relative = layout.validate_path(path)
-        current = self.root
-        for part in relative.split("/"):
-            current = current / part
+        current = str(self.root)  # joined as strings: this runs for every file of an audit
+        parts = relative.split("/")
+        for depth, part in enumerate(parts, 1):
+            current = os.path.join(current, part)
             try:
                 info = os.lstat(current)
             except FileNotFoundError:
@@ -81,7 +82,7 @@ class LocalShare(Share):
             except OSError as exc:
                 raise self._error("look up", path, exc) from None
             if _is_link(info):
-                raise self._link_error(current.relative_to(self.root).as_posix(), path)
+                raise self._link_error("/".join(parts[:depth]), path)
         return self.root / relative
 
     def _link_error(self, link: str, path: str) -> ShareLinkError:
