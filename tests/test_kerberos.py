@@ -297,7 +297,12 @@ def test_interrupted_run_removes_its_private_credential_cache(tmp_path):
     env = cli_env(tmp_path / "home", {"TMPDIR": str(tmp)})
     with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as proc:
         deadline = time.monotonic() + 30
-        while not private_caches(tmp) and time.monotonic() < deadline and proc.poll() is None:
+
+        def ticket_written() -> bool:  # the folder is made first, the ticket written into it a moment later
+            caches = private_caches(tmp)
+            return bool(caches) and any(caches[0].iterdir())
+
+        while not ticket_written() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert private_caches(tmp), "no private credential cache while the run was going on"
         assert list(private_caches(tmp)[0].iterdir()), "the cache folder holds the run's ticket"
