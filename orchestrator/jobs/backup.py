@@ -11,6 +11,7 @@ from typing import Protocol
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
+from orchestrator.helperrun import EXPORT, run_helper
 from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
@@ -122,17 +123,9 @@ class BackupTask:
 
     def __call__(self, ctx: HostContext) -> ManifestEntry:
         host = ctx.host
+        params = remote.export_params(host.tool_path, host.tool_timeout, host.tool_input)
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            params = remote.export_params(host.tool_path, host.tool_timeout, host.tool_input)
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("export", params, self._password),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-                on_phase=ctx.report,
-            )
-        export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
+            export = run_helper(ctx, session, EXPORT, params, self._password)
         verify_export(host, export)
         ctx.warning = export.cleanup_warning
         if ctx.cancel.is_set():  # aborted: the run record will say so; store nothing it does not list

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from orchestrator import remote
 from orchestrator.errors import ErrorKind
+from orchestrator.helperrun import PROBE, SMOKE, run_helper
 from orchestrator.inventory.model import HostConfig
 from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, Status
 from orchestrator.secret import Secret
@@ -104,28 +105,15 @@ class ProbeTask:
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("probe", remote.probe_params(host.tool_path), None),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-                on_phase=ctx.report,
-            )
-            self.mechanisms[host.name] = session.mechanism
-            probe = remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
+            try:
+                probe = run_helper(ctx, session, PROBE, remote.probe_params(host.tool_path), None)
+            finally:
+                self.mechanisms[host.name] = session.mechanism
             if not (self._smoke and probe.admin and probe.tool_path):
                 return probe
             ctx.report("tool smoke test")
             params = remote.smoke_params(host.tool_path, min(host.tool_timeout, SMOKE_TIMEOUT))
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("smoke", params, None),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-            )
-        smoke = remote.parse_smoke(host.name, result.stdout, result.stderr, result.exit_code)
+            smoke = run_helper(ctx, session, SMOKE, params, None)
         return replace(probe, smoke=smoke)
 
 
@@ -151,8 +139,14 @@ def run_doctor(
     runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
     task = ProbeTask(winrm_passwords, smoke=smoke)
     summary = Runner(task, forks=forks, events=runner_events).run(hosts)
-    diagnoses = [replace(diagnose(r), auth=task.mechanisms.get(r.host.name)) for r in summary.results]
+    diagnoses = [_with_auth(diagnose(r), task.mechanisms.get(r.host.name)) for r in summary.results]
     return diagnoses, summary.interrupted
+
+
+def _with_auth(diagnosis: Diagnosis, mechanism: str | None) -> Diagnosis:
+    """The logon's mechanism, named only when the host passed the authenticated check."""
+    authenticated = diagnosis.check("authenticated").state is CheckState.OK
+    return replace(diagnosis, auth=mechanism if authenticated else None)
 
 
 def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError
+from orchestrator.helperrun import RESTORE, run_helper
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
 from orchestrator.secret import Secret
@@ -139,15 +140,7 @@ class RestoreTask:
             expected_role=host.role,
         )
         with WinRMSession(host, self._winrm_password) as session:
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("restore", params, self._password),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-                on_phase=ctx.report,
-            )
-        restored = remote.parse_restore(host.name, result.stdout, result.stderr, result.exit_code)
+            restored = run_helper(ctx, session, RESTORE, params, self._password)
         if restored.sha256 != entry.sha256:
             raise HostFailure(
                 ErrorKind.INTEGRITY, host.name, "the server restored a file whose SHA-256 differs from the entry's"
