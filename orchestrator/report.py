@@ -15,17 +15,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.jobs.audit import AuditReport, Coverage, ServerCoverage, Status, format_age
+from orchestrator.jobs.audit import AuditReport, Coverage, CoverageStatus, ServerCoverage, format_age
 from orchestrator.share.manifest import format_iso
 
 SCHEMA = "keyfleet-audit/1"
 STATUS_STYLE = {
-    Status.COVERED: "green",
-    Status.STALE: "yellow",
-    Status.MISSING: "red",
-    Status.FAILING: "red",
-    Status.ALTERED: "bold magenta",
-    Status.LOST: "bold magenta",
+    CoverageStatus.COVERED: "green",
+    CoverageStatus.STALE: "yellow",
+    CoverageStatus.MISSING: "red",
+    CoverageStatus.FAILING: "red",
+    CoverageStatus.ALTERED: "bold magenta",
+    CoverageStatus.LOST: "bold magenta",
 }
 RESULT_TEXT = {0: "full coverage", 1: "coverage gaps", 3: "INTEGRITY FAILURE"}
 SERVER_COLUMNS = (
@@ -108,7 +108,7 @@ def audit_json(report: AuditReport) -> dict[str, Any]:
         },
         "summary": {
             "servers": len(report.servers),
-            **{str(status): counts[status] for status in Status},
+            **{str(status): counts[status] for status in CoverageStatus},
             "recoverable": report.recoverable,
             "coverage_percent": report.total.percent,
         },
@@ -232,7 +232,7 @@ def render_markdown(report: AuditReport) -> str:
     for server in report.servers:
         row = list(server_row(server))
         row[0] = f"`{row[0]}`"
-        row[3] = f"**{row[3]}**" if server.status is not Status.COVERED else row[3]
+        row[3] = f"**{row[3]}**" if server.status is not CoverageStatus.COVERED else row[3]
         status_rows.append(tuple(row))
     coverage_rows = [
         (kind, c.name, str(c.servers), str(c.covered), f"{c.percent:g}%")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobs.audit import Status
+from orchestrator.jobs.audit import CoverageStatus
 from orchestrator.report_chart import coverage_series
 from orchestrator.report_html import render_html, verdict
 from tests.conftest import CliRun, LabFiles
@@ -30,7 +30,7 @@ def test_verdicts(tmp_path: Path) -> None:
     page = render_html(fleet.audit())
     assert '<p class="verdict verdict-3"><strong>INTEGRITY FAILURE</strong>' in page
     counts = dict(re.findall(r'<li class="count-(\w+)"[^>]*><b>(\d+)</b>', page))
-    assert counts == {str(s): str(fleet.audit().counts[s]) for s in Status} and counts["lost"] == "1"
+    assert counts == {str(s): str(fleet.audit().counts[s]) for s in CoverageStatus} and counts["lost"] == "1"
     assert "<dfn>recoverable: servers with at least one intact backup" in page
 
 

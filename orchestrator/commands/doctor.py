@@ -23,7 +23,8 @@ from orchestrator.jobs.doctor import (
 )
 from orchestrator.lab.fleet import serving
 from orchestrator.remote import ProbeResult
-from orchestrator.runner import RunnerEvents, Status
+from orchestrator.runner import RunnerEvents
+from orchestrator.status import Status
 
 # short column headers, one per check
 COLUMNS = {

@@ -14,10 +14,11 @@ from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_te
 from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
-from orchestrator.runner import RunnerEvents, RunSummary, Status
+from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 
 def run_and_record(

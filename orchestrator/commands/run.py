@@ -24,8 +24,9 @@ from orchestrator.jobs.playbook_schema import (
     select_playbook_hosts,
 )
 from orchestrator.lab.fleet import serving
-from orchestrator.runner import RunnerEvents, Status
+from orchestrator.runner import RunnerEvents
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 # kinds only a playbook reports: coverage statuses of the audit step, a declined restore
 RUN_HINTS = {

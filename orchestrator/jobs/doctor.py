@@ -14,9 +14,10 @@ from orchestrator import remote
 from orchestrator.errors import ErrorKind
 from orchestrator.helperrun import PROBE, SMOKE, run_helper
 from orchestrator.inventory.model import HostConfig
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, Status
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
+from orchestrator.status import Status
 
 # Every check, in the order it is judged; `require:` in a playbook names a subset.
 CHECKS = (

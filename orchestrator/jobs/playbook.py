@@ -16,15 +16,15 @@ from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs import backup, restore
-from orchestrator.jobs.audit import INTEGRITY, Severity, format_age, run_audit
-from orchestrator.jobs.audit import Status as Coverage
+from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, format_age, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
-from orchestrator.runner import RunnerEvents, Status
+from orchestrator.runner import RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord, new_run_id
 from orchestrator.share.store import BackupStore, FileState
+from orchestrator.status import Status
 
 Progress = Callable[[str, list[str]], AbstractContextManager[RunnerEvents]]
 
@@ -305,14 +305,14 @@ class PlaybookRun:
         report = run_audit(self.ctx.inv, self._store(), max_age=max_age)
         names = {h.name for h in self.hosts}
         servers = [s for s in report.servers if s.host in names]
-        covered = sum(1 for s in servers if s.status is Coverage.COVERED)
+        covered = sum(1 for s in servers if s.status is CoverageStatus.COVERED)
         percent = round(100.0 * covered / len(servers), 1) if servers else 100.0
         integrity = any(s.status in INTEGRITY for s in servers) or any(
             f.severity is Severity.INTEGRITY and (f.host is None or f.host in names) for f in report.findings
         )
         cells = [
             HostStep.ok(s.host, s.reason, coverage=str(s.status), entry_id=s.last_good.id)
-            if s.status is Coverage.COVERED and s.last_good
+            if s.status is CoverageStatus.COVERED and s.last_good
             else HostStep.failed(s.host, str(s.status), s.reason, coverage=str(s.status), entry_id=None)
             for s in servers
         ]
