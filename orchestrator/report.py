@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.jobs.audit import AuditReport, Coverage, CoverageStatus, ServerCoverage, format_age
+from orchestrator.durations import format_duration
+from orchestrator.jobs.audit import AuditReport, Coverage, CoverageStatus, ServerCoverage
 from orchestrator.share.manifest import format_iso
 
 SCHEMA = "keyfleet-audit/1"
@@ -142,7 +143,7 @@ def server_row(server: ServerCoverage) -> tuple[str, ...]:
         server.role,
         str(server.status),
         format_iso(good.created) if good else "-",
-        format_age(server.age) if server.age is not None else "-",
+        format_duration(server.age) if server.age is not None else "-",
         good.password_id if good else "-",
         (good.method or "-") if good else "-",
         f"verified {good.sha256[:12]}" if good and server.sha256_verified else "-",
@@ -154,7 +155,8 @@ def headline(report: AuditReport) -> list[str]:
     total = report.total
     return [
         f"share {report.share}: manifest with {report.manifest_entries} entries, signature {report.signature}",
-        f"inventory {report.inventory}; max age {format_age(report.max_age)}; generated {format_iso(report.generated)}",
+        f"inventory {report.inventory}; max age {format_duration(report.max_age)}; "
+        f"generated {format_iso(report.generated)}",
         f"coverage {total.covered}/{total.servers} servers ({total.percent:g}%), "
         f"{report.recoverable} recoverable; result: {RESULT_TEXT[report.exit_code]} (exit {report.exit_code})",
     ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from orchestrator.jobs.audit import GAPS, INTEGRITY, AuditReport, Coverage, CoverageStatus, Severity, format_age
+from orchestrator.durations import format_duration
+from orchestrator.jobs.audit import GAPS, INTEGRITY, AuditReport, Coverage, CoverageStatus, Severity
 from orchestrator.report import SERVER_COLUMNS, headline, server_row
 from orchestrator.report_chart import coverage_series, render_svg
 from orchestrator.share.runrecord import RunRecord
@@ -78,9 +79,9 @@ def verdict(report: AuditReport) -> tuple[str, str]:
     if report.exit_code == 1:
         gaps = sum(1 for s in report.servers if s.status in GAPS)
         return "COVERAGE BELOW POLICY", (
-            f"{gaps} of {total.servers} server(s) have no intact backup younger than {format_age(report.max_age)}"
+            f"{gaps} of {total.servers} server(s) have no intact backup younger than {format_duration(report.max_age)}"
         )
-    return "OK", f"all {total.servers} server(s) have an intact backup younger than {format_age(report.max_age)}"
+    return "OK", f"all {total.servers} server(s) have an intact backup younger than {format_duration(report.max_age)}"
 
 
 def _chip(status: CoverageStatus) -> str:

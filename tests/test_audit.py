@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 
 from orchestrator.cli import main
+from orchestrator.durations import duration_option
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import (
     BackupPolicy,
@@ -31,7 +32,7 @@ from orchestrator.inventory.model import (
     ShareConfig,
     SigningConfig,
 )
-from orchestrator.jobs.audit import AuditReport, CoverageStatus, SignatureState, parse_max_age, run_audit
+from orchestrator.jobs.audit import AuditReport, CoverageStatus, SignatureState, run_audit
 from orchestrator.report import print_table, render_json, render_markdown, render_text
 from orchestrator.report_html import render_html
 from orchestrator.share.local import LocalShare
@@ -208,7 +209,7 @@ def test_clean_share_is_fully_covered(fleet: Fleet) -> None:
 
 
 def test_max_age_zero_makes_every_server_stale(fleet: Fleet) -> None:
-    report = fleet.audit(max_age=parse_max_age("0s"))
+    report = fleet.audit(max_age=duration_option("0s", "--max-age"))
     assert statuses(report) == dict.fromkeys(HOSTS, CoverageStatus.STALE)
     assert report.exit_code == 1
     assert report.servers[0].reason == "last backup 2d old (max age 0s)"
@@ -416,8 +417,8 @@ def test_public_key_comes_from_the_inventory_not_the_share(fleet: Fleet) -> None
 
 def test_bad_max_age() -> None:
     with pytest.raises(ConfigError, match="--max-age"):
-        parse_max_age("soon")
-    assert parse_max_age("12h") == timedelta(hours=12)
+        duration_option("soon", "--max-age")
+    assert duration_option("12h", "--max-age") == timedelta(hours=12)
 
 
 # -- renderings ---------------------------------------------------------------------------------

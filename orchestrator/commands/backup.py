@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
 
 from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui, print_json
-from orchestrator.errors import ConfigError
+from orchestrator.durations import duration_option
 from orchestrator.interrupts import Interrupts, deferred
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
-from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.jobs import backup, context, identity
 from orchestrator.secret import Secret
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
-
-
-def parse_age(text: str | None, option: str) -> timedelta | None:
-    if text is None:
-        return None
-    try:
-        return timedelta(seconds=parse_duration(text))
-    except Invalid as exc:
-        raise ConfigError(f"{text!r} {exc}", key=option) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
                 print_json({"command": "backup", "outcomes": [], "summary": nothing, "exit_code": 0})
             return 0
         hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
-        plan = backup.prepare_backup(store, hosts, only_stale=parse_age(args.only_stale, "--only-stale"))
+        only_stale = None if args.only_stale is None else duration_option(args.only_stale, "--only-stale")
+        plan = backup.prepare_backup(store, hosts, only_stale=only_stale)
         if args.check:
             for line in plan.describe(inv, share.url):
                 ui.line(line)

@@ -8,9 +8,9 @@ import sys
 from datetime import UTC, datetime
 
 from orchestrator.console import print_json
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs.audit import format_age
 from orchestrator.jobs.context import open_store, record_run, require_share_folder, share_for
 from orchestrator.jobs.prune import (
     Leftover,
@@ -100,7 +100,7 @@ def _orphans(store: BackupStore, args: argparse.Namespace) -> int:
         return 0
     verb = "would remove" if args.check else "removed"
     for item in removed:
-        age = f", {format_age(item.age)} old" if item.age is not None else ""
+        age = f", {format_duration(item.age)} old" if item.age is not None else ""
         print(f"{verb} {item.path} ({item.kind}{age})")
     print(f"{verb} {len(removed)} leftover files (orphan key files and stale temporaries)")
     return 0

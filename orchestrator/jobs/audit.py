@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from itertools import pairwise
 
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.jobs import identity
@@ -157,29 +157,6 @@ class AuditReport:
         if self.integrity_failure:
             return 3
         return 1 if any(s.status in GAPS for s in self.servers) else 0
-
-
-def parse_max_age(text: str) -> timedelta:
-    """``--max-age``: 30d, 12h, 90m, 45s, 0s or a number of seconds."""
-    from orchestrator.inventory.schema import Invalid, parse_duration
-
-    try:
-        return timedelta(seconds=parse_duration(text))
-    except Invalid as exc:
-        raise ConfigError(f"{text!r} {exc}", key="--max-age") from None
-
-
-def format_age(age: timedelta) -> str:
-    """``3d 4h``, ``30d``, ``5h 2m``, ``42s``: the two largest units, zeros left out."""
-    seconds = max(0, int(age.total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    units = ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
-    for (value, unit), (smaller, smaller_unit) in pairwise(units):
-        if value:
-            return f"{value}{unit}" + (f" {smaller}{smaller_unit}" if smaller else "")
-    return f"{seconds}s"
 
 
 class _Audit:
@@ -440,7 +417,7 @@ class _Audit:
                     self.find(
                         "temporary-file",
                         Severity.WARNING,
-                        f"{item.path} is a temporary file left by an interrupted writer {format_age(age)} ago "
+                        f"{item.path} is a temporary file left by an interrupted writer {format_duration(age)} ago "
                         "(`keyfleet prune --orphans` removes it)",
                         path=item.path,
                         age=age,
@@ -464,7 +441,7 @@ class _Audit:
             self.find(
                 "orphan-file",
                 Severity.WARNING,
-                f"{item.path} is not in the manifest" + (f" ({format_age(age)} old)" if age is not None else ""),
+                f"{item.path} is not in the manifest" + (f" ({format_duration(age)} old)" if age is not None else ""),
                 parsed.host if parsed else None,
                 item.path,
                 age,
@@ -512,12 +489,12 @@ class _Audit:
             status, reason = CoverageStatus.MISSING, "never backed up"
         elif age >= self.max_age:
             status = CoverageStatus.STALE
-            reason = f"last backup {format_age(age)} old (max age {format_age(self.max_age)})"
+            reason = f"last backup {format_duration(age)} old (max age {format_duration(self.max_age)})"
         elif version and good.scsm_version and version[1] > good.created and version[0] != good.scsm_version:
             status = CoverageStatus.STALE
             reason = f"SCSM version changed from {good.scsm_version} to {version[0]} since the last backup"
         else:
-            status, reason = CoverageStatus.COVERED, f"backed up {format_age(age)} ago"
+            status, reason = CoverageStatus.COVERED, f"backed up {format_duration(age)} ago"
         return ServerCoverage(
             host=host.name,
             group=host.group,

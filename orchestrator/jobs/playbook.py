@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from orchestrator import remote
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs import backup, restore
-from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, format_age, run_audit
+from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
 from orchestrator.runner import RunnerEvents
@@ -318,7 +319,7 @@ class PlaybookRun:
         ]
         summary = (
             f"coverage {percent:g}% of {len(servers)} selected server(s) (required {required:g}%, "
-            f"max age {format_age(max_age)}); manifest signature {report.signature}"
+            f"max age {format_duration(max_age)}); manifest signature {report.signature}"
         )
         findings = [f"{f.kind}: {f.message}" for f in report.findings if f.host is None or f.host in names]
         status = Status.FAILED if integrity or percent < required else Status.OK

@@ -26,12 +26,12 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import AtResolver, select_hosts
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.inventory.yamlnodes import YamlDocument, line_of
-from orchestrator.jobs.audit import format_age
 from orchestrator.jobs.doctor import CHECKS
 
 STEP_NAMES = ("doctor", "backup", "verify", "audit", "restore")
@@ -304,7 +304,7 @@ def describe_plan(playbook: Playbook, hosts: list[HostConfig], share_url: str | 
 
 def _option_text(value: object) -> str:
     if isinstance(value, timedelta):
-        return format_age(value)
+        return format_duration(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if isinstance(value, bool):
