@@ -33,8 +33,9 @@ from orchestrator.inventory.model import (
     SigningConfig,
 )
 from orchestrator.jobs.audit import AuditReport, CoverageStatus, SignatureState, run_audit
-from orchestrator.report import print_table, render_json, render_markdown, render_text
-from orchestrator.report_html import render_html
+from orchestrator.report.html import render_html
+from orchestrator.report.json import render_json
+from orchestrator.report.text import print_table, render_markdown, render_text
 from orchestrator.share.local import LocalShare
 from orchestrator.share.manifest import ManifestEntry, sign_document
 from orchestrator.share.runrecord import HostOutcome, RunRecord, new_run_id

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.jobs.audit import CoverageStatus
-from orchestrator.report_chart import coverage_series
-from orchestrator.report_html import render_html, verdict
+from orchestrator.report.chart import coverage_series
+from orchestrator.report.html import render_html, verdict
 from tests.conftest import CliRun, LabFiles
 from tests.test_audit import DAY, MAX_AGE, NOW, Fleet
 from tests.test_audit_e2e import audit, browse, chromium, golden, lab, showcase  # noqa: F401 - fixtures

@@ -16,9 +16,10 @@ from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.audit import AuditReport, run_audit
 from orchestrator.jobs.context import open_store, require_share_folder, share_for
-from orchestrator.report import headline, print_table, render_json, render_markdown, render_text
-from orchestrator.report_html import render_html
-from orchestrator.report_metrics import render_openmetrics
+from orchestrator.report.html import render_html
+from orchestrator.report.json import render_json
+from orchestrator.report.metrics import render_openmetrics
+from orchestrator.report.text import headline, print_table, render_markdown, render_text
 from orchestrator.share.runrecord import RunRecord
 
 Renderer = Callable[[AuditReport, Sequence[RunRecord]], str]

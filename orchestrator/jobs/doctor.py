@@ -6,7 +6,7 @@ the check it stops at (reachable, authenticated, helper) and leaves the later ch
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -91,6 +91,11 @@ class Diagnosis:
         """The first failed check (the root cause) when the host fails ``require``."""
         failures = self.failures(require)
         return failures[0] if failures else None
+
+
+def status_counts(diagnoses: Sequence[Diagnosis], require: Collection[str] = CHECKS) -> dict[str, int]:
+    """How many hosts ended in each status (``ok``, ``failed``, ``skipped``)."""
+    return {str(s): sum(1 for d in diagnoses if d.status(require) is s) for s in Status}
 
 
 class ProbeTask:
@@ -254,49 +259,3 @@ def format_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
-
-
-def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> dict[str, object]:
-    """The --json form of one host (the command adds the hint)."""
-    host, probe, cause = diagnosis.host, diagnosis.probe, diagnosis.cause(require)
-    return {
-        "host": host.name,
-        "group": host.group,
-        "role": host.role.value,
-        "endpoint": host.endpoint,
-        "auth": diagnosis.auth,
-        "status": str(diagnosis.status(require)),
-        "kind": str(cause.kind) if cause and cause.kind else None,
-        "message": f"{cause.name}: {cause.detail}" if cause else None,
-        "server": None
-        if probe is None
-        else {
-            "computer_name": probe.computer_name,
-            "roles": [r.value for r in probe.roles],
-            "os_build": probe.os_build,
-            "version": probe.version,
-            "admin": probe.admin,
-            "tool_path": probe.tool_path,
-            "tool_version": probe.tool_version,
-            "temp_path": probe.temp_path,
-            "temp_free_bytes": probe.temp_free_bytes,
-            "powershell_version": probe.powershell_version,
-            "helper_version": probe.helper_version,
-            "tool_smoke": None
-            if probe.smoke is None
-            else {
-                "works": probe.smoke.works,
-                "attempts": [
-                    {"method": a.method, "exit": a.exit, "kind": a.kind, "output": a.output}
-                    for a in probe.smoke.attempts
-                ],
-                "cleanup_warning": probe.smoke.cleanup_warning,
-            },
-        },
-        "checks": [
-            {"name": c.name, "status": str(c.state), "detail": c.detail, "kind": str(c.kind) if c.kind else None}
-            for c in diagnosis.checks
-        ],
-        "duration": round(diagnosis.duration, 3),
-        "attempts": diagnosis.attempts,
-    }

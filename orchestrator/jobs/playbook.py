@@ -41,15 +41,6 @@ class HostStep:
     message: str = ""
     data: dict[str, object] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "host": self.host,
-            "status": str(self.status),
-            "kind": self.kind,
-            "message": self.message or None,
-            **self.data,
-        }
-
     @classmethod
     def ok(cls, host: str, message: str, **data: object) -> HostStep:
         return cls(host, Status.OK, None, message, data)
@@ -77,21 +68,6 @@ class StepResult:
 
     def cell(self, host: str) -> HostStep | None:
         return next((c for c in self.hosts if c.host == host), None)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "step": self.step.number,
-            "name": self.step.name,
-            "options": self.step.options_json(),
-            "status": str(self.status),
-            "summary": self.summary,
-            "integrity": self.integrity,
-            "interrupted": self.interrupted,
-            "run_record": self.run_record,
-            "warnings": self.warnings,
-            **self.data,
-            "hosts": [c.to_json() for c in self.hosts],
-        }
 
 
 @dataclass

@@ -80,17 +80,6 @@ class Step:
     def title(self) -> str:
         return f"{self.number} {self.name}"
 
-    def options_json(self) -> dict[str, object]:
-        values: dict[str, object] = {}
-        for key, value in vars(self.options).items():
-            if isinstance(value, timedelta):
-                values[key] = int(value.total_seconds())
-            elif isinstance(value, tuple):
-                values[key] = list(value)
-            else:
-                values[key] = value
-        return values
-
 
 @dataclass(frozen=True)
 class Playbook:
@@ -310,10 +299,3 @@ def _option_text(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plan_json(playbook: Playbook, hosts: list[HostConfig]) -> list[dict[str, object]]:
-    return [
-        {"step": s.number, "name": s.name, "options": s.options_json(), "hosts": [h.name for h in hosts]}
-        for s in playbook.steps
-    ]

@@ -7,8 +7,8 @@ from html import escape
 
 from orchestrator.durations import format_duration
 from orchestrator.jobs.audit import GAPS, INTEGRITY, AuditReport, Coverage, CoverageStatus, Severity
-from orchestrator.report import SERVER_COLUMNS, headline, server_row
-from orchestrator.report_chart import coverage_series, render_svg
+from orchestrator.report.chart import coverage_series, render_svg
+from orchestrator.report.text import SERVER_COLUMNS, headline, server_row
 from orchestrator.share.runrecord import RunRecord
 
 # Colour is never the only signal: every status is also written out in the cell.
