@@ -15,6 +15,7 @@ from enum import StrEnum
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs.audit import STALE_TEMPORARY
+from orchestrator.jobs.record import run_record
 from orchestrator.share import layout
 from orchestrator.share.base import ItemKind
 from orchestrator.share.manifest import ManifestEntry
@@ -74,11 +75,19 @@ def prune_record(
 ) -> RunRecord:
     """The run record of a prune: one ``ok`` outcome per removed entry, so the audit can tell a
     pruned entry from one a rollback took away."""
-    outcomes = tuple(
+    outcomes = [
         HostOutcome(e.host, e.group, e.role, Status.OK, message="removed", entry_id=e.id, sha256=e.sha256, size=e.size)
         for e in removed
+    ]
+    return run_record(
+        run_id=run_id,
+        command="prune",
+        started=started,
+        inv=inventory,
+        share_url=share_url,
+        interrupted=False,
+        outcomes=outcomes,
     )
-    return RunRecord(run_id, "prune", started, datetime.now(UTC), str(inventory.path), share_url, False, outcomes)
 
 
 @dataclass(frozen=True)
