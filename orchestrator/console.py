@@ -17,8 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.errors import ErrorKind
-from orchestrator.runner import HostResult, Status
+from orchestrator.runner import HostResult
 from orchestrator.secret import mask
+from orchestrator.status import Status
 
 HINTS: dict[ErrorKind, str] = {
     ErrorKind.UNREACHABLE: "check the address and port, the WinRM listener (winrm quickconfig) and firewalls",

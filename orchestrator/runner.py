@@ -13,23 +13,17 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.interrupts import deferred
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import mask
+from orchestrator.status import Status
 
 log = logging.getLogger("keyfleet.runner")
 
 T = TypeVar("T")
-
-
-class Status(StrEnum):
-    OK = "ok"
-    FAILED = "failed"
-    SKIPPED = "skipped"
 
 
 @dataclass

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 
 from orchestrator.cli import main
+from orchestrator.durations import duration_option
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import (
     BackupPolicy,
@@ -31,13 +32,15 @@ from orchestrator.inventory.model import (
     ShareConfig,
     SigningConfig,
 )
-from orchestrator.jobs.audit import AuditReport, SignatureState, Status, parse_max_age, run_audit
-from orchestrator.report import print_table, render_json, render_markdown, render_text
-from orchestrator.report_html import render_html
+from orchestrator.jobs.audit import AuditReport, CoverageStatus, SignatureState, run_audit
+from orchestrator.report.html import render_html
+from orchestrator.report.json import render_json
+from orchestrator.report.text import print_table, render_markdown, render_text
 from orchestrator.share.local import LocalShare
 from orchestrator.share.manifest import ManifestEntry, sign_document
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord, new_run_id
+from orchestrator.share.runrecord import HostOutcome, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 HOSTS = {  # name: (group, role)
     "ms01": ("PROD", Role.MANAGEMENT_SERVER),
@@ -132,7 +135,7 @@ class Fleet:
                     name,
                     group,
                     str(role),
-                    OutcomeStatus.OK,
+                    Status.OK,
                     entry_id=entry.id,
                     sha256=entry.sha256,
                     size=entry.size,
@@ -179,7 +182,7 @@ def fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path)
 
 
-def statuses(report: AuditReport) -> dict[str, Status]:
+def statuses(report: AuditReport) -> dict[str, CoverageStatus]:
     return {server.host: server.status for server in report.servers}
 
 
@@ -189,7 +192,7 @@ def kinds(report: AuditReport) -> list[tuple[str, str | None]]:
 
 def test_clean_share_is_fully_covered(fleet: Fleet) -> None:
     report = fleet.audit()
-    assert statuses(report) == dict.fromkeys(HOSTS, Status.COVERED)
+    assert statuses(report) == dict.fromkeys(HOSTS, CoverageStatus.COVERED)
     assert report.findings == ()
     assert report.signature is SignatureState.VALID
     assert report.exit_code == 0
@@ -207,8 +210,8 @@ def test_clean_share_is_fully_covered(fleet: Fleet) -> None:
 
 
 def test_max_age_zero_makes_every_server_stale(fleet: Fleet) -> None:
-    report = fleet.audit(max_age=parse_max_age("0s"))
-    assert statuses(report) == dict.fromkeys(HOSTS, Status.STALE)
+    report = fleet.audit(max_age=duration_option("0s", "--max-age"))
+    assert statuses(report) == dict.fromkeys(HOSTS, CoverageStatus.STALE)
     assert report.exit_code == 1
     assert report.servers[0].reason == "last backup 2d old (max age 0s)"
 
@@ -223,12 +226,12 @@ def test_real_damage_is_named_on_the_right_server(fleet: Fleet) -> None:
     fleet.edit_manifest(lambda d: d["entries"][1].update(size=5))  # edited entry (ms02)
     report = fleet.audit()
     assert statuses(report) == {
-        "ms01": Status.ALTERED,
-        "ms02": Status.ALTERED,
-        "dw01": Status.LOST,
-        "ssp01": Status.COVERED,
-        "dev-ms01": Status.COVERED,
-        "dev-dw01": Status.COVERED,
+        "ms01": CoverageStatus.ALTERED,
+        "ms02": CoverageStatus.ALTERED,
+        "dw01": CoverageStatus.LOST,
+        "ssp01": CoverageStatus.COVERED,
+        "dev-ms01": CoverageStatus.COVERED,
+        "dev-dw01": CoverageStatus.COVERED,
     }
     assert sorted(kinds(report), key=str) == sorted(
         [
@@ -250,7 +253,7 @@ def test_stripped_signature(fleet: Fleet) -> None:
     report = fleet.audit()
     assert report.signature is SignatureState.MISSING
     assert kinds(report) == [("signature-missing", None)]
-    assert set(statuses(report).values()) == {Status.COVERED}
+    assert set(statuses(report).values()) == {CoverageStatus.COVERED}
     assert report.exit_code == 3
 
 
@@ -259,7 +262,7 @@ def test_entry_edited_to_point_at_another_path(fleet: Fleet) -> None:
     fleet.edit_manifest(lambda d: d["entries"][0].update(path=other))
     report = fleet.audit()
     assert ("entry-inconsistent", "ms01") in kinds(report)
-    assert statuses(report)["ms01"] is Status.ALTERED
+    assert statuses(report)["ms01"] is CoverageStatus.ALTERED
     assert ("orphan-file", "ms01") in kinds(report)  # ms01's real file is no longer referenced
 
 
@@ -278,7 +281,7 @@ def test_run_record_disagrees_with_manifest(fleet: Fleet) -> None:
     run.write_bytes((json.dumps(sign_document(document, fleet.key)) + "\n").encode())
     report = fleet.audit()
     assert ("run-record-mismatch", "ms01") in kinds(report)
-    assert statuses(report)["ms01"] is Status.ALTERED
+    assert statuses(report)["ms01"] is CoverageStatus.ALTERED
 
 
 def test_edited_or_unsigned_run_record_is_an_integrity_failure(fleet: Fleet) -> None:
@@ -301,26 +304,26 @@ def test_missing_failing_and_recovered(fleet: Fleet) -> None:
     fleet.record(
         failed_at,
         [
-            HostOutcome("ms02", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth", message="HTTP 401"),
+            HostOutcome("ms02", "PROD", "management_server", Status.FAILED, kind="auth", message="HTTP 401"),
             HostOutcome(
                 "new01",
                 "DEV",
                 "self_service_portal",
-                OutcomeStatus.FAILED,
+                Status.FAILED,
                 kind="unreachable",
                 message="connection refused",
             ),
-            HostOutcome("ms01", "PROD", "management_server", OutcomeStatus.FAILED, kind="timeout", message="slow"),
+            HostOutcome("ms01", "PROD", "management_server", Status.FAILED, kind="timeout", message="slow"),
         ],
     )
     fleet.backup(NOW - DAY / 2, ["ms01"])  # ms01 failed, then succeeded: covered
     report = fleet.audit(inventory=inventory)
     state = statuses(report)
     assert (state["ms01"], state["ms02"], state["new01"], state["never01"]) == (
-        Status.COVERED,
-        Status.FAILING,
-        Status.FAILING,
-        Status.MISSING,
+        CoverageStatus.COVERED,
+        CoverageStatus.FAILING,
+        CoverageStatus.FAILING,
+        CoverageStatus.MISSING,
     )
     ms02 = next(s for s in report.servers if s.host == "ms02")
     assert ms02.reason == "latest attempt 2026-02-28T12:00:00Z failed: auth: HTTP 401"
@@ -335,26 +338,26 @@ def test_version_change_after_backup_is_stale(fleet: Fleet) -> None:
     fleet.record(
         NOW - DAY,
         [
-            HostOutcome("dw01", "PROD", "dw_management_server", OutcomeStatus.OK, scsm_version="10.25.1000.0"),
+            HostOutcome("dw01", "PROD", "dw_management_server", Status.OK, scsm_version="10.25.1000.0"),
         ],
         command="doctor",
     )
     report = fleet.audit()
     dw01 = next(s for s in report.servers if s.host == "dw01")
-    assert dw01.status is Status.STALE
+    assert dw01.status is CoverageStatus.STALE
     assert dw01.reason == "SCSM version changed from 10.22.1068.0 to 10.25.1000.0 since the last backup"
     assert dw01.current_version == "10.25.1000.0"
     fleet.backup(NOW - DAY / 2, ["dw01"], version="10.25.1000.0")
-    assert statuses(fleet.audit())["dw01"] is Status.COVERED
+    assert statuses(fleet.audit())["dw01"] is CoverageStatus.COVERED
 
 
 def test_doctor_failures_are_not_backup_attempts(fleet: Fleet) -> None:
     fleet.record(
         NOW - DAY,
-        [HostOutcome("ms01", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth")],
+        [HostOutcome("ms01", "PROD", "management_server", Status.FAILED, kind="auth")],
         command="doctor",
     )
-    assert statuses(fleet.audit())["ms01"] is Status.COVERED
+    assert statuses(fleet.audit())["ms01"] is CoverageStatus.COVERED
 
 
 def test_unknown_hosts_are_warnings_and_bad_run_records_integrity_failures(fleet: Fleet) -> None:
@@ -378,7 +381,7 @@ def test_torn_manifest(fleet: Fleet) -> None:
     assert report.signature is SignatureState.UNREADABLE
     assert ("manifest-invalid", None) in kinds(report)
     assert [k for k, _ in kinds(report)].count("orphan-file") == len(HOSTS)
-    assert set(statuses(report).values()) == {Status.MISSING}
+    assert set(statuses(report).values()) == {CoverageStatus.MISSING}
     assert report.exit_code == 3
 
 
@@ -393,7 +396,7 @@ def test_deleted_manifest_with_key_files_left(fleet: Fleet) -> None:
 def test_empty_share(tmp_path: Path) -> None:
     inventory = make_inventory(tmp_path, None)
     report = run_audit(inventory, BackupStore(LocalShare(tmp_path / "share")), max_age=MAX_AGE, now=NOW)
-    assert set(statuses(report).values()) == {Status.MISSING}
+    assert set(statuses(report).values()) == {CoverageStatus.MISSING}
     assert report.findings == () and report.exit_code == 1
     assert not (tmp_path / "share").exists()  # the audit never writes
 
@@ -415,8 +418,8 @@ def test_public_key_comes_from_the_inventory_not_the_share(fleet: Fleet) -> None
 
 def test_bad_max_age() -> None:
     with pytest.raises(ConfigError, match="--max-age"):
-        parse_max_age("soon")
-    assert parse_max_age("12h") == timedelta(hours=12)
+        duration_option("soon", "--max-age")
+    assert duration_option("12h", "--max-age") == timedelta(hours=12)
 
 
 # -- renderings ---------------------------------------------------------------------------------
@@ -428,7 +431,7 @@ def damaged(fleet: Fleet) -> AuditReport:
     fleet.record(
         NOW - DAY,
         [
-            HostOutcome("ms02", "PROD", "management_server", OutcomeStatus.FAILED, kind="auth", message="<401>"),
+            HostOutcome("ms02", "PROD", "management_server", Status.FAILED, kind="auth", message="<401>"),
         ],
     )
     return fleet.audit()
@@ -531,7 +534,7 @@ def test_rich_table_shows_whole_paths_and_lower_case_headers(damaged: AuditRepor
     print_table(damaged, Console(file=out, width=130, force_terminal=False))
     text = out.getvalue()
     assert "…" not in text
-    lost = next(s for s in damaged.servers if s.status is Status.LOST)
+    lost = next(s for s in damaged.servers if s.status is CoverageStatus.LOST)
     assert lost.problems and "…" not in lost.problems[0]
     path = lost.problems[0].split()[2]  # "key file <path> is gone"
     rows = [line for line in text.splitlines() if line.startswith("│")]

@@ -23,8 +23,9 @@ from orchestrator.share import layout
 from orchestrator.share.history import COMPACT_MIN, segment_path
 from orchestrator.share.local import LocalShare
 from orchestrator.share.manifest import ManifestEntry
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord, new_run_id
+from orchestrator.share.runrecord import HostOutcome, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 from tests.share_history import read_share
 from tests.test_audit import MAX_AGE, make_inventory
 
@@ -52,8 +53,7 @@ def backup(store: BackupStore, hosts: list[str], when: datetime = NOW) -> list[M
         for h in hosts
     ]  # fmt: skip
     outcomes = tuple(
-        HostOutcome(e.host, e.group, e.role, OutcomeStatus.OK, entry_id=e.id, sha256=e.sha256, size=e.size)
-        for e in entries
+        HostOutcome(e.host, e.group, e.role, Status.OK, entry_id=e.id, sha256=e.sha256, size=e.size) for e in entries
     )
     store.write_run_record(RunRecord(run_id, "backup", when, when, "inv.yml", store.share.url, False, outcomes))
     return entries

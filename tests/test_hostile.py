@@ -14,9 +14,10 @@ import pytest
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
-from orchestrator.runner import HostContext, Runner, Status
+from orchestrator.runner import HostContext, Runner
 from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
+from orchestrator.status import Status
 from orchestrator.transport import reply_cap
 from tests.conftest import make_lab_inventory
 from tests.hostile import HostileServer

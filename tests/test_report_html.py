@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobs.audit import Status
-from orchestrator.report_chart import coverage_series
-from orchestrator.report_html import render_html, verdict
+from orchestrator.jobs.audit import CoverageStatus
+from orchestrator.report.chart import coverage_series
+from orchestrator.report.html import render_html, verdict
 from tests.conftest import CliRun, LabFiles
 from tests.test_audit import DAY, MAX_AGE, NOW, Fleet
 from tests.test_audit_e2e import audit, browse, chromium, golden, lab, showcase  # noqa: F401 - fixtures
@@ -30,7 +30,7 @@ def test_verdicts(tmp_path: Path) -> None:
     page = render_html(fleet.audit())
     assert '<p class="verdict verdict-3"><strong>INTEGRITY FAILURE</strong>' in page
     counts = dict(re.findall(r'<li class="count-(\w+)"[^>]*><b>(\d+)</b>', page))
-    assert counts == {str(s): str(fleet.audit().counts[s]) for s in Status} and counts["lost"] == "1"
+    assert counts == {str(s): str(fleet.audit().counts[s]) for s in CoverageStatus} and counts["lost"] == "1"
     assert "<dfn>recoverable: servers with at least one intact backup" in page
 
 

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator.durations import duration_option
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs.audit import AuditReport, parse_max_age, run_audit
+from orchestrator.jobs.audit import AuditReport, run_audit
 from orchestrator.jobs.context import open_store, require_share_folder, share_for
-from orchestrator.report import headline, print_table, render_json, render_markdown, render_text
-from orchestrator.report_html import render_html
-from orchestrator.report_metrics import render_openmetrics
+from orchestrator.report.html import render_html
+from orchestrator.report.json import render_json
+from orchestrator.report.metrics import render_openmetrics
+from orchestrator.report.text import headline, print_table, render_markdown, render_text
 from orchestrator.share.runrecord import RunRecord
 
 Renderer = Callable[[AuditReport, Sequence[RunRecord]], str]
@@ -33,7 +35,7 @@ REPORT_MODE = 0o644  # a report is for others to read (node_exporter runs as its
 
 def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
-    max_age = parse_max_age(args.max_age) if args.max_age else inventory.backup.max_age
+    max_age = duration_option(args.max_age, "--max-age") if args.max_age else inventory.backup.max_age
     with share_for(inventory, args.share) as share:
         require_share_folder(share)
         store = open_store(inventory, share, sign=False)

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
 
 from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui, print_json
-from orchestrator.errors import ConfigError
+from orchestrator.durations import duration_option
 from orchestrator.interrupts import Interrupts, deferred
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
-from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.jobs import backup, context, identity
+from orchestrator.report.json import backup_plan_json, nothing_to_back_up_json
 from orchestrator.secret import Secret
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
-
-
-def parse_age(text: str | None, option: str) -> timedelta | None:
-    if text is None:
-        return None
-    try:
-        return timedelta(seconds=parse_duration(text))
-    except Invalid as exc:
-        raise ConfigError(f"{text!r} {exc}", key=option) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,16 +28,16 @@ def run(args: argparse.Namespace) -> int:
         if args.limit and args.limit.strip() == "@last-failed" and not backup.last_failed_hosts(store):
             ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
             if args.json:
-                nothing = {"ok": 0, "failed": 0, "skipped": 0}
-                print_json({"command": "backup", "outcomes": [], "summary": nothing, "exit_code": 0})
+                print_json(nothing_to_back_up_json())
             return 0
         hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
-        plan = backup.prepare_backup(store, hosts, only_stale=parse_age(args.only_stale, "--only-stale"))
+        only_stale = None if args.only_stale is None else duration_option(args.only_stale, "--only-stale")
+        plan = backup.prepare_backup(store, hosts, only_stale=only_stale)
         if args.check:
             for line in plan.describe(inv, share.url):
                 ui.line(line)
             if args.json:
-                print_json({"command": "backup", "check": True, "plan": _plan_json(plan)})
+                print_json(backup_plan_json(plan))
             return 0
         store.write_pending_records()  # run records an earlier run of this controller could not write
         store.write_pending_records()  # run records an earlier run of this controller could not write
@@ -84,10 +74,3 @@ def _run(
 
 def _select(inv: Inventory, limit: str, store: BackupStore) -> list[HostConfig]:
     return select_hosts(inv, limit, at_resolver=backup.last_failed_resolver(store))
-
-
-def _plan_json(plan: backup.BackupPlan) -> dict[str, object]:
-    return {
-        "hosts": [{"host": h.name, "group": h.group, "role": h.role.value, "endpoint": h.endpoint} for h in plan.hosts],
-        "skipped": [{"host": s.host.name, "reason": s.reason} for s in plan.skipped],
-    }

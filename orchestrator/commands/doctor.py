@@ -17,13 +17,15 @@ from orchestrator.jobs.doctor import (
     CheckResult,
     CheckState,
     Diagnosis,
-    diagnosis_json,
     format_bytes,
     run_doctor,
+    status_counts,
 )
 from orchestrator.lab.fleet import serving
 from orchestrator.remote import ProbeResult
-from orchestrator.runner import RunnerEvents, Status
+from orchestrator.report.json import doctor_json
+from orchestrator.runner import RunnerEvents
+from orchestrator.status import Status
 
 # short column headers, one per check
 COLUMNS = {
@@ -78,15 +80,10 @@ def run(args: argparse.Namespace) -> int:
     code = exit_code(diagnoses, interrupted, require)
     render(ui, diagnoses, interrupted, require)
     if args.json:
-        document = {
-            "command": "doctor",
-            "exit_code": code,
-            "interrupted": interrupted,
-            "summary": _counts(diagnoses, require),
-            "warnings": warnings,
-            "hosts": [{**diagnosis_json(d, require), "hint": hint_for(_kind(d, require)) or None} for d in diagnoses],
-        }
-        print_json(document)
+        hints = [hint_for(_kind(d, require)) or None for d in diagnoses]
+        print_json(
+            doctor_json(diagnoses, require=require, code=code, interrupted=interrupted, warnings=warnings, hints=hints)
+        )
     return code
 
 
@@ -99,10 +96,6 @@ def exit_code(diagnoses: Sequence[Diagnosis], interrupted: bool, require: Sequen
 def _kind(diagnosis: Diagnosis, require: Sequence[str] = CHECKS) -> str | None:
     cause = diagnosis.cause(require)
     return str(cause.kind) if cause and cause.kind else None
-
-
-def _counts(diagnoses: Sequence[Diagnosis], require: Sequence[str] = CHECKS) -> dict[str, int]:
-    return {str(s): sum(1 for d in diagnoses if d.status(require) is s) for s in Status}
 
 
 def _cell(check: CheckResult, probe: ProbeResult | None, auth: str | None) -> Text:
@@ -142,7 +135,7 @@ def render(ui: Ui, diagnoses: Sequence[Diagnosis], interrupted: bool, require: S
     for kind, names in sorted(by_kind.items()):
         ui.line(f"{kind} ({len(names)}): {', '.join(names)}", "red")
         ui.line(f"  hint: {hint_for(kind)}")
-    counts = _counts(diagnoses, require)
+    counts = status_counts(diagnoses, require)
     ok_hosts = [d for d in diagnoses if d.status(require) is Status.OK and d.probe]
     temp = min((d.probe.temp_free_bytes for d in ok_hosts if d.probe and d.probe.temp_free_bytes), default=None)
     ui.line(

@@ -10,16 +10,9 @@ import sys
 from typing import Any
 
 from orchestrator.console import Ui, print_json
+from orchestrator.durations import format_duration
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Credential, HostConfig, Inventory, LabHostSettings
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact form: 30d, 12h, 90m, 45s (or fractional seconds)."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:g}s"
 
 
 def _credential(credential: Credential | None) -> dict[str, str | None] | None:
@@ -117,7 +110,7 @@ def _summary_lines(inv: Inventory, selected: list[HostConfig]) -> list[str]:
     password = inv.backup.password.describe() if inv.backup.password else "prompt (asked twice)"
     lines.append(
         f"backup: password {password}, password_id {inv.backup.password_id}, "
-        f"max_age {format_duration(inv.backup.max_age.total_seconds())}"
+        f"max_age {format_duration(inv.backup.max_age)}"
     )
     if inv.signing is not None:
         private = inv.signing.private_key.describe() if inv.signing.private_key else "none (verify only)"

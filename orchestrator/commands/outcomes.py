@@ -14,10 +14,12 @@ from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_te
 from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
-from orchestrator.runner import RunnerEvents, RunSummary, Status
+from orchestrator.report.json import run_json
+from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 
 def run_and_record(
@@ -58,7 +60,7 @@ def run_and_record(
         ui.line(notice)
     render_outcomes(ui, summary, record, record_path)
     if args.json:
-        print_json(result_json(record, record_path, code))
+        print_json(run_json(record, record_path, code, INTERRUPTED_ERROR if code == 130 else None))
     return code
 
 
@@ -99,15 +101,6 @@ def render_outcomes(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecor
         + (" (interrupted)" if summary.interrupted else "")
         + (f"; run record {record_path}" if record_path else "")
     )
-
-
-def result_json(record: RunRecord, record_path: str | None, code: int) -> dict[str, object]:
-    document = record.to_json()
-    document["run_record"] = record_path
-    document["exit_code"] = code
-    document["error"] = INTERRUPTED_ERROR if code == 130 else None
-    document["summary"] = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
-    return document
 
 
 @contextmanager

@@ -57,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
 def still_on(store: BackupStore, hosts: list[str], password_id: str) -> list[str]:
     """The hosts whose newest intact backup was taken under ``password_id``."""
     manifest = store.load_manifest(verify=True)
-    newest = {host: backup.last_good(store, manifest, host) for host in hosts}
+    newest = {host: store.newest_intact(manifest, host) for host in hosts}
     return [host for host, entry in newest.items() if entry is not None and entry.password_id == password_id]

@@ -8,58 +8,21 @@ import sys
 from datetime import UTC, datetime
 
 from orchestrator.console import print_json
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs.audit import format_age
 from orchestrator.jobs.context import open_store, record_run, require_share_folder, share_for
 from orchestrator.jobs.prune import (
-    Leftover,
-    PrunePlan,
     apply_prune,
     plan_leftovers,
     plan_prune,
     prune_record,
     remove_leftovers,
 )
+from orchestrator.report.json import prune_leftovers_json, prune_plan_json
 from orchestrator.share.manifest import format_iso
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
-
-
-def plan_json(plan: PrunePlan, *, applied: bool) -> dict[str, object]:
-    """The ``--json`` document: ``keyfleet-prune/1``."""
-    return {
-        "format": "keyfleet-prune/1",
-        "keep": plan.keep,
-        "applied": applied,
-        "decisions": [
-            {
-                "action": str(d.action),
-                "reason": d.reason,
-                "id": d.entry.id,
-                "host": d.entry.host,
-                "path": d.entry.path,
-                "created": format_iso(d.entry.created),
-            }
-            for d in plan.decisions
-        ],
-    }
-
-
-def leftovers_json(leftovers: list[Leftover], *, applied: bool) -> dict[str, object]:
-    """The ``--orphans --json`` document: ``keyfleet-prune-orphans/1``."""
-    return {
-        "format": "keyfleet-prune-orphans/1",
-        "applied": applied,
-        "files": [
-            {
-                "path": item.path,
-                "kind": item.kind,
-                "age_seconds": None if item.age is None else int(item.age.total_seconds()),
-            }
-            for item in leftovers
-        ],
-    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             for notice in store.notices:
                 print(f"keyfleet: {notice}", file=sys.stderr)
     if args.json:
-        print_json(plan_json(plan, applied=not args.check))
+        print_json(prune_plan_json(plan, applied=not args.check))
         return 0
     verb = "would remove" if args.check else "removed"
     for entry in removed:
@@ -96,11 +59,11 @@ def _orphans(store: BackupStore, args: argparse.Namespace) -> int:
     leftovers = plan_leftovers(store)
     removed = leftovers if args.check else remove_leftovers(store, leftovers)
     if args.json:
-        print_json(leftovers_json(removed, applied=not args.check))
+        print_json(prune_leftovers_json(removed, applied=not args.check))
         return 0
     verb = "would remove" if args.check else "removed"
     for item in removed:
-        age = f", {format_age(item.age)} old" if item.age is not None else ""
+        age = f", {format_duration(item.age)} old" if item.age is not None else ""
         print(f"{verb} {item.path} ({item.kind}{age})")
     print(f"{verb} {len(removed)} leftover files (orphan key files and stale temporaries)")
     return 0

@@ -14,9 +14,10 @@ from orchestrator.errors import ErrorKind, KeyfleetError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, identity, restore
 from orchestrator.lab.fleet import serving
+from orchestrator.report.json import restore_json
 from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso
-from orchestrator.share.runrecord import RunRecord, new_run_id
+from orchestrator.share.runrecord import new_run_id
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     code = restore.exit_code(summary)
     render(ui, request, summary, record_path)
     if args.json:
-        print_json(result_json(record, request, summary, record_path, code))
+        print_json(restore_json(record, request, summary, record_path, code))
     return code
 
 
@@ -89,34 +90,3 @@ def render(
         (f"restored {entry.id} onto {request.host.name}" if ok else f"{request.host.name}: restore failed")
         + (f"; run record {record_path}" if record_path else "")
     )
-
-
-def result_json(
-    record: RunRecord,
-    request: restore.RestoreRequest,
-    summary: RunSummary[remote.RestoreResult],
-    record_path: str | None,
-    code: int,
-) -> dict[str, object]:
-    """``{run record fields..., "entry": ManifestEntry, "server": {...} | null, "run_record", "exit_code"}``."""
-    restored = summary.results[0].value if summary.results else None
-    document = record.to_json()
-    document["entry"] = request.entry.to_json()
-    document["server"] = (
-        None
-        if restored is None
-        else {
-            "computer_name": restored.computer_name,
-            "roles": [r.value for r in restored.roles],
-            "method": restored.method,
-            "version": restored.version,
-            "sha256": restored.sha256,
-            "tool_path": restored.tool_path,
-            "tool_exit": restored.tool_exit,
-            "tool_output": restored.tool_output,
-            "helper_version": restored.helper_version,
-        }
-    )
-    document["run_record"] = record_path
-    document["exit_code"] = code
-    return document

@@ -20,12 +20,13 @@ from orchestrator.jobs.playbook_schema import (
     Playbook,
     describe_plan,
     load_playbook,
-    plan_json,
     select_playbook_hosts,
 )
 from orchestrator.lab.fleet import serving
-from orchestrator.runner import RunnerEvents, Status
+from orchestrator.report.json import run_plan_json, run_result_json
+from orchestrator.runner import RunnerEvents
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 # kinds only a playbook reports: coverage statuses of the audit step, a declined restore
 RUN_HINTS = {
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             result = PlaybookRun(playbook, hosts, ctx).run()
     render(ui, result)
     if args.json:
-        print_json(result_json(result, warnings))
+        print_json(run_result_json(result, warnings))
     return result.exit_code
 
 
@@ -101,8 +102,7 @@ def print_plan(ui: Ui, playbook: Playbook, hosts: list[HostConfig], share_url: s
     for line in describe_plan(playbook, hosts, share_url):
         ui.line(line)
     if as_json:
-        document = {"command": "run", "check": True, "playbook": _playbook_json(playbook)}
-        print_json({**document, "hosts": [h.name for h in hosts], "plan": plan_json(playbook, hosts)})
+        print_json(run_plan_json(playbook, hosts))
 
 
 def _cell(step: StepResult, host: str) -> Text:
@@ -139,31 +139,3 @@ def render(ui: Ui, result: PlaybookResult) -> None:
     verdict = {0: "ok", 1: "failed", 3: "INTEGRITY FAILURE", 130: "interrupted"}.get(code, "failed")
     failed = f"; failed: {', '.join(cell.host for _, cell in failures)}" if failures else ""
     ui.line(f"playbook {result.playbook.name!r}: {verdict} (exit {code}){failed}", "green" if code == 0 else "red")
-
-
-def _playbook_json(playbook: Playbook) -> dict[str, object]:
-    return {
-        "name": playbook.name,
-        "file": str(playbook.path),
-        "description": playbook.description,
-        "hosts": playbook.hosts,
-        "on_failure": playbook.on_failure,
-    }
-
-
-def result_json(result: PlaybookResult, warnings: list[str]) -> dict[str, object]:
-    return {
-        "command": "run",
-        "check": False,
-        "playbook": _playbook_json(result.playbook),
-        "hosts": [h.name for h in result.hosts],
-        "interrupted": result.interrupted,
-        "exit_code": result.exit_code,
-        "warnings": warnings,
-        "steps": [s.to_json() for s in result.steps],
-        "failed_hosts": [
-            {"host": c.host, "step": s.step.number, "name": s.step.name, "kind": c.kind, "message": c.message}
-            for s, c in result.failures()
-        ],
-        "run_records": [s.run_record for s in result.steps if s.run_record],
-    }

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from itertools import pairwise
 
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.jobs import identity
@@ -22,14 +22,15 @@ from orchestrator.share import layout
 from orchestrator.share.base import ItemKind, ShareItem
 from orchestrator.share.history import LOG_DIR, History, HistoryError, read_history
 from orchestrator.share.manifest import Manifest, ManifestEntry, format_iso, public_key_sha256
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
+from orchestrator.share.runrecord import HostOutcome, RunRecord
 from orchestrator.share.store import BackupStore, FileState
+from orchestrator.status import Status
 
 _UNREADABLE = frozenset({"manifest-invalid", "signature-invalid", "signature-missing", "manifest-missing"})
 STALE_TEMPORARY = timedelta(hours=1)  # longer than any run's writes take: its writer is gone
 
 
-class Status(StrEnum):
+class CoverageStatus(StrEnum):
     """A server's coverage. When several apply, the first in the order altered, lost, failing,
     missing, stale, covered wins."""
 
@@ -43,8 +44,8 @@ class Status(StrEnum):
 
 # Run records of these commands are backup attempts; any run record may report an SCSM version.
 BACKUP_COMMANDS = frozenset({"backup", "run"})
-INTEGRITY = frozenset({Status.ALTERED, Status.LOST})
-GAPS = frozenset({Status.STALE, Status.MISSING, Status.FAILING})
+INTEGRITY = frozenset({CoverageStatus.ALTERED, CoverageStatus.LOST})
+GAPS = frozenset({CoverageStatus.STALE, CoverageStatus.MISSING, CoverageStatus.FAILING})
 
 
 class SignatureState(StrEnum):
@@ -83,7 +84,7 @@ class Attempt:
 
     run_id: str
     time: datetime
-    status: OutcomeStatus
+    status: Status
     kind: str | None
     message: str | None
 
@@ -93,7 +94,7 @@ class ServerCoverage:
     host: str
     group: str
     role: str
-    status: Status
+    status: CoverageStatus
     reason: str
     last_good: ManifestEntry | None
     age: timedelta | None
@@ -134,12 +135,12 @@ class AuditReport:
     generation: int = 0  # of the share's history (0: new, or still in the old format)
 
     @property
-    def counts(self) -> Counter[Status]:
+    def counts(self) -> Counter[CoverageStatus]:
         return Counter(server.status for server in self.servers)
 
     @property
     def total(self) -> Coverage:
-        return Coverage("all", len(self.servers), self.counts[Status.COVERED])
+        return Coverage("all", len(self.servers), self.counts[CoverageStatus.COVERED])
 
     @property
     def recoverable(self) -> int:
@@ -156,29 +157,6 @@ class AuditReport:
         if self.integrity_failure:
             return 3
         return 1 if any(s.status in GAPS for s in self.servers) else 0
-
-
-def parse_max_age(text: str) -> timedelta:
-    """``--max-age``: 30d, 12h, 90m, 45s, 0s or a number of seconds."""
-    from orchestrator.inventory.schema import Invalid, parse_duration
-
-    try:
-        return timedelta(seconds=parse_duration(text))
-    except Invalid as exc:
-        raise ConfigError(f"{text!r} {exc}", key="--max-age") from None
-
-
-def format_age(age: timedelta) -> str:
-    """``3d 4h``, ``30d``, ``5h 2m``, ``42s``: the two largest units, zeros left out."""
-    seconds = max(0, int(age.total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    units = ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
-    for (value, unit), (smaller, smaller_unit) in pairwise(units):
-        if value:
-            return f"{value}{unit}" + (f" {smaller}{smaller_unit}" if smaller else "")
-    return f"{seconds}s"
 
 
 class _Audit:
@@ -327,12 +305,7 @@ class _Audit:
                 continue
             for outcome in record.outcomes:
                 stored = outcome.entry_id
-                if (
-                    outcome.status is OutcomeStatus.OK
-                    and stored
-                    and stored not in history.entries
-                    and stored not in removed
-                ):
+                if outcome.status is Status.OK and stored and stored not in history.entries and stored not in removed:
                     self.find(
                         "rollback",
                         Severity.INTEGRITY,
@@ -444,7 +417,7 @@ class _Audit:
                     self.find(
                         "temporary-file",
                         Severity.WARNING,
-                        f"{item.path} is a temporary file left by an interrupted writer {format_age(age)} ago "
+                        f"{item.path} is a temporary file left by an interrupted writer {format_duration(age)} ago "
                         "(`keyfleet prune --orphans` removes it)",
                         path=item.path,
                         age=age,
@@ -468,7 +441,7 @@ class _Audit:
             self.find(
                 "orphan-file",
                 Severity.WARNING,
-                f"{item.path} is not in the manifest" + (f" ({format_age(age)} old)" if age is not None else ""),
+                f"{item.path} is not in the manifest" + (f" ({format_duration(age)} old)" if age is not None else ""),
                 parsed.host if parsed else None,
                 item.path,
                 age,
@@ -506,22 +479,22 @@ class _Audit:
         age = self.now - good.created if good else None
         problems = tuple(self.problems.get(host.name, ()))
         if problems:
-            status = Status.ALTERED if host.name in self.altered_hosts else Status.LOST
+            status = CoverageStatus.ALTERED if host.name in self.altered_hosts else CoverageStatus.LOST
             reason = problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
-        elif attempt and attempt.status is OutcomeStatus.FAILED and (good is None or attempt.time > good.created):
-            status = Status.FAILING
+        elif attempt and attempt.status is Status.FAILED and (good is None or attempt.time > good.created):
+            status = CoverageStatus.FAILING
             why = f"{attempt.kind}: {attempt.message}" if attempt.message else str(attempt.kind)
             reason = f"latest attempt {format_iso(attempt.time)} failed: {why}"
         elif good is None or age is None:
-            status, reason = Status.MISSING, "never backed up"
+            status, reason = CoverageStatus.MISSING, "never backed up"
         elif age >= self.max_age:
-            status = Status.STALE
-            reason = f"last backup {format_age(age)} old (max age {format_age(self.max_age)})"
+            status = CoverageStatus.STALE
+            reason = f"last backup {format_duration(age)} old (max age {format_duration(self.max_age)})"
         elif version and good.scsm_version and version[1] > good.created and version[0] != good.scsm_version:
-            status = Status.STALE
+            status = CoverageStatus.STALE
             reason = f"SCSM version changed from {good.scsm_version} to {version[0]} since the last backup"
         else:
-            status, reason = Status.COVERED, f"backed up {format_age(age)} ago"
+            status, reason = CoverageStatus.COVERED, f"backed up {format_duration(age)} ago"
         return ServerCoverage(
             host=host.name,
             group=host.group,
@@ -555,7 +528,7 @@ def _history(outcomes: list[tuple[RunRecord, HostOutcome]]) -> tuple[Attempt | N
     attempt: Attempt | None = None
     version: tuple[str, datetime] | None = None
     for record, outcome in reversed(outcomes):
-        if attempt is None and record.command in BACKUP_COMMANDS and outcome.status is not OutcomeStatus.SKIPPED:
+        if attempt is None and record.command in BACKUP_COMMANDS and outcome.status is not Status.SKIPPED:
             attempt = Attempt(record.run_id, record.started, outcome.status, outcome.kind, outcome.message)
         if version is None and outcome.scsm_version:
             version = (outcome.scsm_version, record.started)
@@ -565,7 +538,7 @@ def _history(outcomes: list[tuple[RunRecord, HostOutcome]]) -> tuple[Attempt | N
 
 
 def _coverage(name: str, servers: list[ServerCoverage]) -> Coverage:
-    return Coverage(name, len(servers), sum(1 for s in servers if s.status is Status.COVERED))
+    return Coverage(name, len(servers), sum(1 for s in servers if s.status is CoverageStatus.COVERED))
 
 
 def run_audit(

@@ -11,14 +11,17 @@ from typing import Protocol
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
+from orchestrator.helperrun import EXPORT, run_helper
 from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import HostConfig, Inventory, Role
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
+from orchestrator.jobs.record import host_outcome, run_record
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary
 from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
 from orchestrator.share.manifest import Manifest, ManifestEntry
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
-from orchestrator.share.store import BackupStore, FileState
+from orchestrator.share.runrecord import HostOutcome, RunRecord
+from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 log = logging.getLogger("keyfleet.backup")
 
@@ -50,14 +53,6 @@ class BackupPlan:
         return lines
 
 
-def last_good(store: BackupStore, manifest: Manifest, host: str) -> ManifestEntry | None:
-    """The newest of ``host``'s backups whose key file is still intact."""
-    return next(
-        (e for e in manifest.entries_for(host) if store.check_key_file(e).state is FileState.OK),
-        None,
-    )
-
-
 def prepare_backup(store: BackupStore, hosts: list[HostConfig], *, only_stale: timedelta | None) -> BackupPlan:
     """Read and verify the manifest before any host is touched (an unreachable share or a tampered
     manifest is one clear error, not a failure repeated on every host after its export), then plan."""
@@ -75,7 +70,7 @@ def plan_backup(
     now = datetime.now(UTC)
     selected, skipped = [], []
     for host in hosts:
-        newest = last_good(store, manifest, host.name)
+        newest = store.newest_intact(manifest, host.name)
         if newest is not None and now - newest.created < only_stale:
             age = int((now - newest.created).total_seconds())
             skipped.append(SkippedHost(host, f"backed up {age}s ago ({newest.id}), younger than --only-stale"))
@@ -122,17 +117,9 @@ class BackupTask:
 
     def __call__(self, ctx: HostContext) -> ManifestEntry:
         host = ctx.host
+        params = remote.export_params(host.tool_path, host.tool_timeout, host.tool_input)
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            params = remote.export_params(host.tool_path, host.tool_timeout, host.tool_input)
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("export", params, self._password),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-                on_phase=ctx.report,
-            )
-        export = remote.parse_export(host.name, result.stdout, result.stderr, result.exit_code)
+            export = run_helper(ctx, session, EXPORT, params, self._password)
         verify_export(host, export)
         ctx.warning = export.cleanup_warning
         if ctx.cancel.is_set():  # aborted: the run record will say so; store nothing it does not list
@@ -219,21 +206,11 @@ def _settle(result: HostResult[ManifestEntry], stored: ManifestEntry | None) -> 
 
 def outcome_of(result: HostResult[ManifestEntry]) -> HostOutcome:
     entry = result.value
-    return HostOutcome(
-        host=result.host.name,
-        group=result.host.group,
-        role=result.host.role.value,
-        status=OutcomeStatus(result.status.value),
-        kind=str(result.kind) if result.kind else None,
-        message=result.message or None,
-        entry_id=entry.id if entry else None,
-        sha256=entry.sha256 if entry else None,
-        size=entry.size if entry else None,
-        duration=round(result.duration, 3),
+    return host_outcome(
+        result,
+        entry,
         scsm_version=entry.scsm_version if entry else result.scsm_version,
-        attempts=result.attempts,
         method=entry.method if entry else None,
-        warning=result.warning,
     )
 
 
@@ -243,7 +220,7 @@ def skipped_outcome(skipped: SkippedHost) -> HostOutcome:
         host=host.name,
         group=host.group,
         role=host.role.value,
-        status=OutcomeStatus.SKIPPED,
+        status=Status.SKIPPED,
         message=skipped.reason,
     )
 
@@ -259,15 +236,14 @@ def build_run_record(
     skipped: list[SkippedHost],
 ) -> RunRecord:
     outcomes = [outcome_of(r) for r in summary.results] + [skipped_outcome(s) for s in skipped]
-    return RunRecord(
+    return run_record(
         run_id=run_id,
         command=command,
         started=started,
-        finished=datetime.now(UTC),
-        inventory=str(inv.path),
-        share=share_url,
+        inv=inv,
+        share_url=share_url,
         interrupted=summary.interrupted,
-        outcomes=tuple(outcomes),
+        outcomes=outcomes,
     )
 
 

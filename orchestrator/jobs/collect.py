@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure, IntegrityError, ShareError
+from orchestrator.helperrun import COLLECT, COLLECT_REMOVE, run_helper
 from orchestrator.jobs.backup import verify_roles
 from orchestrator.runner import HostContext
 from orchestrator.secret import Secret
@@ -43,17 +44,8 @@ class CollectTask:
 
     def __call__(self, ctx: HostContext) -> ManifestEntry:
         host = ctx.host
-        ctx.report("connecting")
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            ctx.report("collecting")
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("collect", remote.collect_params(self._path), None),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-            )
-            collected = remote.parse_collect(host.name, result.stdout, result.stderr, result.exit_code)
+            collected = run_helper(ctx, session, COLLECT, remote.collect_params(self._path), None)
             verify_roles(host, collected.roles)
             if ctx.cancel.is_set():
                 raise HostFailure(ErrorKind.INTERRUPTED, host.name, "aborted before storing")
@@ -62,16 +54,13 @@ class CollectTask:
             if self._remove:
                 ctx.report("removing the server's copy")
                 params = remote.collect_params(self._path, remove=(collected.name, collected.sha256))
-                result = session.run(
-                    remote.bootstrap_command_line(),
-                    remote.build_stdin("collect", params, None),
-                    deadline=ctx.deadline,
-                    cancel=ctx.cancel,
-                    max_output=remote.MAX_OUTPUT_BYTES,
-                )
                 try:
-                    remote.parse_collect_remove(host.name, result.stdout, result.stderr, result.exit_code)
-                except HostFailure as exc:  # the key is on the share: a copy left behind is a warning
+                    run_helper(ctx, session, COLLECT_REMOVE, params, None)
+                except HostFailure as exc:
+                    # retried by the runner (the stored key is found again, not stored twice), or interrupted
+                    if exc.kind.transient or exc.kind is ErrorKind.INTERRUPTED:
+                        raise
+                    # the key is on the share: a copy left behind is a warning
                     ctx.warning = f"stored, but the server's copy was not removed: {exc.reason}"
         return entry
 

@@ -6,16 +6,18 @@ the check it stops at (reachable, authenticated, helper) and leaves the later ch
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from orchestrator import remote
 from orchestrator.errors import ErrorKind
+from orchestrator.helperrun import PROBE, SMOKE, run_helper
 from orchestrator.inventory.model import HostConfig
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, Status
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
+from orchestrator.status import Status
 
 # Every check, in the order it is judged; `require:` in a playbook names a subset.
 CHECKS = (
@@ -91,6 +93,11 @@ class Diagnosis:
         return failures[0] if failures else None
 
 
+def status_counts(diagnoses: Sequence[Diagnosis], require: Collection[str] = CHECKS) -> dict[str, int]:
+    """How many hosts ended in each status (``ok``, ``failed``, ``skipped``)."""
+    return {str(s): sum(1 for d in diagnoses if d.status(require) is s) for s in Status}
+
+
 class ProbeTask:
     """Run the probe helper on one host (the runner's per-host work); with ``smoke``, then the smoke
     helper, a throwaway Backup that shows which input method the tool takes (only when the probe
@@ -104,28 +111,15 @@ class ProbeTask:
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
         with WinRMSession(host, self._winrm_passwords.get(host.name)) as session:
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("probe", remote.probe_params(host.tool_path), None),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-                on_phase=ctx.report,
-            )
-            self.mechanisms[host.name] = session.mechanism
-            probe = remote.parse_probe(host.name, result.stdout, result.stderr, result.exit_code)
+            try:
+                probe = run_helper(ctx, session, PROBE, remote.probe_params(host.tool_path), None)
+            finally:
+                self.mechanisms[host.name] = session.mechanism
             if not (self._smoke and probe.admin and probe.tool_path):
                 return probe
             ctx.report("tool smoke test")
             params = remote.smoke_params(host.tool_path, min(host.tool_timeout, SMOKE_TIMEOUT))
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("smoke", params, None),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-            )
-        smoke = remote.parse_smoke(host.name, result.stdout, result.stderr, result.exit_code)
+            smoke = run_helper(ctx, session, SMOKE, params, None)
         return replace(probe, smoke=smoke)
 
 
@@ -151,8 +145,14 @@ def run_doctor(
     runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
     task = ProbeTask(winrm_passwords, smoke=smoke)
     summary = Runner(task, forks=forks, events=runner_events).run(hosts)
-    diagnoses = [replace(diagnose(r), auth=task.mechanisms.get(r.host.name)) for r in summary.results]
+    diagnoses = [_with_auth(diagnose(r), task.mechanisms.get(r.host.name)) for r in summary.results]
     return diagnoses, summary.interrupted
+
+
+def _with_auth(diagnosis: Diagnosis, mechanism: str | None) -> Diagnosis:
+    """The logon's mechanism, named only when the host passed the authenticated check."""
+    authenticated = diagnosis.check("authenticated").state is CheckState.OK
+    return replace(diagnosis, auth=mechanism if authenticated else None)
 
 
 def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
@@ -259,49 +259,3 @@ def format_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
-
-
-def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> dict[str, object]:
-    """The --json form of one host (the command adds the hint)."""
-    host, probe, cause = diagnosis.host, diagnosis.probe, diagnosis.cause(require)
-    return {
-        "host": host.name,
-        "group": host.group,
-        "role": host.role.value,
-        "endpoint": host.endpoint,
-        "auth": diagnosis.auth,
-        "status": str(diagnosis.status(require)),
-        "kind": str(cause.kind) if cause and cause.kind else None,
-        "message": f"{cause.name}: {cause.detail}" if cause else None,
-        "server": None
-        if probe is None
-        else {
-            "computer_name": probe.computer_name,
-            "roles": [r.value for r in probe.roles],
-            "os_build": probe.os_build,
-            "version": probe.version,
-            "admin": probe.admin,
-            "tool_path": probe.tool_path,
-            "tool_version": probe.tool_version,
-            "temp_path": probe.temp_path,
-            "temp_free_bytes": probe.temp_free_bytes,
-            "powershell_version": probe.powershell_version,
-            "helper_version": probe.helper_version,
-            "tool_smoke": None
-            if probe.smoke is None
-            else {
-                "works": probe.smoke.works,
-                "attempts": [
-                    {"method": a.method, "exit": a.exit, "kind": a.kind, "output": a.output}
-                    for a in probe.smoke.attempts
-                ],
-                "cleanup_warning": probe.smoke.cleanup_warning,
-            },
-        },
-        "checks": [
-            {"name": c.name, "status": str(c.state), "detail": c.detail, "kind": str(c.kind) if c.kind else None}
-            for c in diagnosis.checks
-        ],
-        "duration": round(diagnosis.duration, 3),
-        "attempts": diagnosis.attempts,
-    }

@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from orchestrator import remote
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs import backup, restore
-from orchestrator.jobs.audit import INTEGRITY, Severity, format_age, run_audit
-from orchestrator.jobs.audit import Status as Coverage
+from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
-from orchestrator.runner import RunnerEvents, Status
+from orchestrator.runner import RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord, new_run_id
 from orchestrator.share.store import BackupStore, FileState
+from orchestrator.status import Status
 
 Progress = Callable[[str, list[str]], AbstractContextManager[RunnerEvents]]
 
@@ -39,15 +40,6 @@ class HostStep:
     kind: str | None = None
     message: str = ""
     data: dict[str, object] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "host": self.host,
-            "status": str(self.status),
-            "kind": self.kind,
-            "message": self.message or None,
-            **self.data,
-        }
 
     @classmethod
     def ok(cls, host: str, message: str, **data: object) -> HostStep:
@@ -76,21 +68,6 @@ class StepResult:
 
     def cell(self, host: str) -> HostStep | None:
         return next((c for c in self.hosts if c.host == host), None)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "step": self.step.number,
-            "name": self.step.name,
-            "options": self.step.options_json(),
-            "status": str(self.status),
-            "summary": self.summary,
-            "integrity": self.integrity,
-            "interrupted": self.interrupted,
-            "run_record": self.run_record,
-            "warnings": self.warnings,
-            **self.data,
-            "hosts": [c.to_json() for c in self.hosts],
-        }
 
 
 @dataclass
@@ -305,20 +282,20 @@ class PlaybookRun:
         report = run_audit(self.ctx.inv, self._store(), max_age=max_age)
         names = {h.name for h in self.hosts}
         servers = [s for s in report.servers if s.host in names]
-        covered = sum(1 for s in servers if s.status is Coverage.COVERED)
+        covered = sum(1 for s in servers if s.status is CoverageStatus.COVERED)
         percent = round(100.0 * covered / len(servers), 1) if servers else 100.0
         integrity = any(s.status in INTEGRITY for s in servers) or any(
             f.severity is Severity.INTEGRITY and (f.host is None or f.host in names) for f in report.findings
         )
         cells = [
             HostStep.ok(s.host, s.reason, coverage=str(s.status), entry_id=s.last_good.id)
-            if s.status is Coverage.COVERED and s.last_good
+            if s.status is CoverageStatus.COVERED and s.last_good
             else HostStep.failed(s.host, str(s.status), s.reason, coverage=str(s.status), entry_id=None)
             for s in servers
         ]
         summary = (
             f"coverage {percent:g}% of {len(servers)} selected server(s) (required {required:g}%, "
-            f"max age {format_age(max_age)}); manifest signature {report.signature}"
+            f"max age {format_duration(max_age)}); manifest signature {report.signature}"
         )
         findings = [f"{f.kind}: {f.message}" for f in report.findings if f.host is None or f.host in names]
         status = Status.FAILED if integrity or percent < required else Status.OK

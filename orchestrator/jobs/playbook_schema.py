@@ -26,12 +26,12 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import AtResolver, select_hosts
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.inventory.schema import Invalid, parse_duration
 from orchestrator.inventory.yamlnodes import YamlDocument, line_of
-from orchestrator.jobs.audit import format_age
 from orchestrator.jobs.doctor import CHECKS
 
 STEP_NAMES = ("doctor", "backup", "verify", "audit", "restore")
@@ -79,17 +79,6 @@ class Step:
     @property
     def title(self) -> str:
         return f"{self.number} {self.name}"
-
-    def options_json(self) -> dict[str, object]:
-        values: dict[str, object] = {}
-        for key, value in vars(self.options).items():
-            if isinstance(value, timedelta):
-                values[key] = int(value.total_seconds())
-            elif isinstance(value, tuple):
-                values[key] = list(value)
-            else:
-                values[key] = value
-        return values
 
 
 @dataclass(frozen=True)
@@ -304,16 +293,9 @@ def describe_plan(playbook: Playbook, hosts: list[HostConfig], share_url: str | 
 
 def _option_text(value: object) -> str:
     if isinstance(value, timedelta):
-        return format_age(value)
+        return format_duration(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if isinstance(value, bool):
         return str(value).lower()
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plan_json(playbook: Playbook, hosts: list[HostConfig]) -> list[dict[str, object]]:
-    return [
-        {"step": s.number, "name": s.name, "options": s.options_json(), "hosts": [h.name for h in hosts]}
-        for s in playbook.steps
-    ]

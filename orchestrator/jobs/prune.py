@@ -15,11 +15,13 @@ from enum import StrEnum
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs.audit import STALE_TEMPORARY
+from orchestrator.jobs.record import run_record
 from orchestrator.share import layout
 from orchestrator.share.base import ItemKind
 from orchestrator.share.manifest import ManifestEntry
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
-from orchestrator.share.store import BackupStore, FileState
+from orchestrator.share.runrecord import HostOutcome, RunRecord
+from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 
 class Action(StrEnum):
@@ -52,7 +54,7 @@ def plan_prune(inventory: Inventory, store: BackupStore, keep: int) -> PrunePlan
     decisions: list[PruneDecision] = []
     for host in inventory.hosts:
         entries = manifest.entries_for(host)
-        newest_good = next((e for e in entries if store.check_key_file(e).state is FileState.OK), None)
+        newest_good = store.newest_intact(manifest, host)
         for index, entry in enumerate(entries):
             if index < keep:
                 decisions.append(PruneDecision(entry, Action.KEEP, f"among the newest {keep}"))
@@ -73,13 +75,19 @@ def prune_record(
 ) -> RunRecord:
     """The run record of a prune: one ``ok`` outcome per removed entry, so the audit can tell a
     pruned entry from one a rollback took away."""
-    outcomes = tuple(
-        HostOutcome(
-            e.host, e.group, e.role, OutcomeStatus.OK, message="removed", entry_id=e.id, sha256=e.sha256, size=e.size
-        )
+    outcomes = [
+        HostOutcome(e.host, e.group, e.role, Status.OK, message="removed", entry_id=e.id, sha256=e.sha256, size=e.size)
         for e in removed
+    ]
+    return run_record(
+        run_id=run_id,
+        command="prune",
+        started=started,
+        inv=inventory,
+        share_url=share_url,
+        interrupted=False,
+        outcomes=outcomes,
     )
-    return RunRecord(run_id, "prune", started, datetime.now(UTC), str(inventory.path), share_url, False, outcomes)
 
 
 @dataclass(frozen=True)

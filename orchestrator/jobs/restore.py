@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError
+from orchestrator.helperrun import RESTORE, run_helper
 from orchestrator.inventory.model import HostConfig, Inventory
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary, Status
+from orchestrator.jobs.record import host_outcome, run_record
+from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary
 from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
 from orchestrator.share.manifest import Manifest, ManifestEntry
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
-from orchestrator.share.store import BackupStore, FileState
+from orchestrator.share.runrecord import HostOutcome, RunRecord
+from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 SAME_SERVER_RULE = (
     "SecureStorageBackup restores a key only onto the server it was taken from: Microsoft's recovery "
@@ -97,9 +100,7 @@ def prepare_restore(store: BackupStore, host: HostConfig, entry_id: str | None) 
     except IntegrityError as exc:
         if entry_id is not None:
             raise
-        older = next(
-            (e for e in manifest.entries_for(host.name)[1:] if store.check_key_file(e).state is FileState.OK), None
-        )
+        older = store.newest_intact(manifest, host.name)  # the chosen (newest) entry just failed
         hint = (
             f"; the newest intact backup is {older.id} (restore it with --entry {older.id} only if it holds "
             "the server's current key)"
@@ -139,15 +140,7 @@ class RestoreTask:
             expected_role=host.role,
         )
         with WinRMSession(host, self._winrm_password) as session:
-            result = session.run(
-                remote.bootstrap_command_line(),
-                remote.build_stdin("restore", params, self._password),
-                deadline=ctx.deadline,
-                cancel=ctx.cancel,
-                max_output=remote.MAX_OUTPUT_BYTES,
-                on_phase=ctx.report,
-            )
-        restored = remote.parse_restore(host.name, result.stdout, result.stderr, result.exit_code)
+            restored = run_helper(ctx, session, RESTORE, params, self._password)
         if restored.sha256 != entry.sha256:
             raise HostFailure(
                 ErrorKind.INTEGRITY, host.name, "the server restored a file whose SHA-256 differs from the entry's"
@@ -170,21 +163,12 @@ def run_restore(
 
 def outcome_of(request: RestoreRequest, result: HostResult[remote.RestoreResult]) -> HostOutcome:
     entry, restored = request.entry, result.value
-    return HostOutcome(
-        host=result.host.name,
-        group=result.host.group,
-        role=result.host.role.value,
-        status=OutcomeStatus(result.status.value),
-        kind=str(result.kind) if result.kind else None,
-        message=result.message or (f"restored {entry.id}" if restored else None),
-        entry_id=entry.id,
-        sha256=entry.sha256,
-        size=entry.size,
-        duration=round(result.duration, 3),
+    return host_outcome(
+        result,
+        entry,
         scsm_version=restored.version if restored else None,
-        attempts=result.attempts,
         method=restored.method if restored else None,
-        warning=result.warning,
+        message=f"restored {entry.id}" if restored else None,
     )
 
 
@@ -197,15 +181,14 @@ def build_run_record(
     request: RestoreRequest,
     summary: RunSummary[remote.RestoreResult],
 ) -> RunRecord:
-    return RunRecord(
+    return run_record(
         run_id=run_id,
         command="restore",
         started=started,
-        finished=datetime.now(UTC),
-        inventory=str(inv.path),
-        share=share_url,
+        inv=inv,
+        share_url=share_url,
         interrupted=summary.interrupted,
-        outcomes=tuple(outcome_of(request, r) for r in summary.results),
+        outcomes=[outcome_of(request, r) for r in summary.results],
     )
 
 

@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.share.local import LocalShare
 from orchestrator.share.manifest import ManifestEntry
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord, new_run_id
+from orchestrator.share.runrecord import HostOutcome, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 ONE_HOST_TARGET = 1.5  # one-host backup on N entries, against a fresh share
 FLEET_TARGET = 1.2  # a --hosts backup on N entries, against a fresh share
@@ -78,8 +79,7 @@ def _backup(store: BackupStore, hosts: list[str], workers: int, started: datetim
     with ThreadPoolExecutor(max_workers=workers) as pool:
         entries = list(pool.map(lambda host: _add(store, host, run_id, started), hosts))
     outcomes = tuple(
-        HostOutcome(e.host, e.group, e.role, OutcomeStatus.OK, entry_id=e.id, sha256=e.sha256, size=e.size)
-        for e in entries
+        HostOutcome(e.host, e.group, e.role, Status.OK, entry_id=e.id, sha256=e.sha256, size=e.size) for e in entries
     )
     record = RunRecord(run_id, "backup", started, datetime.now(UTC), "bench", store.share.url, False, outcomes)
     store.write_run_record(record)

@@ -7,7 +7,6 @@ import json
 import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -15,12 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from orchestrator.errors import IntegrityError
 from orchestrator.share.layout import format_time
 from orchestrator.share.manifest import parse_iso, sign_document, verify_document
-
-
-class OutcomeStatus(StrEnum):
-    OK = "ok"
-    FAILED = "failed"
-    SKIPPED = "skipped"
+from orchestrator.status import Status
 
 
 @dataclass(frozen=True)
@@ -30,7 +24,7 @@ class HostOutcome:
     host: str
     group: str
     role: str
-    status: OutcomeStatus
+    status: Status
     kind: str | None = None
     message: str | None = None
     entry_id: str | None = None
@@ -56,7 +50,7 @@ class HostOutcome:
         for key in ("host", "group", "role", "status"):
             if not isinstance(values.get(key), str):
                 raise ValueError(f"outcome field {key!r} is missing or not a string")
-        values["status"] = OutcomeStatus(values["status"])
+        values["status"] = Status(values["status"])
         return cls(**values)
 
 

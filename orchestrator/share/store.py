@@ -547,6 +547,10 @@ class BackupStore:
         """Re-hash an entry's key file."""
         return self._check(entry)[0]
 
+    def newest_intact(self, manifest: Manifest, host: str) -> ManifestEntry | None:
+        """The newest of ``host``'s entries in ``manifest`` whose key file is intact (re-hashed), or None."""
+        return next((e for e in manifest.entries_for(host) if self.check_key_file(e).state is FileState.OK), None)
+
     def _check(self, entry: ManifestEntry) -> tuple[KeyFileCheck, bytes | None]:
         try:
             layout.validate_path(entry.path)
@@ -605,8 +609,3 @@ class BackupStore:
         if history.legacy_records.get(path) == hashlib.sha256(data).hexdigest():
             return record
         raise IntegrityError(f"{path} is not signed and is not a record the history vouches for")
-
-    def latest_run_record(self, command: str | None = None) -> RunRecord | None:
-        """The most recent run record (of ``command`` if given), or None."""
-        records = [r for r in self.run_records(invalid=[]) if command is None or r.command == command]
-        return records[-1] if records else None

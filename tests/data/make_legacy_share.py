@@ -9,8 +9,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.share.local import LocalShare
-from orchestrator.share.runrecord import HostOutcome, OutcomeStatus, RunRecord
+from orchestrator.share.runrecord import HostOutcome, RunRecord
 from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
 
 root = Path(sys.argv[1])
 shutil.rmtree(root, ignore_errors=True)
@@ -32,7 +33,7 @@ for day, run_id in enumerate(["20261101T020000Z-a1b2c3", "20261102T020000Z-d4e5f
                     host,
                     group,
                     role,
-                    OutcomeStatus.FAILED,
+                    Status.FAILED,
                     kind="unreachable",
                     message="connection refused",
                     attempts=2,
@@ -56,7 +57,7 @@ for day, run_id in enumerate(["20261101T020000Z-a1b2c3", "20261102T020000Z-d4e5f
                 host,
                 group,
                 role,
-                OutcomeStatus.OK,
+                Status.OK,
                 entry_id=e.id,
                 sha256=e.sha256,
                 size=e.size,

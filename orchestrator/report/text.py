@@ -1,31 +1,25 @@
-"""Renderings of an audit report: JSON (stable schema), plain text, rich table, Markdown; HTML in report_html.
-
-JSON schema ``keyfleet-audit/1`` (see :func:`audit_json`): every inventory server appears once
-in ``servers``, in inventory order; times are ISO 8601 UTC with ``Z``; absent values are null.
-"""
+"""Renderings of an audit report for people: plain text, a terminal table, Markdown (HTML: ``report.html``,
+JSON: ``report.json``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.jobs.audit import AuditReport, Coverage, ServerCoverage, Status, format_age
+from orchestrator.durations import format_duration
+from orchestrator.jobs.audit import AuditReport, Coverage, CoverageStatus, ServerCoverage
 from orchestrator.share.manifest import format_iso
 
-SCHEMA = "keyfleet-audit/1"
 STATUS_STYLE = {
-    Status.COVERED: "green",
-    Status.STALE: "yellow",
-    Status.MISSING: "red",
-    Status.FAILING: "red",
-    Status.ALTERED: "bold magenta",
-    Status.LOST: "bold magenta",
+    CoverageStatus.COVERED: "green",
+    CoverageStatus.STALE: "yellow",
+    CoverageStatus.MISSING: "red",
+    CoverageStatus.FAILING: "red",
+    CoverageStatus.ALTERED: "bold magenta",
+    CoverageStatus.LOST: "bold magenta",
 }
 RESULT_TEXT = {0: "full coverage", 1: "coverage gaps", 3: "INTEGRITY FAILURE"}
 SERVER_COLUMNS = (
@@ -42,97 +36,6 @@ SERVER_COLUMNS = (
 )
 
 
-def _iso(value: datetime | None) -> str | None:
-    return format_iso(value) if value is not None else None
-
-
-def _coverage_json(coverage: Coverage) -> dict[str, Any]:
-    return {
-        "name": coverage.name,
-        "servers": coverage.servers,
-        "covered": coverage.covered,
-        "coverage_percent": coverage.percent,
-    }
-
-
-def _server_json(server: ServerCoverage) -> dict[str, Any]:
-    good = server.last_good
-    attempt = server.last_attempt
-    return {
-        "host": server.host,
-        "group": server.group,
-        "role": server.role,
-        "status": str(server.status),
-        "reason": server.reason,
-        "last_good_backup": _iso(good.created) if good else None,
-        "age_seconds": int(server.age.total_seconds()) if server.age is not None else None,
-        "entry_id": good.id if good else None,
-        "path": good.path if good else None,
-        "sha256": good.sha256 if good else None,
-        "sha256_verified": server.sha256_verified,
-        "size": good.size if good else None,
-        "password_id": good.password_id if good else None,
-        "method": good.method if good else None,
-        "scsm_version": good.scsm_version if good else None,
-        "current_scsm_version": server.current_version,
-        "backups": server.backups,
-        "last_attempt": None
-        if attempt is None
-        else {
-            "run_id": attempt.run_id,
-            "time": _iso(attempt.time),
-            "status": str(attempt.status),
-            "kind": attempt.kind,
-            "message": attempt.message,
-        },
-        "problems": list(server.problems),
-    }
-
-
-def audit_json(report: AuditReport) -> dict[str, Any]:
-    """The ``--format json`` document (kept stable; new keys may be added, none removed)."""
-    counts = report.counts
-    return {
-        "format": SCHEMA,
-        "generated": _iso(report.generated),
-        "inventory": report.inventory,
-        "share": report.share,
-        "max_age_seconds": int(report.max_age.total_seconds()),
-        "exit_code": report.exit_code,
-        "manifest": {
-            "entries": report.manifest_entries,
-            "updated": _iso(report.manifest_updated),
-            "signature": str(report.signature),
-            "public_key_sha256": report.public_key_sha256,
-            "generation": report.generation,
-        },
-        "summary": {
-            "servers": len(report.servers),
-            **{str(status): counts[status] for status in Status},
-            "recoverable": report.recoverable,
-            "coverage_percent": report.total.percent,
-        },
-        "roles": [_coverage_json(c) for c in report.roles],
-        "groups": [_coverage_json(c) for c in report.groups],
-        "servers": [_server_json(s) for s in report.servers],
-        "findings": [
-            {
-                "kind": f.kind,
-                "severity": str(f.severity),
-                "host": f.host,
-                "path": f.path,
-                "message": f.message,
-                "age_seconds": None if f.age is None else int(f.age.total_seconds()),
-            }
-            for f in report.findings
-        ],
-    }
-
-
-def render_json(report: AuditReport) -> str:
-    return json.dumps(audit_json(report), indent=2, ensure_ascii=False) + "\n"
-
-
 def server_row(server: ServerCoverage) -> tuple[str, ...]:
     """One server as table cells, in ``SERVER_COLUMNS`` order (shared by every text format)."""
     good = server.last_good
@@ -142,7 +45,7 @@ def server_row(server: ServerCoverage) -> tuple[str, ...]:
         server.role,
         str(server.status),
         format_iso(good.created) if good else "-",
-        format_age(server.age) if server.age is not None else "-",
+        format_duration(server.age) if server.age is not None else "-",
         good.password_id if good else "-",
         (good.method or "-") if good else "-",
         f"verified {good.sha256[:12]}" if good and server.sha256_verified else "-",
@@ -154,7 +57,8 @@ def headline(report: AuditReport) -> list[str]:
     total = report.total
     return [
         f"share {report.share}: manifest with {report.manifest_entries} entries, signature {report.signature}",
-        f"inventory {report.inventory}; max age {format_age(report.max_age)}; generated {format_iso(report.generated)}",
+        f"inventory {report.inventory}; max age {format_duration(report.max_age)}; "
+        f"generated {format_iso(report.generated)}",
         f"coverage {total.covered}/{total.servers} servers ({total.percent:g}%), "
         f"{report.recoverable} recoverable; result: {RESULT_TEXT[report.exit_code]} (exit {report.exit_code})",
     ]
@@ -232,7 +136,7 @@ def render_markdown(report: AuditReport) -> str:
     for server in report.servers:
         row = list(server_row(server))
         row[0] = f"`{row[0]}`"
-        row[3] = f"**{row[3]}**" if server.status is not Status.COVERED else row[3]
+        row[3] = f"**{row[3]}**" if server.status is not CoverageStatus.COVERED else row[3]
         status_rows.append(tuple(row))
     coverage_rows = [
         (kind, c.name, str(c.servers), str(c.covered), f"{c.percent:g}%")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.jobs.audit import BACKUP_COMMANDS, AuditReport, Coverage, Severity, SignatureState, Status
-from orchestrator.share.runrecord import OutcomeStatus, RunRecord
+from orchestrator.jobs.audit import BACKUP_COMMANDS, AuditReport, Coverage, CoverageStatus, Severity, SignatureState
+from orchestrator.share.runrecord import RunRecord
+from orchestrator.status import Status
 
 PREFIX = "keyfleet"
 
@@ -83,7 +84,7 @@ def audit_gauges(report: AuditReport, records: Sequence[RunRecord]) -> list[Gaug
         _coverage("role", report.roles),
         _coverage("group", report.groups),
         Gauge("servers", "Servers of the inventory per coverage status.").add_all(
-            (report.counts[status], {"status": str(status)}) for status in Status
+            (report.counts[status], {"status": str(status)}) for status in CoverageStatus
         ),
         Gauge("recoverable_servers", "Servers with at least one intact backup on the share, whatever its age.").add(
             report.recoverable
@@ -94,7 +95,7 @@ def audit_gauges(report: AuditReport, records: Sequence[RunRecord]) -> list[Gaug
     last = Gauge("backup_last_good_timestamp_seconds", "When the server's newest intact backup was taken.")
     for server in report.servers:
         labels = {"host": server.host, "group": server.group, "role": server.role}
-        status.add(1 if server.status is Status.COVERED else 0, **labels, status=str(server.status))
+        status.add(1 if server.status is CoverageStatus.COVERED else 0, **labels, status=str(server.status))
         if server.last_good is not None and server.age is not None:
             age.add(int(server.age.total_seconds()), **labels)
             last.add(server.last_good.created.timestamp(), **labels)
@@ -131,8 +132,7 @@ def _last_run(record: RunRecord | None) -> list[Gauge]:
             round((record.finished - record.started).total_seconds(), 3)
         ),
         Gauge("last_run_hosts", "Hosts of the latest backup run per outcome.").add_all(
-            (sum(1 for o in record.outcomes if o.status is status), {"outcome": str(status)})
-            for status in OutcomeStatus
+            (sum(1 for o in record.outcomes if o.status is status), {"outcome": str(status)}) for status in Status
         ),
         Gauge("last_run_interrupted", "1 if the latest backup run was interrupted.").add(
             1 if record.interrupted else 0

@@ -5,19 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from orchestrator.jobs.audit import GAPS, INTEGRITY, AuditReport, Coverage, Severity, Status, format_age
-from orchestrator.report import SERVER_COLUMNS, headline, server_row
-from orchestrator.report_chart import coverage_series, render_svg
+from orchestrator.durations import format_duration
+from orchestrator.jobs.audit import GAPS, INTEGRITY, AuditReport, Coverage, CoverageStatus, Severity
+from orchestrator.report.chart import coverage_series, render_svg
+from orchestrator.report.text import SERVER_COLUMNS, headline, server_row
 from orchestrator.share.runrecord import RunRecord
 
 # Colour is never the only signal: every status is also written out in the cell.
 STATUS_COLOURS = {
-    Status.COVERED: ("#1a7f37", "#dafbe1"),
-    Status.STALE: ("#9a6700", "#fff8c5"),
-    Status.MISSING: ("#cf222e", "#ffebe9"),
-    Status.FAILING: ("#cf222e", "#ffebe9"),
-    Status.ALTERED: ("#ffffff", "#cf222e"),  # integrity: white on red, the loudest there is
-    Status.LOST: ("#ffffff", "#cf222e"),
+    CoverageStatus.COVERED: ("#1a7f37", "#dafbe1"),
+    CoverageStatus.STALE: ("#9a6700", "#fff8c5"),
+    CoverageStatus.MISSING: ("#cf222e", "#ffebe9"),
+    CoverageStatus.FAILING: ("#cf222e", "#ffebe9"),
+    CoverageStatus.ALTERED: ("#ffffff", "#cf222e"),  # integrity: white on red, the loudest there is
+    CoverageStatus.LOST: ("#ffffff", "#cf222e"),
 }
 RECOVERABLE = (
     "recoverable: servers with at least one intact backup on the share (its file matches the signed manifest), "
@@ -78,12 +79,12 @@ def verdict(report: AuditReport) -> tuple[str, str]:
     if report.exit_code == 1:
         gaps = sum(1 for s in report.servers if s.status in GAPS)
         return "COVERAGE BELOW POLICY", (
-            f"{gaps} of {total.servers} server(s) have no intact backup younger than {format_age(report.max_age)}"
+            f"{gaps} of {total.servers} server(s) have no intact backup younger than {format_duration(report.max_age)}"
         )
-    return "OK", f"all {total.servers} server(s) have an intact backup younger than {format_age(report.max_age)}"
+    return "OK", f"all {total.servers} server(s) have an intact backup younger than {format_duration(report.max_age)}"
 
 
-def _chip(status: Status) -> str:
+def _chip(status: CoverageStatus) -> str:
     fg, bg = STATUS_COLOURS[status]
     return f"color:{fg};background:{bg}"
 
@@ -93,7 +94,7 @@ def _counts(report: AuditReport) -> str:
     items = "".join(
         f'<li class="count-{status}" style="{_chip(status) if counts[status] else ZERO_CHIP}">'
         f"<b>{counts[status]}</b>{escape(str(status))}</li>"
-        for status in Status
+        for status in CoverageStatus
     )
     return f'<ul class="counts" aria-label="servers per status">{items}</ul>\n'
 

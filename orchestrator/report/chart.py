@@ -8,7 +8,8 @@ from datetime import UTC, datetime, time, timedelta
 from html import escape
 
 from orchestrator.jobs.audit import BACKUP_COMMANDS, AuditReport
-from orchestrator.share.runrecord import OutcomeStatus, RunRecord
+from orchestrator.share.runrecord import RunRecord
+from orchestrator.status import Status
 
 DAYS = 90
 WIDTH, HEIGHT = 760, 220
@@ -33,7 +34,7 @@ def coverage_series(report: AuditReport, records: Sequence[RunRecord], days: int
         if record.command not in BACKUP_COMMANDS:
             continue
         for outcome in record.outcomes:
-            if outcome.status is OutcomeStatus.OK and outcome.entry_id and outcome.host in role_of:
+            if outcome.status is Status.OK and outcome.entry_id and outcome.host in role_of:
                 successes.setdefault(outcome.host, []).append(record.started)
     first = min((r.started for r in records if r.command in BACKUP_COMMANDS), default=None)
     if first is None:
