@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 nothing = {"ok": 0, "failed": 0, "skipped": 0}
                 print_json({"command": "backup", "outcomes": [], "summary": nothing, "exit_code": 0})
             return 0
-        hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
+        hosts = list(inv.hosts.values()) if not args.limit else _select(inv, args.limit, store)
         plan = backup.prepare_backup(store, hosts, only_stale=parse_age(args.only_stale, "--only-stale"))
         if args.check:
             for line in plan.describe(inv, share.url):

@@ -4,13 +4,12 @@ record, the outcome table and the --json document."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from rich.text import Text
 
 from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_text, failures_first, print_json
+from orchestrator.emulation import serving
 from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
@@ -33,7 +32,7 @@ def run_and_record(
 ) -> int:
     """Run ``task`` over the plan (inside the caller's ``deferred()``), write the run record, render."""
     started = datetime.now(UTC)
-    with _serving(inv), ui.fleet_progress(command, [h.name for h in plan.hosts]) as progress:
+    with serving(inv), ui.fleet_progress(command, [h.name for h in plan.hosts]) as progress:
         summary = backup.run_backup(
             plan,
             task,
@@ -108,16 +107,3 @@ def result_json(record: RunRecord, record_path: str | None, code: int) -> dict[s
     document["error"] = INTERRUPTED_ERROR if code == 130 else None
     document["summary"] = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
     return document
-
-
-@contextmanager
-def _serving(inv: Inventory) -> Iterator[None]:
-    """The inventory's lab fleet, served for the run when ``lab.serve`` is true. The lab's modules
-    (its HTTP server, KDC, PKI) load only then: a backup of real servers does not pay for them."""
-    if inv.lab is None or not inv.lab.serve:
-        yield
-        return
-    from orchestrator.lab.fleet import serving
-
-    with serving(inv):
-        yield

@@ -12,6 +12,7 @@ from rich.text import Text
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.commands.doctor import hint_for
 from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
+from orchestrator.emulation import serving
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
 from orchestrator.jobs import backup, context, identity
@@ -23,7 +24,6 @@ from orchestrator.jobs.playbook_schema import (
     plan_json,
     select_playbook_hosts,
 )
-from orchestrator.lab.fleet import serving
 from orchestrator.runner import RunnerEvents, Status
 from orchestrator.share.store import BackupStore
 
