@@ -35,10 +35,11 @@ def _is_lab(module: str) -> bool:
     return module == LAB or module.startswith(LAB + ".")
 
 
-def _loaded_lab_modules(code: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> list[str]:
-    """Run ``code`` in a fresh interpreter; the lab modules it loaded (written to a file, not stdout)."""
+def _run_python(code: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int | None, list[str]]:
+    """Run ``code`` in a fresh interpreter: the value it left in ``code`` (a command's exit code) and the
+    lab modules it loaded (written to a file, not stdout)."""
     out = cwd / "lab-modules.json"
-    dump = f"\nimport json, sys\nopen({str(out)!r}, 'w').write(json.dumps({LOADED_LAB}))\n"
+    dump = f"\nimport json, sys\nopen({str(out)!r}, 'w').write(json.dumps([globals().get('code'), {LOADED_LAB}]))\n"
     proc = subprocess.run(
         [sys.executable, "-c", code + dump, *args],
         env=cli_env(cwd, env),
@@ -49,8 +50,8 @@ def _loaded_lab_modules(code: str, *args: str, cwd: Path, env: dict[str, str] | 
         stdin=subprocess.DEVNULL,
     )
     assert out.exists(), proc.stderr
-    loaded: list[str] = json.loads(out.read_text())
-    return loaded
+    exit_code, loaded = json.loads(out.read_text())
+    return exit_code, loaded
 
 
 # -- (a) importing a command loads no lab module ---------------------------------------------------
@@ -58,7 +59,7 @@ def _loaded_lab_modules(code: str, *args: str, cwd: Path, env: dict[str, str] | 
 
 @pytest.mark.parametrize("module", [*COMMANDS, "orchestrator.cli", "orchestrator.emulation"])
 def test_importing_a_product_module_loads_no_lab(module: str, tmp_path: Path) -> None:
-    assert _loaded_lab_modules(f"import {module}", cwd=tmp_path) == []
+    assert _run_python(f"import {module}", cwd=tmp_path) == (None, [])
 
 
 def test_every_command_is_checked() -> None:
@@ -104,15 +105,20 @@ def _production_inventory(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "command",
-    [("inventory", "--json"), ("backup", "--json"), ("audit", "--format", "json"), ("doctor", "--json")],
-    ids=lambda c: c[0],
+    ("command", "expected"),
+    [  # 1: the server is down (backup, doctor), or it has no backup (audit)
+        (("inventory", "--json"), 0),
+        (("backup", "--json"), 1),
+        (("audit", "--format", "json"), 1),
+        (("doctor", "--json"), 1),
+    ],
+    ids=lambda c: c[0] if isinstance(c, tuple) else str(c),
 )
-def test_a_command_on_real_servers_loads_no_lab(tmp_path: Path, command: tuple[str, ...]) -> None:
+def test_a_command_on_real_servers_loads_no_lab(tmp_path: Path, command: tuple[str, ...], expected: int) -> None:
     inventory, env = _production_inventory(tmp_path)
     name, *options = command
-    loaded = _loaded_lab_modules(_RUN_CLI, name, "-i", str(inventory), *options, cwd=tmp_path, env=env)
-    assert loaded == []
+    exit_code, loaded = _run_python(_RUN_CLI, name, "-i", str(inventory), *options, cwd=tmp_path, env=env)
+    assert (exit_code, loaded) == (expected, [])
     if name == "backup":  # the run really happened: the host failed and its outcome was recorded
         assert len(list((tmp_path / "share" / "runs").glob("*.json"))) == 1
 
@@ -129,8 +135,8 @@ def test_a_lab_inventory_loads_the_lab_through_the_seam(tmp_path: Path) -> None:
         "    hosts:\n"
         "      ms01: {role: management_server, address: 127.0.0.9, lab: {faults: [down]}}\n"
     )
-    loaded = _loaded_lab_modules(_RUN_CLI, "inventory", "-i", str(inventory), "--json", cwd=tmp_path)
-    assert emulation.LAB_MODULE in loaded
+    exit_code, loaded = _run_python(_RUN_CLI, "inventory", "-i", str(inventory), "--json", cwd=tmp_path)
+    assert exit_code == 0 and emulation.LAB_MODULE in loaded
     assert "orchestrator.lab.fleet" not in loaded  # showing a lab inventory starts no server
 
 
