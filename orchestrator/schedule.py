@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path, PureWindowsPath
 from string import Template
 
+from orchestrator.emulation import view
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import Inventory, SecretRef
 from orchestrator.jobs.context import BACKUP_PASSWORD_FILE_ENV
@@ -121,8 +122,9 @@ def systemd_units(inv: Inventory, options: ScheduleOptions) -> dict[str, str]:
     share = _local_share(inv)
     if share is not None:
         writable.append(str(share))
-    if inv.lab is not None:
-        writable.append(str(inv.lab.state_dir))
+    lab = view(inv)
+    if lab is not None:
+        writable.append(str(lab.state_dir))
     under_home = any(p.lstrip("-").startswith(("/home/", "/root/", "/run/user/")) for p in [*writable, str(inv.path)])
     values = {
         "inventory": str(inv.path).replace("%", "%%"),

@@ -16,6 +16,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Credential, Role, SecretRef
 from orchestrator.inventory.schema import SETTINGS, settings_reference_markdown
+from orchestrator.lab.config import lab_config
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "inventories" / "lab.yml"
@@ -74,7 +75,7 @@ def test_lab_inventory_loads() -> None:
     inv = load_inventory(LAB)
     assert len(inv.hosts) >= 12 and len(inv.groups) >= 2
     assert {h.role for h in inv.hosts.values()} == set(Role)
-    assert inv.lab is not None and inv.lab.state_dir == LAB.parent / "lab-state"
+    assert inv.lab is not None and lab_config(inv).state_dir == LAB.parent / "lab-state"
     assert inv.share is not None and inv.share.url == str(LAB.parent / "lab-share")
     modes = {(h.scheme, h.transport, h.port) for h in inv.hosts.values()}
     assert {("http", "ntlm", 5985), ("https", "basic", 5986), ("https", "ntlm", 5986)} <= modes
@@ -208,7 +209,7 @@ management_groups:
         )
     )
     assert not (tmp_path / "state" / "ca.pem").exists()  # the lab CA is written when the lab starts
-    assert inv.lab is not None and inv.lab.state_dir == tmp_path / "state" and inv.lab.seed == 3
+    assert inv.lab is not None and lab_config(inv).state_dir == tmp_path / "state" and lab_config(inv).seed == 3
     assert inv.share is not None and inv.share.url == str(tmp_path / "backups")
     hosts = inv.hosts
     assert hosts["ms01"].ca_bundle == str(tmp_path / "state" / "ca.pem")

@@ -18,8 +18,9 @@ import pytest
 
 from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
 from orchestrator.lab import keyfile
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.machine import OUTPUT_CHUNK, LabUser, Machine, StdinPipe
 from orchestrator.lab.windows import CommandOptions
 from orchestrator.secret import Secret

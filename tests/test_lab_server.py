@@ -21,7 +21,8 @@ from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError
 from winrm.protocol import Protocol
 
 from orchestrator.errors import KeyfleetError
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.fleet import LabFleet, LabHostSpec
 from orchestrator.lab.journal import Journal
 from orchestrator.lab.pki import LabPKI

@@ -18,7 +18,6 @@ import pytest
 import yaml
 from winrm.protocol import Protocol
 
-from orchestrator.commands import lab as lab_command
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Role
@@ -180,7 +179,6 @@ def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
 
 
 def test_plan_covers_groups_roles_and_auth_modes() -> None:
-    assert lab_command.plan_hosts is plan_hosts  # re-exported for orchestrator.lab.bench
     specs = plan_hosts(12, "127.0.20.1", "pw", {"test-dw02": ("down",)})
     assert len({s.group for s in specs}) == 2
     assert {s.role for s in specs} == set(Role)

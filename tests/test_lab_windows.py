@@ -13,8 +13,9 @@ import pytest
 
 from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
 from orchestrator.lab import helpersim, keyfile, machine, windows
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.machine import LabUser, Machine, StdinPipe
 from orchestrator.lab.tool import Behaviour, Exited, Hang, ToolProcess
 from orchestrator.lab.windows import CommandOptions, facts_of, script_facts

@@ -25,7 +25,7 @@ def names(inv: Inventory, limit: str | None, **kwargs: object) -> list[str]:
 
 def test_none_selects_all_in_file_order(inv: Inventory) -> None:
     assert names(inv, None) == list(inv.hosts)
-    assert [h.name for h in inv.select(None)] == list(inv.hosts)
+    assert [h.name for h in select_hosts(inv, None)] == list(inv.hosts)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
 from orchestrator.jobs.playbook_schema import load_playbook, select_playbook_hosts
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.machine import Machine
 from tests.conftest import REPO, make_lab_inventory
 from tests.leaks import LeakSearch

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.machine import Machine
 from tests.conftest import LAB_SIGNING, LabFiles, make_lab_inventory
 from tests.leaks import LeakSearch

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.inventory.model import LabHostSettings
 from orchestrator.jobs.context import open_store
+from orchestrator.lab.config import host_settings, lab_config
 from orchestrator.lab.fleet import serving
 from orchestrator.lab.keyfile import unseal
 from orchestrator.lab.machine import Machine
@@ -97,8 +97,7 @@ def machine(lab: LabFiles, name: str) -> Machine:
     """The lab server ``name`` as its state folder holds it (the key a backup or restore sees)."""
     inv = load_inventory(lab.inventory)
     host = inv.hosts[name]
-    assert inv.lab is not None
-    return Machine(host.name, host.role, host.lab or LabHostSettings(), lab.state, inv.lab.seed)
+    return Machine(host.name, host.role, host_settings(host), lab.state, lab_config(inv).seed)
 
 
 def audit(keyfleet: Keyfleet, lab: LabFiles, *extra: str, env: dict[str, str] | None = None) -> tuple[int, Any]:

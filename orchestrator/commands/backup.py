@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(nothing_to_back_up_json())
             return 0
-        hosts = inv.select(None) if not args.limit else _select(inv, args.limit, store)
+        hosts = list(inv.hosts.values()) if not args.limit else _select(inv, args.limit, store)
         only_stale = None if args.only_stale is None else duration_option(args.only_stale, "--only-stale")
         plan = backup.prepare_backup(store, hosts, only_stale=only_stale)
         if args.check:

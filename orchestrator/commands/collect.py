@@ -7,6 +7,7 @@ import argparse
 from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui
 from orchestrator.interrupts import deferred
+from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import backup, context, identity
 from orchestrator.jobs.collect import CollectTask
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     with share:
         context.require_share_folder(share, creatable=True, dry_run=False)
         store = context.open_store(inv, share, sign=True)
-        hosts = inv.select(args.limit)
+        hosts = select_hosts(inv, args.limit)
         manifest = store.load_manifest(verify=True)  # a tampered manifest is found before any host
         plan = backup.plan_backup(store, hosts, manifest=manifest, only_stale=None)
         context.probe_writable(share)  # an unwritable share is found before any host is touched

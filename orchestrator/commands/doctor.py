@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from orchestrator.console import HINTS, Ui, failures_first, print_json
+from orchestrator.emulation import serving
 from orchestrator.errors import ErrorKind
+from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
 from orchestrator.jobs.doctor import (
@@ -21,7 +23,6 @@ from orchestrator.jobs.doctor import (
     run_doctor,
     status_counts,
 )
-from orchestrator.lab.fleet import serving
 from orchestrator.remote import ProbeResult
 from orchestrator.report.json import doctor_json
 from orchestrator.runner import RunnerEvents
@@ -63,7 +64,7 @@ def hint_for(kind: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     ui = Ui()
     inv = load_inventory(args.inventory)
-    hosts = inv.select(args.limit)
+    hosts = select_hosts(inv, args.limit)
     warnings = context.security_warnings(hosts)
     for warning in warnings:
         ui.warn(warning)

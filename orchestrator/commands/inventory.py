@@ -11,8 +11,10 @@ from typing import Any
 
 from orchestrator.console import Ui, print_json
 from orchestrator.durations import format_duration
+from orchestrator.emulation import LabView, view
+from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.inventory.model import Credential, HostConfig, Inventory, LabHostSettings
+from orchestrator.inventory.model import Credential, HostConfig, Inventory
 
 
 def _credential(credential: Credential | None) -> dict[str, str | None] | None:
@@ -25,19 +27,7 @@ def _credential(credential: Credential | None) -> dict[str, str | None] | None:
     return shown
 
 
-def _lab_host(lab: LabHostSettings | None) -> dict[str, Any] | None:
-    if lab is None:
-        return None
-    return {
-        "version": lab.version,
-        "admin": lab.admin,
-        "tool_installed": lab.tool_installed,
-        "tool_path": lab.tool_path,
-        "faults": list(lab.faults),
-    }
-
-
-def host_document(host: HostConfig) -> dict[str, Any]:
+def host_document(host: HostConfig, lab: LabView | None = None) -> dict[str, Any]:
     return {
         "name": host.name,
         "group": host.group,
@@ -62,7 +52,7 @@ def host_document(host: HostConfig) -> dict[str, Any]:
         "retries": host.retries,
         "tool_path": host.tool_path,
         "tool_timeout": host.tool_timeout,
-        "lab": _lab_host(host.lab),
+        "lab": lab.hosts.get(host.name) if lab is not None else None,
         "line": host.location.line,
     }
 
@@ -70,11 +60,10 @@ def host_document(host: HostConfig) -> dict[str, Any]:
 def inventory_document(inv: Inventory, selected: list[HostConfig]) -> dict[str, Any]:
     """The ``--json`` document (shape documented in the README; durations in seconds)."""
     share = inv.share
+    lab = view(inv)
     return {
         "inventory": str(inv.path),
-        "lab": None
-        if inv.lab is None
-        else {"serve": inv.lab.serve, "state_dir": str(inv.lab.state_dir), "seed": inv.lab.seed},
+        "lab": None if lab is None else {"serve": lab.serve, "state_dir": str(lab.state_dir), "seed": lab.seed},
         "share": None
         if share is None
         else {
@@ -94,7 +83,7 @@ def inventory_document(inv: Inventory, selected: list[HostConfig]) -> dict[str, 
             "public_key": inv.signing.public_key,
         },
         "groups": [{"name": g.name, "description": g.description, "hosts": list(g.hosts)} for g in inv.groups.values()],
-        "hosts": [host_document(h) for h in selected],
+        "hosts": [host_document(h, lab) for h in selected],
         "selected": len(selected),
         "total": len(inv.hosts),
     }
@@ -117,9 +106,10 @@ def _summary_lines(inv: Inventory, selected: list[HostConfig]) -> list[str]:
         lines.append(f"signing: private key {private}, public key {inv.signing.public_key[:16]}...")
     else:
         lines.append("signing: none (the manifest is not signed)")
-    if inv.lab is not None:
-        serve = "served by keyfleet" if inv.lab.serve else "served by `keyfleet lab up`"
-        lines.append(f"lab: {serve}, state_dir {inv.lab.state_dir}, seed {inv.lab.seed}")
+    lab = view(inv)
+    if lab is not None:
+        serve = "served by keyfleet" if lab.serve else "served by `keyfleet lab up`"
+        lines.append(f"lab: {serve}, state_dir {lab.state_dir}, seed {lab.seed}")
     return lines
 
 
@@ -135,7 +125,7 @@ def _warnings(selected: list[HostConfig]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
-    selected = inv.select(args.limit)
+    selected = select_hosts(inv, args.limit)
     if args.json:
         print_json(inventory_document(inv, selected))
         return 0

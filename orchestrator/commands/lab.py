@@ -16,8 +16,6 @@ from orchestrator.lab.faults import parse_fleet_faults
 from orchestrator.lab.fleet import LabFleet
 from orchestrator.lab.plan import default_state_dir, lab_secrets, plan_hosts, write_ready_inventory
 
-__all__ = ["plan_hosts", "run"]  # plan_hosts: re-exported for orchestrator.lab.bench
-
 
 def run(args: argparse.Namespace) -> int:
     if args.lab_command == "up":

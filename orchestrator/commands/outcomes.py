@@ -4,13 +4,12 @@ record, the outcome table and the --json document."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from rich.text import Text
 
 from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_text, failures_first, print_json
+from orchestrator.emulation import serving
 from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
@@ -35,7 +34,7 @@ def run_and_record(
 ) -> int:
     """Run ``task`` over the plan (inside the caller's ``deferred()``), write the run record, render."""
     started = datetime.now(UTC)
-    with _serving(inv), ui.fleet_progress(command, [h.name for h in plan.hosts]) as progress:
+    with serving(inv), ui.fleet_progress(command, [h.name for h in plan.hosts]) as progress:
         summary = backup.run_backup(
             plan,
             task,
@@ -101,16 +100,3 @@ def render_outcomes(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecor
         + (" (interrupted)" if summary.interrupted else "")
         + (f"; run record {record_path}" if record_path else "")
     )
-
-
-@contextmanager
-def _serving(inv: Inventory) -> Iterator[None]:
-    """The inventory's lab fleet, served for the run when ``lab.serve`` is true. The lab's modules
-    (its HTTP server, KDC, PKI) load only then: a backup of real servers does not pay for them."""
-    if inv.lab is None or not inv.lab.serve:
-        yield
-        return
-    from orchestrator.lab.fleet import serving
-
-    with serving(inv):
-        yield

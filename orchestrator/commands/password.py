@@ -8,6 +8,7 @@ from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui
 from orchestrator.errors import ConfigError
 from orchestrator.interrupts import deferred
+from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import backup, context, identity
 from orchestrator.share.runrecord import new_run_id
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         old_verifier = store.password_verifier(old)
         if old_verifier is None and not any(e.password_id == old for e in manifest.entries):
             raise ConfigError(f"the share holds no backup under password_id {old!r}", key="--from")
-        plan = backup.plan_backup(store, inv.select(args.limit), manifest=manifest, only_stale=None)
+        plan = backup.plan_backup(store, select_hosts(inv, args.limit), manifest=manifest, only_stale=None)
         resumed = store.password_verifier(new) is not None  # a rotation run again for the servers that failed
         password = context.backup_password(inv, new=not resumed)  # before any host is touched
         if old_verifier is not None and identity.matches(password, old_verifier, old):

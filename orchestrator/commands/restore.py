@@ -10,10 +10,10 @@ from rich.text import Text
 from orchestrator import remote
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
+from orchestrator.emulation import serving
 from orchestrator.errors import ErrorKind, KeyfleetError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, identity, restore
-from orchestrator.lab.fleet import serving
 from orchestrator.report.json import restore_json
 from orchestrator.runner import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso

@@ -12,6 +12,7 @@ from rich.text import Text
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.commands.doctor import hint_for
 from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
+from orchestrator.emulation import serving
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
 from orchestrator.jobs import backup, context, identity
@@ -22,7 +23,6 @@ from orchestrator.jobs.playbook_schema import (
     load_playbook,
     select_playbook_hosts,
 )
-from orchestrator.lab.fleet import serving
 from orchestrator.report.json import run_plan_json, run_result_json
 from orchestrator.runner import RunnerEvents
 from orchestrator.share.store import BackupStore

@@ -14,25 +14,23 @@ from urllib.parse import urlsplit
 
 from yaml.nodes import Node
 
-from orchestrator.errors import ConfigError
+from orchestrator import emulation
 from orchestrator.inventory.convert import SchemaReader, Value
 from orchestrator.inventory.model import (
     BackupPolicy,
     Credential,
     HostConfig,
     Inventory,
-    LabConfig,
-    LabHostSettings,
     Location,
     ManagementGroup,
     Role,
     SecretRef,
+    Section,
     ShareConfig,
     SigningConfig,
 )
 from orchestrator.inventory.schema import (
     LAB_CA,
-    ROLES,
     UNENCRYPTED_TRANSPORTS,
     Invalid,
     Scope,
@@ -76,7 +74,8 @@ class _Loader(SchemaReader):
     def __init__(self, path: Path) -> None:
         self.path = path
         super().__init__(YamlDocument(path, str(path)), path.absolute().parent)
-        self.lab: LabConfig | None = None
+        self.lab: Section | None = None
+        self.lab_part: emulation.Lab | None = None  # the lab, loaded for an inventory with a lab: section only
 
     def load(self) -> Inventory:
         root = self.doc.root
@@ -89,18 +88,14 @@ class _Loader(SchemaReader):
             lab_node = top_pairs["lab"][1]
             lab = self.section(lab_node, Scope.LAB, "lab", complete=True)
             self.allow_plain = True
-            self.lab = LabConfig(
-                serve=self.value_of(lab, Scope.LAB, "serve"),
-                state_dir=Path(self.resolve_path(self.value_of(lab, Scope.LAB, "state_dir"))),
-                seed=self.value_of(lab, Scope.LAB, "seed"),
-                kerberos=self.value_of(lab, Scope.LAB, "kerberos"),
-                realm=self.value_of(lab, Scope.LAB, "realm"),
-            )
+            self.lab = self.opaque(lab, Scope.LAB, lab_node, "lab")
+            self.lab_part = emulation.lab()
         top = self.section(root, Scope.TOP, "", complete=True)
         defaults = top["defaults"].value if "defaults" in top else {}
         groups, hosts = self.groups(top["management_groups"].value, defaults)
         share = self.share(top.get("share"))
         self.refuse_plaintext_off_loopback(hosts, share)
+        self.doc.construct()  # every value must be plain YAML data, x- extensions too (not kept: it holds secrets)
         return Inventory(
             path=self.path.absolute(),
             groups=groups,
@@ -109,7 +104,6 @@ class _Loader(SchemaReader):
             backup=self.backup(top.get("backup")),
             signing=self.signing(top.get("signing")),
             lab=self.lab,
-            raw=self.doc.construct(),
         )
 
     def refuse_plaintext_off_loopback(self, hosts: dict[str, HostConfig], share: ShareConfig | None) -> None:
@@ -254,7 +248,7 @@ class _Loader(SchemaReader):
             tool_path=get("tool_path"),
             tool_timeout=get("tool_timeout"),
             tool_input=get("tool_input"),
-            lab=self.lab_host(merged.get("lab"), f"{key}.lab") if self.lab is not None else None,
+            lab=self.lab_host(merged.get("lab"), key_node, f"{key}.lab"),
             location=Location(self.display, line_of(key_node), key),
             proxy=get("proxy"),
             kerberos_hostname=get("kerberos_hostname") or _in_domain(name, get("domain")),
@@ -273,42 +267,28 @@ class _Loader(SchemaReader):
         if value is None:
             return None
         if value.value == LAB_CA:
-            if self.lab is None:
+            if self.lab is None or self.lab_part is None:
                 raise self.fail("ca_bundle: lab needs a lab: section (lab inventories only)", value.node, key)
-            return str(self.lab.state_dir / "ca.pem")
+            return self.lab_part.ca_file(self.lab, self.base_dir)
         return str(value.value)  # resolved and checked on conversion
 
-    def lab_host(self, value: Value | None, key: str) -> LabHostSettings:
-        from orchestrator.lab.faults import parse_fault
-        from orchestrator.lab.windows import WINDOWS_BUILDS
-
-        values: dict[str, Value] = value.value if value is not None else {}
-        faults = self.value_of(values, Scope.HOST_LAB, "faults")
-        extra_roles = self.value_of(values, Scope.HOST_LAB, "extra_roles")
-        for extra in extra_roles:
-            if extra not in ROLES:
-                raise self.fail(
-                    f"unknown role {extra!r} (choose from {', '.join(ROLES)})",
-                    values["extra_roles"].node,
-                    f"{key}.extra_roles",
-                )
-        for spec in faults:
-            try:
-                parse_fault(spec)
-            except ConfigError as exc:
-                raise self.fail(exc.message, values["faults"].node, f"{key}.faults") from None
-        return LabHostSettings(
-            version=self.value_of(values, Scope.HOST_LAB, "version"),
-            admin=self.value_of(values, Scope.HOST_LAB, "admin"),
-            tool_installed=self.value_of(values, Scope.HOST_LAB, "tool_installed"),
-            tool_path=self.value_of(values, Scope.HOST_LAB, "tool_path"),
-            faults=tuple(faults),
-            install_dir=self.value_of(values, Scope.HOST_LAB, "install_dir"),
-            extra_roles=tuple(extra_roles),
-            windows_build=WINDOWS_BUILDS[self.value_of(values, Scope.HOST_LAB, "windows")],
-            server_version_value=self.value_of(values, Scope.HOST_LAB, "server_version_value"),
-            oem_codepage=self.value_of(values, Scope.HOST_LAB, "codepage"),
+    def opaque(self, values: dict[str, Value], scope: Scope, node: Node, key: str) -> Section:
+        """A section kept for the lab: its converted values (defaults filled in) and where each stands."""
+        return Section(
+            values=tuple((name, self.value_of(values, scope, name)) for name in settings_for(scope)),
+            where=Location(self.display, line_of(node), key),
+            locations=tuple(
+                (name, Location(self.display, line_of(value.node), f"{key}.{name}")) for name, value in values.items()
+            ),
         )
+
+    def lab_host(self, value: Value | None, key_node: Node, key: str) -> Section | None:
+        """A host's lab settings, checked by the lab (lab inventories only: elsewhere they are ignored)."""
+        if self.lab_part is None:
+            return None
+        section = self.opaque(value.value if value is not None else {}, Scope.HOST_LAB, key_node, key)
+        self.lab_part.check_host(section)
+        return section
 
     def share(self, value: Value | None) -> ShareConfig | None:
         if value is None:

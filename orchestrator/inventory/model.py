@@ -54,19 +54,20 @@ class Credential:
 
 
 @dataclass(frozen=True)
-class LabHostSettings:
-    """Lab-only simulation settings of one host (ignored outside a lab inventory)."""
+class Section:
+    """A settings mapping the inventory carries for the optional part that owns it (the lab's ``lab:``
+    sections) without reading it: the values the schema converted, defaults filled in, and where each stands."""
 
-    version: str = "10.22.1068.0"
-    admin: bool = True
-    tool_installed: bool = True
-    tool_path: str | None = None  # where the simulated SecureStorageBackup.exe lives
-    faults: tuple[str, ...] = ()  # fault specs, e.g. "down", "latency:0.5", "http500:Receive"
-    install_dir: str | None = None  # Setup's InstallDirectory; None: the version's default folder
-    extra_roles: tuple[str, ...] = ()  # further SCSM roles on the same server
-    windows_build: int = 20348  # Windows Server 2022
-    server_version_value: bool = True  # Setup records ServerVersion
-    oem_codepage: int = 437  # the console code page of a shell opened without WINRS_CODEPAGE
+    values: tuple[tuple[str, Any], ...]
+    where: Location  # the mapping itself (a host's: the host)
+    locations: tuple[tuple[str, Location], ...] = ()  # the keys given in the file
+
+    def get(self, name: str) -> Any:
+        return dict(self.values)[name]
+
+    def location(self, name: str) -> Location:
+        """Where ``name`` is set (file, line, dotted key); the mapping's place when it is a default."""
+        return dict(self.locations).get(name, Location(self.where.file, self.where.line, f"{self.where.key}.{name}"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class HostConfig:
     tool_path: str | None  # SecureStorageBackup.exe on the server; None: search known locations
     tool_timeout: float  # seconds
     tool_input: str  # auto | stdin | console: how the password reaches SecureStorageBackup.exe
-    lab: LabHostSettings | None
+    lab: Section | None  # the host's lab settings (lab inventories only), read by the lab
     location: Location
     kerberos_hostname: str = ""  # host part of the service principal HTTP/<kerberos_hostname>
     realm: str | None = None  # Kerberos realm of the credential's user; None: krb5.conf's default
@@ -133,17 +134,6 @@ class SigningConfig:
 
 
 @dataclass(frozen=True)
-class LabConfig:
-    """Present when the inventory describes an emulated fleet."""
-
-    serve: bool  # True: the controller starts the lab itself for the duration of a command
-    state_dir: Path  # CA, host certificates and simulated registries live here
-    seed: int = 0
-    kerberos: bool = False  # the lab also runs its own KDC (MIT krb5kdc) for kerberos and negotiate hosts
-    realm: str = "LAB.TEST"
-
-
-@dataclass(frozen=True)
 class Inventory:
     path: Path
     groups: dict[str, ManagementGroup]
@@ -151,11 +141,4 @@ class Inventory:
     share: ShareConfig | None
     backup: BackupPolicy
     signing: SigningConfig | None
-    lab: LabConfig | None
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
-
-    def select(self, limit: str | None) -> list[HostConfig]:
-        """Hosts matching an Ansible-like ``--limit`` pattern (all when None), in file order."""
-        from orchestrator.inventory.limit import select_hosts
-
-        return select_hosts(self, limit)
+    lab: Section | None  # present in a lab inventory: an emulated fleet (orchestrator.emulation)

@@ -253,7 +253,7 @@ def select_playbook_hosts(
 ) -> list[HostConfig]:
     """The playbook's ``hosts`` intersected with ``--limit``; a restore step needs exactly one."""
     try:
-        hosts = inv.select(None) if playbook.hosts == "all" else select_hosts(inv, playbook.hosts)
+        hosts = list(inv.hosts.values()) if playbook.hosts == "all" else select_hosts(inv, playbook.hosts)
     except ConfigError as exc:
         raise ConfigError(exc.message, file=str(playbook.path), line=playbook.hosts_line, key="hosts") from None
     if limit:

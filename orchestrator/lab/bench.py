@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orchestrator
-from orchestrator.commands.lab import plan_hosts
 from orchestrator.errors import KeyfleetError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.context import winrm_passwords
+from orchestrator.lab.plan import plan_hosts
 
 REQUEST_BUDGET = 5  # WS-Man requests per host for one backup, auth handshake not counted
 SAMPLE_HOSTS = 8  # hosts of the --forks 1 run that measures the per-host chain

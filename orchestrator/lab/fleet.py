@@ -17,8 +17,9 @@ from pathlib import Path
 from types import TracebackType
 
 from orchestrator.errors import ConfigError, KeyfleetError
-from orchestrator.inventory.model import Inventory, LabHostSettings, Role
+from orchestrator.inventory.model import Inventory, Role
 from orchestrator.kerberos import principal_name, tls_server_end_point
+from orchestrator.lab.config import LabHostSettings, host_settings, lab_config
 from orchestrator.lab.faults import find, parse_faults
 from orchestrator.lab.httpserver import HostListener, LabHTTPServer
 from orchestrator.lab.journal import Journal
@@ -221,33 +222,24 @@ def _free_port(address: str) -> int:
         return int(s.getsockname()[1])
 
 
-def lab_state_dir(inv: Inventory) -> Path:
-    """Where a lab inventory keeps its CA, certificates and simulated registries."""
-    if inv.lab is None:
-        raise ConfigError("the inventory has no lab: section", file=str(inv.path))
-    state_dir = inv.lab.state_dir
-    return state_dir if state_dir.is_absolute() else inv.path.parent / state_dir
-
-
 def lab_machine(inv: Inventory, name: str) -> Machine:
     """The simulated server behind lab host ``name`` (its state persists between commands)."""
     host = inv.hosts.get(name)
     if host is None:
         raise ConfigError(f"no host {name!r} in the inventory", file=str(inv.path), key="--host")
-    assert inv.lab is not None
-    return Machine(host.name, host.role, host.lab or LabHostSettings(), lab_state_dir(inv), inv.lab.seed)
+    config = lab_config(inv)
+    return Machine(host.name, host.role, host_settings(host), config.state_dir, config.seed)
 
 
 def fleet_from_inventory(inv: Inventory) -> LabFleet:
     """The fleet an inventory with a ``lab:`` section describes (credentials resolved now)."""
     from orchestrator.secretrefs import resolve
 
-    if inv.lab is None:
-        raise ConfigError("the inventory has no lab: section", file=str(inv.path))
-    state_dir = lab_state_dir(inv)
+    config = lab_config(inv)
+    state_dir = config.state_dir
     specs = []
     keytabs: dict[str, Path] = {}
-    kerberos = inv.lab.kerberos
+    kerberos = config.kerberos
     for host in inv.hosts.values():
         loc = host.location
         served = AUTH_MODES + (KERBEROS_TRANSPORTS if kerberos else ())
@@ -262,7 +254,7 @@ def fleet_from_inventory(inv: Inventory) -> LabFleet:
         credential = host.credential
         if credential is None or (credential.password is None and credential.keytab is None):
             raise ConfigError("a lab host needs a credential with a password or keytab", file=loc.file, line=loc.line)
-        settings = host.lab or LabHostSettings()
+        settings = host_settings(host)
         if credential.password is not None:
             password = resolve(credential.password, purpose=f"lab password of {host.name}").reveal()
         else:
@@ -285,14 +277,14 @@ def fleet_from_inventory(inv: Inventory) -> LabFleet:
                 kerberos_name=host.kerberos_hostname if kerberos else None,
             )
         )
-    kdc = LabKDC(state_dir / "kdc", realm=inv.lab.realm) if kerberos else None
-    return LabFleet(specs, state_dir, inv.lab.seed, journal_path=state_dir / "journal.jsonl", kdc=kdc, keytabs=keytabs)
+    kdc = LabKDC(state_dir / "kdc", realm=config.realm) if kerberos else None
+    return LabFleet(specs, state_dir, config.seed, journal_path=state_dir / "journal.jsonl", kdc=kdc, keytabs=keytabs)
 
 
 @contextmanager
 def serving(inv: Inventory) -> Iterator[LabFleet | None]:
     """Serve the inventory's lab fleet for the duration of a command when ``lab.serve`` is true."""
-    if inv.lab is None or not inv.lab.serve:
+    if inv.lab is None or not lab_config(inv).serve:
         yield None
         return
     with fleet_from_inventory(inv) as fleet:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import remote
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults
 from orchestrator.lab.helpersim import Cancelled, Logon, SimulatedHelpers
 from orchestrator.lab.keyfile import tool_backup

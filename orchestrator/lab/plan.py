@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from orchestrator.errors import ConfigError
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.fleet import LabFleet, LabHostSpec
 from orchestrator.privatefile import create_private, write_private
 from orchestrator.secret import Secret

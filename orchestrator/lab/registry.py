@@ -16,7 +16,8 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from orchestrator.inventory.model import LabHostSettings, Role
+from orchestrator.inventory.model import Role
+from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.faults import Fault, find
 from orchestrator.privatefile import create_private, write_private
 from orchestrator.remote import DEFAULT_OUTBOX
