@@ -23,6 +23,7 @@ from orchestrator.lab import keyfile
 from orchestrator.lab.machine import OUTPUT_CHUNK, LabUser, Machine, StdinPipe
 from orchestrator.lab.windows import CommandOptions
 from orchestrator.secret import Secret
+from tests.loopback import ALLOCATOR
 
 PASSWORD = "Lab-pw-4b1d-unique"
 SECRET = Secret(PASSWORD, "test")
@@ -330,7 +331,7 @@ def test_dr_drill_over_winrm(tmp_path: Path) -> None:
 
     user, password = "LAB\\svc-keyfleet", "Winrm-pw-Sample-1"
     spec = LabHostSpec(
-        name=HOST, group="TEST", role=Role.MANAGEMENT_SERVER, address="127.0.78.1", port=0, scheme="http",
+        name=HOST, group="TEST", role=Role.MANAGEMENT_SERVER, address=ALLOCATOR.address(), port=0, scheme="http",
         auth="ntlm", users={user: (password, True)}, settings=LabHostSettings(),
     )  # fmt: skip
 

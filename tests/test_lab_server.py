@@ -26,7 +26,9 @@ from orchestrator.lab.fleet import LabFleet, LabHostSpec
 from orchestrator.lab.journal import Journal
 from orchestrator.lab.pki import LabPKI
 from orchestrator.lab.wsman import ServiceLimits
+from tests.loopback import ALLOCATOR
 
+SUBNET = ALLOCATOR.subnet()  # this module's hosts: .1, .2, ... (ports chosen by the kernel)
 USER, PASSWORD = "LAB\\svc-test", "Correct-Horse-7"
 USERS = {USER: (PASSWORD, True)}
 NS_S = "http://www.w3.org/2003/05/soap-envelope"
@@ -48,7 +50,7 @@ def _host(
         name=name,
         group="TEST",
         role=Role.MANAGEMENT_SERVER,
-        address=f"127.0.77.{last}",
+        address=str(SUBNET.network_address + last),
         port=0,
         scheme=scheme,
         auth=auth,
@@ -437,7 +439,8 @@ def test_a_second_fleet_on_the_same_state_fails_to_bind_without_breaking_the_fir
         with pytest.raises(KeyfleetError) as info:
             LabFleet(first.specs, tmp_path).start()
         message = str(info.value)
-        assert "\n" not in message and "cannot listen on 127.0.77.200" in message and "another lab fleet" in message
+        assert "\n" not in message and "another lab fleet" in message
+        assert f"cannot listen on {first.specs[0].address}" in message
         assert len(list(tmp_path.glob(".ntlm-users-*/*"))) == 2  # the first fleet's user files are intact
         for name in ("twin-http", "twin-https"):  # new connections: new NTLM acceptors read the user files
             assert run(client(first, name), "hostname") == (f"{name}\r\n".encode(), b"", 0)
