@@ -96,7 +96,32 @@ def make_lab_inventory(
     return LabFiles(inventory, root / "share", root / "lab-state")
 
 
-@pytest.fixture
+TIERS = ("unit", "lab", "e2e")
+# what makes a test need the emulated fleet, Samba or a KDC (fixtures, found in a test's fixture closure)
+LAB_FIXTURES = frozenset({"lab_inventory", "loopback", "smbd_server"})
+
+
+def tiers_of(item: pytest.Item) -> list[str]:
+    """The tier markers on ``item`` (its own, its class's and its module's)."""
+    return sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by tier
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test without an explicit tier one by its fixtures: the ``keyfleet`` command together with a
+    lab is ``e2e``, a lab alone ``lab``, anything else ``unit``. A test that starts a lab without these fixtures
+    (a module fixture calling make_lab_inventory or LabFleet) carries its tier explicitly."""
+    for item in items:
+        if tiers_of(item):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & LAB_FIXTURES:
+            item.add_marker("e2e" if "keyfleet" in fixtures else "lab")
+        else:
+            item.add_marker("unit")
+
+
+@pytest.fixture(scope="session")
 def loopback() -> LoopbackAllocator:
     """This worker's allocator of lab loopback addresses (tests/loopback.py): never hard-code one."""
     return ALLOCATOR

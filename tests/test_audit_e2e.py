@@ -34,6 +34,8 @@ from tests.conftest import LAB_SIGNING, SMALL_FLEET, CliRun, LabFiles, cli_env, 
 from tests.loopback import ALLOCATOR
 from tests.share_history import compact, read_share
 
+pytestmark = pytest.mark.e2e
+
 Json = dict[str, Any]
 Keyfleet = Callable[..., CliRun]
 ROLES = ("management_server", "dw_management_server", "self_service_portal")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.inventory.loader import load_inventory
@@ -18,6 +19,8 @@ from orchestrator.jobs.context import open_store
 from orchestrator.lab.fleet import serving
 from orchestrator.share.local import LocalShare
 from tests.conftest import cli_env, make_lab_inventory
+
+pytestmark = pytest.mark.e2e
 
 FLEET = {"SW": {f"sw{i:02d}": {"role": "management_server"} for i in range(1, 7)}}
 OFFSETS = [i * 0.05 for i in range(41)]  # seconds after keyfleet started: 0 to 2 s

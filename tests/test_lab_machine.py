@@ -323,6 +323,7 @@ def test_stdin_pipe_waits_for_end_of_stream_or_cancel() -> None:
     assert open_pipe.read_all(cancel) == b"partial"
 
 
+@pytest.mark.lab
 def test_dr_drill_over_winrm(tmp_path: Path) -> None:
     """The same bytes over real sockets: pywinrm (NTLM, encrypted) against the lab's WS-Management server."""
     from winrm.protocol import Protocol

@@ -13,6 +13,8 @@ from orchestrator.lab.bench import LabProcess
 from tests.conftest import cli_env
 from tests.loopback import ALLOCATOR
 
+pytestmark = pytest.mark.e2e
+
 HOSTS = 1000
 FORKS = 128
 

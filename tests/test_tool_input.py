@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.lab.fleet import lab_machine
 from orchestrator.lab.keyfile import unseal
 from tests.conftest import LAB_SIGNING
 from tests.leaks import LeakSearch
 from tests.share_history import read_share
+
+pytestmark = pytest.mark.e2e
 
 FLEET: dict[str, dict[str, Any]] = {
     "TOOLS": {
