@@ -53,6 +53,7 @@ def interrupted_backup(argv: list[str], env: dict[str, str], offset: float) -> s
     return proc
 
 
+@pytest.mark.slow
 def test_sigint_at_every_instant_keeps_record_manifest_and_json_in_step(tmp_path):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET, faults={h: ["latency:0.05"] for h in FLEET["SW"]})
     inv = load_inventory(lab.inventory)

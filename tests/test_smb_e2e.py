@@ -230,6 +230,7 @@ def manifest_has_entries(root: Path) -> bool:
         return False  # not there yet, or being replaced right now
 
 
+@pytest.mark.slow
 def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
 ) -> None:

@@ -133,6 +133,7 @@ def test_collect_twice_stores_once_and_checks_the_role(lab_inventory, keyfleet):
     assert len(read_share(lab.share, LAB_SIGNING["public_key"])["entries"]) == 1
 
 
+@pytest.mark.slow
 def test_no_password_leaks_in_any_input_mode_or_collect(lab_inventory, keyfleet, tmp_path):
     lab = lab_inventory(fleet=FLEET)
     runs = [
