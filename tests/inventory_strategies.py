@@ -23,7 +23,7 @@ CHOICES: dict[str, list[tuple[Any, Any]]] = {
     "address": [(a, a) for a in ("10.1.2.3", "192.0.2.44", "scsm-a.contoso.com", "srv7.example.org")],
     "port": [(p, p) for p in (1, 443, 5985, 5986, 15986, 65535)],
     "scheme": [("http", "http"), ("https", "https")],
-    "transport": [(t, t) for t in ("ntlm", "kerberos", "negotiate", "credssp", "basic")],
+    "transport": [(t, t) for t in ("ntlm", "kerberos", "negotiate", "credssp", "basic", "certificate")],
     "domain": [(d, d) for d in ("contoso.com", "corp.example.org")],
     "kerberos_hostname": [(k, k) for k in ("alias.contoso.com", "node9")],
     "realm": [("contoso.com", "CONTOSO.COM"), ("CORP.EXAMPLE.ORG", "CORP.EXAMPLE.ORG")],
@@ -38,7 +38,14 @@ CHOICES: dict[str, list[tuple[Any, Any]]] = {
     "proxy": [(p, p) for p in ("http://proxy:3128", "https://gw.contoso.com")],
     "tool_path": [(p, p) for p in ("C:\\SCSM\\SecureStorageBackup.exe", "D:\\tools\\ssb.exe")],
     "tool_input": [(i, i) for i in ("auto", "stdin", "console")],
+    # files, relative to the inventory's folder (FILES are written there before loading)
+    "ca_bundle": [(f, f) for f in ("ca-a.pem", "certs/ca-b.pem")],
+    "client_cert": [(f, f) for f in ("client.pem", "certs/other.pem")],
+    "client_key": [(f, f) for f in ("client.key", "certs/other.key")],
 }
+PATHS = ("ca_bundle", "client_cert", "client_key")  # resolved against the inventory's folder
+FILES = sorted({pair[0] for name in PATHS for pair in CHOICES[name]})
+UNENCRYPTED = ("basic", "certificate")  # over http only with allow_insecure
 # what a host gets when no level sets the setting (address, port and kerberos_hostname are computed)
 DEFAULTS: dict[str, Any] = {
     "scheme": "http",
@@ -55,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
     "proxy": None,
     "tool_path": None,
     "tool_input": "auto",
+    "ca_bundle": None,
+    "client_cert": None,
+    "client_key": None,
 }
 CREDENTIAL_KEYS = {"username": ["CONTOSO\\svc-a", "svc-b@CONTOSO.COM"], "password": ["env:KF_PW_A", "env:KF_PW_B"]}
 HOST_PREFIXES = ("scsm-ms", "scsm-dw", "portal", "web")
@@ -124,9 +134,14 @@ def inventories(draw: st.DrawFn) -> Drawn:
             host_credential = _credential(draw, complete=False) if draw(st.booleans()) else {}
             layers = [defaults, group_layer, host_layer]
             resolved = _resolve(name, layers, [credentials[0], group_credential, host_credential])
-            if resolved["scheme"] == "http" and resolved["transport"] == "basic" and not resolved["allow_insecure"]:
-                host_layer["allow_insecure"] = (True, True)  # basic over http is refused without it
+            unencrypted = resolved["scheme"] == "http" and resolved["transport"] in UNENCRYPTED
+            if unencrypted and not resolved["allow_insecure"]:
+                host_layer["allow_insecure"] = (True, True)  # refused over http without it
                 resolved["allow_insecure"] = True
+            for needed in ("client_cert", "client_key"):
+                if resolved["transport"] == "certificate" and resolved[needed] is None:
+                    host_layer[needed] = CHOICES[needed][0]  # the certificate transport needs both
+                    resolved[needed] = CHOICES[needed][0][1]
             host = {k: v[0] for k, v in host_layer.items()}
             if host_credential:
                 host["credential"] = host_credential

@@ -17,8 +17,8 @@ from orchestrator.errors import ConfigError
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Inventory
-from orchestrator.inventory.schema import ROLES, SETTINGS, TRANSPORTS
-from tests.inventory_strategies import Drawn, inventories, reorder
+from orchestrator.inventory.schema import ROLES, SETTINGS, TRANSPORTS, Scope
+from tests.inventory_strategies import CHOICES, FILES, PATHS, Drawn, inventories, reorder
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_DATA = yaml.safe_load((REPO / "inventories" / "lab.yml").read_text())
@@ -127,6 +127,10 @@ SEMANTIC = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def _load_valid(document: dict[str, Any], folder: Path, name: str = "inv.yml") -> Inventory:
+    """Load ``document`` from ``folder``, where the files its settings name exist."""
+    for file in FILES:
+        (folder / file).parent.mkdir(exist_ok=True)
+        (folder / file).write_text("-----BEGIN CERTIFICATE-----\n")
     path = folder / name
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return load_inventory(path)
@@ -150,6 +154,7 @@ def _meaning(inventory: Inventory) -> Any:
 def test_every_setting_resolves_host_over_group_over_defaults(drawn: Drawn) -> None:
     with tempfile.TemporaryDirectory() as folder:
         inventory = _load_valid(drawn.document, Path(folder))
+        where = Path(folder).absolute()
     assert list(inventory.hosts) == [name for names in drawn.groups.values() for name in names]  # file order
     assert {name: list(group.hosts) for name, group in inventory.groups.items()} == drawn.groups
     for name, expected in drawn.expected.items():
@@ -158,8 +163,15 @@ def test_every_setting_resolves_host_over_group_over_defaults(drawn: Drawn) -> N
         assert host.credential is not None and host.credential.username == credential["username"]
         password = host.credential.password
         assert password is not None and f"{password.scheme}:{password.target}" == credential["password"]
+        resolved = {key: str(where / value) if key in PATHS and value else value for key, value in expected.items()}
         got = {setting: getattr(host, setting) for setting in expected if setting != "credential"}
-        assert got == {setting: value for setting, value in expected.items() if setting != "credential"}, name
+        assert got == {setting: value for setting, value in resolved.items() if setting != "credential"}, name
+
+
+def test_the_generator_sets_every_host_setting_at_every_level() -> None:
+    """So "every setting" above means every one the schema lets a host inherit (lab: the lab's own section)."""
+    inherited = {s.name for s in SETTINGS if set(s.scopes) == {Scope.DEFAULTS, Scope.GROUP, Scope.HOST}}
+    assert inherited - {"credential", "lab"} == set(CHOICES)
 
 
 @SEMANTIC
