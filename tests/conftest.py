@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import ipaddress
 import os
 import subprocess
 import sys
@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from orchestrator.secretrefs import clear_cache
+from tests.loopback import ALLOCATOR, LoopbackAllocator
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_SIGNING = {  # a test-only Ed25519 key pair (base64 of the raw 32-byte keys)
@@ -34,8 +35,6 @@ SMALL_FLEET: dict[str, dict[str, Any]] = {
         "d-portal01": {"role": "self_service_portal"},
     },
 }
-# a /24 per lab inventory; offset by the process id so concurrent test runs rarely collide
-_subnet = itertools.count(os.getpid() * 7)
 
 
 @dataclass
@@ -59,14 +58,15 @@ def make_lab_inventory(
     winrm_password: str = "Lab-Test-Pw-1",
     lab: dict[str, Any] | None = None,
 ) -> LabFiles:
-    """Write a lab inventory under ``root`` with its own loopback /24, share and state folder."""
-    subnet = next(_subnet) % 150 + 100
+    """Write a lab inventory under ``root`` with its own loopback addresses (tests/loopback.py), share and state."""
+    fleet = fleet or SMALL_FLEET
+    first = ipaddress.IPv4Address(ALLOCATOR.run(max(1, sum(map(len, fleet.values())))))
     groups: dict[str, Any] = {}
-    index = 1
-    for group, hosts in (fleet or SMALL_FLEET).items():
+    index = 0
+    for group, hosts in fleet.items():
         entries = {}
         for name, settings in hosts.items():
-            host = {"address": f"127.0.{subnet}.{index}", **settings}
+            host = {"address": str(first + index), **settings}
             if faults and name in faults:
                 host["lab"] = {**host.get("lab", {}), "faults": faults[name]}
             entries[name] = host
@@ -94,6 +94,37 @@ def make_lab_inventory(
     inventory = root / "inventory.yml"
     inventory.write_text(yaml.safe_dump(document, sort_keys=False))
     return LabFiles(inventory, root / "share", root / "lab-state")
+
+
+TIERS = ("unit", "lab", "e2e")
+# what makes a test need the emulated fleet, Samba or a KDC (fixtures, found in a test's fixture closure)
+LAB_FIXTURES = frozenset({"lab_inventory", "loopback", "smbd_server"})
+
+
+def tiers_of(item: pytest.Item) -> list[str]:
+    """The tier markers on ``item`` (its own, its class's and its module's)."""
+    return sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by tier
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test without an explicit tier one by its fixtures: the ``keyfleet`` command together with a
+    lab is ``e2e``, a lab alone ``lab``, anything else ``unit``. A test that starts a lab without these fixtures
+    (a module fixture calling make_lab_inventory or LabFleet) carries its tier explicitly."""
+    for item in items:
+        if tiers_of(item):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & LAB_FIXTURES:
+            item.add_marker("e2e" if "keyfleet" in fixtures else "lab")
+        else:
+            item.add_marker("unit")
+
+
+@pytest.fixture(scope="session")
+def loopback() -> LoopbackAllocator:
+    """This worker's allocator of lab loopback addresses (tests/loopback.py): never hard-code one."""
+    return ALLOCATOR
 
 
 @pytest.fixture

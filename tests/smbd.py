@@ -62,13 +62,15 @@ def _free_port() -> int:
 
 
 def _ensure_unix_user(name: str) -> None:
-    if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0:
-        return
-    subprocess.run(
-        [_tool("useradd") or "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-    )
+    """Create the account once; pytest-xdist workers race here, the loser finds it made (or /etc/passwd locked)."""
+    useradd = [_tool("useradd") or "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    for _ in range(50):
+        if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0:
+            return
+        if subprocess.run(useradd, capture_output=True, check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(useradd, check=True, capture_output=True)  # still failing: raise with its exit status
 
 
 def _config(base: Path, port: int) -> str:

@@ -31,7 +31,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import LAB_SIGNING, SMALL_FLEET, CliRun, LabFiles, cli_env, make_lab_inventory
+from tests.loopback import ALLOCATOR
 from tests.share_history import compact, read_share
+
+pytestmark = pytest.mark.e2e
 
 Json = dict[str, Any]
 Keyfleet = Callable[..., CliRun]
@@ -401,7 +404,7 @@ def add_host(document: Json) -> None:
     """A server installed after the backup: t-ms02."""
     # on loopback, as every host of a lab inventory must be (its secrets are plaintext)
     hosts = document["management_groups"]["TEST-PROD"]["hosts"]
-    hosts["t-ms02"] = {"role": "management_server", "address": "127.0.99.2"}
+    hosts["t-ms02"] = {"role": "management_server", "address": ALLOCATOR.address()}
 
 
 def test_host_never_backed_up_is_missing(lab: LabFiles, keyfleet: Keyfleet) -> None:

@@ -7,11 +7,14 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus_text
 
 from tests.conftest import LabFiles
 from tests.test_audit_e2e import Keyfleet, audit, golden, lab, showcase  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.e2e
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

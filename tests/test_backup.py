@@ -18,6 +18,8 @@ from tests.conftest import LAB_SIGNING, SMALL_FLEET, cli_env, make_lab_inventory
 from tests.leaks import EVERY_FAULT, run_with_unique_secrets
 from tests.share_history import read_share
 
+pytestmark = pytest.mark.e2e
+
 ALL_HOSTS = [name for hosts in SMALL_FLEET.values() for name in hosts]
 
 

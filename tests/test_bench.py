@@ -7,10 +7,10 @@ import json
 import math
 
 
-def test_bench_reports_whole_process_figures_for_a_small_fleet(keyfleet):
+def test_bench_reports_whole_process_figures_for_a_small_fleet(keyfleet, loopback):
     run = keyfleet(
         "lab", "bench", "--hosts", "6", "--forks", "3", "--latency", "0", "--kdf", "cheap",
-        "--base-address", "127.3.0.1", "--json", timeout=300,
+        "--base-address", loopback.run(6), "--json", timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)

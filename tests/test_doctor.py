@@ -10,6 +10,8 @@ from orchestrator.jobs.doctor import CHECKS
 from tests.conftest import SMALL_FLEET, make_lab_inventory
 from tests.leaks import EVERY_FAULT, run_with_unique_secrets
 
+pytestmark = pytest.mark.e2e
+
 ALL_HOSTS = {name: settings["role"] for hosts in SMALL_FLEET.values() for name, settings in hosts.items()}
 ONE = {"role": "management_server"}
 

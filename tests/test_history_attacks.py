@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import CliRun, LabFiles, make_lab_inventory
 from tests.smbd import smbd_server  # noqa: F401 - pytest finds the session fixture here
 
+pytestmark = pytest.mark.e2e
+
 Keyfleet = Callable[..., CliRun]
 PAIR: dict[str, dict[str, Any]] = {
     "PAIR": {

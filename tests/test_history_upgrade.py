@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import LAB_SIGNING, CliRun, LabFiles, make_lab_inventory
 from tests.share_history import read_share
 
+pytestmark = pytest.mark.e2e
+
 Keyfleet = Callable[..., CliRun]
 FIXTURE = Path(__file__).parent / "data" / "legacy-share"
 FLEET: dict[str, dict[str, Any]] = {  # the servers the fixture holds backups of

@@ -22,6 +22,8 @@ from orchestrator.transport import reply_cap
 from tests.conftest import make_lab_inventory
 from tests.hostile import HostileServer
 
+pytestmark = pytest.mark.lab
+
 PASSWORD = Secret("Lab-Test-Pw-1")
 HOST_SECONDS = 3.0
 SLACK = 2.0  # the bound: kind timeout within host_timeout + 2 s

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.inventory.loader import load_inventory
@@ -18,6 +19,8 @@ from orchestrator.jobs.context import open_store
 from orchestrator.lab.fleet import serving
 from orchestrator.share.local import LocalShare
 from tests.conftest import cli_env, make_lab_inventory
+
+pytestmark = pytest.mark.e2e
 
 FLEET = {"SW": {f"sw{i:02d}": {"role": "management_server"} for i in range(1, 7)}}
 OFFSETS = [i * 0.05 for i in range(41)]  # seconds after keyfleet started: 0 to 2 s
@@ -50,6 +53,7 @@ def interrupted_backup(argv: list[str], env: dict[str, str], offset: float) -> s
     return proc
 
 
+@pytest.mark.slow
 def test_sigint_at_every_instant_keeps_record_manifest_and_json_in_step(tmp_path):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET, faults={h: ["latency:0.05"] for h in FLEET["SW"]})
     inv = load_inventory(lab.inventory)

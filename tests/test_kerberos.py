@@ -31,7 +31,7 @@ from tests.krb import (
 )
 from tests.leaks import LeakSearch
 
-pytestmark = pytest.mark.usefixtures("_kdc_available")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("_kdc_available")]
 
 FLEET: dict[str, dict[str, Any]] = {
     "KRB": {

@@ -16,6 +16,8 @@ from spnego.channel_bindings import GssChannelBindings
 
 from tests.krb import WINRM_PASSWORD, kerberos_lab, kinit, require, served
 
+pytestmark = pytest.mark.lab
+
 FLEET = {
     "KRB": {
         "k-ms01": {"role": "management_server"},

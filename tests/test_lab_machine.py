@@ -24,6 +24,7 @@ from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.machine import OUTPUT_CHUNK, LabUser, Machine, StdinPipe
 from orchestrator.lab.windows import CommandOptions
 from orchestrator.secret import Secret
+from tests.loopback import ALLOCATOR
 
 PASSWORD = "Lab-pw-4b1d-unique"
 SECRET = Secret(PASSWORD, "test")
@@ -323,6 +324,7 @@ def test_stdin_pipe_waits_for_end_of_stream_or_cancel() -> None:
     assert open_pipe.read_all(cancel) == b"partial"
 
 
+@pytest.mark.lab
 def test_dr_drill_over_winrm(tmp_path: Path) -> None:
     """The same bytes over real sockets: pywinrm (NTLM, encrypted) against the lab's WS-Management server."""
     from winrm.protocol import Protocol
@@ -331,7 +333,7 @@ def test_dr_drill_over_winrm(tmp_path: Path) -> None:
 
     user, password = "LAB\\svc-keyfleet", "Winrm-pw-Sample-1"
     spec = LabHostSpec(
-        name=HOST, group="TEST", role=Role.MANAGEMENT_SERVER, address="127.0.78.1", port=0, scheme="http",
+        name=HOST, group="TEST", role=Role.MANAGEMENT_SERVER, address=ALLOCATOR.address(), port=0, scheme="http",
         auth="ntlm", users={user: (password, True)}, settings=LabHostSettings(),
     )  # fmt: skip
 

@@ -27,7 +27,9 @@ from orchestrator.lab.fleet import LabFleet, LabHostSpec
 from orchestrator.lab.journal import Journal
 from orchestrator.lab.pki import LabPKI
 from orchestrator.lab.wsman import ServiceLimits
+from tests.loopback import ALLOCATOR
 
+SUBNET = ALLOCATOR.subnet()  # this module's hosts: .1, .2, ... (ports chosen by the kernel)
 USER, PASSWORD = "LAB\\svc-test", "Correct-Horse-7"
 USERS = {USER: (PASSWORD, True)}
 NS_S = "http://www.w3.org/2003/05/soap-envelope"
@@ -49,7 +51,7 @@ def _host(
         name=name,
         group="TEST",
         role=Role.MANAGEMENT_SERVER,
-        address=f"127.0.77.{last}",
+        address=str(SUBNET.network_address + last),
         port=0,
         scheme=scheme,
         auth=auth,
@@ -123,6 +125,7 @@ def raw(
     return ET.fromstring(p.transport.send_message(xmltodict.unparse(req)))
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize("name", ["ntlm-http", "basic-https", "ntlm-https"])
 def test_every_auth_mode_runs_commands_with_stdin(fleet: LabFleet, name: str) -> None:
     p = client(fleet, name)
@@ -139,6 +142,7 @@ def test_every_auth_mode_runs_commands_with_stdin(fleet: LabFleet, name: str) ->
     assert {"Create", "Command", "Send", "Receive", "Signal", "Delete"} <= set(ops)
 
 
+@pytest.mark.lab
 def test_ntlm_over_http_refuses_unencrypted_soap(fleet: LabFleet) -> None:
     p = client(fleet, "ntlm-http", message_encryption="never")
     with pytest.raises(WinRMTransportError) as info:
@@ -148,6 +152,7 @@ def test_ntlm_over_http_refuses_unencrypted_soap(fleet: LabFleet) -> None:
     assert (last.operation, last.status, last.detail) == ("rejected", 500, "unencrypted message refused")
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize("name", ["ntlm-http", "basic-https", "ntlm-https"])
 def test_wrong_password_is_401(fleet: LabFleet, name: str) -> None:
     with pytest.raises(InvalidCredentialsError):
@@ -155,11 +160,13 @@ def test_wrong_password_is_401(fleet: LabFleet, name: str) -> None:
     assert fleet.journal.entries(name)[-1].status == 401
 
 
+@pytest.mark.lab
 def test_ntlm_over_https_requires_channel_binding(fleet: LabFleet) -> None:
     with pytest.raises(InvalidCredentialsError):
         client(fleet, "ntlm-https", send_cbt=False).open_shell()
 
 
+@pytest.mark.lab
 def test_https_certificate_is_issued_by_the_lab_ca(fleet: LabFleet) -> None:
     spec = fleet.spec("basic-https")
     with pytest.raises(requests.exceptions.SSLError):
@@ -173,6 +180,7 @@ def test_https_certificate_is_issued_by_the_lab_ca(fleet: LabFleet) -> None:
         ).open_shell()
 
 
+@pytest.mark.lab
 def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
     p = client(fleet, "basic-https", op_timeout=1)
     shell = p.open_shell()
@@ -195,6 +203,7 @@ def test_operation_timeout_is_the_windows_fault(fleet: LabFleet) -> None:
     p.close_shell(shell)
 
 
+@pytest.mark.lab
 def test_operation_timeout_above_max_timeoutms_is_capped_to_it(fleet: LabFleet) -> None:
     """MS-WSMV 3.1.4.1.6: a larger OperationTimeout than MaxTimeoutms gets MaxTimeoutms (here 1 s, asked 5 s)."""
     p = client(fleet, "limits", op_timeout=5)
@@ -207,6 +216,7 @@ def test_operation_timeout_above_max_timeoutms_is_capped_to_it(fleet: LabFleet) 
     p.close_shell(shell)
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize("value", ["PT-5S", "60", "forever", ""])
 def test_malformed_operation_timeout_is_a_fault(fleet: LabFleet, value: str) -> None:
     p = client(fleet, "basic-https")
@@ -219,6 +229,7 @@ def test_malformed_operation_timeout_is_a_fault(fleet: LabFleet, value: str) -> 
     assert info.value.wsman_fault_code == 2150858881 and info.value.code == 400
 
 
+@pytest.mark.lab
 def test_large_output_spans_several_receives_within_max_envelope(fleet: LabFleet) -> None:
     p = client(fleet, "ntlm-http")
     data = os.urandom(300_000)
@@ -244,6 +255,7 @@ def test_large_output_spans_several_receives_within_max_envelope(fleet: LabFleet
     p.close_shell(shell)
 
 
+@pytest.mark.lab
 def test_signal_and_delete_relate_to_the_request(fleet: LabFleet) -> None:
     p = client(fleet, "ntlm-https")
     shell = p.open_shell()
@@ -265,6 +277,7 @@ def test_signal_and_delete_relate_to_the_request(fleet: LabFleet) -> None:
     assert info.value.wsman_fault_code == 2150858843
 
 
+@pytest.mark.lab
 def test_max_envelope_size_is_enforced_and_the_session_survives(fleet: LabFleet) -> None:
     p = client(fleet, "limits")
     shell = p.open_shell()
@@ -278,6 +291,7 @@ def test_max_envelope_size_is_enforced_and_the_session_survives(fleet: LabFleet)
     p.close_shell(shell)
 
 
+@pytest.mark.lab
 def test_shells_per_user_quota(fleet: LabFleet) -> None:
     p = client(fleet, "limits")
     shells = [p.open_shell(), p.open_shell()]
@@ -291,6 +305,7 @@ def test_shells_per_user_quota(fleet: LabFleet) -> None:
         p.close_shell(shell, close_session=False)
 
 
+@pytest.mark.lab
 def test_unknown_action_is_a_soap_fault(fleet: LabFleet) -> None:
     p = client(fleet, "basic-https")
     with pytest.raises(WSManFaultError) as info:
@@ -309,11 +324,13 @@ def test_unknown_action_is_a_soap_fault(fleet: LabFleet) -> None:
     assert info.value.wsman_fault_code == 2150858771 and info.value.fault_subcode == "a:ActionNotSupported"
 
 
+@pytest.mark.lab
 def test_fault_down_refuses_connections(fleet: LabFleet) -> None:
     with pytest.raises(requests.exceptions.ConnectionError):
         client(fleet, "f-down").open_shell()
 
 
+@pytest.mark.lab
 def test_fault_latency_delays_every_request(fleet: LabFleet) -> None:
     p = client(fleet, "f-latency")
     started = time.monotonic()
@@ -322,12 +339,14 @@ def test_fault_latency_delays_every_request(fleet: LabFleet) -> None:
     assert requests_made >= 8 and time.monotonic() - started >= 0.3 * requests_made
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize("name", ["f-authfail", "f-authfail-b"])
 def test_fault_auth_failure_rejects_good_credentials(fleet: LabFleet, name: str) -> None:
     with pytest.raises(InvalidCredentialsError):
         client(fleet, name).open_shell()
 
 
+@pytest.mark.lab
 def test_fault_http500_on_receive(fleet: LabFleet) -> None:
     p = client(fleet, "f-http500")
     shell = p.open_shell()
@@ -338,6 +357,7 @@ def test_fault_http500_on_receive(fleet: LabFleet) -> None:
     p.close_shell(shell)
 
 
+@pytest.mark.lab
 def test_fault_drop_receive_closes_the_connection(fleet: LabFleet) -> None:
     p = client(fleet, "f-drop")
     shell = p.open_shell()
@@ -348,6 +368,7 @@ def test_fault_drop_receive_closes_the_connection(fleet: LabFleet) -> None:
     assert (last.operation, last.status) == ("Receive", 0)
 
 
+@pytest.mark.lab
 def test_journal_records_requests_but_never_stdin_or_passwords(fleet: LabFleet) -> None:
     marker = b"stdin-content-" + uuid.uuid4().hex.encode()
     p = client(fleet, "ntlm-http")
@@ -364,6 +385,7 @@ def test_journal_records_requests_but_never_stdin_or_passwords(fleet: LabFleet) 
     assert [e.operation for e in on_disk][-6:] == [e.operation for e in fleet.journal.entries()][-6:]
 
 
+@pytest.mark.lab
 def test_concurrent_clients_on_one_host(fleet: LabFleet) -> None:
     results: list[bytes] = []
 
@@ -378,6 +400,7 @@ def test_concurrent_clients_on_one_host(fleet: LabFleet) -> None:
     assert results == [b"x" * 1000] * 16
 
 
+@pytest.mark.lab
 def test_blackhole_accepts_never_answers_and_stops_cleanly(tmp_path: Path) -> None:
     fleet = LabFleet([_host("f-blackhole", 11, faults=("blackhole",))], tmp_path).start()
     spec = fleet.spec("f-blackhole")
@@ -412,6 +435,7 @@ def test_certificates_are_private_cached_and_carry_ip_and_name(tmp_path: Path) -
     assert moved.der != first.der
 
 
+@pytest.mark.lab
 def test_a_restarted_fleet_reuses_its_certificates_and_every_host_accepts(tmp_path: Path) -> None:
     # No clock here: start-up speed is measured by `keyfleet lab bench`, never by a timed test. What makes
     # a restart cheap is checked instead: no certificate or key is issued again.
@@ -431,6 +455,7 @@ def test_a_restarted_fleet_reuses_its_certificates_and_every_host_accepts(tmp_pa
         fleet.stop()
 
 
+@pytest.mark.lab
 def test_a_second_fleet_on_the_same_state_fails_to_bind_without_breaking_the_first(tmp_path: Path) -> None:
     first = LabFleet([_host("twin-http", 200), _host("twin-https", 201, "https", "ntlm")], tmp_path).start()
     try:
@@ -438,7 +463,8 @@ def test_a_second_fleet_on_the_same_state_fails_to_bind_without_breaking_the_fir
         with pytest.raises(KeyfleetError) as info:
             LabFleet(first.specs, tmp_path).start()
         message = str(info.value)
-        assert "\n" not in message and "cannot listen on 127.0.77.200" in message and "another lab fleet" in message
+        assert "\n" not in message and "another lab fleet" in message
+        assert f"cannot listen on {first.specs[0].address}" in message
         assert len(list(tmp_path.glob(".ntlm-users-*/*"))) == 2  # the first fleet's user files are intact
         for name in ("twin-http", "twin-https"):  # new connections: new NTLM acceptors read the user files
             assert run(client(first, name), "hostname") == (f"{name}\r\n".encode(), b"", 0)
@@ -447,6 +473,7 @@ def test_a_second_fleet_on_the_same_state_fails_to_bind_without_breaking_the_fir
     assert not list(tmp_path.glob(".ntlm-users-*"))
 
 
+@pytest.mark.lab
 def test_ntlm_set_up_failure_is_a_refused_logon_in_the_journal_not_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import queue
 import signal
@@ -26,6 +27,7 @@ from orchestrator.lab.journal import Journal
 from orchestrator.lab.plan import SECRETS_FILE, lab_secrets, plan_hosts
 from orchestrator.share.manifest import load_public_key, new_signing_key_pair
 from tests.conftest import CliRun, LabFiles
+from tests.loopback import LoopbackAllocator
 from tests.share_history import read_share
 
 
@@ -93,10 +95,10 @@ def _wait_for_ready(proc: subprocess.Popen[str], lines: queue.Queue[str], timeou
     raise AssertionError(f"lab up never got ready: {seen}")
 
 
-def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path, loopback: LoopbackAllocator) -> None:
     inventory = tmp_path / "lab-up.yml"
-    state = ("--state-dir", str(tmp_path / "state"))
-    with _lab_up("--hosts", "4", "--inventory-out", str(inventory), *state, "--base-address", "127.0.77.120") as seen:
+    state = ("--state-dir", str(tmp_path / "state"), "--base-address", loopback.run(4))
+    with _lab_up("--hosts", "4", "--inventory-out", str(inventory), *state) as seen:
         assert len(seen) == 5  # one line per host, then "ready"
         doc = yaml.safe_load(inventory.read_text())
         assert doc["lab"]["serve"] is False and Path(doc["lab"]["state_dir"]).is_absolute()
@@ -116,9 +118,11 @@ def test_lab_up_serves_bare_pywinrm_and_stops_on_sigterm(tmp_path: Path) -> None
     assert "stdin reaches" not in (tmp_path / "state" / "journal.jsonl").read_text()
 
 
-def test_lab_up_keeps_its_secrets_and_share_across_starts(tmp_path: Path, keyfleet: Callable[..., CliRun]) -> None:
+def test_lab_up_keeps_its_secrets_and_share_across_starts(
+    tmp_path: Path, keyfleet: Callable[..., CliRun], loopback: LoopbackAllocator
+) -> None:
     inventory = tmp_path / "rehearsal.yml"
-    args = ("--hosts", "2", "--inventory-out", str(inventory), "--base-address", "127.0.77.150")
+    args = ("--hosts", "2", "--inventory-out", str(inventory), "--base-address", loopback.run(2))
     docs = []
     for _ in range(2):
         with _lab_up(*args):
@@ -153,7 +157,7 @@ def test_lab_secrets_are_generated_once_and_checked(tmp_path: Path) -> None:
         lab_secrets(tmp_path / "state")
 
 
-def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
+def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path, loopback: LoopbackAllocator) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -168,7 +172,7 @@ def test_lab_up_rejects_faults_for_unknown_hosts(tmp_path: Path) -> None:
             "--inventory-out",
             str(tmp_path / "inv.yml"),
             "--base-address",
-            "127.0.77.130",
+            loopback.run(2),
         ],
         capture_output=True,
         text=True,
@@ -199,10 +203,10 @@ defaults:
 management_groups:
   EMBED:
     hosts:
-      emb-ms01: {{role: management_server, address: 127.0.77.140, port: 5985}}
+      emb-ms01: {{role: management_server, address: {first}, port: 5985}}
       emb-dw01:
         role: dw_management_server
-        address: 127.0.77.141
+        address: {second}
         port: 5986
         scheme: https
         transport: basic
@@ -210,12 +214,14 @@ management_groups:
 """
 
 
-def test_serving_starts_the_embedded_lab_only_when_asked(tmp_path: Path) -> None:
+def test_serving_starts_the_embedded_lab_only_when_asked(tmp_path: Path, loopback: LoopbackAllocator) -> None:
     path = tmp_path / "inv.yml"
-    path.write_text(LAB_INVENTORY.format(serve="false"))
+    first = ipaddress.IPv4Address(loopback.run(2))
+    addresses = {"first": first, "second": first + 1}
+    path.write_text(LAB_INVENTORY.format(serve="false", **addresses))
     with serving(load_inventory(path)) as fleet:
         assert fleet is None
-    path.write_text(LAB_INVENTORY.format(serve="true"))
+    path.write_text(LAB_INVENTORY.format(serve="true", **addresses))
     inv = load_inventory(path)
     with serving(inv) as fleet:
         assert fleet is not None and fleet.ca_path == tmp_path / "state" / "ca.pem"
@@ -248,18 +254,19 @@ def test_a_second_command_on_a_served_lab_fails_in_one_line_and_leaves_it_servin
         assert _bare_pywinrm(doc, "LAB\\keyfleet", "Lab-Test-Pw-1")[2] == 0
 
 
-def test_a_failed_lab_up_removes_the_state_folder_it_created(tmp_path: Path) -> None:
+def test_a_failed_lab_up_removes_the_state_folder_it_created(tmp_path: Path, loopback: LoopbackAllocator) -> None:
     """Every address:port of the plan is taken (a listener on the first host's ports): lab up fails, leaving no
     half-made state; an existing state folder is kept."""
     import socket
 
+    base = loopback.run(2)
     blockers = []
     for port in (5985, 5986):
         blocker = socket.socket()
-        blocker.bind(("127.0.77.141", port))
+        blocker.bind((base, port))
         blocker.listen()
         blockers.append(blocker)
-    argv = [sys.executable, "-m", "orchestrator", "lab", "up", "--hosts", "2", "--base-address", "127.0.77.141"]
+    argv = [sys.executable, "-m", "orchestrator", "lab", "up", "--hosts", "2", "--base-address", base]
     try:
         fresh = tmp_path / "fresh-state"
         proc = subprocess.run(

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliRun, LabFiles, cli_env, make_lab_inventory
 from tests.test_tty import Terminal
 
@@ -26,6 +28,7 @@ ORDER = ["l-tool01", "l-tool02", "l-down01", "l-slow01", "l-ok01"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+@pytest.mark.e2e
 def test_live_display_follows_phases_ticks_and_reports_failures_at_once(tmp_path: Path) -> None:
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET, faults=FAULTS, defaults={"retries": 0})
     env = cli_env(tmp_path, {"TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"})

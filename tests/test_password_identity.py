@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -16,6 +17,8 @@ from orchestrator.share.store import BackupStore
 from tests.conftest import LAB_SIGNING, LabFiles, make_lab_inventory
 from tests.leaks import run_with_unique_secrets
 from tests.share_history import read_share
+
+pytestmark = pytest.mark.e2e
 
 PASSWORD = "Lab-Backup-Test-1"  # the lab inventory's backup.password
 FLEET = {"PW": {"p-ms01": {"role": "management_server"}, "p-dw01": {"role": "dw_management_server"}}}

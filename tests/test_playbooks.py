@@ -42,6 +42,7 @@ def test_shipped_playbooks_are_valid_and_documented(name):
     assert (PLAYBOOKS / name).read_text().startswith("# ")
 
 
+@pytest.mark.e2e
 def test_post_deployment_covers_every_selected_server(tmp_path, keyfleet):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
     run = play(keyfleet, "post-deployment.yml", lab.inventory, "--json")
@@ -59,6 +60,7 @@ def test_post_deployment_covers_every_selected_server(tmp_path, keyfleet):
     assert record["command"] == "run" and {o["status"] for o in record["outcomes"]} == {"ok"}
 
 
+@pytest.mark.e2e
 def test_post_deployment_with_a_faulty_server_names_it(tmp_path, keyfleet):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET, faults={"p-dw01": ["not-admin"]})
     run = play(keyfleet, "post-deployment.yml", lab.inventory, "--json")
@@ -73,6 +75,7 @@ def test_post_deployment_with_a_faulty_server_names_it(tmp_path, keyfleet):
     assert "failed (exit 1); failed: p-dw01" in run.stderr
 
 
+@pytest.mark.e2e
 def test_limit_narrows_the_playbook_and_check_touches_nothing(tmp_path, keyfleet):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
     run = play(keyfleet, "post-deployment.yml", lab.inventory, "--limit", "role:management_server", "--check", "--json")
@@ -84,6 +87,7 @@ def test_limit_narrows_the_playbook_and_check_touches_nothing(tmp_path, keyfleet
     assert not (lab.share / "manifest.json").exists()
 
 
+@pytest.mark.e2e
 def test_nightly_backup_skips_fresh_servers_then_audits(tmp_path, keyfleet):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
     first = play(keyfleet, "backup-all.yml", lab.inventory, "--json")
@@ -96,6 +100,7 @@ def test_nightly_backup_skips_fresh_servers_then_audits(tmp_path, keyfleet):
     assert audit.returncode == 0, audit.stderr
 
 
+@pytest.mark.e2e
 def test_dr_restore_playbook_drill(tmp_path, keyfleet):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
     assert keyfleet("backup", "-i", str(lab.inventory)).returncode == 0
@@ -154,6 +159,7 @@ def test_bad_playbooks_name_file_line_and_key(tmp_path, case):
     assert message in str(error)
 
 
+@pytest.mark.e2e
 def test_bad_playbook_through_the_cli_exits_2(tmp_path, keyfleet):
     path = tmp_path / "bad.yml"
     path.write_text("name: x\nsteps:\n  - doctor\n  - bakup: {}\n")
@@ -167,6 +173,7 @@ def test_bad_playbook_through_the_cli_exits_2(tmp_path, keyfleet):
     assert not lab.journal.exists()
 
 
+@pytest.mark.e2e
 def test_no_secret_leaks_in_a_playbook_run(tmp_path, keyfleet):
     password = f"Unique-Backup-{os.urandom(6).hex()}"
     winrm_password = f"Unique-WinRM-{os.urandom(6).hex()}"

@@ -102,6 +102,7 @@ def measure(browser: str, tmp_path: Path, report: Path) -> dict[str, object]:
     return json.loads(found[1].replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
 
 
+@pytest.mark.e2e
 def test_integrity_failure_in_a_real_browser(
     chromium: str,  # noqa: F811
     showcase: LabFiles,  # noqa: F811
@@ -129,6 +130,7 @@ def test_integrity_failure_in_a_real_browser(
     assert got["polylines"] == 3  # one line per role, from the two backup runs on the share
 
 
+@pytest.mark.e2e
 def test_full_coverage_in_a_real_browser(chromium: str, lab: LabFiles, keyfleet: Keyfleet, tmp_path: Path) -> None:  # noqa: F811
     report = tmp_path / "coverage.html"
     assert keyfleet("audit", "-i", str(lab.inventory), "--format", "html", "-o", str(report)).returncode == 0

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.inventory.model import Role
@@ -14,6 +15,8 @@ from orchestrator.lab.machine import Machine
 from tests.conftest import LAB_SIGNING, LabFiles, make_lab_inventory
 from tests.leaks import LeakSearch
 from tests.share_history import compact, read_share
+
+pytestmark = pytest.mark.e2e
 
 FLEET = {
     "DR": {

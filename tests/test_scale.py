@@ -11,6 +11,9 @@ import pytest
 
 from orchestrator.lab.bench import LabProcess
 from tests.conftest import cli_env
+from tests.loopback import ALLOCATOR
+
+pytestmark = pytest.mark.e2e
 
 HOSTS = 1000
 FORKS = 128
@@ -21,7 +24,7 @@ def test_a_thousand_hosts_at_forks_128_three_times_without_a_failure(tmp_path: P
     workdir = tmp_path / "scale"
     workdir.mkdir(mode=0o700)
     env = cli_env(tmp_path)
-    with LabProcess(workdir, HOSTS, latency=0.0, base_address="127.2.0.1", kdf="cheap") as lab:
+    with LabProcess(workdir, HOSTS, latency=0.0, base_address=ALLOCATOR.run(HOSTS), kdf="cheap") as lab:
         for round_ in range(3):
             argv = [sys.executable, "-m", "orchestrator", "backup", "-i", str(lab.inventory), "--json"]
             argv += ["--forks", str(FORKS), "--share", str(workdir / f"share-{round_}")]

@@ -55,6 +55,7 @@ def test_a_short_secret_is_masked_alone_but_not_inside_host_names():
     assert mask("prefixLong-Secret-9suffix") == "prefix********suffix"  # 8 characters and more: anywhere
 
 
+@pytest.mark.e2e
 def test_basic_over_http_is_refused_before_any_connection(tmp_path, keyfleet):
     fleet = {"G": {"plain-basic": {"role": "management_server", "scheme": "http", "transport": "basic"}}}
     lab = make_lab_inventory(tmp_path / "lab", fleet=fleet)
@@ -65,6 +66,7 @@ def test_basic_over_http_is_refused_before_any_connection(tmp_path, keyfleet):
     assert not lab.journal.exists()
 
 
+@pytest.mark.e2e
 def test_allow_insecure_and_disabled_validation_warn_on_every_run(tmp_path, keyfleet):
     fleet = {
         "G": {
@@ -82,6 +84,7 @@ def test_allow_insecure_and_disabled_validation_warn_on_every_run(tmp_path, keyf
         assert "no-validation: TLS certificate validation is off" in run.stderr
 
 
+@pytest.mark.e2e
 def test_inventory_command_leaks_nothing(tmp_path, keyfleet):
     winrm_password = f"Inv-WinRM-{os.urandom(6).hex()}"
     backup_password = f"Inv-Backup-{os.urandom(6).hex()}"
@@ -101,6 +104,7 @@ def test_inventory_command_leaks_nothing(tmp_path, keyfleet):
         search.assert_clean()
 
 
+@pytest.mark.e2e
 def test_plaintext_secret_in_a_production_inventory_is_refused(tmp_path, keyfleet):
     lab = make_lab_inventory(tmp_path / "lab")
     document = yaml.safe_load(lab.inventory.read_text())

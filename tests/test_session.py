@@ -20,6 +20,8 @@ from orchestrator.secret import Secret
 from orchestrator.session import WinRMSession
 from tests.conftest import make_lab_inventory
 
+pytestmark = pytest.mark.lab
+
 PASSWORD = Secret("Lab-Test-Pw-1")
 FLEET = {
     "S": {

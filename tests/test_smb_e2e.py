@@ -189,6 +189,7 @@ def test_share_from_the_inventory_with_a_credential_reference(
 # -- 2. two controllers at once ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_two_backups_to_one_samba_share_at_once_both_land(tmp_path: Path, server: SmbServer, folder: str) -> None:
     lab = make_lab_inventory(tmp_path / "lab")
     document = yaml.safe_load(lab.inventory.read_text())
@@ -228,6 +229,7 @@ def manifest_has_entries(root: Path) -> bool:
         return False  # not there yet, or being replaced right now
 
 
+@pytest.mark.slow
 def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
 ) -> None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.lab.fleet import lab_machine
 from orchestrator.lab.keyfile import unseal
 from tests.conftest import LAB_SIGNING
 from tests.leaks import LeakSearch
 from tests.share_history import read_share
+
+pytestmark = pytest.mark.e2e
 
 FLEET: dict[str, dict[str, Any]] = {
     "TOOLS": {
@@ -129,6 +133,7 @@ def test_collect_twice_stores_once_and_checks_the_role(lab_inventory, keyfleet):
     assert len(read_share(lab.share, LAB_SIGNING["public_key"])["entries"]) == 1
 
 
+@pytest.mark.slow
 def test_no_password_leaks_in_any_input_mode_or_collect(lab_inventory, keyfleet, tmp_path):
     lab = lab_inventory(fleet=FLEET)
     runs = [

@@ -9,8 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import LAB_SIGNING, cli_env, make_lab_inventory
 from tests.share_history import read_share
+
+pytestmark = pytest.mark.e2e
 
 
 class Terminal:
