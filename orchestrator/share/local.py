@@ -351,8 +351,9 @@ class LocalShare(Share):
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-# openat and friends: every POSIX controller; not Windows, where each component is checked with lstat
-_FD_RELATIVE = {os.open, os.stat, os.mkdir, os.unlink, os.link, os.replace} <= os.supports_dir_fd and (
+# openat and friends: every POSIX controller; not Windows, where each component is checked with lstat.
+# (os.replace takes src_dir_fd/dst_dir_fd like os.rename, but only os.rename is listed in supports_dir_fd.)
+_FD_RELATIVE = {os.open, os.stat, os.mkdir, os.unlink, os.link, os.rename} <= os.supports_dir_fd and (
     os.scandir in os.supports_fd
 )
 
