@@ -310,7 +310,7 @@ class SMBShare(Share):
             raise
 
     def _rename_open(self, raw: Any, name: str, *, replace: bool, path: str) -> None:
-        """Rename the open temp file in its folder (SMB2 SET_INFO FileRenameInformation on its handle).
+        """Rename the open temp file in its folder, through its own handle (share/smbadapter.py).
 
         smbclient.rename/replace first open the target for FILE_EXECUTE, which a server with a
         ``create mask`` of 0600 refuses; renaming through our own handle needs only DELETE.
