@@ -58,6 +58,17 @@ _TEMP_ACCESS = (
 )
 
 
+def listed_kind(name: str, attributes: int) -> ItemKind | None:
+    """What a listed name is, from its file attributes (MS-FSCC 2.6); None for a folder to enter. A
+    reparse point (symbolic link, junction, mount point: a Windows server lists them so) is a link,
+    never entered, whatever else it is."""
+    if attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+        return ItemKind.LINK
+    if attributes & _FILE_ATTRIBUTE_DIRECTORY:
+        return None
+    return ItemKind.TEMPORARY if layout.is_temporary(name) else ItemKind.FILE
+
+
 def _status(exc: BaseException) -> int | None:
     if isinstance(exc, SMBOSError):
         return int(exc.ntstatus)
@@ -371,12 +382,10 @@ class SMBShare(Share):
             raise
         for name, attributes, modified in listed:
             child = f"{relative}/{name}" if relative else name
-            if attributes & FILE_ATTRIBUTE_REPARSE_POINT:
-                found.append(ShareItem(child, ItemKind.LINK, modified))
-            elif attributes & _FILE_ATTRIBUTE_DIRECTORY:
+            kind = listed_kind(name, attributes)
+            if kind is None:
                 self._walk(f"{folder}\\{name}", child, found)
             elif child != layout.LOCK_NAME:
-                kind = ItemKind.TEMPORARY if layout.is_temporary(name) else ItemKind.FILE
                 found.append(ShareItem(child, kind, modified))
 
     @contextmanager
