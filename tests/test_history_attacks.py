@@ -142,6 +142,30 @@ def test_symlinked_group_folder(target: Target, keyfleet: Keyfleet, tmp_path: Pa
     assert after == before  # nothing written or deleted through the link
 
 
+def test_symlinked_group_folder_whose_target_the_share_can_read(target: Target, keyfleet: Keyfleet) -> None:
+    """The link leads to a folder the share's user can read: locally still the `symlink` finding; Samba
+    (wide links = no) leaves it out of listings and answers "not found", so its key files are `lost`."""
+    backup(target, keyfleet)
+    backup(target, keyfleet)
+    outside = target.root.parent.parent / f"elsewhere-{secrets.token_hex(4)}"  # beside smbd's share folder
+    shutil.move(target.root / "PAIR", outside)
+    if target.owner:
+        for path in [outside, *outside.rglob("*")]:
+            shutil.chown(path, user=target.owner)
+    os.symlink(outside, target.root / "PAIR")
+    before = sorted((p.relative_to(outside).as_posix(), p.stat().st_mtime_ns) for p in outside.rglob("*"))
+    code, kinds = target.audit(keyfleet)
+    assert code == 3 and ("symlink" if target.owner is None else "lost") in kinds
+    run = target.run(keyfleet, "backup", "--json")
+    assert run.returncode in (1, 3)
+    assert {o["status"] for o in json.loads(run.stdout)["outcomes"]} == {"failed"}
+    prune = target.run(keyfleet, "prune", "--keep", "1")
+    assert prune.returncode == 3 if target.owner is None else prune.returncode in (0, 3)
+    after = sorted((p.relative_to(outside).as_posix(), p.stat().st_mtime_ns) for p in outside.rglob("*"))
+    assert after == before  # nothing written or deleted through the link
+    shutil.rmtree(outside)
+
+
 def test_whole_share_put_back_from_an_older_copy(target: Target, keyfleet: Keyfleet, tmp_path: Path) -> None:
     backup(target, keyfleet)
     aside = tmp_path / "snapshot"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError, ShareError, ShareExistsError
+from orchestrator.share.base import ShareLinkError
 from orchestrator.share.local import LocalShare
 from orchestrator.share.open import SMBLocation, open_share, parse_smb_url
 from tests.share_contract import ShareContract, ShareTarget
@@ -130,3 +131,96 @@ def test_bad_smb_urls(url: str, message: str) -> None:
 def test_unsupported_scheme() -> None:
     with pytest.raises(ConfigError, match="unsupported scheme 'nfs'"):
         open_share("nfs://srv/keys")
+
+
+def _swap_before(monkeypatch: pytest.MonkeyPatch, name: str, folder: Path, outside: Path) -> Callable[[], bool]:
+    """Make ``os.<name>`` first replace ``folder`` by a link to ``outside`` (an attacker winning the race
+    between the share opening ``folder`` and using a name in it), then do its work; returns "swapped?"."""
+    real = getattr(os, name)
+    swapped: list[bool] = []
+
+    def attacker_first(*args: object, **kwargs: object) -> object:
+        if not swapped:
+            folder.rename(folder.with_name(folder.name + ".aside"))
+            folder.symlink_to(outside, target_is_directory=True)
+            swapped.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, name, attacker_first)
+    return lambda: bool(swapped)
+
+
+def test_a_folder_swapped_for_a_link_after_it_was_opened_is_never_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, outside = tmp_path / "share", tmp_path / "outside"
+    outside.mkdir()
+    share = LocalShare(root)
+    share.write_new("G1/first.bin", b"first")
+    swapped = _swap_before(monkeypatch, "link", root / "G1", outside)  # after the temporary is written
+    share.write_new("G1/second.bin", b"second")
+    monkeypatch.undo()
+    assert swapped()
+    assert list(outside.iterdir()) == []  # nothing written where the link points
+    assert (root / "G1.aside" / "second.bin").read_bytes() == b"second"  # the folder that was opened
+    with pytest.raises(ShareLinkError):
+        share.write_new("G1/third.bin", b"third")  # the link itself is refused from now on
+
+
+def test_a_folder_swapped_for_a_link_after_it_was_opened_is_never_deleted_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, outside = tmp_path / "share", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.bin").write_bytes(b"not the share's")
+    share = LocalShare(root)
+    share.write_new("G1/victim.bin", b"the share's")
+    swapped = _swap_before(monkeypatch, "unlink", root / "G1", outside)  # after the checks, before the delete
+    share.remove("G1/victim.bin")
+    monkeypatch.undo()
+    assert swapped()
+    assert (outside / "victim.bin").read_bytes() == b"not the share's"
+    assert not (root / "G1.aside" / "victim.bin").exists()  # the share's own file went
+
+
+def test_a_folder_swapped_for_a_link_is_never_read_or_listed_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, outside = tmp_path / "share", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.bin").write_bytes(b"outside")
+    share = LocalShare(root)
+    share.write_new("G1/secret.bin", b"inside")
+    swapped = _swap_before(monkeypatch, "fdopen", root / "G1", outside)  # the file is open, not yet read
+    assert share.read_bytes("G1/secret.bin") == b"inside"
+    monkeypatch.undo()
+    assert swapped()
+    with pytest.raises(ShareLinkError):
+        share.read_bytes("G1/secret.bin")
+    assert [(item.path, item.kind.value) for item in share.scan()] == [
+        ("G1", "link"),
+        ("G1.aside/secret.bin", "file"),
+    ]
+    assert list(share.list_files()) == ["G1.aside/secret.bin"]
+
+
+def test_every_name_is_used_relative_to_an_open_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calls that name files under the root get a folder descriptor and a bare name, never a path."""
+    share = LocalShare(tmp_path / "share")
+    share.write_new("G1/R/a.bin", b"a")
+    calls: list[tuple[str, object, object]] = []
+    for name in ("open", "stat", "unlink", "link", "replace", "mkdir"):
+        real = getattr(os, name)
+
+        def spy(*args: object, _name: str = name, _real: Callable[..., object] = real, **kwargs: object) -> object:
+            calls.append((_name, args[0], kwargs.get("dir_fd", kwargs.get("src_dir_fd"))))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, spy)
+    share.write_new("G1/R/b.bin", b"b")
+    share.replace("G2/c.bin", b"c")
+    assert share.read_bytes("G1/R/a.bin") == b"a" and share.exists("G1/R/b.bin")
+    share.remove("G1/R/a.bin")
+    monkeypatch.undo()
+    under_root = [call for call in calls if str(call[1]) != str(tmp_path / "share")]
+    assert under_root and all(isinstance(fd, int) and "/" not in str(arg) for _, arg, fd in under_root), under_root

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from orchestrator.errors import ConfigError
+from orchestrator.privatefile import temporary_name as temporary_name  # the one writer names them
 
 MANIFEST = "manifest.json"
 RUNS_DIR = "runs"
@@ -119,11 +119,6 @@ def run_record_path(run_id: str) -> str:
 def is_run_record_path(path: str) -> bool:
     name = path.removeprefix(f"{RUNS_DIR}/")
     return name != path and name.endswith(".json") and bool(_RUN_ID.fullmatch(name[: -len(".json")]))
-
-
-def temporary_name(name: str) -> str:
-    """The name a writer uses before the final rename: ``.<name>.tmp-<random>``."""
-    return f".{name}.tmp-{secrets.token_hex(6)}"
 
 
 def is_temporary(name: str) -> bool:

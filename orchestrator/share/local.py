@@ -10,10 +10,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.errors import ShareError, ShareExistsError
+from orchestrator.privatefile import create_private, write_private
 from orchestrator.share import layout
 from orchestrator.share.base import (
     FILE_ATTRIBUTE_REPARSE_POINT,
@@ -36,8 +38,6 @@ _DIR_MODE = 0o700
 _LOCK_POLL_MIN, _LOCK_POLL_MAX = 0.005, 0.1
 _process_locks: dict[Path, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
-# link(2) is not offered by every mounted filesystem (FAT, some CIFS mounts): claim the name instead.
-_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 _REASONS = {
     errno.ENOSPC: "no space left on the share",
     errno.EDQUOT: "disk quota exceeded on the share",
@@ -53,7 +53,14 @@ _REASONS = {
 
 
 class LocalShare(Share):
-    """A share rooted at ``root``; the root folder is created (0700) on the first write."""
+    """A share rooted at ``root``; the root folder is created (0700) on the first write.
+
+    Every path under the root is reached from an open folder, one component at a time, without
+    following a link (``openat`` with O_NOFOLLOW|O_DIRECTORY, then ``*at`` calls relative to the last
+    folder): a folder swapped for a symbolic link after a check cannot redirect a read, write, rename,
+    delete or listing. Where the OS has no ``openat`` (Windows), each component is checked with
+    ``lstat`` before use instead (a junction is a reparse point there).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -67,34 +74,70 @@ class LocalShare(Share):
         error = ShareAccessDenied if exc.errno in (errno.EACCES, errno.EPERM) else ShareError
         return error(f"share {self.url}: cannot {action}{where}: {reason}")
 
-    def _full(self, path: str) -> Path:
-        """The path of ``path`` under the root, after checking (lstat, never following) that none of
-        its existing components is a link; the final open also refuses links (O_NOFOLLOW)."""
-        relative = layout.validate_path(path)
-        current = str(self.root)  # joined as strings: this runs for every file of an audit
-        parts = relative.split("/")
-        for depth, part in enumerate(parts, 1):
-            current = os.path.join(current, part)
-            try:
-                info = os.lstat(current)
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                raise self._error("look up", path, exc) from None
-            if _is_link(info):
-                raise self._link_error("/".join(parts[:depth]), path)
-        return self.root / relative
-
     def _link_error(self, link: str, path: str) -> ShareLinkError:
         return ShareLinkError(
             f"share {self.url}: {link} is a symbolic link or junction; keyfleet never follows a link under "
             f"the share (refusing {path}; run `keyfleet audit`)"
         )
 
-    def _make_folders(self, folder: Path) -> None:
-        """Create ``folder`` and missing parents 0700, syncing each new entry into its parent."""
+    @contextmanager
+    def _folder(self, relative: str, *, create: bool = False, path: str = "") -> Iterator[_Folder]:
+        """The share folder ``relative`` ("" for the root), opened without following a link; ``create``
+        makes missing folders (0700, each synced into its parent). FileNotFoundError when it is missing
+        and not created; ShareLinkError when a component is a link; other OSErrors as raised."""
+        path = path or relative or "the share"
+        if create:
+            self._make_root()
+        folder = _Folder("", self._open_root(), str(self.root))
+        try:
+            for part in relative.split("/") if relative else []:
+                folder = self._enter(folder, part, create, path)
+            yield folder
+        finally:
+            folder.close()
+
+    def _open_root(self) -> int | None:
+        return os.open(self.root, os.O_RDONLY | _DIRECTORY) if _FD_RELATIVE else None
+
+    def _enter(self, parent: _Folder, name: str, create: bool, path: str) -> _Folder:
+        """The sub-folder ``name`` of ``parent`` (which is closed)."""
+        relative = f"{parent.path}/{name}" if parent.path else name
+        try:
+            try:
+                fd = self._open_child(parent, name, relative, path)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with suppress(FileExistsError):
+                    os.mkdir(parent.at(name), _DIR_MODE, dir_fd=parent.fd)
+                    parent.sync()
+                fd = self._open_child(parent, name, relative, path)
+                if fd is not None:
+                    os.fchmod(fd, _DIR_MODE)  # the umask may have removed bits; it must not add any
+            return _Folder(relative, fd, os.path.join(parent.full, name))
+        finally:
+            parent.close()
+
+    def _open_child(self, parent: _Folder, name: str, relative: str, path: str) -> int | None:
+        if parent.fd is None:  # pragma: no cover - Windows: lstat, then use the path
+            if _is_link(os.lstat(parent.at(name))):
+                raise self._link_error(relative, path)
+            if not os.path.isdir(parent.at(name)):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", relative)
+            return None
+        try:
+            return os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=parent.fd)
+        except (NotADirectoryError, OSError) as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(
+                os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            ):
+                raise self._link_error(relative, path) from None
+            raise
+
+    def _make_root(self) -> None:
+        """Create the root folder and missing parents 0700 (the root itself is the user's path, not the share's)."""
         missing: list[Path] = []
-        current = folder
+        current = self.root
         while not current.is_dir():
             missing.append(current)
             if current.parent == current:
@@ -108,76 +151,64 @@ class LocalShare(Share):
             os.chmod(new, _DIR_MODE)  # the umask may have removed bits; it must not add any
             _sync_folder(new.parent)
 
-    def _write_temporary(self, target: Path, data: bytes) -> Path:
-        """Write ``data`` to a fresh private temporary file next to ``target``, flushed to disk."""
-        self._make_folders(target.parent)
-        temp = target.parent / layout.temporary_name(target.name)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), _FILE_MODE)
+    def _final(self, folder: _Folder, name: str, path: str) -> os.stat_result | None:
+        """What is at ``name`` in ``folder``, never following it; None when nothing; a link raises."""
         try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, _FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(temp)
-            raise
-        os.close(fd)
-        return temp
+            info = os.stat(folder.at(name), dir_fd=folder.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if _is_link(info):
+            raise self._link_error(path, path)
+        return info
 
     # -- Share -----------------------------------------------------------------------------------
 
     def read_bytes(self, path: str) -> bytes:
-        full = self._full(path)
+        relative = layout.validate_path(path)
+        folder_path, _, name = relative.rpartition("/")
         try:
-            fd = os.open(full, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0))
+            with self._folder(folder_path, path=path) as folder:
+                fd = os.open(folder.at(name), os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0), dir_fd=folder.fd)
+            with os.fdopen(fd, "rb") as handle:
+                return handle.read()
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise self._link_error(path, path) from None
             raise self._error("read", path, exc) from None
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise self._error("read", path, exc) from None
 
     def write_new(self, path: str, data: bytes) -> None:
-        target = self._full(path)
+        relative = layout.validate_path(path)
+        folder_path, _, name = relative.rpartition("/")
         try:
-            temp = self._write_temporary(target, data)
-            try:
-                _link_exclusively(temp, target)
-            finally:
-                _unlink_quietly(temp)
-            _sync_folder(target.parent)
-        except FileExistsError:
-            raise ShareExistsError(f"share {self.url}: {path} already exists; it is never overwritten") from None
+            with self._folder(folder_path, create=True, path=path) as folder:
+                if not create_private(folder.at(name), data, dir_fd=folder.fd):
+                    raise ShareExistsError(f"share {self.url}: {path} already exists; it is never overwritten")
+                folder.sync()
         except OSError as exc:
             raise self._error("write", path, exc) from None
 
     def replace(self, path: str, data: bytes) -> None:
-        target = self._full(path)
+        relative = layout.validate_path(path)
+        folder_path, _, name = relative.rpartition("/")
         try:
-            temp = self._write_temporary(target, data)
-            try:
-                os.replace(temp, target)
-            except BaseException:
-                _unlink_quietly(temp)
-                raise
-            _sync_folder(target.parent)
+            with self._folder(folder_path, create=True, path=path) as folder:
+                self._final(folder, name, path)
+                write_private(folder.at(name), data, dir_fd=folder.fd)  # a link at the name is replaced, not followed
+                folder.sync()
         except OSError as exc:
             raise self._error("replace", path, exc) from None
 
     def exists(self, path: str) -> bool:
-        full = self._full(path)
+        relative = layout.validate_path(path)
+        folder_path, _, name = relative.rpartition("/")
         try:
-            return stat.S_ISREG(os.lstat(full).st_mode)
-        except FileNotFoundError:
+            with self._folder(folder_path, path=path) as folder:
+                info = self._final(folder, name, path)
+        except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as exc:
             raise self._error("look up", path, exc) from None
+        return info is not None and stat.S_ISREG(info.st_mode)
 
     def folder_state(self) -> FolderState:
         if self.root.is_dir():
@@ -197,58 +228,68 @@ class LocalShare(Share):
             raise self._error("create", "its folder", exc) from None
 
     def list_files(self, prefix: str = "") -> Iterator[str]:
-        top = self._full(prefix) if prefix else self.root
-        relative = prefix.strip("/")
-        found = [item.path for item in self._walk(top, relative) if item.kind is ItemKind.FILE]
+        relative = layout.validate_path(prefix) if prefix.strip("/") else ""
+        found = [item.path for item in self._walk_from(relative) if item.kind is ItemKind.FILE]
         yield from sorted(found)
 
     def scan(self) -> list[ShareItem]:
-        return sorted(self._walk(self.root, ""), key=lambda item: item.path)
+        return sorted(self._walk_from(""), key=lambda item: item.path)
 
-    def _walk(self, folder: Path, relative: str) -> list[ShareItem]:
-        """Items below ``folder`` (share path ``relative``), links reported and never entered."""
-        items: list[ShareItem] = []
+    def _walk_from(self, relative: str) -> list[ShareItem]:
         try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
+            with self._folder(relative) as folder:
+                return self._walk(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return items
             raise self._error("list", relative or "the share", exc) from None
-        for entry in entries:
-            path = f"{relative}/{entry.name}" if relative else entry.name
-            if not relative and entry.name == layout.LOCK_NAME:
+
+    def _walk(self, folder: _Folder) -> list[ShareItem]:
+        """Items below ``folder``, links reported and never entered (sub-folders opened relative to it)."""
+        items: list[ShareItem] = []
+        with os.scandir(folder.fd if folder.fd is not None else folder.full) as listing:
+            entries = [(entry.name, entry.stat(follow_symlinks=False)) for entry in _existing(listing)]
+        for name, info in entries:
+            path = f"{folder.path}/{name}" if folder.path else name
+            if not folder.path and name == layout.LOCK_NAME:
                 continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise self._error("list", path, exc) from None
             modified = datetime.fromtimestamp(info.st_mtime, UTC)
             if _is_link(info):
                 items.append(ShareItem(path, ItemKind.LINK, modified))
             elif stat.S_ISDIR(info.st_mode):
-                items.extend(self._walk(Path(entry.path), path))
-            elif layout.is_temporary(entry.name):
+                try:
+                    child = self._enter(folder.borrow(), name, False, path)
+                except ShareLinkError:  # swapped for a link since the listing
+                    items.append(ShareItem(path, ItemKind.LINK, modified))
+                    continue
+                except FileNotFoundError:
+                    continue
+                try:
+                    items.extend(self._walk(child))
+                finally:
+                    child.close()
+            elif layout.is_temporary(name):
                 items.append(ShareItem(path, ItemKind.TEMPORARY, modified))
             else:
                 items.append(ShareItem(path, ItemKind.FILE, modified))
         return items
 
     def remove(self, path: str) -> None:
-        target = self._full(path)
+        relative = layout.validate_path(path)
+        folder_path, _, name = relative.rpartition("/")
         try:
-            target.unlink()
-            _sync_folder(target.parent)
+            with self._folder(folder_path, path=path) as folder:
+                self._final(folder, name, path)
+                os.unlink(folder.at(name), dir_fd=folder.fd)  # unlinkat never follows the last component
+                folder.sync()
         except OSError as exc:
             raise self._error("remove", path, exc) from None
 
     def remove_temporary(self, path: str) -> None:
-        folder, name = split_temporary(path)
-        target = (self._full(folder) if folder else self.root) / name
+        folder_path, name = split_temporary(path)
         try:
-            os.unlink(target)  # unlink removes a link itself, never its target
+            with self._folder(folder_path, path=path) as folder:
+                os.unlink(folder.at(name), dir_fd=folder.fd)  # unlink removes a link itself, never its target
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -281,8 +322,8 @@ class LocalShare(Share):
     @contextmanager
     def _file_lock(self, deadline: float, timeout: float) -> Iterator[None]:
         try:
-            self._make_folders(self.root)
-            fd = os.open(self.root / layout.LOCK_NAME, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+            with self._folder("", create=True) as root:
+                fd = os.open(root.at(layout.LOCK_NAME), os.O_RDWR | os.O_CREAT | _NOFOLLOW, _FILE_MODE, dir_fd=root.fd)
         except OSError as exc:
             raise self._error("open the lock file", layout.LOCK_NAME, exc) from None
         try:
@@ -302,21 +343,58 @@ class LocalShare(Share):
     def remove_stale_temporaries(self) -> int:
         """Delete every temporary file (never through a link); call it under :meth:`lock`
         (``BackupStore`` does)."""
-        removed = 0
-        for item in self._walk(self.root, ""):
-            if item.kind is not ItemKind.TEMPORARY:
-                continue
-            try:
-                os.unlink(self.root / item.path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise self._error("remove", item.path, exc) from None
-            removed += 1
-        return removed
+        temporaries = [item.path for item in self._walk_from("") if item.kind is ItemKind.TEMPORARY]
+        for path in temporaries:
+            self.remove_temporary(path)
+        return len(temporaries)
 
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; on Windows the lstat walk of ``_full`` stands alone
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+# openat and friends: every POSIX controller; not Windows, where each component is checked with lstat.
+# (os.replace takes src_dir_fd/dst_dir_fd like os.rename, but only os.rename is listed in supports_dir_fd.)
+_FD_RELATIVE = {os.open, os.stat, os.mkdir, os.unlink, os.link, os.rename} <= os.supports_dir_fd and (
+    os.scandir in os.supports_fd
+)
+
+
+@dataclass
+class _Folder:
+    """An open folder of the share: ``fd`` (every name used relative to it) or, without openat,
+    ``None`` and its lstat-checked ``full`` path."""
+
+    path: str  # share-relative, "" for the root
+    fd: int | None
+    full: str
+    owned: bool = True
+
+    def at(self, name: str) -> str:
+        """The argument naming ``name`` in this folder, for a call given ``dir_fd=self.fd``."""
+        return name if self.fd is not None else os.path.join(self.full, name)
+
+    def borrow(self) -> _Folder:
+        """The same folder, not closed by whoever it is handed to."""
+        return _Folder(self.path, self.fd, self.full, owned=False)
+
+    def sync(self) -> None:
+        """Make a rename or new entry in this folder durable (Windows cannot open folders)."""
+        if self.fd is not None:
+            _fsync_folder(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None and self.owned:
+            os.close(self.fd)
+            self.owned = False
+
+
+def _existing(listing: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]:
+    """Entries whose status can still be read (a file removed meanwhile is skipped)."""
+    for entry in listing:
+        try:
+            entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        yield entry
 
 
 def _is_link(info: os.stat_result) -> bool:
@@ -331,42 +409,23 @@ def _process_lock(root: Path) -> threading.Lock:
         return _process_locks.setdefault(key, threading.Lock())
 
 
-def _link_exclusively(temp: Path, target: Path) -> None:
-    """Give ``temp``'s bytes the name ``target``; FileExistsError if ``target`` exists."""
-    if sys.platform == "win32":  # pragma: no cover - Windows rename refuses an existing target
-        os.rename(temp, target)
-        return
-    try:
-        os.link(temp, target)
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-        # No hard links: claim the name with O_EXCL (fails if it exists), then swap our bytes in.
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
-        try:
-            os.replace(temp, target)
-        except BaseException:
-            _unlink_quietly(target)
-            raise
-
-
 def _sync_folder(folder: Path) -> None:
-    """Make a rename or a new entry in ``folder`` durable (POSIX only; Windows cannot open folders)."""
+    """Make a new entry in ``folder`` durable (POSIX only; Windows cannot open folders)."""
     if sys.platform == "win32":  # pragma: no cover
         return
     fd = os.open(folder, os.O_RDONLY)
+    try:
+        _fsync_folder(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(fd: int) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:  # some filesystems (e.g. CIFS) refuse fsync on a folder
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
             raise
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _try_lock(fd: int) -> bool:

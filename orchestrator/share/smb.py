@@ -13,9 +13,8 @@ from typing import Any, NoReturn
 
 import smbclient
 from smbprotocol.exceptions import SMBAuthenticationError, SMBConnectionClosed, SMBException, SMBOSError
-from smbprotocol.file_info import FileRenameInformation
 from smbprotocol.header import NtStatus
-from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask, SMB2SetInfoRequest
+from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
 
 from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
@@ -30,6 +29,7 @@ from orchestrator.share.base import (
     ShareLinkError,
     split_temporary,
 )
+from orchestrator.share.smbadapter import connections_alive, entry_info, send_rename
 
 _LOCK_POLL = 0.1
 _FILE_ATTRIBUTE_DIRECTORY = 0x10
@@ -56,6 +56,17 @@ _TEMP_ACCESS = (
     | FilePipePrinterAccessMask.FILE_WRITE_ATTRIBUTES
     | FilePipePrinterAccessMask.DELETE
 )
+
+
+def listed_kind(name: str, attributes: int) -> ItemKind | None:
+    """What a listed name is, from its file attributes (MS-FSCC 2.6); None for a folder to enter. A
+    reparse point (symbolic link, junction, mount point: a Windows server lists them so) is a link,
+    never entered, whatever else it is."""
+    if attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+        return ItemKind.LINK
+    if attributes & _FILE_ATTRIBUTE_DIRECTORY:
+        return None
+    return ItemKind.TEMPORARY if layout.is_temporary(name) else ItemKind.FILE
 
 
 def _status(exc: BaseException) -> int | None:
@@ -310,27 +321,15 @@ class SMBShare(Share):
             raise
 
     def _rename_open(self, raw: Any, name: str, *, replace: bool, path: str) -> None:
-        """Rename the open temp file in its folder (SMB2 SET_INFO FileRenameInformation on its handle).
+        """Rename the open temp file in its folder, through its own handle (share/smbadapter.py).
 
         smbclient.rename/replace first open the target for FILE_EXECUTE, which a server with a
         ``create mask`` of 0600 refuses; renaming through our own handle needs only DELETE.
         """
-        fd = raw.fd
-        info = FileRenameInformation()
-        info["replace_if_exists"] = replace
-        info["file_name"] = ntpath.join(ntpath.dirname(fd.file_name), name)
-        request = SMB2SetInfoRequest()
-        request["info_type"] = info.INFO_TYPE
-        request["file_info_class"] = info.INFO_CLASS
-        request["file_id"] = fd.file_id
-        request["buffer"] = info
         deadline = time.monotonic() + _REPLACE_PATIENCE
         while True:
-            sent = fd.connection.send(
-                request, sid=fd.tree_connect.session.session_id, tid=fd.tree_connect.tree_connect_id
-            )
             try:
-                fd.connection.receive(sent)
+                send_rename(raw, name, replace=replace)
                 return
             except SMBException as exc:
                 status = _status(exc)
@@ -376,20 +375,17 @@ class SMBShare(Share):
         """
         try:
             with smbclient.scandir(folder, **self._session()) as entries:
-                listed = [(entry.name, entry.smb_info) for entry in entries]
+                listed = [(entry.name, *entry_info(entry)) for entry in entries]
         except SMBOSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return  # not there (yet), or removed while we walked
             raise
-        for name, info in listed:
+        for name, attributes, modified in listed:
             child = f"{relative}/{name}" if relative else name
-            modified = info.last_write_time
-            if info.file_attributes & FILE_ATTRIBUTE_REPARSE_POINT:
-                found.append(ShareItem(child, ItemKind.LINK, modified))
-            elif info.file_attributes & _FILE_ATTRIBUTE_DIRECTORY:
+            kind = listed_kind(name, attributes)
+            if kind is None:
                 self._walk(f"{folder}\\{name}", child, found)
             elif child != layout.LOCK_NAME:
-                kind = ItemKind.TEMPORARY if layout.is_temporary(name) else ItemKind.FILE
                 found.append(ShareItem(child, kind, modified))
 
     @contextmanager
@@ -464,4 +460,4 @@ class SMBShare(Share):
         return mask(str(exc))
 
     def _alive(self) -> bool:
-        return all(getattr(conn.transport, "connected", False) for conn in self._pool.values())
+        return connections_alive(self._pool.values())
