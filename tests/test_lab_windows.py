@@ -98,6 +98,16 @@ def test_a_bom_makes_the_tool_read_another_password() -> None:
     assert data == f"{PASSWORD}\r\n{PASSWORD}\r\n".encode() and codepage == 437
 
 
+def test_text_through_the_stdin_writer_takes_the_console_code_page_bytes_do_not() -> None:
+    # StandardInput.WriteLine encodes with Console.InputEncoding; BaseStream.Write sends the script's own UTF-8
+    shipped = script_facts()
+    by_writer = replace(shipped, writes_stdin_bytes=False, writes_stdin_lines=True)
+    own, _ = windows.tool_stdin_bytes(["Pässwörd"], 850, replace(shipped, sets_utf8_console_without_bom=False))
+    written, _ = windows.tool_stdin_bytes(["Pässwörd"], 850, replace(by_writer, sets_utf8_console_without_bom=False))
+    assert own == "Pässwörd\r\n".encode()
+    assert written == "Pässwörd\r\n".encode("cp850")
+
+
 def test_the_first_release_helper_fails_on_the_lab_as_it_would_on_windows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,7 +127,10 @@ def tool_stdin_bytes(lines: list[str], shell_codepage: int, facts: ScriptFacts) 
     codepage = UTF8_CODEPAGE if facts.sets_utf8_console_without_bom else shell_codepage
     data = encoding_preamble(codepage, utf8_without_bom=facts.sets_utf8_console_without_bom)
     text = "".join(line + "\r\n" for line in lines)  # CRLF: the script's own, and WriteLine's on Windows
-    return data + text.encode(codec(codepage), "replace"), codepage
+    # bytes the script encoded itself (UTF-8) reach the tool as they are; text written through
+    # Process.StandardInput (a StreamWriter) is encoded with the console's input code page
+    own_bytes = facts.writes_stdin_bytes and not facts.writes_stdin_lines
+    return data + text.encode("utf-8" if own_bytes else codec(codepage), "replace"), codepage
 
 
 def clixml(records: list[tuple[str, str]]) -> bytes:
