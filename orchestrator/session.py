@@ -104,7 +104,7 @@ class WinRMSession:
                 # the inventory's names are pywinrm's; kerberos and negotiate are keyfleet's own NegotiateAuth
                 transport="kerberos" if host.transport in kerberos.TRANSPORTS else host.transport,  # type: ignore[arg-type]
                 username=username,
-                password=password.reveal() if password else None,
+                password=self._password(password),
                 cert_pem=host.client_cert,
                 cert_key_pem=host.client_key,
                 server_cert_validation="validate" if validate else "ignore",
@@ -124,6 +124,13 @@ class WinRMSession:
         if host.transport in kerberos.TRANSPORTS:
             self._gss = kerberos.attach(self._protocol.transport, host, password)
         self.requests_sent = 0
+
+    def _password(self, password: Secret | None) -> str | None:
+        if password is None:
+            return None
+        if self.host.transport == "ntlm":  # the same NTLM exchange, its one-way functions run once per password
+            return transport.ntlm_password(password.reveal())
+        return password.reveal()
 
     @property
     def mechanism(self) -> str | None:

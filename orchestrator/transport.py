@@ -9,15 +9,21 @@ loudly when an upgrade changes them):
   framed (length, chunks, read to close), before requests or urllib3 hold it;
 - a pywinrm Transport whose requests session never reads or writes proxy environment variables:
   pywinrm's ``proxy=None`` makes requests set and delete ``os.environ["no_proxy"]`` around each
-  request, which is not thread-safe (psf/requests issue 4997).
+  request, which is not thread-safe (psf/requests issue 4997);
+- one TLS context per trust setting for the whole process: urllib3 builds a context for every
+  connection and loads the CA bundle into it (the system store: about 20 ms of CPU each time);
+- NTLM passwords handed to pyspnego in its LM:NT hash form, its one-way functions run once per password.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import itertools
+import os
 import socket
+import ssl
 import threading
 import time
 import warnings
@@ -30,8 +36,10 @@ import requests.adapters
 import urllib3.exceptions
 import winrm
 import winrm.transport
+from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 from winrm.protocol import Protocol
 
 # Windows' default MaxEnvelopeSizekb is 500 (winrm get winrm/config); framing: HTTP multipart of
@@ -239,6 +247,51 @@ class _WatchedHTTPSConnection(HTTPSConnection):
             watch.track(sock)
         return sock
 
+    def connect(self) -> None:
+        shared = _shared_context(self)
+        if shared is not None:  # urllib3 takes a given context as it is: no CA loaded again
+            self.ssl_context, self.ca_certs, self.ca_cert_dir = shared, None, None
+        super().connect()
+
+
+_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def _shared_context(conn: HTTPSConnection) -> ssl.SSLContext | None:
+    """The process's TLS context for ``conn``'s trust setting, made as urllib3 would make it for the
+    connection (``create_urllib3_context``, then the CA bundle), once per bundle (its path, size and
+    modification time) instead of once per connection. None where the connection needs a context of its
+    own (a client certificate, TLS versions, a caller's context): urllib3 then builds one as before.
+
+    Without verification (a pinned thumbprint, ``cert_validation: false``) the shared context loads no
+    CA at all, where urllib3 would load the system store into a context that checks nothing."""
+    custom = (conn.ssl_context, conn.cert_file, conn.key_file, conn.ca_cert_data, conn.ssl_version, conn.proxy)
+    if any(value is not None for value in custom) or conn.ssl_minimum_version or conn.ssl_maximum_version:
+        return None
+    cert_reqs = resolve_cert_reqs(conn.cert_reqs)
+    if cert_reqs == ssl.CERT_NONE:
+        key: tuple[object, ...] = ("none",)
+    elif conn.ca_certs or conn.ca_cert_dir:
+        try:
+            stat = os.stat(conn.ca_certs or conn.ca_cert_dir or "")
+        except OSError:
+            return None  # urllib3 reports it as it always has
+        key = ("verify", conn.ca_certs, conn.ca_cert_dir, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    else:
+        return None
+    with _CONTEXTS_LOCK:  # built once even when many workers connect at the same moment
+        context = _CONTEXTS.get(key)
+        if context is None:
+            context = create_urllib3_context(cert_reqs=cert_reqs)
+            if cert_reqs != ssl.CERT_NONE:
+                try:
+                    context.load_verify_locations(conn.ca_certs, conn.ca_cert_dir)
+                except OSError as exc:  # as urllib3's ssl_wrap_socket words a bundle it cannot load
+                    raise urllib3.exceptions.SSLError(exc) from exc
+            _CONTEXTS[key] = context
+    return context
+
 
 class _WatchedPool(HTTPConnectionPool):
     ConnectionCls = _WatchedConnection
@@ -306,6 +359,14 @@ class BoundedTransport(winrm.transport.Transport):
         session.proxies = dict(self.proxies)
         session.mount("http://", self.adapter)
         session.mount("https://", self.adapter)
+
+
+@functools.lru_cache(maxsize=16)
+def ntlm_password(password: str) -> str:
+    """``password`` as the LM:NT hash pair that pyspnego (under requests_ntlm) accepts in its place
+    (pass-the-hash, documented by requests_ntlm and pyspnego): the same NTLM exchange, but pyspnego's
+    one-way functions (LMOWFv1 is DES in pure Python, about 1 ms) run once per password, not per host."""
+    return f"{lmowfv1(password).hex()}:{ntowfv1(password).hex()}"
 
 
 def bound(protocol: Protocol, *, proxy: str | None, thumbprint: str | None) -> SocketWatch:

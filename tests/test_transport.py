@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import http.client
 import inspect
+import pathlib
 import socket
+import ssl
 import time
 
+import certifi
 import requests
 import urllib3.connection
 import winrm
 import winrm.transport
+from spnego._ntlm_raw.crypto import is_ntlm_hash
 
 from orchestrator import transport
 
@@ -70,3 +74,45 @@ def test_the_watchdog_shuts_a_blocked_socket_at_the_deadline():
     watch.close()
     client.close()
     listener.close()
+
+
+def https_connection(**kwargs) -> urllib3.connection.HTTPSConnection:
+    pool = transport._POOLS["https"]("127.0.0.1", 9)
+    return pool.ConnectionCls("127.0.0.1", 9, **kwargs)
+
+
+def test_connections_that_trust_one_ca_bundle_share_one_tls_context():
+    bundle = certifi.where()  # some 150 certificates: loading them per connection costs about 15 ms
+    first = transport._shared_context(https_connection(cert_reqs="CERT_REQUIRED", ca_certs=bundle))
+    second = transport._shared_context(https_connection(cert_reqs="CERT_REQUIRED", ca_certs=bundle))
+    assert first is second is not None
+    assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname  # verified as urllib3 would
+    assert first.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert first.cert_store_stats()["x509_ca"] > 100
+
+
+def test_a_connection_that_needs_its_own_tls_settings_gets_no_shared_context(tmp_path):
+    client_cert = https_connection(cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(), cert_file="c.pem")
+    assert transport._shared_context(client_cert) is None  # urllib3 loads the client's certificate into it
+    missing = https_connection(cert_reqs="CERT_REQUIRED", ca_certs=str(tmp_path / "none"))
+    assert transport._shared_context(missing) is None  # urllib3 reports it as before
+    unverified = transport._shared_context(https_connection(cert_reqs="CERT_NONE"))
+    assert unverified is not None and unverified.verify_mode == ssl.CERT_NONE
+    assert unverified.cert_store_stats()["x509_ca"] == 0  # a context that checks nothing loads no CA store
+
+
+def test_a_changed_ca_bundle_gets_a_new_context(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    pems = pathlib.Path(certifi.where()).read_text().split("-----END CERTIFICATE-----\n")
+    bundle.write_text(pems[0] + "-----END CERTIFICATE-----\n")
+    before = transport._shared_context(https_connection(cert_reqs="CERT_REQUIRED", ca_certs=str(bundle)))
+    bundle.write_text("-----END CERTIFICATE-----\n".join(pems[:2]) + "-----END CERTIFICATE-----\n")
+    after = transport._shared_context(https_connection(cert_reqs="CERT_REQUIRED", ca_certs=str(bundle)))
+    assert before is not after
+    assert (before.cert_store_stats()["x509_ca"], after.cert_store_stats()["x509_ca"]) == (1, 2)
+
+
+def test_ntlm_passwords_become_the_hashes_pyspnego_accepts_in_their_place():
+    # MS-NLMP 4.2.2.1.1 and 4.2.2.1.2: LMOWFv1 and NTOWFv1 of "Password"
+    assert transport.ntlm_password("Password") == "e52cac67419a9a224a3b108f3fa6cb6d:a4f49c406510bdcab6824ee7c30fd852"
+    assert is_ntlm_hash(transport.ntlm_password("Password"))
