@@ -55,7 +55,9 @@ def test_first_backup_stores_a_verifier_and_a_mismatch_is_refused_before_any_hos
     recorded = verifiers(lab)
     assert list(recorded) == ["test-1"]
     verifier = recorded["test-1"]
-    assert verifier["kdf"] == "scrypt" and verifier["n"] >= 2**17 and verifier["r"] >= 8  # memory-hard, not fast
+    # memory-hard, not fast: one of the equivalent minimums of OWASP's Password Storage Cheat Sheet
+    owasp = {(2**17, 8, 1), (2**16, 8, 2), (2**15, 8, 3), (2**14, 8, 5), (2**13, 8, 10)}
+    assert verifier["kdf"] == "scrypt" and (verifier["n"], verifier["r"], verifier["p"]) in owasp
     assert len(base64.b64decode(verifier["salt"])) >= 16
     assert scrypt_verifies(verifier, PASSWORD)
     assert not scrypt_verifies(verifier, "Another-Password-1")
@@ -162,3 +164,21 @@ def test_no_password_in_any_form_anywhere(tmp_path: Path, keyfleet):
     assert run.returncode == 0, run.stderr
     assert list(verifiers(lab)) == ["test-1"]  # the verifier is on the share, the password is not
     assert search.assert_clean() >= 5
+
+
+def test_a_verifier_keeps_its_own_parameters_and_a_share_cannot_ask_for_unbounded_work() -> None:
+    from orchestrator.errors import IntegrityError
+    from orchestrator.jobs import identity
+    from orchestrator.secret import Secret
+
+    password, salt = "Correct-Horse-9", b"s" * 16
+    # an earlier release's verifier: N=2^17, r=8, p=1
+    derived = Scrypt(salt=salt, length=32, n=2**17, r=8, p=1).derive(password.encode())
+    old = {"kdf": "scrypt", "n": 2**17, "r": 8, "p": 1}
+    old |= {"salt": base64.b64encode(salt).decode(), "hash": base64.b64encode(derived).decode()}
+    assert identity.matches(Secret(password), old, "old-id")
+    assert not identity.matches(Secret(password + "x"), old, "old-id")
+    new = identity.make_verifier(Secret(password))
+    assert (new["n"], new["r"], new["p"]) == (2**14, 8, 5) and identity.matches(Secret(password), new, "new-id")
+    with pytest.raises(IntegrityError, match="malformed"):  # 2^20 * 16 * 16: far past any work keyfleet writes
+        identity.matches(Secret(password), old | {"n": 2**20, "r": 16, "p": 16}, "old-id")
