@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.errors import ConfigError, HostFailure, IntegrityError, KeyfleetError, ShareError
-from orchestrator.remote import DEFAULT_OUTBOX
+from orchestrator.helpers.remote import DEFAULT_OUTBOX
 from orchestrator.secret import mask
 
 DEBUG_LOG = Path.home() / ".cache" / "keyfleet" / "debug.log"
@@ -282,7 +282,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = argparse.Namespace(command=None, json="--json" in (sys.argv[1:] if argv is None else argv))
     try:
         if argv is None and threading.current_thread() is threading.main_thread():
-            from orchestrator.interrupts import install
+            from orchestrator.runner.interrupts import install
 
             install()  # the program itself: interrupts are counted from here on
         args = build_parser().parse_args(argv)

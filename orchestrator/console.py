@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.errors import ErrorKind
-from orchestrator.runner import HostResult
+from orchestrator.runner.pool import HostResult
 from orchestrator.secret import mask
 from orchestrator.status import Status
 

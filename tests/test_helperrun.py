@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 import orchestrator
-from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure
-from orchestrator.helperrun import COLLECT, PROBE, SMOKE, run_helper
+from orchestrator.helpers import remote
+from orchestrator.helpers.run import COLLECT, PROBE, SMOKE, run_helper
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.lab.fleet import serving
-from orchestrator.runner import HostContext
+from orchestrator.runner.pool import HostContext
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 from tests.conftest import make_lab_inventory
 
 PASSWORD = Secret("Lab-Test-Pw-1")
@@ -70,7 +70,7 @@ def test_a_helper_failure_is_a_host_failure_with_its_kind(lab: Inventory) -> Non
 def test_only_the_helper_runner_builds_requests_or_parses_results() -> None:
     """Every job (backup, restore, doctor, collect) runs its helpers through run_helper."""
     package = Path(orchestrator.__file__).parent
-    allowed = {package / "remote.py", package / "helperrun.py"}
+    allowed = {package / "helpers" / "remote.py", package / "helpers" / "run.py"}
     offenders = []
     for path in sorted(package.rglob("*.py")):
         if path in allowed or "lab" in path.relative_to(package).parts:
@@ -79,4 +79,4 @@ def test_only_the_helper_runner_builds_requests_or_parses_results() -> None:
             name = node.attr if isinstance(node, ast.Attribute) else node.name if isinstance(node, ast.alias) else None
             if name in _PROTOCOL_NAMES:
                 offenders.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
-    assert not offenders, "run helpers with helperrun.run_helper:\n" + "\n".join(offenders)
+    assert not offenders, "run helpers with orchestrator.helpers.run.run_helper:\n" + "\n".join(offenders)

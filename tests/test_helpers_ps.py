@@ -10,7 +10,7 @@ import pytest
 import tree_sitter
 import tree_sitter_powershell
 
-from orchestrator import remote
+from orchestrator.helpers import remote
 from orchestrator.lab.registry import DEFAULT_INSTALL_FOLDERS
 
 FILES = (remote.BOOTSTRAP, remote.COMMON, remote.CONPTY, *remote.HELPERS)

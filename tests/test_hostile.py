@@ -14,11 +14,11 @@ import pytest
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
-from orchestrator.runner import HostContext, Runner
+from orchestrator.runner.pool import HostContext, Runner
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.transport import reply_cap
+from orchestrator.session.winrm import WinRMSession
 from orchestrator.status import Status
-from orchestrator.transport import reply_cap
 from tests.conftest import make_lab_inventory
 from tests.hostile import HostileServer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.kerberos import principal_name
+from orchestrator.session.kerberos import principal_name
 from tests.test_inventory import ONE_HOST, PROD_HEAD, expect_error, write
 
 KRB_HEAD = """\

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.kerberos import HINT_KDC, HINT_PASSWORD, HINT_SKEW, HINT_SPN
+from orchestrator.session.kerberos import HINT_KDC, HINT_PASSWORD, HINT_SKEW, HINT_SPN
 from tests.conftest import cli_env
 from tests.krb import (
     FAKETIME,

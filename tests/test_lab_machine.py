@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.helpers import remote
 from orchestrator.inventory.model import Role
 from orchestrator.lab import keyfile
 from orchestrator.lab.config import LabHostSettings

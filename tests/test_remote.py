@@ -9,8 +9,8 @@ from importlib import resources
 
 import pytest
 
-from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.helpers import remote
 from orchestrator.inventory.model import Role
 from orchestrator.secret import Secret
 

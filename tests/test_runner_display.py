@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from orchestrator.inventory.model import Role
-from orchestrator.runner import Runner, RunnerEvents
+from orchestrator.runner.pool import Runner, RunnerEvents
 from orchestrator.status import Status
 from tests.test_audit import host_config
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.helpers import remote
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.lab.fleet import LabFleet, serving
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 from tests.conftest import make_lab_inventory
 
 pytestmark = pytest.mark.lab

@@ -16,7 +16,7 @@ import winrm
 import winrm.transport
 from spnego._ntlm_raw.crypto import is_ntlm_hash
 
-from orchestrator import transport
+from orchestrator.session import transport
 
 
 def protocol() -> winrm.Protocol:

@@ -7,12 +7,12 @@ import argparse
 from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui, print_json
 from orchestrator.durations import duration_option
-from orchestrator.interrupts import Interrupts, deferred
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs import backup, context, identity
 from orchestrator.report.json import backup_plan_json, nothing_to_back_up_json
+from orchestrator.runner.interrupts import Interrupts, deferred
 from orchestrator.secret import Secret
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore

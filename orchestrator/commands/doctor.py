@@ -10,6 +10,7 @@ from rich.text import Text
 from orchestrator.console import HINTS, Ui, failures_first, print_json
 from orchestrator.emulation import serving
 from orchestrator.errors import ErrorKind
+from orchestrator.helpers.remote import ProbeResult
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context
@@ -23,9 +24,8 @@ from orchestrator.jobs.doctor import (
     run_doctor,
     status_counts,
 )
-from orchestrator.remote import ProbeResult
 from orchestrator.report.json import doctor_json
-from orchestrator.runner import RunnerEvents
+from orchestrator.runner.pool import RunnerEvents
 from orchestrator.status import Status
 
 # short column headers, one per check

@@ -10,11 +10,11 @@ from rich.text import Text
 
 from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_text, failures_first, print_json
 from orchestrator.emulation import serving
-from orchestrator.interrupts import Interrupts
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
 from orchestrator.report.json import run_json
-from orchestrator.runner import RunnerEvents, RunSummary
+from orchestrator.runner.interrupts import Interrupts
+from orchestrator.runner.pool import RunnerEvents, RunSummary
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord
 from orchestrator.share.store import BackupStore

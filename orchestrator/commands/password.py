@@ -7,10 +7,10 @@ import argparse
 from orchestrator.commands.outcomes import run_and_record
 from orchestrator.console import Ui
 from orchestrator.errors import ConfigError
-from orchestrator.interrupts import deferred
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import backup, context, identity
+from orchestrator.runner.interrupts import deferred
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
 

@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 
 from rich.text import Text
 
-from orchestrator import remote
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
 from orchestrator.emulation import serving
 from orchestrator.errors import ErrorKind, KeyfleetError
+from orchestrator.helpers import remote
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, identity, restore
 from orchestrator.report.json import restore_json
-from orchestrator.runner import RunnerEvents, RunSummary
+from orchestrator.runner.pool import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso
 from orchestrator.share.runrecord import new_run_id
 

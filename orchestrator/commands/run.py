@@ -24,7 +24,7 @@ from orchestrator.jobs.playbook_schema import (
     select_playbook_hosts,
 )
 from orchestrator.report.json import run_plan_json, run_result_json
-from orchestrator.runner import RunnerEvents
+from orchestrator.runner.pool import RunnerEvents
 from orchestrator.share.store import BackupStore
 from orchestrator.status import Status
 

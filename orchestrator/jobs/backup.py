@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError, ShareError
-from orchestrator.helperrun import EXPORT, run_helper
-from orchestrator.interrupts import Interrupts
+from orchestrator.helpers import remote
+from orchestrator.helpers.run import EXPORT, run_helper
 from orchestrator.inventory.model import HostConfig, Inventory, Role
 from orchestrator.jobs.record import host_outcome, run_record
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary
+from orchestrator.runner.interrupts import Interrupts
+from orchestrator.runner.pool import HostContext, HostResult, Runner, RunnerEvents, RunSummary
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 from orchestrator.share.manifest import Manifest, ManifestEntry
 from orchestrator.share.runrecord import HostOutcome, RunRecord
 from orchestrator.share.store import BackupStore

@@ -9,13 +9,13 @@ deletes the remote copy only after the share holds it.
 
 from __future__ import annotations
 
-from orchestrator import remote
 from orchestrator.errors import ErrorKind, HostFailure, IntegrityError, ShareError
-from orchestrator.helperrun import COLLECT, COLLECT_REMOVE, run_helper
+from orchestrator.helpers import remote
+from orchestrator.helpers.run import COLLECT, COLLECT_REMOVE, run_helper
 from orchestrator.jobs.backup import verify_roles
-from orchestrator.runner import HostContext
+from orchestrator.runner.pool import HostContext
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 from orchestrator.share.manifest import Manifest, ManifestEntry
 from orchestrator.share.store import BackupStore
 

@@ -7,8 +7,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from orchestrator import remote
 from orchestrator.errors import ConfigError, ShareError
+from orchestrator.helpers import remote
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.secret import Secret
 from orchestrator.secretrefs import prompt_secret, read_private_file, resolve

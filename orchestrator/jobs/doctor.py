@@ -10,13 +10,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from orchestrator import remote
 from orchestrator.errors import ErrorKind
-from orchestrator.helperrun import PROBE, SMOKE, run_helper
+from orchestrator.helpers import remote
+from orchestrator.helpers.run import PROBE, SMOKE, run_helper
 from orchestrator.inventory.model import HostConfig
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents
+from orchestrator.runner.pool import HostContext, HostResult, Runner, RunnerEvents
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 from orchestrator.status import Status
 
 # Every check, in the order it is judged; `require:` in a playbook names a subset.

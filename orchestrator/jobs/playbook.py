@@ -12,15 +12,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from orchestrator import remote
 from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
+from orchestrator.helpers import remote
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs import backup, restore
 from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
-from orchestrator.runner import RunnerEvents
+from orchestrator.runner.pool import RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord, new_run_id

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.inventory.model import Inventory
-from orchestrator.runner import HostResult
+from orchestrator.runner.pool import HostResult
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import HostOutcome, RunRecord
 

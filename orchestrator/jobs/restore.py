@@ -11,14 +11,14 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orchestrator import remote
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError
-from orchestrator.helperrun import RESTORE, run_helper
+from orchestrator.helpers import remote
+from orchestrator.helpers.run import RESTORE, run_helper
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs.record import host_outcome, run_record
-from orchestrator.runner import HostContext, HostResult, Runner, RunnerEvents, RunSummary
+from orchestrator.runner.pool import HostContext, HostResult, Runner, RunnerEvents, RunSummary
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 from orchestrator.share.manifest import Manifest, ManifestEntry
 from orchestrator.share.runrecord import HostOutcome, RunRecord
 from orchestrator.share.store import BackupStore

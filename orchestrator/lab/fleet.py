@@ -18,7 +18,6 @@ from types import TracebackType
 
 from orchestrator.errors import ConfigError, KeyfleetError
 from orchestrator.inventory.model import Inventory, Role
-from orchestrator.kerberos import principal_name, tls_server_end_point
 from orchestrator.lab.config import LabHostSettings, host_settings, lab_config
 from orchestrator.lab.faults import find, parse_faults
 from orchestrator.lab.httpserver import HostListener, LabHTTPServer
@@ -28,6 +27,7 @@ from orchestrator.lab.machine import Machine
 from orchestrator.lab.ntlm import write_user_file
 from orchestrator.lab.pki import LabPKI
 from orchestrator.lab.wsman import ServiceLimits, WinRSService
+from orchestrator.session.kerberos import principal_name, tls_server_end_point
 
 AUTH_MODES = ("ntlm", "basic")
 KERBEROS_TRANSPORTS = ("kerberos", "negotiate")  # served as ntlm hosts that also hold HTTP/<name> keys

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from orchestrator import remote
+from orchestrator.helpers import remote
 from orchestrator.lab.faults import find
 from orchestrator.lab.keyfile import ToolRun, tool_backup, tool_restore
 from orchestrator.lab.registry import (

@@ -36,7 +36,7 @@ def missing_requirement() -> str | None:
     for name in _TOOLS:
         if tool(name) is None:
             return f"{name} is not installed (bash .ci/setup kerberos, or apt-get install krb5-kdc krb5-admin-server)"
-    from orchestrator.kerberos import INSTALL_HINT, missing_bindings
+    from orchestrator.session.kerberos import INSTALL_HINT, missing_bindings
 
     missing = missing_bindings()
     return f"the Python module {missing} is not installed: {INSTALL_HINT}" if missing else None

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import remote
+from orchestrator.helpers import remote
 from orchestrator.inventory.model import Role
 from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults

@@ -16,11 +16,11 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from orchestrator.helpers.remote import DEFAULT_OUTBOX
 from orchestrator.inventory.model import Role
 from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.faults import Fault, find
 from orchestrator.privatefile import create_private, write_private
-from orchestrator.remote import DEFAULT_OUTBOX
 
 # the same list as $DefaultInstallFolders in helpers/common.ps1 (a test keeps them equal):
 # SCSM 2019 and later, then SCSM 2016 (Microsoft's deployment documentation)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from xml.sax.saxutils import escape
 
-from orchestrator import remote
+from orchestrator.helpers import remote
 
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF8_CODEPAGE = 65001

@@ -19,7 +19,7 @@ from orchestrator.jobs.doctor import CHECKS, status_counts
 from orchestrator.share.manifest import format_iso
 
 if TYPE_CHECKING:  # only annotations: a command loads the jobs it runs, not every job a document exists for
-    from orchestrator import remote
+    from orchestrator.helpers import remote
     from orchestrator.inventory.model import HostConfig
     from orchestrator.jobs.audit import AuditReport, Coverage, ServerCoverage
     from orchestrator.jobs.backup import BackupPlan
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # only annotations: a command loads the jobs it runs, not eve
     from orchestrator.jobs.playbook_schema import Playbook, Step
     from orchestrator.jobs.prune import Leftover, PrunePlan
     from orchestrator.jobs.restore import RestoreRequest
-    from orchestrator.runner import RunSummary
+    from orchestrator.runner.pool import RunSummary
     from orchestrator.share.runrecord import RunRecord
 
 AUDIT_SCHEMA = "keyfleet-audit/1"

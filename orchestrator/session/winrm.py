@@ -31,10 +31,10 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from orchestrator import kerberos, transport
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import Secret, mask
+from orchestrator.session import kerberos, transport
 
 log = logging.getLogger("keyfleet.session")
 

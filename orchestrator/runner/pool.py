@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from orchestrator.errors import ErrorKind, HostFailure
-from orchestrator.interrupts import deferred
 from orchestrator.inventory.model import HostConfig
+from orchestrator.runner.interrupts import deferred
 from orchestrator.secret import mask
 from orchestrator.status import Status
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from orchestrator import remote
-from orchestrator.runner import HostContext
+from orchestrator.helpers import remote
+from orchestrator.runner.pool import HostContext
 from orchestrator.secret import Secret
-from orchestrator.session import WinRMSession
+from orchestrator.session.winrm import WinRMSession
 
 R = TypeVar("R")
 
