@@ -296,3 +296,25 @@ def test_the_lab_declares_its_own_settings() -> None:
     assert {"serve", "state_dir", "seed", "kerberos", "realm"} == set(settings.settings_for(Scope.LAB))
     assert {"faults", "extra_roles", "windows", "tool_path"} <= set(settings.settings_for(Scope.HOST_LAB))
     assert all(set(s.scopes) <= {Scope.LAB, Scope.HOST_LAB} for s in settings.SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "fragment"),
+    [  # the product's reader, asking the lab's table through the seam
+        (", faults: [down]", "management_groups.G.hosts.ms01.faults", "('faults' belongs in: host lab)"),
+        (", lab: {fault: [down]}", "management_groups.G.hosts.ms01.lab.fault", "did you mean 'faults'?"),
+        (", lab: {role: x}", "management_groups.G.hosts.ms01.lab.role", "('role' belongs in: defaults, group, host)"),
+    ],
+)
+def test_lab_keys_are_checked_by_the_lab_in_any_inventory(tmp_path: Path, host: str, key: str, fragment: str) -> None:
+    """A lab key in the wrong place, or a wrong key in a host's lab: mapping, is named even without a lab: section."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.inventory.loader import load_inventory
+
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        f"management_groups:\n  G:\n    hosts:\n      ms01: {{role: management_server, transport: kerberos{host}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_inventory(inventory)
+    assert (caught.value.line, caught.value.key) == (4, key) and fragment in caught.value.message

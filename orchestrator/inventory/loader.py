@@ -273,7 +273,8 @@ class _Loader(SchemaReader):
         return str(value.value)  # resolved and checked on conversion
 
     def lab_host(self, value: Value | None, key_node: Node, key: str) -> Section | None:
-        """A host's lab settings, checked by the lab (lab inventories only: elsewhere they are ignored)."""
+        """A host's lab settings, completed and checked by the lab (lab inventories only: elsewhere the lab
+        converts them, and they are ignored)."""
         if self.lab_part is None:
             return None
         section = self.lab_part.section(self, Scope.HOST_LAB, value.value if value is not None else {}, key_node, key)
