@@ -1,5 +1,6 @@
 """The lab seam, the one door between the product and its optional lab: ``orchestrator.lab`` loads only for an inventory
-with a ``lab:`` section, and it alone reads that section (the inventory keeps it as an opaque ``Section``)."""
+with a ``lab:`` mapping (or a misspelt key that may be the lab's), and it alone declares and reads those mappings (the
+inventory keeps them as opaque ``Section`` data)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import importlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.inventory.model import Inventory, Section
+
+if TYPE_CHECKING:  # the reader imports this seam: its types only
+    from yaml.nodes import Node
+
+    from orchestrator.inventory.convert import SchemaReader, Value
+    from orchestrator.inventory.settings import Scope, Setting
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,16 @@ class LabView:
 
 class Lab(Protocol):
     """What the lab provides to the product (implemented by ``orchestrator.lab.plugin``)."""
+
+    def settings(self) -> tuple[Setting, ...]:
+        """The lab's own settings: the keys of the ``lab:`` mappings (scopes LAB and HOST_LAB)."""
+
+    def read(self, reader: SchemaReader, scope: Scope, node: Node, key: str) -> dict[str, Value]:
+        """Convert one raw ``lab:`` mapping (scope LAB: the inventory's; HOST_LAB: a defaults, group or host
+        one) with the reader's checks; a ConfigError names the file, line and key."""
+
+    def section(self, reader: SchemaReader, scope: Scope, values: dict[str, Value], node: Node, key: str) -> Section:
+        """The section the inventory carries for converted ``values`` (a host's: merged), defaults filled in."""
 
     def check_host(self, section: Section) -> None:
         """Validate one host's lab settings; a ConfigError names the file, line and key."""

@@ -272,3 +272,49 @@ def test_the_inventory_model_knows_no_lab_type() -> None:
     tree = ast.parse((PACKAGE / "inventory" / "model.py").read_text(encoding="utf-8"))
     names = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
     assert "Section" in names and not [n for n in names if n.startswith("Lab")]
+
+
+def test_the_product_settings_declare_only_the_two_lab_hooks() -> None:
+    """The lab's keys live in the lab's own table: the product's has the two opaque ``lab:`` mappings only."""
+    from orchestrator.inventory import settings
+
+    lab_scopes = {settings.Scope.LAB, settings.Scope.HOST_LAB}
+    hooks = [(s.name, s.scopes, s.kind, s.section) for s in settings.SETTINGS if s.plugin]
+    assert hooks == [
+        ("lab", (settings.Scope.TOP,), settings.Kind.MAPPING, settings.Scope.LAB),
+        ("lab", settings.HOST_SCOPES, settings.Kind.MAPPING, settings.Scope.HOST_LAB),
+    ]
+    assert [s.name for s in settings.SETTINGS if lab_scopes & set(s.scopes)] == []
+    assert [s.name for s in settings.SETTINGS if s.section in lab_scopes and not s.plugin] == []
+
+
+def test_the_lab_declares_its_own_settings() -> None:
+    """The control: the lab's table holds the keys of both lab mappings, and nothing but them."""
+    from orchestrator.inventory.settings import Scope
+    from orchestrator.lab import settings
+
+    assert {"serve", "state_dir", "seed", "kerberos", "realm"} == set(settings.settings_for(Scope.LAB))
+    assert {"faults", "extra_roles", "windows", "tool_path"} <= set(settings.settings_for(Scope.HOST_LAB))
+    assert all(set(s.scopes) <= {Scope.LAB, Scope.HOST_LAB} for s in settings.SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "fragment"),
+    [  # the product's reader, asking the lab's table through the seam
+        (", faults: [down]", "management_groups.G.hosts.ms01.faults", "('faults' belongs in: host lab)"),
+        (", lab: {fault: [down]}", "management_groups.G.hosts.ms01.lab.fault", "did you mean 'faults'?"),
+        (", lab: {role: x}", "management_groups.G.hosts.ms01.lab.role", "('role' belongs in: defaults, group, host)"),
+    ],
+)
+def test_lab_keys_are_checked_by_the_lab_in_any_inventory(tmp_path: Path, host: str, key: str, fragment: str) -> None:
+    """A lab key in the wrong place, or a wrong key in a host's lab: mapping, is named even without a lab: section."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.inventory.loader import load_inventory
+
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        f"management_groups:\n  G:\n    hosts:\n      ms01: {{role: management_server, transport: kerberos{host}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_inventory(inventory)
+    assert (caught.value.line, caught.value.key) == (4, key) and fragment in caught.value.message

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from orchestrator.cli import build_parser
-from orchestrator.inventory.schema import settings_reference_markdown
+from orchestrator.lab.settings import settings_reference_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from yaml.nodes import Node, SequenceNode
 
+from orchestrator import emulation
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.model import Location
 from orchestrator.inventory.schema import (
@@ -72,35 +74,52 @@ class SchemaReader:
 
     def section(self, node: Node, scope: Scope, prefix: str, *, complete: bool) -> dict[str, Value]:
         """Convert one mapping of ``scope``; ``complete``: also require its required keys."""
-        allowed = settings_for(scope)
+        return self.read(
+            node, settings_for(scope), prefix, complete=complete, inherited=scope in HOST_SCOPES, top=scope is Scope.TOP
+        )
+
+    def read(
+        self,
+        node: Node,
+        allowed: Mapping[str, Setting],
+        prefix: str,
+        *,
+        complete: bool,
+        inherited: bool = False,
+        top: bool = False,
+    ) -> dict[str, Value]:
+        """Convert one mapping by the settings ``allowed`` in it (the lab plug-in's too); ``inherited``: its
+        nested mappings are completed after inheritance; ``top``: the document's root (``x-`` keys skipped)."""
         values: dict[str, Value] = {}
         for name, (key_node, value_node) in self.doc.mapping(node, prefix).items():
-            if scope is Scope.TOP and name.startswith("x-"):
+            if top and name.startswith("x-"):
                 continue  # extension keys: a place for YAML anchors, as in docker compose
             setting = allowed.get(name)
             if setting is None:
                 raise self.fail(self._unknown_key(name, allowed), key_node, _join(prefix, name))
-            value = self.convert(setting, value_node, _join(prefix, name), inherited=scope in HOST_SCOPES)
+            value = self.convert(setting, value_node, _join(prefix, name), inherited=inherited)
             values[name] = Value(value, value_node)
         if complete:
             self.require(allowed, values, node, prefix)
         return values
 
-    def require(self, allowed: dict[str, Setting], values: dict[str, Value], node: Node, prefix: str) -> None:
+    def require(self, allowed: Mapping[str, Setting], values: dict[str, Value], node: Node, prefix: str) -> None:
         for setting in allowed.values():
             if setting.required and setting.name not in values:
                 choices = f" (one of {', '.join(setting.choices)})" if setting.choices else ""
                 raise self.fail(f"missing required key {setting.name!r}{choices}", node, prefix or None)
 
     @staticmethod
-    def _unknown_key(name: str, allowed: dict[str, Setting]) -> str:
+    def _unknown_key(name: str, allowed: Mapping[str, Setting]) -> str:
         message = f"unknown key {name!r}"
         close = difflib.get_close_matches(name, list(allowed), n=1)
         if close:
             message += f"; did you mean {close[0]!r}?"
-        elsewhere = sorted({where.value for s in SETTINGS if s.name == name for where in s.scopes})
-        if elsewhere and not close:
-            message += f" ({name!r} belongs in: {', '.join(elsewhere)})"
+        else:  # the lab's settings too: the lab, loaded through the seam, names where its keys belong
+            known = (*SETTINGS, *emulation.lab().settings())
+            elsewhere = sorted({where.value for s in known if s.name == name for where in s.scopes})
+            if elsewhere:
+                message += f" ({name!r} belongs in: {', '.join(elsewhere)})"
         return message + f" (valid keys here: {', '.join(allowed)})"
 
     def convert(self, setting: Setting, node: Node, key: str, *, inherited: bool) -> Any:
@@ -108,6 +127,8 @@ class SchemaReader:
         kind = setting.kind
         if kind is Kind.MAPPING:
             assert setting.section is not None
+            if setting.plugin:  # a lab: mapping, read by the lab's own settings
+                return emulation.lab().read(self, setting.section, node, key)
             complete = not inherited and setting.section not in HOST_SCOPES
             return self.section(node, setting.section, key, complete=complete)
         if kind in (Kind.GROUPS, Kind.HOSTS):
@@ -167,12 +188,20 @@ class SchemaReader:
         """A path setting resolved against the inventory's folder."""
         return os.path.normpath(self.base_dir / os.path.expanduser(raw))
 
+    def location(self, node: Node, key: str) -> Location:
+        """Where ``node`` stands: this document, its line, the dotted key."""
+        return Location(self.display, line_of(node), key)
+
     @staticmethod
     def value_of(values: dict[str, Value], scope: Scope, name: str) -> Any:
         """The converted value, else the schema's default."""
-        if name in values:
-            return values[name].value
-        setting = settings_for(scope)[name]
+        return SchemaReader.value_or_default(values, settings_for(scope)[name])
+
+    @staticmethod
+    def value_or_default(values: dict[str, Value], setting: Setting) -> Any:
+        """The converted value of ``setting``, else its default."""
+        if setting.name in values:
+            return values[setting.name].value
         if setting.kind is Kind.DURATION and setting.default is not None:
             return parse_duration(setting.default)
         return setting.default

@@ -86,10 +86,10 @@ class _Loader(SchemaReader):
             raise self.fail("empty inventory: no management groups or hosts", root, None)
         if "lab" in top_pairs:  # first: it decides whether plaintext secrets are allowed
             lab_node = top_pairs["lab"][1]
-            lab = self.section(lab_node, Scope.LAB, "lab", complete=True)
-            self.allow_plain = True
-            self.lab = self.opaque(lab, Scope.LAB, lab_node, "lab")
             self.lab_part = emulation.lab()
+            lab = self.lab_part.read(self, Scope.LAB, lab_node, "lab")
+            self.allow_plain = True
+            self.lab = self.lab_part.section(self, Scope.LAB, lab, lab_node, "lab")
         top = self.section(root, Scope.TOP, "", complete=True)
         defaults = top["defaults"].value if "defaults" in top else {}
         groups, hosts = self.groups(top["management_groups"].value, defaults)
@@ -272,21 +272,12 @@ class _Loader(SchemaReader):
             return self.lab_part.ca_file(self.lab, self.base_dir)
         return str(value.value)  # resolved and checked on conversion
 
-    def opaque(self, values: dict[str, Value], scope: Scope, node: Node, key: str) -> Section:
-        """A section kept for the lab: its converted values (defaults filled in) and where each stands."""
-        return Section(
-            values=tuple((name, self.value_of(values, scope, name)) for name in settings_for(scope)),
-            where=Location(self.display, line_of(node), key),
-            locations=tuple(
-                (name, Location(self.display, line_of(value.node), f"{key}.{name}")) for name, value in values.items()
-            ),
-        )
-
     def lab_host(self, value: Value | None, key_node: Node, key: str) -> Section | None:
-        """A host's lab settings, checked by the lab (lab inventories only: elsewhere they are ignored)."""
+        """A host's lab settings, completed and checked by the lab (lab inventories only: elsewhere the lab
+        converts them, and they are ignored)."""
         if self.lab_part is None:
             return None
-        section = self.opaque(value.value if value is not None else {}, Scope.HOST_LAB, key_node, key)
+        section = self.lab_part.section(self, Scope.HOST_LAB, value.value if value is not None else {}, key_node, key)
         self.lab_part.check_host(section)
         return section
 

@@ -1,6 +1,8 @@
-"""The README's settings reference, rendered from the settings table."""
+"""The README's settings reference, rendered from a settings table (the product's; the lab passes its own too)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from orchestrator.inventory.settings import HOST_SCOPES, SETTINGS, Scope, Setting
 
@@ -29,14 +31,14 @@ def _default_text(setting: Setting) -> str:
     return f"`{setting.default}`" if setting.default != "" else '""'
 
 
-def settings_reference_markdown() -> str:
-    """The README's settings reference, rendered from the schema."""
+def settings_reference_markdown(settings: Sequence[Setting] = SETTINGS) -> str:
+    """The README's settings reference, rendered from the schema (the lab adds its own settings to it)."""
     lines = [
         "| Setting | Where | Type | Default | Description |",
         "|---|---|---|---|---|",
     ]
     seen: set[tuple[str, Scope]] = set()
-    for setting in SETTINGS:
+    for setting in settings:
         scope = setting.scopes[0]
         if (setting.name, scope) in seen:
             continue

@@ -2,7 +2,8 @@
 
 The schema lives in three modules, re-exported here so callers need only this one:
 ``inventory.values`` (value checkers and durations), ``inventory.settings`` (the settings table)
-and ``inventory.reference`` (the README's settings reference, rendered from the table).
+and ``inventory.reference`` (the README's settings reference, rendered from the table). The keys
+of the two ``lab:`` mappings are the lab plug-in's own (``orchestrator.lab.settings``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The loader validates, applies defaults and inherits (defaults -> management group -> host) from
 these declarations; ``inventory.reference`` renders the README's settings reference from them.
+The two ``lab`` mappings are hooks for the lab plug-in: it declares and reads their keys itself
+(``orchestrator.lab.settings``, through ``orchestrator.emulation``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ class Kind(StrEnum):
 
 HOST_SCOPES = (Scope.DEFAULTS, Scope.GROUP, Scope.HOST)
 TOOL_INPUTS = ("auto", "stdin", "console")
-WINDOWS_RELEASES = ("2016", "2019", "2022", "2025")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], Any] | None = None  # normalises the converted value or raises Invalid
     section: Scope | None = None  # MAPPING: the scope of its keys
+    plugin: bool = False  # MAPPING: opaque here, its keys declared and read by the lab plug-in (emulation.Lab)
 
 
 ROLES = tuple(r.value for r in Role)
@@ -96,6 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Present only in lab inventories: an emulated fleet. Plaintext secrets are allowed only when it is "
         "present and every host address (and an smb share's server) is a loopback IPv4 address (127.0.0.0/8).",
         section=Scope.LAB,
+        plugin=True,
     ),
     Setting("share", Kind.MAPPING, (Scope.TOP,), "The backup share.", section=Scope.SHARE),
     Setting("backup", Kind.MAPPING, (Scope.TOP,), "The backup policy.", section=Scope.BACKUP),
@@ -108,25 +111,6 @@ SETTINGS: tuple[Setting, ...] = (
         "SCSM management groups by name ([A-Za-z0-9_.-]+), each with its hosts.",
         required=True,
     ),
-    # lab
-    Setting("serve", Kind.BOOL, (Scope.LAB,), "Start the embedded lab fleet for each command.", True),
-    Setting(
-        "state_dir",
-        Kind.PATH,
-        (Scope.LAB,),
-        "Lab CA, certificates and simulated registries (relative to the inventory's folder).",
-        "lab-state",
-    ),
-    Setting("seed", Kind.INT, (Scope.LAB,), "Seed of the simulated keys.", 0),
-    Setting(
-        "kerberos",
-        Kind.BOOL,
-        (Scope.LAB,),
-        "Also run a private MIT KDC (krb5kdc on loopback) for kerberos and negotiate hosts; "
-        "needs `bash .ci/setup kerberos`.",
-        False,
-    ),
-    Setting("realm", Kind.STR, (Scope.LAB,), "Realm of the lab KDC.", "LAB.TEST", check=check_realm),
     # share
     Setting(
         "url",
@@ -343,48 +327,7 @@ SETTINGS: tuple[Setting, ...] = (
         HOST_SCOPES,
         "Lab simulation of this server (lab inventories only).",
         section=Scope.HOST_LAB,
-    ),
-    # host lab
-    Setting("version", Kind.STR, (Scope.HOST_LAB,), "Simulated SCSM version.", "10.22.1068.0", check=check_not_empty),
-    Setting("admin", Kind.BOOL, (Scope.HOST_LAB,), "Whether the WinRM user is an administrator.", True),
-    Setting("tool_installed", Kind.BOOL, (Scope.HOST_LAB,), "Whether SecureStorageBackup.exe exists.", True),
-    Setting(
-        "tool_path",
-        Kind.STR,
-        (Scope.HOST_LAB,),
-        "Where the simulated tool lives.",
-        default_doc="the SCSM install folder",
-    ),
-    Setting(
-        "install_dir",
-        Kind.STR,
-        (Scope.HOST_LAB,),
-        "Setup's InstallDirectory.",
-        default_doc="the version's default folder",
-        check=check_not_empty,
-    ),
-    Setting(
-        "extra_roles",
-        Kind.STR_LIST,
-        (Scope.HOST_LAB,),
-        "Further SCSM roles installed on the same server.",
-        (),
-    ),
-    Setting("windows", Kind.CHOICE, (Scope.HOST_LAB,), "Windows Server release.", "2022", choices=WINDOWS_RELEASES),
-    Setting(
-        "server_version_value",
-        Kind.BOOL,
-        (Scope.HOST_LAB,),
-        "Whether Setup records ServerVersion in the registry.",
-        True,
-    ),
-    Setting("codepage", Kind.INT, (Scope.HOST_LAB,), "OEM code page of a shell opened without one.", 437),
-    Setting(
-        "faults",
-        Kind.STR_LIST,
-        (Scope.HOST_LAB,),
-        "Fault specs, e.g. `latency:0.5`, `http500:Receive`, `tool-hanging`.",
-        (),
+        plugin=True,
     ),
 )
 

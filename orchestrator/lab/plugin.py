@@ -6,8 +6,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from yaml.nodes import Node
+
 from orchestrator.emulation import LabView
+from orchestrator.inventory.convert import SchemaReader, Value
 from orchestrator.inventory.model import Inventory, Section
+from orchestrator.inventory.settings import Scope, Setting
+from orchestrator.lab import settings
 from orchestrator.lab.config import LabHostSettings, check_host, host_settings, lab_config, state_dir_of
 
 
@@ -23,6 +28,15 @@ def _host_document(settings: LabHostSettings) -> dict[str, Any]:
 
 class EmbeddedLab:
     """The lab behind ``orchestrator.emulation.Lab``."""
+
+    def settings(self) -> tuple[Setting, ...]:
+        return settings.SETTINGS
+
+    def read(self, reader: SchemaReader, scope: Scope, node: Node, key: str) -> dict[str, Value]:
+        return settings.read(reader, scope, node, key)
+
+    def section(self, reader: SchemaReader, scope: Scope, values: dict[str, Value], node: Node, key: str) -> Section:
+        return settings.section(reader, scope, values, node, key)
 
     def check_host(self, section: Section) -> None:
         check_host(section)
