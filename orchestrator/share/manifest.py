@@ -26,7 +26,8 @@ _OPTIONAL_TEXT_FIELDS = ("scsm_version", "helper_version", "run_id", "method")
 # The signature as signed_bytes() appends it: the last member of the canonical JSON it signs.
 _SIGNATURE_MEMBER = b',"signature":'
 _SIGNATURE_TAIL = re.compile(
-    rb',"signature":\{"alg":"([a-z0-9-]{1,32})","public_key_sha256":"([0-9a-f]{64})","value":"([A-Za-z0-9+/]{1,200}={0,2})"\}\}\n?'
+    rb',"signature":\{"alg":"([a-z0-9-]{1,32})","public_key_sha256":"([0-9a-f]{64})",'
+    rb'"value":"([A-Za-z0-9+/]{1,200}={0,2})"\}\}\n?'
 )
 
 
