@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from orchestrator.share import layout
 from orchestrator.share.history import HistoryError, read_history, segment_path
 from orchestrator.share.local import LocalShare
-from orchestrator.share.manifest import ManifestEntry, canonical_json, signed_bytes, verified_bytes
+from orchestrator.share.manifest import ManifestEntry, canonical_json, signed_bytes, verified_bytes, verify_document
 from orchestrator.share.store import BackupStore
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -37,7 +37,7 @@ def test_written_bytes_verify_as_read_and_parse_to_the_signed_document() -> None
     parsed, digest = verified
     assert parsed == document
     # the same document and digest as the general reader: canonical JSON of every field but the signature
-    assert json.loads(data)["format"] == "x/1"
+    assert digest == verify_document(json.loads(data), key.public_key(), "x")
     assert data.startswith(canonical_json(document)[:-1])
     assert verified_bytes(data, Ed25519PrivateKey.generate().public_key()) is None  # another key: not here
 
