@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,10 @@ def test_altered_key_file_or_manifest_is_an_integrity_failure(tmp_path, keyfleet
     key_file.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x01]))  # repaired
     compact(lab.share, LAB_SIGNING["private_key"])
     manifest = lab.share / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"password_id": "test-1"', '"password_id": "test-2"', 1))
+    text = manifest.read_text()
+    altered = re.sub(r'"password_id": ?"test-1"', '"password_id":"test-2"', text, count=1)  # any JSON layout
+    assert altered != text
+    manifest.write_text(altered)
     run = restore(keyfleet, lab, "--yes")
     assert run.returncode == 3, run.stderr
     assert "signature does not verify" in run.stderr

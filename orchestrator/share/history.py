@@ -33,7 +33,8 @@ from orchestrator.share.manifest import (
     ManifestEntry,
     format_iso,
     parse_iso,
-    sign_document,
+    signed_bytes,
+    verified_bytes,
     verify_document,
 )
 
@@ -109,18 +110,23 @@ def build_segment(
         document["legacy_records"] = dict(legacy_records or {})
     if verifiers:
         document["verifiers"] = verifiers
-    signed = sign_document(document, key)
-    data = _dump(signed)
+    data = signed_bytes(document, key)
     return data, parse_segment(data, segment_path(generation), key.public_key(), share_id)
 
 
 def parse_segment(data: bytes, path: str, verifier: Ed25519PublicKey, share_id: str | None) -> Segment:
     """A verified segment; HistoryError ``segment-invalid`` when it is malformed, unsigned or foreign."""
-    document = _load(data, path, SEGMENT_FORMAT, "segment-invalid")
-    try:
-        digest = verify_document(document, verifier, path)
-    except IntegrityError as exc:
-        raise HistoryError("segment-invalid", str(exc), path) from None
+    verified = verified_bytes(data, verifier)
+    if verified is not None:
+        document, digest = verified
+        if document.get("format") != SEGMENT_FORMAT:
+            raise HistoryError("segment-invalid", f"{path} is not a {SEGMENT_FORMAT} document", path)
+    else:
+        document = _load(data, path, SEGMENT_FORMAT, "segment-invalid")
+        try:
+            digest = verify_document(document, verifier, path)
+        except IntegrityError as exc:
+            raise HistoryError("segment-invalid", str(exc), path) from None
     try:
         generation = document["generation"]
         if not isinstance(generation, int) or segment_generation(path) != generation:
@@ -219,7 +225,7 @@ class History:
         }
         if self.verifiers:
             document["verifiers"] = self.verifiers
-        return _dump(sign_document(document, key))
+        return signed_bytes(document, key)
 
     def compacted(self) -> None:
         self.checkpoint_generation, self.changes, self.segments = self.generation, 0, []
@@ -256,13 +262,15 @@ def _read_checkpoint(
     """The checkpoint; with ``problems``, a bad signature is reported there and the entries are still
     read (unproven), so the audit can name the servers they belong to."""
     data = share.read_bytes(layout.MANIFEST)
-    document = _load(data, layout.MANIFEST, None, "manifest-invalid")
+    verified = verified_bytes(data, verifier)
+    document = verified[0] if verified is not None else _load(data, layout.MANIFEST, None, "manifest-invalid")
     if document.get("format") == LEGACY_FORMAT:
         return _read_legacy(data, verifier, generations, problems)
     if document.get("format") != CHECKPOINT_FORMAT:
         raise HistoryError("manifest-invalid", f"manifest.json has an unknown format {document.get('format')!r}")
     try:
-        verify_document(document, verifier, layout.MANIFEST)
+        if verified is None:
+            verify_document(document, verifier, layout.MANIFEST)
     except IntegrityError as exc:
         kind = "signature-missing" if document.get("signature") is None else "signature-invalid"
         if problems is None:
@@ -368,11 +376,6 @@ def _check_checkpoint_head(share: Share, verifier: Ed25519PublicKey, history: Hi
 def _share_id_of(data: bytes) -> str | None:
     value = json.loads(data.decode("utf-8")).get("share_id")
     return value if isinstance(value, str) else None
-
-
-def _dump(document: dict[str, Any]) -> bytes:
-    # no indent: json's C encoder only serves unindented output, and a checkpoint holds every entry
-    return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _load(data: bytes, path: str, expected_format: str | None, kind: str) -> dict[str, Any]:
