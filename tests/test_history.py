@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from orchestrator.errors import IntegrityError, ShareError
 from orchestrator.jobs.audit import run_audit
 from orchestrator.jobs.prune import Leftover, plan_leftovers, remove_leftovers
-from orchestrator.share import layout
+from orchestrator.share import history, layout
 from orchestrator.share.history import COMPACT_MIN, segment_path
 from orchestrator.share.local import LocalShare
 from orchestrator.share.manifest import ManifestEntry
@@ -83,6 +83,20 @@ def test_a_commit_writes_one_key_file_and_one_segment(tmp_path: Path, key: Ed255
     entry = store.add(host="new01", group="PROD", role="management_server", data=b"k" * 50, password_id="p")
     assert written == [entry.path, segment_path(generation + 1)] and read == []
     assert read_share(tmp_path, public(key))["generation"] == generation + 1
+
+
+def test_many_small_commits_are_compacted_by_segment_count(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One-host runs add one entry per segment: the number of segments (a signature each to check on
+    every read) is bounded too, not only the number of changes."""
+    monkeypatch.setattr(history, "COMPACT_SEGMENTS", 8)
+    store = BackupStore(LocalShare(tmp_path), key)
+    for i in range(COMPACT_MIN + 8):  # a compaction by changes at COMPACT_MIN, then 8 single-entry segments
+        store.add(host=f"ms{i:03}", group="PROD", role="management_server", data=b"x%d" % i, password_id="p")
+    checkpoint = json.loads((tmp_path / "manifest.json").read_text())
+    assert checkpoint["generation"] == COMPACT_MIN + 8  # 8 changes: far below COMPACT_MIN, compacted by count
+    assert len(BackupStore(LocalShare(tmp_path), key).load_manifest().entries) == COMPACT_MIN + 8
 
 
 def test_compaction_checkpoints_and_drops_older_segments(tmp_path: Path, key: Ed25519PrivateKey) -> None:

@@ -43,6 +43,9 @@ SEGMENT_FORMAT = "keyfleet-log/1"
 CHECKPOINT_FORMAT = "keyfleet-manifest/2"
 COMPACT_MIN = 64  # changes in the log before a compaction is considered
 COMPACT_RATIO = 4  # ... and at least 1/COMPACT_RATIO of the checkpoint's entries: amortised O(added)
+# ... or this many segments, whatever they hold: a share written by one-host runs would otherwise keep
+# up to N/4 segments, each a signature to check on every read (about 0.1 ms each)
+COMPACT_SEGMENTS = 1024
 _SEGMENT = re.compile(r"log/(\d{12})\.json")
 
 
@@ -209,7 +212,8 @@ class History:
         )
 
     def needs_compaction(self) -> bool:
-        return self.changes >= max(COMPACT_MIN, len(self.entries) // COMPACT_RATIO)
+        enough = self.changes >= max(COMPACT_MIN, len(self.entries) // COMPACT_RATIO)
+        return enough or len(self.segments) >= COMPACT_SEGMENTS
 
     def checkpoint_bytes(self, key: Ed25519PrivateKey) -> bytes:
         """A signed manifest.json of the current generation."""
