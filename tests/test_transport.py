@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import http.client
 import inspect
 import pathlib
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import certifi
 import requests
@@ -16,6 +18,7 @@ import winrm
 import winrm.transport
 from spnego._ntlm_raw.crypto import is_ntlm_hash
 
+import orchestrator
 from orchestrator.session import transport
 
 
@@ -39,6 +42,37 @@ def test_the_internals_the_adapter_relies_on_are_there():
         assert name in vars(winrm.transport.Transport)
     assert "proxy" in inspect.signature(winrm.transport.Transport).parameters
     assert hasattr(requests.Session(), "trust_env")
+    # what authenticate_with (Negotiate and Kerberos) reads and sets on pywinrm's Transport
+    for name in ("session", "server_cert_validation", "ca_trust_path", "default_headers", "endpoint"):
+        assert hasattr(protocol().transport, name), f"pywinrm's Transport has no {name!r} any more"
+
+
+# the libraries whose internals only the adapters may touch, and the pywinrm attributes they use
+_LIBRARIES = ("winrm", "spnego", "requests", "urllib3", "requests_ntlm", "smbclient", "smbprotocol")
+_PYWINRM_INTERNALS = {"build_session", "setup_encryption", "server_cert_validation", "ca_trust_path", "default_headers"}
+_ADAPTERS = {Path("session/transport.py"), Path("share/smbadapter.py")}
+
+
+def test_only_the_adapters_touch_library_internals():
+    package = Path(orchestrator.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative in _ADAPTERS or relative.parts[0] == "lab":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            modules = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] in _LIBRARIES and any(part.startswith("_") for part in parts[1:]):
+                    offenders.append(f"{relative}:{node.lineno}: imports {module}")
+            if isinstance(node, ast.Attribute) and node.attr in _PYWINRM_INTERNALS:
+                offenders.append(f"{relative}:{node.lineno}: uses pywinrm's {node.attr}")
+    assert not offenders, "library internals belong in the adapters:\n" + "\n".join(offenders)
 
 
 def test_bound_turns_the_transport_into_a_bounded_one_before_any_request():

@@ -29,6 +29,7 @@ from spnego.exceptions import SpnegoError
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.inventory.model import HostConfig
 from orchestrator.secret import Secret, mask
+from orchestrator.session.transport import authenticate_with
 
 log = logging.getLogger("keyfleet.kerberos")
 
@@ -296,24 +297,8 @@ def attach(transport: Any, host: HostConfig, password: Secret | None) -> Negotia
         )
     auth = NegotiateAuth(host.transport, None, host.kerberos_hostname)
 
-    def build_session() -> requests.Session:
-        if transport.session is not None:
-            existing: requests.Session = transport.session
-            return existing
+    def logon() -> None:
         auth.credentials = credentials_for(host, password)
-        session = requests.Session()
-        session.trust_env = False  # no proxy or CA variables: keyfleet passes trust explicitly
-        validate = transport.server_cert_validation == "validate"
-        session.verify = (transport.ca_trust_path or True) if validate else False
-        session.auth = auth
-        session.headers.update(transport.default_headers)
-        harden = getattr(transport, "harden", None)
-        if harden is not None:  # transport.BoundedTransport: the deadline, reply cap and explicit proxies
-            harden(session)
-        if host.scheme == "http":
-            transport.setup_encryption(session)  # MS-WSMV: an empty request sets up the context first
-        transport.session = session
-        return session
 
-    transport.build_session = build_session
+    authenticate_with(transport, auth, before_logon=logon, encrypt=host.scheme == "http")
     return auth

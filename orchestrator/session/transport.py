@@ -27,12 +27,13 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import requests
 import requests.adapters
+import requests.auth
 import urllib3.exceptions
 import winrm
 import winrm.transport
@@ -359,6 +360,45 @@ class BoundedTransport(winrm.transport.Transport):
         session.proxies = dict(self.proxies)
         session.mount("http://", self.adapter)
         session.mount("https://", self.adapter)
+
+
+def authenticate_with(
+    transport: BoundedTransport | winrm.transport.Transport,
+    auth: requests.auth.AuthBase,
+    *,
+    before_logon: Callable[[], None],
+    encrypt: bool,
+) -> None:
+    """Make a pywinrm Transport authenticate with ``auth`` (a requests auth handler: Negotiate or
+    Kerberos) instead of its own. The session is built on the first send, as pywinrm builds its own, so
+    ``before_logon`` (credentials) and the logon run under the caller's deadline and error handling;
+    with ``encrypt`` (http) it then sets up pywinrm's message encryption (MS-WSMV: an empty request
+    establishes the context first)."""
+
+    def build_session() -> requests.Session:
+        if transport.session is not None:
+            existing: requests.Session = transport.session
+            return existing
+        before_logon()
+        session = requests.Session()
+        session.trust_env = False  # no proxy or CA variables: keyfleet passes trust explicitly
+        validate = transport.server_cert_validation == "validate"
+        session.verify = (transport.ca_trust_path or True) if validate else False
+        session.auth = auth
+        session.headers.update(transport.default_headers)
+        if isinstance(transport, BoundedTransport):  # the deadline, reply cap and explicit proxies
+            transport.harden(session)
+        if encrypt:
+            transport.setup_encryption(session)
+        transport.session = session
+        return session
+
+    transport.build_session = build_session  # type: ignore[method-assign]
+
+
+def authenticated(protocol: Protocol) -> bool:
+    """Whether ``protocol``'s transport has logged on (pywinrm keeps the session once built)."""
+    return protocol.transport.session is not None
 
 
 @functools.lru_cache(maxsize=16)

@@ -137,7 +137,7 @@ class WinRMSession:
         """The authentication in use: kerberos, ntlm, basic, credssp or certificate (None before a logon)."""
         if self._gss is not None:
             return self._gss.negotiated
-        return self.host.transport if self._protocol.transport.session is not None else None
+        return self.host.transport if transport.authenticated(self._protocol) else None
 
     # -- public -------------------------------------------------------------------------------
 
