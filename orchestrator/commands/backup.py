@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
                 print_json(backup_plan_json(plan))
             return 0
         store.write_pending_records()  # run records an earlier run of this controller could not write
-        store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         context.probe_writable(share)
         identity.claim_identity(store, inv.backup.password_id, password)  # exit 2 on a mismatch, before any host
