@@ -22,6 +22,8 @@ from orchestrator.secret import Secret
 from orchestrator.session.winrm import WinRMSession
 from tests.conftest import make_lab_inventory
 
+pytestmark = pytest.mark.lab  # its module fixture serves a lab fleet
+
 PASSWORD = Secret("Lab-Test-Pw-1")
 FLEET = {
     "H": {

@@ -9,17 +9,15 @@ CLI loads it by name for ``keyfleet lab`` only.
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from orchestrator import emulation
+from orchestrator.share.manifest import new_signing_key_pair
 from tests.conftest import REPO, cli_env
 
 PACKAGE = REPO / "orchestrator"
@@ -74,16 +72,10 @@ def test_every_command_is_checked() -> None:
 _RUN_CLI = "import sys\nfrom orchestrator.cli import main\ncode = main(sys.argv[1:])"
 
 
-def _signing_pair() -> tuple[str, str]:
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return base64.b64encode(private).decode(), base64.b64encode(public).decode()
-
-
 def _production_inventory(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A one-server inventory of no lab: the server's port is closed, so the host fails fast."""
-    private, public = _signing_pair()
+    secret, public = new_signing_key_pair()
+    private = secret.reveal()
     (tmp_path / "share").mkdir()
     inventory = tmp_path / "inv.yml"
     inventory.write_text(
