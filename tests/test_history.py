@@ -228,3 +228,14 @@ def test_history_bench_measures_both_shares_through_the_store() -> None:
     assert result.fresh.fleet_commits >= 1 and result.grown.fleet_commits >= 1
     assert result.one_host_ratio > 0 and result.fleet_ratio > 0
     assert any("target <= 1.5x" in value for _, value in as_rows(result))
+
+
+def test_an_orphan_another_controller_commits_meanwhile_is_kept(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    root = tmp_path / "share"
+    pruner = BackupStore(LocalShare(root), key)
+    pruner.add(host="ms01", group="PROD", role="management_server", data=b"first", password_id="p")
+    pruner.load_history()  # the prune read the history before the other controller's commit
+    other = BackupStore(LocalShare(root), key)
+    theirs = other.add(host="ms02", group="PROD", role="management_server", data=b"theirs", password_id="p")
+    assert pruner.remove_unlisted([theirs.path]) == set()
+    assert (root / theirs.path).exists()

@@ -31,6 +31,7 @@ SALT_BYTES = 16
 # what a verifier read from the share may ask for: bounds the memory and time one check can cost
 _MAX_N, _MAX_R, _MAX_P = 2**20, 16, 16
 _MAX_WORK = 2**24  # N * r * p: 16 times OWASP's minimum
+_MAX_MEMORY = 2**20  # N * r, times 128 bytes: 128 MiB, what OWASP's N=2^17, r=8 needs
 
 
 class PasswordMismatch(ConfigError):
@@ -71,6 +72,7 @@ def matches(password: Secret, verifier: dict[str, Any], password_id: str) -> boo
             and 1 <= r <= _MAX_R
             and 1 <= p <= _MAX_P
             and n * r * p <= _MAX_WORK
+            and n * r <= _MAX_MEMORY
             and len(salt) >= SALT_BYTES
             and 16 <= len(expected) <= 64
         )

@@ -265,6 +265,9 @@ class BackupStore(HistoryStore):
         listed file, never through a link. Return the paths removed."""
         removed: set[str] = set()
         with self.share.lock(self.lock_timeout):
+            # re-read under the lock: another controller may have committed a key file (and its
+            # segment) since this store read the history, and that file is listed, not an orphan
+            self._history = None
             history = self._history_for_update()
             listed = {entry.path for entry in history.entries.values()}
             for path in paths:
