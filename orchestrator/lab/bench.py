@@ -96,6 +96,7 @@ class LabProcess:
     def __init__(self, workdir: Path, hosts: int, latency: float, base_address: str, kdf: str) -> None:
         self.inventory = workdir / "bench.yml"
         self.state = workdir / "state"
+        self._errors = workdir / "lab.err"
         self._args = [
             sys.executable, "-m", "orchestrator", "lab", "up", "--hosts", str(hosts),
             "--inventory-out", str(self.inventory), "--state-dir", str(self.state),
@@ -107,11 +108,13 @@ class LabProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LabProcess:
-        self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # a file, not a pipe nobody reads: `lab up` writes a line per host, which would fill a pipe and stall it
+        with self._errors.open("wb") as errors:
+            self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + 120
         while not self.inventory.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                err = self._errors.read_bytes()[-2000:].decode(errors="replace")
                 raise KeyfleetError(f"the bench lab did not start: {err.strip()[-300:]}")
             time.sleep(0.05)
         return self
