@@ -28,3 +28,19 @@ def test_a_failing_display_loses_no_host_and_the_run_ends() -> None:
     assert done.wait(10), "the run hung after its display failed"
     assert summary is not None and [r.status for r in summary.results] == [Status.OK] * 5
     assert [r.value for r in summary.results] == [h.name for h in hosts]
+
+
+def test_a_second_run_in_one_process_waits_instead_of_spinning() -> None:
+    """The interrupts event is the process's: the first run leaves it set, the second must not spin on it."""
+    import time
+
+    from orchestrator.runner.interrupts import deferred
+
+    hosts = [host_config("slow01", "G", Role.MANAGEMENT_SERVER)]
+    with deferred():  # one section around both runs, as a playbook's steps share one
+        Runner(lambda ctx: ctx.host.name, forks=1).run(hosts)
+        started = time.thread_time()
+        summary = Runner(lambda ctx: time.sleep(0.5), forks=1).run(hosts)
+        spent = time.thread_time() - started
+    assert [r.status for r in summary.results] == [Status.OK]
+    assert spent < 0.2, f"the main thread spent {spent:.2f} s of CPU waiting 0.5 s for one host"

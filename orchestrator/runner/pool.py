@@ -143,6 +143,9 @@ class Runner(Generic[T]):
                     # woken by an interrupt or by the last host; the timeout is only a safety net
                     interrupts.changed.wait(0.1)
                 if interrupts.count == seen:
+                    # set by a finishing host, or left set by an earlier run of this process: without
+                    # clearing it the wait above would return at once and the loop would spin
+                    interrupts.changed.clear()
                     continue
                 seen = interrupts.count
                 interrupts.changed.clear()
