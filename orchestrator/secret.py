@@ -68,5 +68,6 @@ def mask(text: str) -> str:
         if len(value) >= SHORT_SECRET:
             text = text.replace(value, "********")
         else:
-            text = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w.-])", "********", text)
+            # a dot joins words only between word characters: "scsm.contoso" is a name, "scsm." ends a sentence
+            text = re.sub(rf"(?<![\w-])(?<!\w\.){re.escape(value)}(?![\w-]|\.\w)", "********", text)
     return text

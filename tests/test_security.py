@@ -51,6 +51,9 @@ def test_a_short_secret_is_masked_alone_but_not_inside_host_names():
     assert mask("password scsm rejected; 'scsm' user:scsm@host") == (
         "password ******** rejected; '********' user:********@host"
     )
+    assert mask("the password was scsm. Then ms01.scsm and scsm.contoso") == (
+        "the password was ********. Then ms01.scsm and scsm.contoso"
+    )  # the end of a sentence is no name
     Secret("Long-Secret-9")
     assert mask("prefixLong-Secret-9suffix") == "prefix********suffix"  # 8 characters and more: anywhere
 
