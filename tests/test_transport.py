@@ -19,6 +19,7 @@ import winrm.transport
 from spnego._ntlm_raw.crypto import is_ntlm_hash
 
 import orchestrator
+from orchestrator.secret import mask
 from orchestrator.session import transport
 
 
@@ -150,3 +151,5 @@ def test_ntlm_passwords_become_the_hashes_pyspnego_accepts_in_their_place():
     # MS-NLMP 4.2.2.1.1 and 4.2.2.1.2: LMOWFv1 and NTOWFv1 of "Password"
     assert transport.ntlm_password("Password") == "e52cac67419a9a224a3b108f3fa6cb6d:a4f49c406510bdcab6824ee7c30fd852"
     assert is_ntlm_hash(transport.ntlm_password("Password"))
+    # the hashes log on as the password does: masked like any secret
+    assert mask(f"auth {transport.ntlm_password('Password')} failed") == "auth ******** failed"

@@ -43,6 +43,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 from winrm.protocol import Protocol
 
+from orchestrator.secret import Secret
+
 # Windows' default MaxEnvelopeSizekb is 500 (winrm get winrm/config); framing: HTTP multipart of
 # encrypted messages, SOAP headers. No reply of a WS-Man server that honours it is larger.
 MAX_ENVELOPE = 512 * 1024
@@ -406,7 +408,9 @@ def ntlm_password(password: str) -> str:
     """``password`` as the LM:NT hash pair that pyspnego (under requests_ntlm) accepts in its place
     (pass-the-hash, documented by requests_ntlm and pyspnego): the same NTLM exchange, but pyspnego's
     one-way functions (LMOWFv1 is DES in pure Python, about 1 ms) run once per password, not per host."""
-    return f"{lmowfv1(password).hex()}:{ntowfv1(password).hex()}"
+    hashes = f"{lmowfv1(password).hex()}:{ntowfv1(password).hex()}"
+    Secret(hashes, "NTLM hashes")  # they log on as the password does: masked wherever it would be
+    return hashes
 
 
 def bound(protocol: Protocol, *, proxy: str | None, thumbprint: str | None) -> SocketWatch:
