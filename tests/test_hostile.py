@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 import threading
 import time
 import tracemalloc
@@ -172,3 +174,27 @@ def test_the_proxy_setting_is_used(tmp_path: Path):
     with WinRMSession(host, PASSWORD) as session, pytest.raises(HostFailure) as raised:
         session.run("hostname", b"", deadline=time.monotonic() + 5)
     assert raised.value.kind is ErrorKind.UNREACHABLE  # the proxy port is closed
+
+
+def test_the_proxy_is_what_the_session_connects_to(tmp_path: Path):
+    """The server is not served at all: only a proxy that takes the connection and closes it."""
+    proxy = socket.create_server(("127.0.0.1", 0))
+    proxy.settimeout(5)
+    accepted: list[bytes] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = proxy.accept()
+            with conn:
+                conn.settimeout(5)
+                accepted.append(conn.recv(4096))
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    fleet = {"P": {"p1": {"role": "management_server", "proxy": url}}}
+    host = load_inventory(make_lab_inventory(tmp_path, fleet=fleet).inventory).hosts["p1"]
+    with proxy, WinRMSession(host, PASSWORD) as session, pytest.raises(HostFailure):
+        session.run("hostname", b"", deadline=time.monotonic() + 5)
+    taker.join(5)
+    assert accepted and accepted[0].startswith(b"POST http://"), accepted  # a proxy request, to the server

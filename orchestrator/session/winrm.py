@@ -163,7 +163,8 @@ class WinRMSession:
         start_count = self.requests_sent
         if start_count == 0:  # a first command: reach the listener, so "connecting" means just that
             on_phase("connecting")
-            self._reach(deadline)
+            if self.host.proxy is None:  # through a proxy the first request is what connects
+                self._reach(deadline)
             on_phase("authenticating")  # the first request carries the handshake (TLS, NTLM or Basic)
         shell_id = self._call(deadline, "Create", self._protocol.open_shell, codepage=65001)
         done = False
