@@ -90,3 +90,20 @@ def test_openmetrics_file_for_the_textfile_collector(
     assert got[("keyfleet_coverage_ratio", ())] == 1.0 and got[("keyfleet_manifest_signature_valid", ())] == 1
     assert stat.S_IMODE(target.stat().st_mode) == 0o644  # node_exporter runs as another user
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_a_damaged_history_still_gets_its_openmetrics_file(
+    lab: LabFiles,  # noqa: F811
+    keyfleet: Keyfleet,
+    tmp_path: Path,
+) -> None:
+    """The renderers draw on the run records the audit read: a broken chain is a finding in the file,
+    not a reason to leave last night's "all covered" in place for node_exporter."""
+    segments = sorted((lab.share / "log").glob("*.json"), key=lambda p: int(p.stem))
+    segments[len(segments) // 2].unlink()  # a hole in the chain
+    target = tmp_path / "keyfleet.prom"
+    target.write_text("old\n")
+    run = keyfleet("audit", "-i", str(lab.inventory), "--format", "openmetrics", "-o", str(target))
+    assert run.returncode == 3, run.stderr
+    assert "Traceback" not in run.stderr and f"wrote openmetrics report to {target}" in run.stderr
+    assert ("keyfleet_coverage_ratio", ()) in samples(target.read_text())

@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         require_share_folder(share)
         store = open_store(inventory, share, sign=False)
         report = run_audit(inventory, store, max_age=max_age)
-        records = store.run_records(invalid=[]) if args.format in ("html", "openmetrics") else []
-    write_report(report, args.format, args.output, records)
+    write_report(report, args.format, args.output, report.records)
     return report.exit_code
 
 

@@ -155,4 +155,5 @@ def run_audit(
         groups=tuple(_coverage(name, [s for s in servers if s.group == name]) for name in inventory.groups),
         findings=tuple(audit.findings),
         generation=history.generation,
+        records=tuple(records),
     )

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from orchestrator.share.manifest import ManifestEntry
+from orchestrator.share.runrecord import RunRecord
 from orchestrator.status import Status
 
 
@@ -114,6 +115,9 @@ class AuditReport:
     groups: tuple[Coverage, ...]
     findings: tuple[Finding, ...] = field(default=())
     generation: int = 0  # of the share's history (0: new, or still in the old format)
+    # the run records the audit read and verified (those that did not verify are findings): the
+    # HTML and OpenMetrics renderers draw from them, so a damaged share still gets its report
+    records: tuple[RunRecord, ...] = field(default=(), repr=False)
 
     @property
     def counts(self) -> Counter[CoverageStatus]:
