@@ -60,6 +60,13 @@ def test_importing_a_product_module_loads_no_lab(module: str, tmp_path: Path) ->
     assert _run_python(f"import {module}", cwd=tmp_path) == (None, [])
 
 
+@pytest.mark.parametrize("module", ["orchestrator.commands.audit", "orchestrator.commands.prune"])
+def test_commands_that_contact_no_server_load_no_winrm_stack(module: str) -> None:
+    code = f"import sys, {module}; print(sorted(m for m in ('winrm', 'requests', 'spnego') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 def test_every_command_is_checked() -> None:
     assert {"orchestrator.commands.backup", "orchestrator.commands.restore", "orchestrator.commands.run"} <= set(
         COMMANDS

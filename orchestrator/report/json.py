@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.jobs.audit import CoverageStatus
-from orchestrator.jobs.doctor import CHECKS, status_counts
 from orchestrator.share.manifest import format_iso
 
 if TYPE_CHECKING:  # only annotations: a command loads the jobs it runs, not every job a document exists for
@@ -231,8 +230,11 @@ def prune_leftovers_json(leftovers: list[Leftover], *, applied: bool) -> dict[st
 # -- doctor --------------------------------------------------------------------------------------
 
 
-def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] = CHECKS) -> dict[str, object]:
-    """The --json form of one host (``doctor_json`` adds its hint)."""
+def diagnosis_json(diagnosis: Diagnosis, require: Collection[str] | None = None) -> dict[str, object]:
+    """The --json form of one host (``doctor_json`` adds its hint); ``require``: every check by default."""
+    from orchestrator.jobs.doctor import CHECKS  # here: the audit and prune documents need no WinRM stack
+
+    require = CHECKS if require is None else require
     host, probe, cause = diagnosis.host, diagnosis.probe, diagnosis.cause(require)
     return {
         "host": host.name,
@@ -287,6 +289,8 @@ def doctor_json(
     hints: Sequence[str | None],
 ) -> dict[str, object]:
     """``keyfleet doctor --json``: counts per status and every host, each with the hint for its failure."""
+    from orchestrator.jobs.doctor import status_counts
+
     return {
         "command": "doctor",
         "exit_code": code,
