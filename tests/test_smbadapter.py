@@ -31,3 +31,8 @@ def test_reparse_points_listed_by_a_windows_server_are_links_never_entered() -> 
     assert listed_kind("PROD", 0x10) is None  # a plain folder is entered
     assert listed_kind("a.bin", 0x20) is ItemKind.FILE
     assert listed_kind(".a.bin.tmp-0a1b", 0x80) is ItemKind.TEMPORARY
+    # the listing's reparse tag (MS-FSCC 2.1.2.1): a name surrogate leads elsewhere, anything else is the file
+    assert listed_kind("PROD", 0x410, 0xA000000C) is ItemKind.LINK  # IO_REPARSE_TAG_SYMLINK
+    assert listed_kind("PROD", 0x410, 0xA0000003) is ItemKind.LINK  # IO_REPARSE_TAG_MOUNT_POINT (junction)
+    assert listed_kind("a.bin", 0x420, 0x80000013) is ItemKind.FILE  # IO_REPARSE_TAG_DEDUP: read as is
+    assert listed_kind("a.bin", 0x420, 0) is ItemKind.LINK  # no tag given: never followed

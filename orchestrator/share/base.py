@@ -13,6 +13,17 @@ from orchestrator.errors import ConfigError, IntegrityError, ShareError
 from orchestrator.share import layout
 
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # symbolic links and junctions on Windows (MS-FSCC 2.6)
+# MS-FSCC 2.1.2.1: a reparse tag with this bit names another file or folder (symbolic link, junction,
+# mount point); without it the file is itself (Data Deduplication, 0x80000013; cloud files), read as is
+_NAME_SURROGATE = 0x20000000
+
+
+def is_link_reparse(attributes: int, tag: int | None) -> bool:
+    """Whether a Windows file with these attributes and reparse tag leads elsewhere: a reparse point
+    whose tag is a name surrogate, or whose tag is unknown (``None`` or 0: treated as a link, never followed)."""
+    if not attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+        return False
+    return not tag or bool(tag & _NAME_SURROGATE)
 
 
 class ShareLinkError(IntegrityError):

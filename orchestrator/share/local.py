@@ -18,13 +18,13 @@ from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.privatefile import create_private, write_private
 from orchestrator.share import layout
 from orchestrator.share.base import (
-    FILE_ATTRIBUTE_REPARSE_POINT,
     FolderState,
     ItemKind,
     Share,
     ShareAccessDenied,
     ShareItem,
     ShareLinkError,
+    is_link_reparse,
     split_temporary,
 )
 
@@ -398,8 +398,9 @@ def _existing(listing: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]
 
 
 def _is_link(info: os.stat_result) -> bool:
-    """A symbolic link, or on Windows any reparse point (junction, mount point)."""
-    return stat.S_ISLNK(info.st_mode) or bool(getattr(info, "st_file_attributes", 0) & FILE_ATTRIBUTE_REPARSE_POINT)
+    """A symbolic link, or on Windows a reparse point that leads elsewhere (junction, mount point)."""
+    attributes = getattr(info, "st_file_attributes", 0)
+    return stat.S_ISLNK(info.st_mode) or is_link_reparse(attributes, getattr(info, "st_reparse_tag", None))
 
 
 def _process_lock(root: Path) -> threading.Lock:

@@ -20,13 +20,13 @@ from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
 from orchestrator.share import layout
 from orchestrator.share.base import (
-    FILE_ATTRIBUTE_REPARSE_POINT,
     FolderState,
     ItemKind,
     Share,
     ShareAccessDenied,
     ShareItem,
     ShareLinkError,
+    is_link_reparse,
     split_temporary,
 )
 from orchestrator.share.smbadapter import connections_alive, entry_info, send_rename
@@ -58,11 +58,11 @@ _TEMP_ACCESS = (
 )
 
 
-def listed_kind(name: str, attributes: int) -> ItemKind | None:
-    """What a listed name is, from its file attributes (MS-FSCC 2.6); None for a folder to enter. A
-    reparse point (symbolic link, junction, mount point: a Windows server lists them so) is a link,
-    never entered, whatever else it is."""
-    if attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+def listed_kind(name: str, attributes: int, tag: int | None = None) -> ItemKind | None:
+    """What a listed name is, from its file attributes (MS-FSCC 2.6) and reparse tag; None for a folder
+    to enter. A reparse point that leads elsewhere (symbolic link, junction, mount point: a Windows
+    server lists them so) is a link, never entered, whatever else it is; a deduplicated file is a file."""
+    if is_link_reparse(attributes, tag):
         return ItemKind.LINK
     if attributes & _FILE_ATTRIBUTE_DIRECTORY:
         return None
@@ -244,7 +244,7 @@ class SMBShare(Share):
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     break
                 raise
-            if info.st_file_attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+            if is_link_reparse(info.st_file_attributes, info.st_reparse_tag):
                 link = "/".join(parts[: index + 1])
                 raise ShareLinkError(
                     f"share {self.url}: {link} is a symbolic link or junction (a reparse point); keyfleet never "
@@ -380,9 +380,9 @@ class SMBShare(Share):
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return  # not there (yet), or removed while we walked
             raise
-        for name, attributes, modified in listed:
+        for name, attributes, tag, modified in listed:
             child = f"{relative}/{name}" if relative else name
-            kind = listed_kind(name, attributes)
+            kind = listed_kind(name, attributes, tag)
             if kind is None:
                 self._walk(f"{folder}\\{name}", child, found)
             elif child != layout.LOCK_NAME:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from smbclient._io import SMBRawIO
-from smbclient._os import SMBDirEntry
+from smbclient._os import SMBDirEntry, SMBDirEntryInformation, SMBStatResult
 from smbprotocol.connection import Connection
 from smbprotocol.file_info import FileRenameInformation
 from smbprotocol.open import Open, SMB2SetInfoRequest
@@ -38,11 +38,12 @@ def send_rename(raw: Any, name: str, *, replace: bool) -> None:
     handle.connection.receive(sent)
 
 
-def entry_info(entry: Any) -> tuple[int, datetime]:
-    """The file attributes (MS-FSCC 2.6) and last write time of an ``smbclient.scandir`` entry, as
-    the server listed them (no extra round trip, links not followed)."""
+def entry_info(entry: Any) -> tuple[int, int, datetime]:
+    """The file attributes (MS-FSCC 2.6), reparse tag and last write time of an ``smbclient.scandir``
+    entry, as the server listed them (no extra round trip, links not followed). The listing's EaSize
+    holds the reparse tag of a reparse point (MS-FSCC 2.4.17, FileIdFullDirectoryInformation)."""
     info = entry.smb_info
-    return int(info.file_attributes), info.last_write_time
+    return int(info.file_attributes), int(info.ea_size), info.last_write_time
 
 
 def connections_alive(pool: Iterable[Any]) -> bool:
@@ -60,6 +61,8 @@ def check_internals() -> list[str]:
 
     need("self.fd" in inspect.getsource(SMBRawIO.__init__), "smbclient._io.SMBRawIO no longer keeps its Open as .fd")
     need(isinstance(getattr(SMBDirEntry, "smb_info", None), property), "smbclient._os.SMBDirEntry.smb_info is gone")
+    need("ea_size" in SMBDirEntryInformation._fields, "smbclient's listing no longer carries ea_size (the reparse tag)")
+    need("st_reparse_tag" in SMBStatResult._fields, "smbclient.lstat no longer reports st_reparse_tag")
     open_init = inspect.getsource(Open.__init__)
     for attribute in ("file_name", "file_id", "connection", "tree_connect"):
         need(f"self.{attribute}" in open_init, f"smbprotocol.open.Open no longer sets .{attribute}")
