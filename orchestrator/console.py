@@ -156,9 +156,9 @@ class Ui:
             self.line(f"{title}: {len(hosts)} host(s)")
             yield progress
             return
-        # get_renderable: every refresh renders anew, so the per-host timers tick between events
+        # get_renderable: Live's own refresh (8 a second) renders anew, so events need not redraw it from
+        # the worker threads, and the per-host timers tick between events
         with Live(console=self.console, refresh_per_second=8, transient=True, get_renderable=progress.render) as live:
-            progress.live = live
             yield progress
             live.refresh()
 
@@ -173,7 +173,6 @@ class FleetProgress:
         self._total = len(hosts)
         self._done = 0
         self._started = time.monotonic()
-        self.live: Live | None = None
         self._bar = Progress(
             TextColumn(f"[bold]{title}"),
             BarColumn(),
@@ -185,7 +184,6 @@ class FleetProgress:
     def on_state(self, host: str, state: str) -> None:
         with self._lock:
             self._states[host] = (state, self._states.get(host, (state, time.monotonic()))[1])
-        self._refresh()
 
     def on_done(self, result: HostResult[Any]) -> None:
         with self._lock:
@@ -197,7 +195,6 @@ class FleetProgress:
             self._ui.line(f"  {result.host.name}: {result.status} ({result.duration:.1f}s) {detail}".rstrip())
         elif result.status is Status.FAILED:  # at once, above the live display: not only in the final table
             self._ui.line(f"✗ {result.host.name} failed after {result.duration:.0f}s: {detail}", "red")
-        self._refresh()
 
     def render(self) -> Group:
         with self._lock:
@@ -209,7 +206,3 @@ class FleetProgress:
         if len(active) > 20:
             table.add_row(Text(f"... {len(active) - 20} more running", style="dim"), Text(""), Text(""))
         return Group(self._bar, table)
-
-    def _refresh(self) -> None:
-        if self.live is not None:
-            self.live.refresh()
