@@ -174,7 +174,10 @@ def cron_line(inv: Inventory, options: ScheduleOptions) -> dict[str, str]:
     backup = " ".join(shlex.quote(w) for w in _arguments("backup", inv, ""))
     audit = " ".join(shlex.quote(w) for w in _arguments("audit", inv, f"{metrics_dir}/{METRICS_FILE}"))
     lock = shlex.quote(f"/tmp/keyfleet-{inv.path.stem}.lock")
-    command = f"{env}flock -n {lock} {python} {backup}; {env}{python} {audit}".replace("%", "\\%")  # crontab(5)
+    # the same bound as systemd's TimeoutStartSec and the task's ExecutionTimeLimit: a hung run must not
+    # hold the lock (flock -n) and silently skip every later night
+    limit = f"timeout {TIMEOUT_HOURS}h"
+    command = f"{env}flock -n {lock} {limit} {python} {backup}; {env}{python} {audit}".replace("%", "\\%")  # crontab(5)
     hour, minute = options.at.split(":")
     values = {
         "user": options.user,
