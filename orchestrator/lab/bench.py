@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
@@ -72,13 +73,21 @@ class BenchResult:
     failures: int  # hosts not backed up, plus hosts the baseline could not reach
 
 
+_PROCESS_LIMIT = 1800.0  # seconds: far above a 1,000-host backup's 15 s
+
+
 def _run_process(argv: list[str], workdir: Path, name: str) -> ProcessRun:
     """Run ``argv`` to its end; wait4 gives exactly its own CPU and peak RSS."""
     out_path = workdir / f"{name}.out"
     with open(out_path, "wb") as out, open(workdir / f"{name}.err", "wb") as err:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
+        stopper = threading.Timer(_PROCESS_LIMIT, proc.kill)  # a hung run ends the bench, not the machine's day
+        stopper.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            stopper.cancel()
         wall = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     return ProcessRun(
@@ -221,6 +230,9 @@ def bench(
                 workdir,
                 "chain",
             )
+            if chain_run.returncode != 0:  # a failed sample would make the ideal meaningless
+                err = (workdir / "chain.err").read_text(errors="replace").strip()[-300:]
+                raise KeyfleetError(f"the bench's forks-1 sample backup failed (exit {chain_run.returncode}): {err}")
             chain = statistics.median(o["duration"] for o in json.loads(chain_run.stdout)["outcomes"])
             lab_cpu, lab_rss, since = lab.cpu(), lab.rss_mib(), time.time()
             run = _run_process(
