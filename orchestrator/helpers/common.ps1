@@ -295,7 +295,6 @@ function Invoke-ToolStdin([string] $ToolPath, [string] $Verb, [string] $KeyFile,
                     Stop-ToolTree $process.Id
                     Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe closed its output but did not exit within {0} s and was stopped' -f $TimeoutSeconds)
                 }
-                $process.WaitForExit()  # returns at once now; completes the asynchronous reads
             }
             $errors = ''
             if ($stderr.Wait(5000)) { $errors = $stderr.Result }
