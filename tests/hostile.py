@@ -30,16 +30,31 @@ BEHAVIOURS = (
 )
 
 
+_SHELL = (
+    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+    b'<x:ResourceCreated xmlns:x="http://schemas.xmlsoap.org/ws/2004/09/transfer">'
+    b'<w:Selector xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" Name="ShellId">'
+    b"0B4C1A2E-6F2B-4C43-9D0B-2E5A8F1D7C11</w:Selector></x:ResourceCreated></s:Body></s:Envelope>"
+)
+_CREATED = b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(_SHELL),
+    _SHELL,
+)
+
+
 class HostileServer:
     """Serves one behaviour on 127.0.0.1 (a free port) to every connection, each in its own thread.
 
     With ``tls_dir``, speaks it over TLS (a lab certificate kept there), except ``tls-stall``.
     """
 
-    def __init__(self, behaviour: str, tls_dir: Path | None = None) -> None:
+    def __init__(self, behaviour: str, tls_dir: Path | None = None, *, after: int = 0) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(behaviour)
         self.behaviour = behaviour
+        # the first ``after`` requests on a connection get a well-formed Create reply (a ShellId): with
+        # Basic over https the session is then logged on, and the behaviour meets what it sends next
+        self._after = after
         self._tls: ssl.SSLContext | None = None
         if tls_dir is not None and behaviour != "tls-stall":
             cert = LabPKI(tls_dir).host_certificate("hostile", "127.0.0.1")
@@ -78,7 +93,12 @@ class HostileServer:
                     # a handshake record header announcing 16 KiB, then its bytes one by one
                     self._drip(conn, itertools.chain(b"\x16\x03\x03\x40\x00", itertools.repeat(0)))
                     return
+                answered = 0
                 while self._read_request(conn):
+                    answered += 1
+                    if answered <= self._after:
+                        self._send(conn, _CREATED)
+                        continue
                     if not self._answer(conn):
                         return
         except OSError:

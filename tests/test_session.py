@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.helpers import remote
@@ -66,6 +67,24 @@ def run_hostname(host: HostConfig, seconds: float = 15) -> bytes:
 def test_every_auth_mode_runs_a_command_in_five_requests(lab, name):
     inv, _ = lab
     assert run_hostname(inv.hosts[name]).strip() == name.encode()
+
+
+# requests' Session.send calls per command: NTLM over http (sealed) logs on with one empty message, whose
+# handshake requests_ntlm sends on the same connection; NTLM over https logs on with Create itself; Basic
+# needs no handshake. Every other message goes straight to urllib3 (session/transport.py's _Direct).
+@pytest.mark.parametrize(("name", "through_requests"), [("ntlm-http", 1), ("ntlm-https", 1), ("basic-https", 0)])
+def test_once_logged_on_messages_bypass_requests_session(lab, monkeypatch, name, through_requests):
+    inv, _ = lab
+    calls = []
+    real_send = requests.Session.send
+
+    def counted(self, request, **kwargs):  # instruments the real client: the request still goes out
+        calls.append(request.url)
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", counted)
+    assert run_hostname(inv.hosts[name]).strip() == name.encode()
+    assert len(calls) == through_requests, calls
 
 
 def test_stdin_reaches_the_command(lab):

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import certifi
 import requests
+import requests.adapters
 import urllib3.connection
 import winrm
+import winrm.encryption
 import winrm.transport
 from spnego._ntlm_raw.crypto import is_ntlm_hash
 
@@ -43,6 +45,12 @@ def test_the_internals_the_adapter_relies_on_are_there():
         assert name in vars(winrm.transport.Transport)
     assert "proxy" in inspect.signature(winrm.transport.Transport).parameters
     assert hasattr(requests.Session(), "trust_env")
+    # what _Direct sends logged-on messages with: requests' pool choice and retry policy, pywinrm's sealing
+    adapter = requests.adapters.HTTPAdapter()
+    assert callable(adapter.get_connection_with_tls_context) and adapter.max_retries.total == 0
+    for name in ("_encrypt_message", "parse_encrypted_response", "MIME_BOUNDARY"):
+        assert hasattr(winrm.encryption.Encryption, name), f"pywinrm's Encryption has no {name!r} any more"
+    assert "read_timeout_sec" in vars(protocol().transport)
     # what authenticate_with (Negotiate and Kerberos) reads and sets on pywinrm's Transport
     for name in ("session", "server_cert_validation", "ca_trust_path", "default_headers", "endpoint"):
         assert hasattr(protocol().transport, name), f"pywinrm's Transport has no {name!r} any more"
