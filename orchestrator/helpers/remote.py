@@ -115,6 +115,20 @@ def bootstrap_command_line() -> str:
     return f"powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encoded}"
 
 
+@cache
+def _request_head(helper: str) -> str:
+    """The request line up to its params, the same for every host: ``{"format":...,"params":``. The
+    script is about 40 KB, so its base64 and JSON are made once per process, not once per host."""
+    script = load_script(helper)
+    head = {
+        "format": REQUEST_FORMAT,
+        "helper": helper,
+        "script": base64.b64encode(script.content).decode("ascii"),
+        "sha256": script.sha256,
+    }
+    return json.dumps(head, ensure_ascii=True, separators=(",", ":"))[:-1] + ',"params":'
+
+
 def build_stdin(helper: str, params: dict[str, object], secret: Secret | None) -> bytes:
     """The bootstrap's stdin: the JSON request line (script, SHA-256, params), then the secret line.
 
@@ -124,15 +138,7 @@ def build_stdin(helper: str, params: dict[str, object], secret: Secret | None) -
     """
     if helper not in HELPERS:
         raise ValueError(f"unknown helper {helper!r} (choose from {', '.join(HELPERS)})")
-    script = load_script(helper)
-    request = {
-        "format": REQUEST_FORMAT,
-        "helper": helper,
-        "script": base64.b64encode(script.content).decode("ascii"),
-        "sha256": script.sha256,
-        "params": params,
-    }
-    line = json.dumps(request, ensure_ascii=True, separators=(",", ":"))
+    line = _request_head(helper) + json.dumps(params, ensure_ascii=True, separators=(",", ":")) + "}"
     secret_line = "" if secret is None else base64.b64encode(secret.reveal().encode("utf-8")).decode("ascii")
     return f"{line}\n{secret_line}\n".encode("ascii")
 
