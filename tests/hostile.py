@@ -27,6 +27,8 @@ BEHAVIOURS = (
     "no-challenge",  # 200 with an empty body to everything: no NTLM challenge
     "soap-nonsense",  # 200 with well-formed SOAP that is no WS-Man reply (an empty ShellId, no streams)
     "tls-stall",  # accepts TCP, then drips a TLS handshake that never completes
+    "basic-only",  # 401 offering only Basic to everything: no NTLM to log on with
+    "no-ntlm-challenge",  # 401 offering Negotiate, then no challenge token after NTLM NEGOTIATE
 )
 
 
@@ -155,6 +157,10 @@ class HostileServer:
                 b'<x Name="ShellId"/><CommandId/><ExitCode>x</ExitCode></s:Body></s:Envelope>'
             )
             self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return True
+        elif b in ("basic-only", "no-ntlm-challenge"):
+            offer = b'Basic realm="WSMAN"' if b == "basic-only" else b"Negotiate"
+            self._send(conn, b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: %s\r\nContent-Length: 0\r\n\r\n" % offer)
             return True
         elif b == "no-challenge":
             self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml\r\nContent-Length: 0\r\n\r\n")

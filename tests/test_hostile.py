@@ -135,6 +135,17 @@ def test_a_server_that_does_not_authenticate_is_an_auth_failure(hosts):
     assert "the server did not authenticate" in failure.reason
 
 
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [("basic-only", "credentials rejected"), ("no-ntlm-challenge", "NTLM logon refused")],
+)
+def test_a_server_that_offers_no_ntlm_logon_is_an_auth_failure(hosts, behaviour, reason):
+    with HostileServer(behaviour) as server:
+        failure, _, _ = attack(hosts["ntlm-http"], server)
+    assert failure.kind is ErrorKind.AUTH, failure
+    assert reason in failure.reason
+
+
 def test_the_worker_is_freed_and_the_connection_closed(hosts):
     """One worker: a dripping host times out, its socket is closed, and the next host still runs."""
     with HostileServer("drip-body") as first, HostileServer("drip-headers") as second:
