@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     wizard.add_argument("--host", required=True, metavar="H", help="the lab server whose administrator runs the wizard")
     bench = lab.add_parser("bench", help="measure capacity against an emulated fleet")
     bench.add_argument("--hosts", type=_positive_int, default=100, metavar="N", help="servers in the fleet (100)")
-    bench.add_argument("--forks", type=_positive_int, default=32, metavar="N", help="hosts worked on at once (32)")
+    bench.add_argument(
+        "--forks", type=_positive_int, metavar="N", help="hosts worked on at once (32; with --history: 128)"
+    )
     bench.add_argument("--latency", type=float, default=0.02, metavar="S", help="added per request (0.02)")
     bench.add_argument(
         "--base-address", default="127.1.0.1", metavar="IP", help="first lab host address (127.1.0.1); N in a row"

@@ -29,3 +29,10 @@ def test_bench_refuses_an_address_range_outside_loopback(keyfleet):
     run = keyfleet("lab", "bench", "--hosts", "300", "--base-address", "127.255.255.1", "--json")
     assert run.returncode == 2
     assert json.loads(run.stdout)["error"]["kind"] == "config"
+
+
+def test_the_history_bench_uses_the_forks_asked_for(keyfleet):
+    run = keyfleet("lab", "bench", "--history", "20", "--history-hosts", "6", "--forks", "3", "--json", timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["workers"] == 3  # not silently raised to 128
+    assert "6-host backup" in run.stderr and "3 workers" in run.stderr

@@ -59,10 +59,11 @@ def bench_command(args: argparse.Namespace) -> int:
     from orchestrator.console import Ui, print_json
     from orchestrator.lab.bench import as_json, as_rows, bench
 
-    if args.hosts < 1 or args.forks < 1:
+    if args.hosts < 1 or (args.forks is not None and args.forks < 1):
         raise ConfigError("--hosts and --forks must be at least 1")
     if args.history is not None:
         return history_bench_command(args)
+    args.forks = args.forks or 32
     ui = Ui()
     ui.line(
         f"bench: serving {args.hosts} lab hosts in a separate process; timing keyfleet backup at forks 1 "
@@ -87,7 +88,7 @@ def history_bench_command(args: argparse.Namespace) -> int:
     hosts = args.history_hosts
     ui = Ui()
     ui.line(f"bench: synthesising {args.history} entries, then backing up 1 and {hosts} hosts on both shares ...")
-    result = history_bench(args.history, hosts=hosts, workers=max(args.forks, 128))
+    result = history_bench(args.history, hosts=hosts, workers=args.forks or 128)
     ui.table("keyfleet lab bench --history", ["measure", "value"], as_rows(result))
     if args.json:
         print_json(as_json(result))
