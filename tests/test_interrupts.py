@@ -96,5 +96,8 @@ def test_sigint_at_every_instant_keeps_record_manifest_and_json_in_step(tmp_path
         assert ok == stored.get(document["run_id"], set()), document["run_id"]
         assert len(record.outcomes) == len(FLEET["SW"])
     assert set(stored) <= set(records)  # no key file in the manifest without the record of its run
-    assert sum(1 for d in documents if "run_id" in d) >= len(OFFSETS) // 2  # most signals came mid-run
+    # the sweep covered both regimes, whatever the machine's load stretched start-up to: signals before the
+    # run began (nothing touched) and signals in the run (a record, keys committed or not)
+    mid_run = sum(1 for d in documents if "run_id" in d)
+    assert mid_run >= 5 and len(documents) - mid_run >= 1, mid_run
     assert not [p for p in lab.share.rglob("*") if ".tmp-" in p.name]
