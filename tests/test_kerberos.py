@@ -310,3 +310,41 @@ def test_interrupted_run_removes_its_private_credential_cache(tmp_path):
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert private_caches(tmp) == []
+
+
+def test_a_slow_logon_holds_up_only_the_hosts_of_its_own_credential(tmp_path):
+    """One AS exchange per credential, and none waits for another credential's KDC: the caches lock per
+    credential, not across every logon (a KDC that does not answer for one account stalled them all)."""
+    import threading
+
+    from orchestrator.inventory.model import Credential
+    from orchestrator.secret import Secret
+    from orchestrator.session.kerberos import TicketCaches
+
+    release = threading.Event()
+    logons: list[str] = []
+
+    class Caches(TicketCaches):
+        def _kinit(self, principal, password, keytab, cache):
+            logons.append(principal)
+            if principal.startswith("slow"):
+                assert release.wait(10)
+            return cache
+
+    def host(user: str) -> Any:
+        return type("Host", (), {"credential": Credential(username=user, password=None), "realm": "LAB.TEST"})()
+
+    caches = Caches()
+    slow = [threading.Thread(target=caches.ccache, args=(host("slow"), Secret("Pw-slow-12345"))) for _ in range(3)]
+    for thread in slow:
+        thread.start()
+    time.sleep(0.2)  # the slow logon is under way
+    try:
+        fast = caches.ccache(host("fast"), Secret("Pw-fast-12345"))  # returns while the slow one waits
+        assert fast is not None and fast.startswith("FILE:")
+    finally:
+        release.set()
+        for thread in slow:
+            thread.join(10)
+    assert sorted(logons) == ["fast@LAB.TEST", "slow@LAB.TEST"]  # one AS exchange per credential
+    caches.remove()

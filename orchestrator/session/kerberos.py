@@ -106,9 +106,11 @@ class TicketCaches:
     """The run's private credential caches, one FILE cache per credential; removed at exit."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dictionaries and the folder, never held across a logon
         self._dir: Path | None = None
         self._caches: dict[_CacheKey, str | KerberosError] = {}
+        self._logons: dict[_CacheKey, threading.Lock] = {}  # one per credential: its hosts wait for one AS exchange
+        self._made = 0
 
     def ccache(self, host: HostConfig, password: Secret | None) -> str | None:
         """``FILE:path`` of a cache holding a ticket for the host's credential, or None: the user's own tickets.
@@ -119,24 +121,34 @@ class TicketCaches:
         principal = principal_name(credential.username, host.realm)
         key = _CacheKey(principal, credential.keytab or (password.label if password else ""))
         with self._lock:
-            known = self._caches.get(key)
-            if known is None:
+            logon = self._logons.setdefault(key, threading.Lock())
+        with logon:  # a slow KDC for one credential holds up only the hosts of that credential
+            with self._lock:
+                known = self._caches.get(key)
+                cache = None if known is not None else self._new_cache()
+            if cache is not None:
                 try:
-                    known = self._kinit(principal, password, credential.keytab, len(self._caches))
+                    known = self._kinit(principal, password, credential.keytab, cache)
                 except KerberosError as exc:
                     known = exc
-                self._caches[key] = known
+                with self._lock:
+                    self._caches[key] = known
+        assert known is not None
         if isinstance(known, KerberosError):
             raise known
         return known
 
-    def _kinit(self, principal: str, password: Secret | None, keytab: str | None, index: int) -> str:
-        import krb5
-
+    def _new_cache(self) -> str:
+        """A new cache's name in the run's private folder (made on first use); under ``_lock``."""
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="keyfleet-krb5cc-"))  # 0700, removed at exit
             atexit.register(self.remove)
-        cache = f"FILE:{self._dir / f'cc{index}'}"
+        self._made += 1
+        return f"FILE:{self._dir / f'cc{self._made}'}"
+
+    def _kinit(self, principal: str, password: Secret | None, keytab: str | None, cache: str) -> str:
+        import krb5
+
         try:
             ctx = krb5.init_context()
             princ = krb5.parse_name_flags(ctx, principal.encode())
@@ -159,6 +171,7 @@ class TicketCaches:
         with self._lock:
             folder, self._dir = self._dir, None
             self._caches.clear()
+            self._logons.clear()
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
