@@ -239,3 +239,31 @@ def test_an_orphan_another_controller_commits_meanwhile_is_kept(tmp_path: Path, 
     theirs = other.add(host="ms02", group="PROD", role="management_server", data=b"theirs", password_id="p")
     assert pruner.remove_unlisted([theirs.path]) == set()
     assert (root / theirs.path).exists()
+
+
+@pytest.mark.parametrize("other", ["another keyfleet process here", "another controller machine"])
+def test_a_run_recorded_while_the_history_is_read_is_no_rollback(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """Another keyfleet commits and writes its run record just after this one read the history. The newest
+    run record is read before the history, so it can never look newer than it; this controller's memory of
+    the newest generation (which another process here updates) is checked against a history read after it."""
+    from orchestrator.share import historystore
+
+    root = tmp_path / "share"
+    backup(BackupStore(LocalShare(root), key), ["ms01"])
+    real = historystore.read_history
+    raced: list[str] = []
+
+    def read_then_other_controller_commits(*args: Any, **kwargs: Any) -> Any:
+        history = real(*args, **kwargs)
+        if not raced:
+            raced.append("done")
+            state = tmp_path / "elsewhere" if other == "another controller machine" else None
+            backup(BackupStore(LocalShare(root), key, state_root=state), ["ms02"], NOW + timedelta(minutes=1))
+        return history
+
+    monkeypatch.setattr(historystore, "read_history", read_then_other_controller_commits)
+    store = BackupStore(LocalShare(root), key)
+    store.load_history()  # no HistoryError("rollback")
+    assert raced

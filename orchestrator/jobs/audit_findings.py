@@ -96,7 +96,7 @@ class ShareFindings:
         if state is None:
             return
         try:
-            state.check(history)
+            self.store.check_controller_state(state, history)
         except HistoryError as exc:
             self.find(exc.kind, Severity.INTEGRITY, str(exc), path=layout.MANIFEST)
             return

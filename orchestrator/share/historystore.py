@@ -95,6 +95,10 @@ class HistoryStore:
         """Read and verify the whole history, check it against what this controller saw before and
         against the newest run record, and keep it for the commits to come."""
         try:
+            # the newest run record first, the history after: another controller that commits meanwhile
+            # writes its record after its commit, so a record read before the history can never be newer
+            # than it unless history was removed (read the other way round, that commit was a false rollback)
+            latest = self._latest_record()
             history = read_history(self.share, self._verifier())
             if not history.exists and self._holds_backups():
                 raise HistoryError(
@@ -103,15 +107,29 @@ class HistoryStore:
                     "manifest (run `keyfleet audit`)",
                     layout.MANIFEST,
                 )
-            self._check_latest_record(history)
+            if latest is not None:
+                self._check_latest_record(history, *latest)
             state = self.controller_state(history)
             if state is not None:
-                state.check(history)
+                history = self.check_controller_state(state, history)
                 state.remember(history)
         except HistoryError as exc:
             self._history = None  # what was proven before is no ground to build on now
             raise HistoryError(exc.kind, f"share {self.share.url}: {exc.kind}: {exc}", exc.path) from None
         self._history = history
+        return history
+
+    def check_controller_state(self, state: ShareState, history: History) -> History:
+        """``history`` checked against the newest generation this controller saw (HistoryError ``rollback``).
+        Another keyfleet process of this controller may have committed, and remembered its generation,
+        after ``history`` was read: on a mismatch the history is read once more, after the memory, and
+        that reading decides; it is returned (a real rollback stays one whichever is read)."""
+        seen = state.load()
+        try:
+            state.check(history, seen)
+        except HistoryError:
+            history = read_history(self.share, self._verifier())
+            state.check(history, seen)
         return history
 
     def controller_state(self, history: History) -> ShareState | None:
@@ -124,16 +142,19 @@ class HistoryStore:
             raise ConfigError("no public key to verify manifest.json with", key="signing.public_key")
         return self.verifier
 
-    def _check_latest_record(self, history: History) -> None:
-        """A signed run record naming a generation the history does not reach means a rollback."""
+    def _latest_record(self) -> tuple[str, RunRecord] | None:
+        """The newest run record, or None (none, or one the audit reports: it proves nothing either way)."""
         names = [p for p in self.share.list_files(layout.RUNS_DIR) if layout.is_run_record_path(p)]
         if not names:
-            return
+            return None
         latest = max(names)
         try:
-            record = RunRecord.from_bytes(self.share.read_bytes(latest), name=latest, verifier=self._verifier())
+            return latest, RunRecord.from_bytes(self.share.read_bytes(latest), name=latest, verifier=self._verifier())
         except IntegrityError:
-            return  # the audit reports it; it proves nothing either way
+            return None
+
+    def _check_latest_record(self, history: History, latest: str, record: RunRecord) -> None:
+        """A signed run record naming a generation the history does not reach means a rollback."""
         if record.signed and record.generation and history.legacy:
             raise HistoryError(
                 "rollback",

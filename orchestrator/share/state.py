@@ -54,9 +54,9 @@ class ShareState:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # an unreadable memory is no memory; the share's own checks still apply
 
-    def check(self, history: History) -> None:
-        """HistoryError ``rollback`` when the share is older than what this controller saw, or forked from it."""
-        seen = self.load()
+    def check(self, history: History, seen: Seen | None) -> None:
+        """HistoryError ``rollback`` when the share is older than what this controller saw (``seen``, from
+        ``load``), or forked from it."""
         if seen is None:
             return
         if seen.generation > history.generation:
