@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         context.probe_writable(share)
-        identity.claim_identity(store, inv.backup.password_id, password)  # exit 2 on a mismatch, before any host
+        # exit 2 on a mismatch, before any host; its scrypt runs while the WinRM stack loads
+        identity.claim_identity_while(store, inv.backup.password_id, password, backup.load_session_stack)
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from orchestrator.helpers import remote
 from orchestrator.runner.pool import HostContext
 from orchestrator.secret import Secret
-from orchestrator.session.winrm import WinRMSession
+
+if TYPE_CHECKING:  # the WinRM stack loads when a session is made (see jobs.backup.load_session_stack)
+    from orchestrator.session.winrm import WinRMSession
 
 R = TypeVar("R")
 

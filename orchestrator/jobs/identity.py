@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -108,6 +110,26 @@ def claim_identity(store: BackupStore, password_id: str, password: Secret, *, ro
         verifier or make_verifier(password, rotated_from=rotated_from),
         lambda recorded: matches(password, recorded, password_id),
     )
+
+
+def claim_identity_while(store: BackupStore, password_id: str, password: Secret, meanwhile: Callable[[], None]) -> None:
+    """claim_identity on a thread while ``meanwhile`` runs on this one: scrypt releases the GIL, so the check
+    costs no wall time beside work that needs it (loading the WinRM stack). Its errors are raised here,
+    after ``meanwhile``, and before anything that contacts a host."""
+    failure: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            claim_identity(store, password_id, password)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=claim, name="keyfleet-verifier", daemon=True)
+    worker.start()
+    meanwhile()
+    worker.join()
+    if failure:
+        raise failure[0]
 
 
 def rotated_ids(verifiers: dict[str, dict[str, Any]]) -> dict[str, str]:
