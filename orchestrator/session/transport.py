@@ -452,9 +452,14 @@ class _Direct:
 
     @staticmethod
     def _read(response: Any) -> bytes:
-        """The whole body (the socket's cap bounds it), errors as requests' Response.content raises them."""
+        """The whole body (the socket's cap bounds it), errors as requests' Response.content raises them. A
+        reply not read to its end (cut, too large, timed out) closes its connection: what is left of it on
+        the socket must never be read as the next reply."""
+        whole = False
         try:
-            return bytes(response.read(decode_content=False))
+            data = bytes(response.read(decode_content=False))
+            whole = True
+            return data
         except urllib3.exceptions.ProtocolError as err:
             raise requests.exceptions.ChunkedEncodingError(err) from None
         except urllib3.exceptions.ReadTimeoutError as err:
@@ -462,6 +467,8 @@ class _Direct:
         except urllib3.exceptions.SSLError as err:
             raise requests.exceptions.SSLError(err) from None
         finally:
+            if not whole:
+                response.close()
             response.release_conn()
 
 
