@@ -267,3 +267,32 @@ def test_a_run_recorded_while_the_history_is_read_is_no_rollback(
     store = BackupStore(LocalShare(root), key)
     store.load_history()  # no HistoryError("rollback")
     assert raced
+
+
+def test_an_audit_beside_a_backup_reports_no_rollback(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup commits and writes its run record just after the audit read the history: the audit reads
+    again and reports the share as it is, not a rollback."""
+    from orchestrator.jobs import audit_findings
+
+    root = tmp_path / "share"
+    backup(BackupStore(LocalShare(root), key), ["ms01"])
+    real = audit_findings.read_history
+    raced: list[str] = []
+
+    def read_then_a_backup_commits(*args: Any, **kwargs: Any) -> Any:
+        history = real(*args, **kwargs)
+        if not raced:
+            raced.append("done")
+            backup(
+                BackupStore(LocalShare(root), key, state_root=tmp_path / "other"), ["ms01"], NOW + timedelta(minutes=1)
+            )
+        return history
+
+    monkeypatch.setattr(audit_findings, "read_history", read_then_a_backup_commits)
+    inventory = make_inventory(tmp_path, public(key), {"ms01": ("PROD", "management_server")})  # type: ignore[dict-item]
+    report = run_audit(inventory, BackupStore(LocalShare(root), verifier=key.public_key()), max_age=MAX_AGE)
+    assert raced
+    assert "rollback" not in {f.kind for f in report.findings}, report.findings
+    assert report.exit_code == 0, report.findings

@@ -99,5 +99,5 @@ def test_sigint_at_every_instant_keeps_record_manifest_and_json_in_step(tmp_path
     # the sweep covered both regimes, whatever the machine's load stretched start-up to: signals before the
     # run began (nothing touched) and signals in the run (a record, keys committed or not)
     mid_run = sum(1 for d in documents if "run_id" in d)
-    assert mid_run >= 5 and len(documents) - mid_run >= 1, mid_run
+    assert mid_run >= len(OFFSETS) // 5 and len(documents) - mid_run >= 1, mid_run
     assert not [p for p in lab.share.rglob("*") if ".tmp-" in p.name]

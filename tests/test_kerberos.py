@@ -340,7 +340,9 @@ def test_a_slow_logon_holds_up_only_the_hosts_of_its_own_credential(tmp_path):
         thread.start()
     time.sleep(0.2)  # the slow logon is under way
     try:
+        started = time.monotonic()
         fast = caches.ccache(host("fast"), Secret("Pw-fast-12345"))  # returns while the slow one waits
+        assert time.monotonic() - started < 2  # not after the slow logon's 10 s
         assert fast is not None and fast.startswith("FILE:")
     finally:
         release.set()

@@ -38,6 +38,14 @@ FLEET = {
         "slow": {"role": "management_server", "lab": {"faults": ["latency:0.2"]}},
         "clm": {"role": "management_server", "lab": {"faults": ["constrained-language"]}},
         "noshell": {"role": "management_server", "lab": {"faults": ["remote-shell-disabled"]}},
+        "dropped-https": {
+            "role": "management_server",
+            "scheme": "https",
+            "transport": "ntlm",
+            "ca_bundle": "lab",
+            "lab": {"faults": ["drop-receive"]},
+        },
+        "unsealed": {"role": "management_server", "lab": {"faults": ["unsealed-reply"]}},
     }
 }
 
@@ -85,6 +93,26 @@ def test_once_logged_on_messages_bypass_requests_session(lab, monkeypatch, name,
     monkeypatch.setattr(requests.Session, "send", counted)
     assert run_hostname(inv.hosts[name]).strip() == name.encode()
     assert len(calls) == through_requests, calls
+
+
+def test_a_connection_logon_is_made_again_on_a_new_connection(lab):
+    """NTLM over https authenticates the connection. The lab drops it during Receive; the shell's Delete
+    goes out on a new connection, where requests_ntlm logs on again (a 401 to a message sent directly),
+    so the server's shell is deleted, not left behind."""
+    inv, fleet = lab
+    with pytest.raises(HostFailure) as failure:
+        run_hostname(inv.hosts["dropped-https"])
+    assert failure.value.kind is ErrorKind.UNREACHABLE
+    deletes = fleet.journal.entries("dropped-https", "Delete")
+    assert deletes and deletes[-1].status == 200, deletes
+
+
+def test_a_sealed_session_refuses_a_reply_in_the_clear(lab):
+    inv, _ = lab
+    with pytest.raises(HostFailure) as failure:
+        run_hostname(inv.hosts["unsealed"])
+    assert failure.value.kind is ErrorKind.PROTOCOL
+    assert "unsealed reply" in failure.value.reason
 
 
 def test_stdin_reaches_the_command(lab):

@@ -125,13 +125,17 @@ def _coverage(name: str, servers: list[ServerCoverage]) -> Coverage:
 
 
 def run_audit(
-    inventory: Inventory, store: BackupStore, *, max_age: timedelta, now: datetime | None = None
+    inventory: Inventory, store: BackupStore, *, max_age: timedelta, now: datetime | None = None, again: bool = True
 ) -> AuditReport:
     """Audit ``store`` (whose ``verifier`` is the inventory's public key) against ``inventory``."""
     audit = ShareFindings(inventory, store, max_age, now or datetime.now(UTC))
     history, signature = audit.history()
     manifest = history.manifest()
     records = audit.run_records(history)
+    if again and any(r.signed and r.generation is not None and r.generation > history.generation for r in records):
+        # a run committed and wrote its record after the history was read (a backup beside the audit): audit
+        # again from a newer reading, which covers it unless newer history really was removed
+        return run_audit(inventory, store, max_age=max_age, now=now, again=False)
     invalid = {f.path for f in audit.findings if f.kind == "run-record-invalid" and f.path}
     audit.chain_records(history, records, invalid)
     intact = audit.check_entries(manifest, records)

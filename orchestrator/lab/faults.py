@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
 
-TRANSPORT_FAULTS = ("down", "blackhole", "latency", "auth-failure", "http500", "drop-receive", "no-spn")
+TRANSPORT_FAULTS = (
+    "down",
+    "blackhole",
+    "latency",
+    "auth-failure",
+    "http500",
+    "drop-receive",
+    "no-spn",
+    "unsealed-reply",  # in a sealed (message-encrypted) session, replies come back in the clear
+)
 KERBEROS_FAULTS = ("no-spn",)  # only where the lab runs a KDC (lab.kerberos): no service principal registered
 MACHINE_FAULTS = (
     "corrupt-output",

@@ -367,12 +367,16 @@ class _Direct:
             base, session.verify, proxies=session.proxies, cert=session.cert
         )
         assert isinstance(pool, HTTPConnectionPool)  # no proxy: a pool of watched connections
+        # what HTTPAdapter.send does before every urlopen: the CA bundle (certifi for verify=True, or
+        # the path given; a missing path is requests' OSError) and client certificate onto the pool
+        transport.adapter.cert_verify(pool, transport.endpoint, session.verify, session.cert)  # type: ignore[no-untyped-call]
         self._pool = pool
         self._retries = transport.adapter.max_retries
         encryption = transport.encryption
         self._encryption = encryption
         self._host = urllib.parse.urlsplit(transport.endpoint).hostname
         if encryption is not None:
+            self._sealed_protocol = f'protocol="{encryption.protocol_string.decode()}"'
             self._sealed_type = (
                 f'multipart/encrypted;protocol="{encryption.protocol_string.decode()}";boundary="Encrypted Boundary"'
             )
@@ -380,9 +384,8 @@ class _Direct:
     @staticmethod
     def usable(transport: BoundedTransport) -> bool:
         """Not through a proxy (requests rewrites the request line and headers for one), and not CredSSP
-        (pywinrm splits its sealed messages)."""
-        encryption = transport.encryption
-        return not transport.proxies and (encryption is None or encryption.protocol in ("ntlm", "kerberos"))
+        (its own TLS channel inside HTTP; pywinrm splits its sealed messages)."""
+        return not transport.proxies and transport.auth_method != "credssp"
 
     @staticmethod
     def static_auth(session: requests.Session) -> bool:
@@ -403,6 +406,9 @@ class _Direct:
         content = self._read(response)
         reply = _Reply(response.headers, content, self._url)
         if response.status == 200:
+            if self._encryption is not None and self._sealed_protocol not in response.headers.get("Content-Type", ""):
+                # pywinrm would take it as it is: in a sealed session, that is a reply anyone on the path wrote
+                raise winrm.exceptions.WinRMError("the server answered a sealed session with an unsealed reply")
             return self._text(reply)
         if response.status == 401:
             raise winrm.exceptions.InvalidCredentialsError("the specified credentials were rejected by the server")
@@ -495,7 +501,18 @@ class BoundedTransport(winrm.transport.Transport):
                 self.direct = _Direct(self, session)
                 return reply
             self.direct = _Direct(self, session)
-        return self.direct.send(data)
+        try:
+            return self.direct.send(data)
+        except winrm.exceptions.InvalidCredentialsError:
+            if self.encryption is not None or _Direct.static_auth(session):
+                raise  # sealed: the context cannot move to a new connection; Basic: the credentials were refused
+            # NTLM, Kerberos or Negotiate over https authenticate the connection: when it was replaced (the
+            # server closed keep-alive, a proxy in between did), the 401 did not run the message. requests'
+            # auth handler logs on again with it on the new connection, as before direct sending.
+            self.direct = None
+            reply = super().send_message(data)
+            self.direct = _Direct(self, session)
+            return reply
 
     def close_session(self) -> None:
         self.direct = None
