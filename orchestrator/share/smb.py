@@ -29,7 +29,7 @@ from orchestrator.share.base import (
     is_link_reparse,
     split_temporary,
 )
-from orchestrator.share.smbadapter import connections_alive, entry_info, send_rename
+from orchestrator.share.smbadapter import connections_alive, credits_exhausted, entry_info, send_rename
 
 _LOCK_POLL = 0.1
 _FILE_ATTRIBUTE_DIRECTORY = 0x10
@@ -455,6 +455,8 @@ class SMBShare(Share):
             return "not found"
         if status in _LOST_STATUSES or isinstance(exc, SMBConnectionClosed) or not self._alive():
             return f"connection to {where} lost"
+        if credits_exhausted(exc):  # before the connection's reader saw it end: requests got no answers
+            return f"connection to {where} lost (the server stopped answering)"
         if connecting and "timeout" in str(exc).lower():
             return f"no SMB answer from {where} within {self._connect_timeout:g}s"
         return mask(str(exc))

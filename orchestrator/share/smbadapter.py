@@ -17,6 +17,7 @@ from typing import Any
 from smbclient._io import SMBRawIO
 from smbclient._os import SMBDirEntry, SMBDirEntryInformation, SMBStatResult
 from smbprotocol.connection import Connection
+from smbprotocol.exceptions import SMBException
 from smbprotocol.file_info import FileRenameInformation
 from smbprotocol.open import Open, SMB2SetInfoRequest
 
@@ -51,6 +52,13 @@ def connections_alive(pool: Iterable[Any]) -> bool:
     return all(getattr(connection.transport, "connected", False) for connection in pool)
 
 
+def credits_exhausted(exc: BaseException) -> bool:
+    """smbprotocol's refusal to send a request the server granted no credits for (``Connection.send``
+    raises at once instead of waiting): the server stopped answering, e.g. it died in the middle of a
+    write whose requests had used up the credits it granted."""
+    return isinstance(exc, SMBException) and "credits are available" in str(exc)
+
+
 def check_internals() -> list[str]:
     """What the functions above rely on and an smbprotocol upgrade no longer offers (empty: all there)."""
     problems: list[str] = []
@@ -70,6 +78,9 @@ def check_internals() -> list[str]:
     need({"message", "sid", "tid"} <= set(send), "Connection.send(message, sid=, tid=) changed")
     need("request" in inspect.signature(Connection.receive).parameters, "Connection.receive(request) changed")
     need("transport" in inspect.getsource(Connection.__init__), "Connection no longer has .transport")
+    need(
+        "credits are available" in inspect.getsource(Connection._send), "Connection._send words credit exhaustion anew"
+    )
     rename, request = FileRenameInformation(), SMB2SetInfoRequest()
     for structure, fields in (
         (rename, ("replace_if_exists", "file_name")),
