@@ -9,10 +9,12 @@ section still sees that interrupt.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -45,7 +47,22 @@ def install() -> Interrupts:
         _installed = Interrupts()
         for sig in _SIGNALS:
             signal.signal(sig, _installed._signal)
+        sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
     return _installed
+
+
+def _quiet_interrupts(default: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable-exception hook that stays silent for the interrupts CPython drops: a Ctrl-C raised
+    inside a callback it cannot propagate from (importlib's module-lock weakref callback, during an
+    import) would print "Exception ignored in ..." and a traceback. That interrupt was counted, and the
+    next deferred section acts on it; everything else goes to the default hook as before."""
+
+    def hook(unraisable: Any) -> object:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return None
+        return default(unraisable)
+
+    return hook
 
 
 @contextmanager
