@@ -241,6 +241,25 @@ def test_an_orphan_another_controller_commits_meanwhile_is_kept(tmp_path: Path, 
     assert (root / theirs.path).exists()
 
 
+def another_run_after_the_first_read(
+    monkeypatch: pytest.MonkeyPatch, module: Any, root: Path, key: Ed25519PrivateKey, state: Path | None, host: str
+) -> list[str]:
+    """Make ``module``'s first ``read_history`` be followed at once by another run's commit and record (its
+    controller state in ``state``; None: this controller's). The list it returns is non-empty once it has."""
+    real = module.read_history
+    raced: list[str] = []
+
+    def read_then_another_run(*args: Any, **kwargs: Any) -> Any:
+        history = real(*args, **kwargs)
+        if not raced:
+            raced.append("done")
+            backup(BackupStore(LocalShare(root), key, state_root=state), [host], NOW + timedelta(minutes=1))
+        return history
+
+    monkeypatch.setattr(module, "read_history", read_then_another_run)
+    return raced
+
+
 @pytest.mark.parametrize("other", ["another keyfleet process here", "another controller machine"])
 def test_a_run_recorded_while_the_history_is_read_is_no_rollback(
     tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch, other: str
@@ -252,20 +271,9 @@ def test_a_run_recorded_while_the_history_is_read_is_no_rollback(
 
     root = tmp_path / "share"
     backup(BackupStore(LocalShare(root), key), ["ms01"])
-    real = historystore.read_history
-    raced: list[str] = []
-
-    def read_then_other_controller_commits(*args: Any, **kwargs: Any) -> Any:
-        history = real(*args, **kwargs)
-        if not raced:
-            raced.append("done")
-            state = tmp_path / "elsewhere" if other == "another controller machine" else None
-            backup(BackupStore(LocalShare(root), key, state_root=state), ["ms02"], NOW + timedelta(minutes=1))
-        return history
-
-    monkeypatch.setattr(historystore, "read_history", read_then_other_controller_commits)
-    store = BackupStore(LocalShare(root), key)
-    store.load_history()  # no HistoryError("rollback")
+    state = tmp_path / "elsewhere" if other == "another controller machine" else None
+    raced = another_run_after_the_first_read(monkeypatch, historystore, root, key, state, "ms02")
+    BackupStore(LocalShare(root), key).load_history()  # no HistoryError("rollback")
     assert raced
 
 
@@ -278,19 +286,7 @@ def test_an_audit_beside_a_backup_reports_no_rollback(
 
     root = tmp_path / "share"
     backup(BackupStore(LocalShare(root), key), ["ms01"])
-    real = audit_findings.read_history
-    raced: list[str] = []
-
-    def read_then_a_backup_commits(*args: Any, **kwargs: Any) -> Any:
-        history = real(*args, **kwargs)
-        if not raced:
-            raced.append("done")
-            backup(
-                BackupStore(LocalShare(root), key, state_root=tmp_path / "other"), ["ms01"], NOW + timedelta(minutes=1)
-            )
-        return history
-
-    monkeypatch.setattr(audit_findings, "read_history", read_then_a_backup_commits)
+    raced = another_run_after_the_first_read(monkeypatch, audit_findings, root, key, tmp_path / "other", "ms01")
     inventory = make_inventory(tmp_path, public(key), {"ms01": ("PROD", "management_server")})  # type: ignore[dict-item]
     report = run_audit(inventory, BackupStore(LocalShare(root), verifier=key.public_key()), max_age=MAX_AGE)
     assert raced
