@@ -224,3 +224,22 @@ def test_every_name_is_used_relative_to_an_open_folder(tmp_path: Path, monkeypat
     monkeypatch.undo()
     under_root = [call for call in calls if str(call[1]) != str(tmp_path / "share")]
     assert under_root and all(isinstance(fd, int) and "/" not in str(arg) for _, arg, fd in under_root), under_root
+
+
+def test_a_folder_another_first_backup_makes_between_the_two_looks_is_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first backups at once: one sees no folder, the other makes it, the first looks again and finds
+    something there. A folder is a folder (it was called "not a folder", exit 2)."""
+    from orchestrator.share import local
+    from orchestrator.share.base import FolderState
+
+    root = tmp_path / "share"
+    real = local.os.path.lexists
+
+    def made_meanwhile(path: object) -> bool:
+        root.mkdir(exist_ok=True)  # the other run's mkdir lands between is_dir and lexists
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local.os.path, "lexists", made_meanwhile)
+    assert LocalShare(root).folder_state() is FolderState.EXISTS

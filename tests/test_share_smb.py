@@ -327,3 +327,24 @@ def test_smbd_killed_mid_write_leaves_no_torn_file_and_the_share_recovers(
     assert share.remove_stale_temporaries() == 1
     share.write_new(KEY, b"after the crash")
     assert share.read_bytes(KEY) == b"after the crash"
+
+
+def test_a_folder_another_first_backup_makes_between_the_two_looks_is_a_folder(
+    server: SmbServer, folder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a local share: one run sees no folder, the other makes it before the first looks again."""
+    from orchestrator.share.base import FolderState
+
+    smb = open_share(server, f"{folder}/raced")
+    real = SMBShare._exists
+
+    def made_meanwhile(self: SMBShare, unc: str) -> bool:
+        (on_disk(server, folder) / "raced").mkdir(parents=True, exist_ok=True)
+        return real(self, unc)
+
+    monkeypatch.setattr(SMBShare, "_exists", made_meanwhile)
+    try:
+        (on_disk(server, folder)).mkdir(parents=True, exist_ok=True)
+        assert smb.folder_state() is FolderState.EXISTS
+    finally:
+        smb.close()

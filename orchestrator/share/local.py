@@ -214,7 +214,8 @@ class LocalShare(Share):
         if self.root.is_dir():
             return FolderState.EXISTS
         if os.path.lexists(self.root):
-            return FolderState.NOT_FOLDER
+            # another first backup may have made it between the two looks: a folder now is a folder
+            return FolderState.EXISTS if self.root.is_dir() else FolderState.NOT_FOLDER
         return FolderState.MISSING if self.root.parent.is_dir() else FolderState.NO_PARENT
 
     def create_folder(self) -> None:

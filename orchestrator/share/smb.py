@@ -160,7 +160,8 @@ class SMBShare(Share):
             if self._is_folder(self._root):
                 return FolderState.EXISTS
             if self._exists(self._root):
-                return FolderState.NOT_FOLDER
+                # another first backup may have made it between the two looks: a folder now is a folder
+                return FolderState.EXISTS if self._is_folder(self._root) else FolderState.NOT_FOLDER
             return FolderState.MISSING if self._is_folder(ntpath.dirname(self._root)) else FolderState.NO_PARENT
 
     def create_folder(self) -> None:
