@@ -125,17 +125,20 @@ def _coverage(name: str, servers: list[ServerCoverage]) -> Coverage:
 
 
 def run_audit(
-    inventory: Inventory, store: BackupStore, *, max_age: timedelta, now: datetime | None = None, again: bool = True
+    inventory: Inventory, store: BackupStore, *, max_age: timedelta, now: datetime | None = None
 ) -> AuditReport:
     """Audit ``store`` (whose ``verifier`` is the inventory's public key) against ``inventory``."""
-    audit = ShareFindings(inventory, store, max_age, now or datetime.now(UTC))
-    history, signature = audit.history()
+    when = now or datetime.now(UTC)
+    for last in (False, True):
+        audit = ShareFindings(inventory, store, max_age, when)
+        history, signature = audit.history()
+        records = audit.run_records(history)
+        newer = any(r.signed and r.generation is not None and r.generation > history.generation for r in records)
+        # a run that committed and wrote its record after the history was read (a backup beside the audit):
+        # audit again from a newer reading, which covers it unless newer history really was removed
+        if last or not newer:
+            break
     manifest = history.manifest()
-    records = audit.run_records(history)
-    if again and any(r.signed and r.generation is not None and r.generation > history.generation for r in records):
-        # a run committed and wrote its record after the history was read (a backup beside the audit): audit
-        # again from a newer reading, which covers it unless newer history really was removed
-        return run_audit(inventory, store, max_age=max_age, now=now, again=False)
     invalid = {f.path for f in audit.findings if f.kind == "run-record-invalid" and f.path}
     audit.chain_records(history, records, invalid)
     intact = audit.check_entries(manifest, records)

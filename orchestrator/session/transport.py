@@ -377,9 +377,7 @@ class _Direct:
         self._host = urllib.parse.urlsplit(transport.endpoint).hostname
         if encryption is not None:
             self._sealed_protocol = f'protocol="{encryption.protocol_string.decode()}"'
-            self._sealed_type = (
-                f'multipart/encrypted;protocol="{encryption.protocol_string.decode()}";boundary="Encrypted Boundary"'
-            )
+            self._sealed_type = f'multipart/encrypted;{self._sealed_protocol};boundary="Encrypted Boundary"'
 
     @staticmethod
     def usable(transport: BoundedTransport) -> bool:
@@ -495,24 +493,25 @@ class BoundedTransport(winrm.transport.Transport):
             if not _Direct.usable(self):
                 return super().send_message(data)
             if self.encryption is None and not _Direct.static_auth(session):
-                # NTLM, Kerberos or Negotiate without sealing: the first message carries the logon (the
-                # auth handler's 401 handshake), through requests; the connection is logged on after it
-                reply = super().send_message(data)
-                self.direct = _Direct(self, session)
-                return reply
+                return self._log_on_with(data, session)  # the first message carries the logon
             self.direct = _Direct(self, session)
         try:
             return self.direct.send(data)
         except winrm.exceptions.InvalidCredentialsError:
             if self.encryption is not None or _Direct.static_auth(session):
                 raise  # sealed: the context cannot move to a new connection; Basic: the credentials were refused
-            # NTLM, Kerberos or Negotiate over https authenticate the connection: when it was replaced (the
-            # server closed keep-alive, a proxy in between did), the 401 did not run the message. requests'
-            # auth handler logs on again with it on the new connection, as before direct sending.
-            self.direct = None
-            reply = super().send_message(data)
-            self.direct = _Direct(self, session)
-            return reply
+            # the connection was replaced (the server closed keep-alive, a proxy in between did): its 401 ran
+            # nothing, and the message logs the new connection on
+            return self._log_on_with(data, session)
+
+    def _log_on_with(self, data: bytes, session: requests.Session) -> bytes:
+        """NTLM, Kerberos or Negotiate without sealing authenticate the connection: ``data`` goes through
+        requests, whose auth handler answers the 401 with its handshake; later messages go direct on the
+        connection it logged on."""
+        self.direct = None
+        reply = super().send_message(data)
+        self.direct = _Direct(self, session)
+        return reply
 
     def close_session(self) -> None:
         self.direct = None

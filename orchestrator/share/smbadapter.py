@@ -53,7 +53,7 @@ def connections_alive(pool: Iterable[Any]) -> bool:
 
 
 def credits_exhausted(exc: BaseException) -> bool:
-    """smbprotocol's refusal to send a request the server granted no credits for (``Connection.send``
+    """smbprotocol's refusal to send a request the server granted no credits for (``Connection._send``
     raises at once instead of waiting): the server stopped answering, e.g. it died in the middle of a
     write whose requests had used up the credits it granted."""
     return isinstance(exc, SMBException) and "credits are available" in str(exc)
