@@ -12,7 +12,7 @@ from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_te
 from orchestrator.emulation import serving
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
-from orchestrator.report.json import run_json
+from orchestrator.report.json import outcome_counts, run_json
 from orchestrator.runner.interrupts import Interrupts
 from orchestrator.runner.pool import RunnerEvents, RunSummary
 from orchestrator.share.manifest import ManifestEntry
@@ -94,7 +94,7 @@ def render_outcomes(ui: Ui, summary: RunSummary[ManifestEntry], record: RunRecor
         rows,
     )
     ui.failure_hints(summary.results)
-    counts = {s: sum(1 for o in record.outcomes if o.status == s) for s in ("ok", "failed", "skipped")}
+    counts = outcome_counts(record)
     ui.line(
         f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
         + (" (interrupted)" if summary.interrupted else "")

@@ -100,7 +100,7 @@ def prepare_restore(store: BackupStore, host: HostConfig, entry_id: str | None) 
     except IntegrityError as exc:
         if entry_id is not None:
             raise
-        older = store.newest_intact(manifest, host.name)  # the chosen (newest) entry just failed
+        older = store.newest_intact(manifest, host.name, skip=1)  # the chosen (newest) entry just failed
         hint = (
             f"; the newest intact backup is {older.id} (restore it with --entry {older.id} only if it holds "
             "the server's current key)"

@@ -130,7 +130,8 @@ def render_json(report: AuditReport) -> str:
 # -- backup, collect, restore: the run record and what the run adds --------------------------------
 
 
-def _summary(record: RunRecord) -> dict[str, int]:
+def outcome_counts(record: RunRecord) -> dict[str, int]:
+    """How many of the run's hosts ended ok, failed and skipped."""
     return {s: sum(1 for o in record.outcomes if o.status == s) for s in _OUTCOMES}
 
 
@@ -141,7 +142,7 @@ def run_json(record: RunRecord, record_path: str | None, code: int, error: dict[
     document["run_record"] = record_path
     document["exit_code"] = code
     document["error"] = error
-    document["summary"] = _summary(record)
+    document["summary"] = outcome_counts(record)
     return document
 
 

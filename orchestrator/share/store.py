@@ -292,9 +292,11 @@ class BackupStore(HistoryStore):
         """Re-hash an entry's key file."""
         return check_key_file(self.share, entry)[0]
 
-    def newest_intact(self, manifest: Manifest, host: str) -> ManifestEntry | None:
-        """The newest of ``host``'s entries in ``manifest`` whose key file is intact (re-hashed), or None."""
-        return next((e for e in manifest.entries_for(host) if self.check_key_file(e).state is FileState.OK), None)
+    def newest_intact(self, manifest: Manifest, host: str, *, skip: int = 0) -> ManifestEntry | None:
+        """The newest of ``host``'s entries in ``manifest`` whose key file is intact (re-hashed), or None;
+        ``skip``: that many of the newest are known not to be (they were just checked)."""
+        entries = manifest.entries_for(host)[skip:]
+        return next((e for e in entries if self.check_key_file(e).state is FileState.OK), None)
 
     def read_key_file(self, entry: ManifestEntry) -> bytes:
         """The bytes of an entry's key file; IntegrityError if missing or not what the manifest says."""
