@@ -41,14 +41,16 @@ def run(args: argparse.Namespace) -> int:
             return 0
         store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
-        context.probe_writable(share)
         # exit 2 on a mismatch, before any host; its scrypt runs while the WinRM stack loads
         identity.claim_identity_while(store, inv.backup.password_id, password, backup.load_session_stack)
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)
+        run_id = new_run_id()
         with deferred() as interrupts:  # from here every Ctrl-C ends in a run record and the --json document
-            return _run(args, ui, inv, share.url, store, plan, password, passwords, interrupts)
+            # the run's marker, which its record replaces, and its write probe: an unwritable share fails here
+            context.mark_run_started(store, run_id, "backup", plan.hosts, args.forks)
+            return _run(args, ui, inv, share.url, store, plan, password, passwords, run_id, interrupts)
 
 
 def _run(
@@ -60,6 +62,7 @@ def _run(
     plan: backup.BackupPlan,
     password: Secret,
     passwords: dict[str, Secret | None],
+    run_id: str,
     interrupts: Interrupts,
 ) -> int:
     task = backup.BackupTask(
@@ -67,7 +70,7 @@ def _run(
         password=password,
         password_id=inv.backup.password_id,
         winrm_passwords=passwords,
-        run_id=new_run_id(),
+        run_id=run_id,
     )
     return run_and_record(args, ui, inv, share_url, store, plan, task, "backup", interrupts)
 

@@ -24,7 +24,6 @@ def run(args: argparse.Namespace) -> int:
         hosts = select_hosts(inv, args.limit)
         manifest = store.load_manifest(verify=True)  # a tampered manifest is found before any host
         plan = backup.plan_backup(store, hosts, manifest=manifest, only_stale=None)
-        context.probe_writable(share)  # an unwritable share is found before any host is touched
         # the password administrators typed into the wizard: checked against (or recorded as) its id's verifier
         known = store.password_verifier(inv.backup.password_id) is not None
         password = context.backup_password(inv, new=not known)
@@ -32,13 +31,16 @@ def run(args: argparse.Namespace) -> int:
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)
+        run_id = new_run_id()
         with deferred() as interrupts:  # from here every Ctrl-C ends in a run record and the --json document
+            # the run's marker, which its record replaces, and its write probe: an unwritable share fails here
+            context.mark_run_started(store, run_id, "collect", plan.hosts, args.forks)
             task = CollectTask(
                 store=store,
                 manifest=manifest,
                 password_id=inv.backup.password_id,
                 winrm_passwords=passwords,
-                run_id=new_run_id(),
+                run_id=run_id,
                 path=args.path,
                 remove=args.remove,
             )

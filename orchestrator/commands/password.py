@@ -35,14 +35,16 @@ def run(args: argparse.Namespace) -> int:
         password = context.backup_password(inv, new=not resumed)  # before any host is touched
         if old_verifier is not None and identity.matches(password, old_verifier, old):
             raise ConfigError(f"the new password is the one of password_id {old!r}: choose another", key="--to")
-        context.probe_writable(share)
         identity.claim_identity(store, new, password, rotated_from=old)  # a resumed rotation: checked
         for warning in context.security_warnings(plan.hosts):
             ui.warn(warning)
         passwords = context.winrm_passwords(plan.hosts)
+        run_id = new_run_id()
         with deferred() as interrupts:
+            # the run's marker, which its record replaces, and its write probe: an unwritable share fails here
+            context.mark_run_started(store, run_id, "backup", plan.hosts, args.forks)
             task = backup.BackupTask(
-                store=store, password=password, password_id=new, winrm_passwords=passwords, run_id=new_run_id()
+                store=store, password=password, password_id=new, winrm_passwords=passwords, run_id=run_id
             )
             code = run_and_record(args, ui, inv, share.url, store, plan, task, "backup", interrupts)
         still = still_on(store, [h.name for h in inv.hosts.values()], old)

@@ -140,7 +140,7 @@ def run_audit(
             break
     manifest = history.manifest()
     invalid = {f.path for f in audit.findings if f.kind == "run-record-invalid" and f.path}
-    audit.chain_records(history, records, invalid)
+    audit.chain_records(history, records, invalid, audit.run_markers(records))
     intact = audit.check_entries(manifest, records)
     audit.share_files(manifest, signature, store.share.scan())
     audit.controller(history)

@@ -20,8 +20,8 @@ from orchestrator.share import layout
 from orchestrator.share.base import ItemKind, ShareItem
 from orchestrator.share.history import LOG_DIR, History, HistoryError, read_history
 from orchestrator.share.keyfiles import FileState
-from orchestrator.share.manifest import Manifest, ManifestEntry
-from orchestrator.share.runrecord import RunRecord
+from orchestrator.share.manifest import Manifest, ManifestEntry, format_iso
+from orchestrator.share.runrecord import RunMarker, RunRecord
 from orchestrator.share.store import BackupStore
 from orchestrator.status import Status
 
@@ -116,7 +116,26 @@ class ShareFindings:
             )
         return records
 
-    def chain_records(self, history: History, records: list[RunRecord], invalid: set[str]) -> None:
+    def run_markers(self, records: list[RunRecord]) -> dict[str, RunMarker]:
+        """The markers of runs without a record (runs under way, or that never finished); an invalid one is
+        an integrity finding, as an invalid run record is."""
+        if self.store.verifier is None:
+            return {}  # nothing can prove itself: the audit reports the missing key
+        invalid: list[str] = []
+        recorded = {record.run_id for record in records}
+        markers = self.store.run_markers(invalid=invalid)
+        for path in invalid:
+            self.find(
+                "run-marker-invalid",
+                Severity.INTEGRITY,
+                f"{path} is not a valid run marker (not signed by the inventory's key, changed, or malformed)",
+                path=path,
+            )
+        return {run_id: marker for run_id, marker in markers.items() if run_id not in recorded}
+
+    def chain_records(
+        self, history: History, records: list[RunRecord], invalid: set[str], markers: dict[str, RunMarker]
+    ) -> None:
         """Run records against the history, both ways: every generation's run has its record, and no
         record (nor an entry it stored) is newer than the history."""
         if history.legacy and any(record.signed and record.generation for record in records):
@@ -141,11 +160,24 @@ class ShareFindings:
             path = layout.run_record_path(run_id) if run_id else None
             if path in invalid:
                 continue  # already reported as invalid
+            marker = markers.get(run_id)
+            if marker is not None and marker.until > self.now:
+                self.find(
+                    "run-in-progress",
+                    Severity.WARNING,
+                    f"{what} was committed by run {run_id} ({marker.command}, started {format_iso(marker.started)}), "
+                    f"which has not written its run record yet: it may be under way until {format_iso(marker.until)}",
+                    path=layout.run_marker_path(run_id),
+                )
+                continue
+            ended = ""
+            if marker is not None:
+                ended = f"; it started {format_iso(marker.started)} and had to end by {format_iso(marker.until)}"
             self.find(
                 "run-record-missing",
                 Severity.INTEGRITY,
                 f"{what} was committed by run {run_id or '(none named)'}, whose run record is missing "
-                "(deleted, or the run could not write it)",
+                f"(deleted, or the run could not write it{ended})",
                 path=path,
             )
         digests = {segment.generation: segment.digest for segment in history.segments}

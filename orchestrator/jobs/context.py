@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from orchestrator.errors import ConfigError, ShareError
@@ -16,7 +18,7 @@ from orchestrator.share import layout
 from orchestrator.share.base import FolderState, Share
 from orchestrator.share.manifest import load_private_key, load_public_key
 from orchestrator.share.open import open_share
-from orchestrator.share.runrecord import RunRecord
+from orchestrator.share.runrecord import RunMarker, RunRecord
 from orchestrator.share.store import BackupStore
 
 BACKUP_PASSWORD_ENV = "KEYFLEET_BACKUP_PASSWORD"
@@ -62,13 +64,35 @@ def require_share_folder(share: Share, *, creatable: bool = False, dry_run: bool
 
 def probe_writable(share: Share) -> None:
     """Write and remove a small file (under runs/, which the audit does not take as a key file), so an
-    unwritable share fails now, before any server exports its key; ShareError (exit 1) otherwise."""
+    unwritable share fails now, before any server is touched; ShareError (exit 1) otherwise. Runs that
+    store keys use mark_run_started, whose marker is their probe."""
     probe = f"{layout.RUNS_DIR}/write-probe-{secrets.token_hex(6)}"
     try:
         share.write_new(probe, b"keyfleet write probe\n")
     except ShareError as exc:
         raise ShareError(f"{exc} (write probe before contacting any server)") from None
     share.remove(probe)
+
+
+DEADLINE_GRACE = 5.0  # seconds a host may take past host_timeout: a failed command's shell deleted (session/winrm.py)
+# what a run may take beyond its hosts' deadlines: its commits and record, a controller clock ahead of the audit's
+RUN_MARGIN = timedelta(minutes=10)
+
+
+def mark_run_started(store: BackupStore, run_id: str, command: str, hosts: Sequence[HostConfig], forks: int) -> None:
+    """Write the run's signed marker (share/runrecord.py RunMarker) before any server is touched, so an
+    audit beside the run takes the generations it commits before its record for a run under way, not for
+    a lost record. The marker is the run's write probe: an unwritable share fails now (ShareError, exit 1).
+    It runs out when the run cannot be going any more: every round of ``forks`` hosts to the longest
+    deadline (``host_timeout``, plus the runner's grace), then RUN_MARGIN."""
+    started = datetime.now(UTC)
+    rounds = math.ceil(len(hosts) / max(1, forks))
+    longest = max((host.host_timeout for host in hosts), default=0.0) + DEADLINE_GRACE
+    until = started + timedelta(seconds=rounds * longest) + RUN_MARGIN
+    try:
+        store.mark_running(RunMarker(run_id, command, started, until))
+    except ShareError as exc:
+        raise ShareError(f"{exc} (write probe before contacting any server)") from None
 
 
 def _is_smb(url: str) -> bool:

@@ -16,7 +16,7 @@ from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
 from orchestrator.helpers import remote
 from orchestrator.inventory.model import HostConfig, Inventory
-from orchestrator.jobs import backup, restore
+from orchestrator.jobs import backup, context, restore
 from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
@@ -201,6 +201,10 @@ class PlaybookRun:
         except IntegrityError as exc:
             return _integrity_failure(step, targets, str(exc))
         run_id, started = new_run_id(), datetime.now(UTC)
+        try:
+            context.mark_run_started(store, run_id, "run", plan.hosts, self.ctx.forks)
+        except ShareError as exc:  # unwritable since the playbook's probe: no server exports its key
+            return _share_failure(step, plan.hosts, str(exc))
         task = backup.BackupTask(
             store=store,
             password=self._secret(),
@@ -363,6 +367,11 @@ class PlaybookRun:
         )
         self._write(record, result)
         return result
+
+
+def _share_failure(step: Step, targets: list[HostConfig], message: str) -> StepResult:
+    cells = [HostStep.failed(h.name, str(ErrorKind.SHARE), message) for h in targets]
+    return StepResult(step, Status.FAILED, message, cells)
 
 
 def _integrity_failure(step: Step, targets: list[HostConfig], message: str) -> StepResult:

@@ -13,6 +13,7 @@ MANIFEST = "manifest.json"
 RUNS_DIR = "runs"
 LOCK_NAME = ".keyfleet.lock"
 KEY_SUFFIX = ".bin"
+MARKER_SUFFIX = ".running"
 
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -114,6 +115,18 @@ def run_record_path(run_id: str) -> str:
     if not _RUN_ID.fullmatch(run_id):
         raise ConfigError(f"run id {run_id!r} is not of the form YYYYmmddTHHMMSSZ-xxxxxx")
     return f"{RUNS_DIR}/{run_id}.json"
+
+
+def run_marker_path(run_id: str) -> str:
+    """Where a run under way says so (share/runrecord.py RunMarker): beside its record-to-be."""
+    return run_record_path(run_id).removesuffix(".json") + MARKER_SUFFIX
+
+
+def marker_run_id(path: str) -> str | None:
+    """The run id of a run marker's path, None for any other path."""
+    name = path.removeprefix(f"{RUNS_DIR}/")
+    run_id = name.removesuffix(MARKER_SUFFIX)
+    return run_id if name != path and run_id != name and _RUN_ID.fullmatch(run_id) else None
 
 
 def is_run_record_path(path: str) -> bool:

@@ -1,5 +1,6 @@
 """Run records (``runs/<run-id>.json``): what one command did to every selected host, signed and
-chained to the generation of the share's history it left behind."""
+chained to the generation of the share's history it left behind; and run markers
+(``runs/<run-id>.running``): a run still under way."""
 
 from __future__ import annotations
 
@@ -131,6 +132,55 @@ class RunRecord:
             )
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
             raise IntegrityError(f"{name} is not a valid run record: {exc}") from None
+
+
+MARKER_FORMAT = "keyfleet-run-marker/1"
+
+
+@dataclass(frozen=True)
+class RunMarker:
+    """A run under way: written (signed) before the run contacts any server, and so before its first
+    commit; removed once its run record is written. An audit beside the run tells the generations it
+    committed so far (no record yet) from generations whose record was lost: by the marker, until
+    ``until``, the latest the run can still be going (its hosts' deadlines, then the record)."""
+
+    run_id: str
+    command: str
+    started: datetime
+    until: datetime
+
+    def to_bytes(self, key: Ed25519PrivateKey | None) -> bytes:
+        document: dict[str, Any] = {
+            "format": MARKER_FORMAT,
+            "run_id": self.run_id,
+            "command": self.command,
+            "started": format_precise(self.started),
+            "until": format_precise(self.until),
+        }
+        if key is not None:
+            document = sign_document(document, key)
+        return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, name: str, verifier: Ed25519PublicKey) -> RunMarker:
+        """Parse a marker signed by ``verifier``'s key; IntegrityError naming ``name`` otherwise (an
+        unsigned marker proves nothing, so it is refused)."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+            if not isinstance(document, dict) or document.get("format") != MARKER_FORMAT:
+                raise ValueError(f"not a {MARKER_FORMAT} document")
+            verify_document(document, verifier, name)
+            for key in ("run_id", "command", "started", "until"):
+                if not isinstance(document.get(key), str):
+                    raise ValueError(f"field {key!r} is missing or not a string")
+            return cls(
+                run_id=document["run_id"],
+                command=document["command"],
+                started=parse_iso(document["started"]),
+                until=parse_iso(document["until"]),
+            )
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"{name} is not a valid run marker: {exc}") from None
 
 
 def format_precise(moment: datetime) -> str:

@@ -9,6 +9,7 @@ outside the lock, temporaries found while holding it are stale and safe to delet
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -26,7 +27,7 @@ from orchestrator.share.history import History
 from orchestrator.share.historystore import HistoryStore
 from orchestrator.share.keyfiles import FileState, KeyFileCheck, check_key_file, read_key_file
 from orchestrator.share.manifest import Manifest, ManifestEntry
-from orchestrator.share.runrecord import RunRecord
+from orchestrator.share.runrecord import RunMarker, RunRecord
 
 __all__ = ["BackupStore", "FileState", "KeyFileCheck"]  # FileState, KeyFileCheck: where callers import them
 
@@ -65,6 +66,7 @@ class BackupStore(HistoryStore):
         self._queue: list[_PendingAdd] = []
         self._queue_guard = threading.Lock()
         self._commit_guard = threading.Lock()
+        self._marked: set[str] = set()  # run ids whose marker this store wrote
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -189,6 +191,45 @@ class BackupStore(HistoryStore):
             self._closed = True
             return list(self.stored)
 
+    def mark_running(self, marker: RunMarker) -> str:
+        """Write ``marker`` (signed) before the run contacts any server; return its share path. It is the
+        run's write probe too: a share that refuses it raises ShareError before any server exports its
+        key. write_run_record removes it once the record is on the share."""
+        path = layout.run_marker_path(marker.run_id)
+        self.share.write_new(path, marker.to_bytes(self.record_signer))
+        self._marked.add(marker.run_id)
+        return path
+
+    def _unmark(self, run_id: str, *, known: bool) -> None:
+        """Remove the marker of ``run_id``, whose record is now on the share (``known``: this store wrote
+        it; else look first). One left behind (the share refused the removal) is harmless: a run with a
+        record is not under way, whatever its marker says."""
+        path = layout.run_marker_path(run_id)
+        with contextlib.suppress(ShareError):
+            if known or self.share.exists(path):
+                self.share.remove(path)
+        self._marked.discard(run_id)
+
+    def run_markers(self, *, invalid: list[str] | None = None) -> dict[str, RunMarker]:
+        """The markers on the share that prove themselves (signed by the inventory's key), by run id: runs
+        under way, or that never wrote their record. Others raise, or go to ``invalid`` if given."""
+        markers: dict[str, RunMarker] = {}
+        for path in self.share.list_files(layout.RUNS_DIR):
+            run_id = layout.marker_run_id(path)
+            if run_id is None:
+                continue
+            try:
+                marker = RunMarker.from_bytes(self.share.read_bytes(path), name=path, verifier=self._verifier())
+                if marker.run_id != run_id:
+                    raise IntegrityError(f"{path} marks another run ({marker.run_id})")
+            except IntegrityError:
+                if invalid is None:
+                    raise
+                invalid.append(path)
+                continue
+            markers[run_id] = marker
+        return markers
+
     def write_run_record(self, record: RunRecord) -> str:
         """Write ``runs/<run-id>.json`` (never overwriting), signed and naming the generation the run
         left behind; return its share path. When the share refuses it, the signed record is kept in
@@ -206,7 +247,9 @@ class BackupStore(HistoryStore):
             state = self.controller_state(history) if history is not None else None
             if state is not None:
                 state.keep_pending(record.run_id, data)
-            raise
+            raise  # the marker stays: until it runs out, the audit takes the run for one under way
+        if record.run_id in self._marked:
+            self._unmark(record.run_id, known=True)
         return path
 
     def write_pending_records(self) -> list[str]:
@@ -221,6 +264,7 @@ class BackupStore(HistoryStore):
                     self.share.write_new(path, data)
             except ShareExistsError:
                 pass
+            self._unmark(run_id, known=False)
             written.append(path)
             self.notices.append(f"wrote run record {path}, which run {run_id} could not write to the share")
             if state is not None:
@@ -235,6 +279,10 @@ class BackupStore(HistoryStore):
         missing = sorted(
             {s.run_id for s in history.segments if s.run_id and layout.run_record_path(s.run_id) not in present}
         )
+        if missing:  # a run under way (its marker not run out) has no record yet: no notice for it
+            now = datetime.now(UTC)
+            under_way = {run_id for run_id, m in self.run_markers(invalid=[]).items() if m.until > now}
+            missing = [run_id for run_id in missing if run_id not in under_way]
         for run_id in missing:
             self.notices.append(
                 f"run {run_id} committed backups but its run record {layout.run_record_path(run_id)} is missing "

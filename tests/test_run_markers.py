@@ -1,0 +1,201 @@
+"""A run under way marks itself on the share (``runs/<run-id>.running``, signed) before it contacts any
+server, and removes the marker once its run record is written: an audit beside the run reports the
+generations it committed so far as ``run-in-progress`` (a warning), not as a lost run record (integrity,
+exit 3); once the marker has run out, or if it does not prove itself, the record is missing as before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from orchestrator.errors import IntegrityError, ShareError
+from orchestrator.inventory.model import Inventory
+from orchestrator.jobs import context
+from orchestrator.jobs.audit import AuditReport, Severity, run_audit
+from orchestrator.share import layout
+from orchestrator.share.local import LocalShare
+from orchestrator.share.runrecord import HostOutcome, RunMarker, RunRecord, new_run_id
+from orchestrator.share.store import BackupStore
+from orchestrator.status import Status
+from tests.conftest import CliRun, LabFiles, cli_env
+from tests.test_audit import MAX_AGE, make_inventory
+from tests.test_history import public
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+HOSTS = {"ms01": ("PROD", "management_server"), "ms02": ("PROD", "management_server")}
+
+
+class Share:
+    """A share where run ``run_id`` marked itself and committed ms01's key file, with no record yet."""
+
+    def __init__(self, root: Path, *, until: datetime = NOW + timedelta(hours=1)) -> None:
+        self.root = root
+        self.key = Ed25519PrivateKey.generate()
+        self.inventory: Inventory = make_inventory(root, public(self.key), HOSTS)  # type: ignore[arg-type]
+        self.store = BackupStore(LocalShare(root / "share"), self.key)
+        self.run_id = new_run_id(NOW)
+        self.marker_path = self.store.mark_running(RunMarker(self.run_id, "backup", NOW, until))
+        self.entry = self.store.add(
+            host="ms01", group="PROD", role="management_server", data=b"k" * 64, password_id="pw-2026",
+            run_id=self.run_id, created=NOW,
+        )  # fmt: skip
+
+    @property
+    def marker(self) -> Path:
+        return self.root / "share" / self.marker_path
+
+    def record(self) -> None:
+        outcome = HostOutcome("ms01", "PROD", "management_server", Status.OK, entry_id=self.entry.id)
+        record = RunRecord(self.run_id, "backup", NOW, NOW, "inv.yml", self.store.share.url, False, (outcome,))
+        self.store.write_run_record(record)
+
+    def audit(self, now: datetime | None = None) -> AuditReport:
+        store = BackupStore(LocalShare(self.root / "share"), verifier=self.key.public_key())
+        return run_audit(self.inventory, store, max_age=MAX_AGE, now=now)
+
+
+def kinds(report: AuditReport) -> dict[str, Severity]:
+    return {finding.kind: finding.severity for finding in report.findings}
+
+
+def test_an_audit_beside_a_run_takes_its_commits_for_a_run_under_way(tmp_path: Path) -> None:
+    share = Share(tmp_path)
+    assert share.marker.is_file() and share.marker_path == f"runs/{share.run_id}.running"
+    report = share.audit()
+    assert kinds(report) == {"run-in-progress": Severity.WARNING}, report.findings
+    finding = report.findings[0]
+    assert finding.path == share.marker_path and "may be under way until" in finding.message
+    assert report.exit_code != 3  # ms02 has no backup yet: a gap, not an integrity problem
+    share.record()
+    assert not share.marker.exists()  # the record written, the marker is gone
+    assert kinds(share.audit()) == {}
+
+
+def test_a_marker_past_its_time_is_a_missing_record(tmp_path: Path) -> None:
+    share = Share(tmp_path, until=NOW + timedelta(minutes=5))
+    report = share.audit(now=NOW + timedelta(minutes=5, seconds=1))
+    assert kinds(report) == {"run-record-missing": Severity.INTEGRITY}, report.findings
+    assert "had to end by" in report.findings[0].message and report.exit_code == 3
+
+
+@pytest.mark.parametrize("change", ["until moved", "another key", "unsigned", "another run's", "not JSON"])
+def test_a_marker_that_does_not_prove_itself_changes_nothing(tmp_path: Path, change: str) -> None:
+    share = Share(tmp_path)
+    document = json.loads(share.marker.read_bytes())
+    if change == "until moved":
+        document["until"] = "2999-01-01T00:00:00.000Z"
+    elif change == "another key":
+        other = RunMarker(share.run_id, "backup", NOW, NOW + timedelta(hours=1))
+        document = json.loads(other.to_bytes(Ed25519PrivateKey.generate()))
+    elif change == "unsigned":
+        document = json.loads(RunMarker(share.run_id, "backup", NOW, NOW + timedelta(hours=1)).to_bytes(None))
+    elif change == "another run's":
+        other = RunMarker(new_run_id(NOW), "backup", NOW, NOW + timedelta(hours=1))
+        document = json.loads(other.to_bytes(share.key))
+    share.marker.write_text("{" if change == "not JSON" else json.dumps(document))
+    report = share.audit()
+    assert kinds(report) == {
+        "run-marker-invalid": Severity.INTEGRITY,
+        "run-record-missing": Severity.INTEGRITY,
+    }, report.findings
+    assert report.exit_code == 3
+    with pytest.raises(IntegrityError):
+        share.store.run_markers()
+
+
+def test_a_marker_left_beside_its_record_is_harmless(tmp_path: Path) -> None:
+    share = Share(tmp_path)
+    kept = share.marker.read_bytes()
+    share.record()
+    share.marker.write_bytes(kept)  # as if the share had refused its removal
+    assert kinds(share.audit()) == {}
+    assert kinds(share.audit(now=NOW + timedelta(days=30))) == {}
+
+
+def test_the_next_backup_gives_notice_of_a_lost_record_only(tmp_path: Path) -> None:
+    share = Share(tmp_path, until=datetime.now(UTC) + timedelta(minutes=1))
+    store = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    assert store.unrecorded_runs() == [] and store.notices == []  # a run under way
+    expired = Share(tmp_path / "other", until=datetime.now(UTC) - timedelta(seconds=1))
+    store = BackupStore(LocalShare(tmp_path / "other" / "share"), expired.key)
+    assert store.unrecorded_runs() == [expired.run_id] and "is missing" in store.notices[0]
+
+
+def test_a_run_record_written_later_removes_the_marker(tmp_path: Path) -> None:
+    """A record the share refused is kept by the controller; the next backup writes it and removes the marker."""
+    share = Share(tmp_path)
+    real = share.store.share.write_new
+
+    def refuse_records(path: str, data: bytes) -> None:
+        if layout.is_run_record_path(path):
+            raise ShareError("disk full")
+        real(path, data)
+
+    share.store.share.write_new = refuse_records  # type: ignore[method-assign]
+    with pytest.raises(ShareError):
+        share.record()
+    assert share.marker.exists()
+    share.store.share.write_new = real  # type: ignore[method-assign]
+    later = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    assert later.write_pending_records() == [layout.run_record_path(share.run_id)]
+    assert not share.marker.exists() and kinds(share.audit()) == {}
+
+
+def test_the_marker_runs_out_after_every_round_of_hosts_has_met_its_deadline(tmp_path: Path) -> None:
+    share = Share(tmp_path)
+    hosts = list(make_inventory(tmp_path, public(share.key), HOSTS).hosts.values()) * 5  # type: ignore[arg-type]
+    run_id = new_run_id()
+    before = datetime.now(UTC)
+    context.mark_run_started(share.store, run_id, "backup", hosts, forks=4)
+    after = datetime.now(UTC)
+    marker = share.store.run_markers()[run_id]
+    longest = max(h.host_timeout for h in hosts) + context.DEADLINE_GRACE
+    lease = timedelta(seconds=3 * longest) + context.RUN_MARGIN  # 10 hosts at 4 at once: 3 rounds
+    ms = timedelta(milliseconds=1)  # the marker keeps milliseconds
+    assert before + lease - ms <= marker.until <= after + lease
+    assert marker.command == "backup" and before - ms <= marker.started <= after
+
+
+def test_a_backup_beside_an_audit_end_to_end(
+    lab_inventory: Callable[..., LabFiles], keyfleet: Callable[..., CliRun], tmp_path: Path
+) -> None:
+    """A real backup (one slow server) and, while it runs, real audits: no integrity alarm, the run is under way."""
+    fleet = {"PROD": {"p-ms01": {"role": "management_server"}, "p-ms02": {"role": "management_server"}}}
+    lab = lab_inventory(fleet=fleet, faults={"p-ms02": ["latency:1.0"]})
+    home = keyfleet.home  # type: ignore[attr-defined]
+    argv = [sys.executable, "-m", "orchestrator", "backup", "--json", "-i", str(lab.inventory)]
+    backup = subprocess.Popen(
+        argv, env=cli_env(home), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list((lab.share / "log").glob("*")) and backup.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until p-ms01's key file is committed
+        assert backup.poll() is None, "the slow server should keep the backup going"
+        markers = list((lab.share / "runs").glob("*.running"))
+        assert len(markers) == 1
+        audit = keyfleet("audit", "--format", "json", "-i", str(lab.inventory))
+        assert backup.poll() is None, "the audit must have run beside the backup"
+        assert audit.stdout, audit.stderr
+        document = json.loads(audit.stdout)
+        found = {f["kind"]: f["severity"] for f in document["findings"]}
+        assert found == {"run-in-progress": "warning"}, document["findings"]
+        assert audit.returncode == 1, audit.stderr  # p-ms02 not backed up yet: a gap
+        out, err = backup.communicate(timeout=120)
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    assert backup.returncode == 0, err
+    assert json.loads(out)["summary"]["ok"] == 2
+    assert list((lab.share / "runs").glob("*.running")) == []
+    after = keyfleet("audit", "--format", "json", "-i", str(lab.inventory))
+    assert after.returncode == 0 and json.loads(after.stdout)["findings"] == [], after.stdout
