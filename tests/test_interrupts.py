@@ -101,6 +101,7 @@ def test_sigint_at_every_instant_keeps_record_manifest_and_json_in_step(tmp_path
     mid_run = sum(1 for d in documents if "run_id" in d)
     assert mid_run >= len(OFFSETS) // 5 and len(documents) - mid_run >= 1, mid_run
     assert not [p for p in lab.share.rglob("*") if ".tmp-" in p.name]
+    assert not list((lab.share / "runs").glob("*.running"))  # every run that marked itself wrote its record
 
 
 _DROPPED = """
