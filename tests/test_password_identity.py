@@ -130,6 +130,7 @@ def test_rotate_moves_every_server_to_the_new_id(tmp_path, keyfleet):
     assert {s["host"]: s["password_id"] for s in document["servers"]} == {"p-ms01": "test-2", "p-dw01": "test-2"}
     entries = read_share(lab.share, LAB_SIGNING["public_key"])["entries"]
     assert sorted(e["password_id"] for e in entries) == ["test-1", "test-1", "test-2", "test-2", "test-2"]
+    assert list((lab.share / "runs").glob("*.running")) == []  # each rotation's marker went with its record
 
 
 def test_a_share_written_before_the_verifier_keeps_working(tmp_path, keyfleet):

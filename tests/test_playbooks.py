@@ -98,6 +98,7 @@ def test_nightly_backup_skips_fresh_servers_then_audits(tmp_path, keyfleet):
     assert steps_of(second)["audit"]["coverage"]["percent"] == 100.0
     audit = play(keyfleet, "audit.yml", lab.inventory)
     assert audit.returncode == 0, audit.stderr
+    assert list((lab.share / "runs").glob("*.running")) == []  # each backup step's marker went with its record
 
 
 @pytest.mark.e2e

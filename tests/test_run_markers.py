@@ -9,7 +9,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,15 +19,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.errors import IntegrityError, ShareError
+from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import context
 from orchestrator.jobs.audit import AuditReport, Severity, run_audit
+from orchestrator.jobs.playbook import PlaybookContext, PlaybookRun
+from orchestrator.jobs.playbook_schema import load_playbook
+from orchestrator.jobs.prune import plan_leftovers, remove_leftovers
+from orchestrator.runner.pool import RunnerEvents
+from orchestrator.secret import Secret
 from orchestrator.share import layout
 from orchestrator.share.local import LocalShare
 from orchestrator.share.runrecord import HostOutcome, RunMarker, RunRecord, new_run_id
 from orchestrator.share.store import BackupStore
 from orchestrator.status import Status
-from tests.conftest import CliRun, LabFiles, cli_env
+from tests.conftest import CliRun, LabFiles, cli_env, make_lab_inventory
 from tests.test_audit import MAX_AGE, make_inventory
 from tests.test_history import public
 
@@ -151,17 +159,115 @@ def test_a_run_record_written_later_removes_the_marker(tmp_path: Path) -> None:
 
 def test_the_marker_runs_out_after_every_round_of_hosts_has_met_its_deadline(tmp_path: Path) -> None:
     share = Share(tmp_path)
-    hosts = list(make_inventory(tmp_path, public(share.key), HOSTS).hosts.values()) * 5  # type: ignore[arg-type]
+    inventory = make_inventory(tmp_path, public(share.key), HOSTS)  # type: ignore[arg-type]
+    first, second = inventory.hosts.values()
+    short, long = replace(first, host_timeout=30.0), replace(second, host_timeout=300.0)
+    hosts = [short] * 9 + [long]
     run_id = new_run_id()
     before = datetime.now(UTC)
     context.mark_run_started(share.store, run_id, "backup", hosts, forks=4)
     after = datetime.now(UTC)
     marker = share.store.run_markers()[run_id]
-    longest = max(h.host_timeout for h in hosts) + context.DEADLINE_GRACE
-    lease = timedelta(seconds=3 * longest) + context.RUN_MARGIN  # 10 hosts at 4 at once: 3 rounds
+    # 10 hosts, 4 at once: 3 rounds, each as long as the slowest host may take, its commit waiting for the lock
+    lease = timedelta(seconds=3 * (300 + 5 + share.store.lock_timeout), minutes=10)
     ms = timedelta(milliseconds=1)  # the marker keeps milliseconds
     assert before + lease - ms <= marker.until <= after + lease
     assert marker.command == "backup" and before - ms <= marker.started <= after
+
+
+def test_a_marker_removed_while_it_is_read_is_no_error(tmp_path: Path) -> None:
+    """A run that writes its record removes its marker: a reader that listed it finds it gone, and skips it."""
+    share = Share(tmp_path)
+    store = BackupStore(LocalShare(tmp_path / "share"), verifier=share.key.public_key())
+    real = store.share.read_bytes
+
+    def record_first(path: str) -> bytes:
+        if layout.marker_run_id(path):
+            share.record()  # the run ends between the listing and this read
+        return real(path)
+
+    store.share.read_bytes = record_first  # type: ignore[method-assign]
+    assert store.run_markers() == {}
+
+
+def test_an_audit_reads_markers_before_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that ends while the audit reads the share (record written, then marker removed) is found by one
+    reading or the other: markers are read first, so a marker gone by then means its record is listed."""
+    share = Share(tmp_path)
+    real = BackupStore.run_markers
+    ended: list[bool] = []
+
+    def the_run_ends_first(self: BackupStore, **kwargs: object) -> object:
+        if not ended:
+            ended.append(True)
+            share.record()
+        return real(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BackupStore, "run_markers", the_run_ends_first)
+    report = share.audit()
+    assert ended and kinds(report) == {}, report.findings
+
+
+def test_a_run_killed_before_it_committed_is_reported_and_its_marker_pruned(tmp_path: Path) -> None:
+    share = Share(tmp_path)
+    share.record()
+    killed = new_run_id(NOW)
+    share.store.mark_running(RunMarker(killed, "collect", NOW, NOW + timedelta(minutes=5)))
+    assert kinds(share.audit()) == {}  # under way, committed nothing yet: nothing to say
+    later = NOW + timedelta(minutes=6)
+    report = share.audit(now=later)
+    assert kinds(report) == {"run-unfinished": Severity.WARNING}, report.findings
+    assert "never wrote its run record" in report.findings[0].message and report.exit_code != 3
+    store = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    left = plan_leftovers(store, now=later)
+    assert [(item.path, item.kind) for item in left] == [(layout.run_marker_path(killed), "marker")]
+    assert plan_leftovers(store, now=NOW) == []  # not while it may still be going
+    assert remove_leftovers(store, left) == left
+    assert kinds(share.audit(now=later)) == {}
+
+
+def test_a_marker_left_beside_its_record_is_pruned(tmp_path: Path) -> None:
+    share = Share(tmp_path)
+    kept = share.marker.read_bytes()
+    share.record()
+    share.marker.write_bytes(kept)
+    store = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    left = plan_leftovers(store, now=NOW)
+    assert [(item.path, item.kind) for item in left] == [(share.marker_path, "marker")]
+    assert remove_leftovers(store, left) == left and not share.marker.exists()
+
+
+def test_a_backup_step_whose_marker_the_share_refuses_contacts_no_server(tmp_path: Path) -> None:
+    """A runbook probes the share first; a share that refuses the step's marker later fails the step for
+    every host (kind share), and no server is contacted."""
+    lab = make_lab_inventory(tmp_path / "lab", fleet={"PROD": {"p-ms01": {"role": "management_server"}}})
+    inventory = load_inventory(lab.inventory)
+    lab.share.mkdir()
+    store = context.open_store(inventory, LocalShare(lab.share), sign=True)
+    real = store.share.write_new
+
+    def refuse_markers(path: str, data: bytes) -> None:
+        if layout.marker_run_id(path):
+            raise ShareError(f"share {store.share.url}: cannot write {path}: disk full")
+        real(path, data)
+
+    store.share.write_new = refuse_markers  # type: ignore[method-assign]
+    playbook = tmp_path / "backup.yml"
+    playbook.write_text("name: nightly\nsteps:\n  - backup\n")
+
+    @contextmanager
+    def progress(_title: str, _hosts: list[str]) -> Iterator[RunnerEvents]:
+        yield RunnerEvents()
+
+    ctx = PlaybookContext(
+        inv=inventory, store=store, password=Secret("Lab-Backup-Test-1", "test"), winrm_passwords={},
+        progress=progress, confirm=lambda _request: True,
+    )  # fmt: skip
+    result = PlaybookRun(load_playbook(playbook), list(inventory.hosts.values()), ctx).run()
+    (step,) = result.steps
+    assert step.status is Status.FAILED and "disk full" in step.summary and "write probe" in step.summary
+    assert [(cell.host, cell.kind) for cell in step.hosts] == [("p-ms01", "share")]
+    assert not lab.journal.exists()  # the lab answered no request
 
 
 def test_a_backup_beside_an_audit_end_to_end(

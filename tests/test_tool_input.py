@@ -114,6 +114,8 @@ def test_wizard_then_collect_round_trips_a_key_through_a_dr_drill(lab_inventory,
     assert entry["method"] == "wizard" and entry["id"] == outcome["entry_id"]
     audit = keyfleet("audit", "-i", str(lab.inventory), "--format", "json")
     assert {s["host"]: s["status"] for s in json.loads(audit.stdout)["servers"]}["s-ms01"] == "covered"
+    assert json.loads(audit.stdout)["findings"] == []
+    assert list((lab.share / "runs").glob("*.running")) == []  # each collect's marker went with its record
 
     assert keyfleet("lab", "rebuild", "-i", str(lab.inventory), "--host", "s-ms01").returncode == 0
     assert machine.current_key() != original

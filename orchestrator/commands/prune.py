@@ -65,7 +65,7 @@ def _orphans(store: BackupStore, args: argparse.Namespace) -> int:
     for item in removed:
         age = f", {format_duration(item.age)} old" if item.age is not None else ""
         print(f"{verb} {item.path} ({item.kind}{age})")
-    print(f"{verb} {len(removed)} leftover files (orphan key files and stale temporaries)")
+    print(f"{verb} {len(removed)} leftover files (orphan key files, stale temporaries, markers of runs that are over)")
     return 0
 
 

@@ -132,6 +132,9 @@ def run_audit(
     for last in (False, True):
         audit = ShareFindings(inventory, store, max_age, when)
         history, signature = audit.history()
+        # markers before records: a run writes its record before it removes its marker, so one whose marker
+        # is gone by now is found with its record (a history read first holds no commit made without a marker)
+        markers = audit.run_markers()
         records = audit.run_records(history)
         newer = any(r.signed and r.generation is not None and r.generation > history.generation for r in records)
         # a run that committed and wrote its record after the history was read (a backup beside the audit):
@@ -140,7 +143,8 @@ def run_audit(
             break
     manifest = history.manifest()
     invalid = {f.path for f in audit.findings if f.kind == "run-record-invalid" and f.path}
-    audit.chain_records(history, records, invalid, audit.run_markers(records))
+    recorded = {record.run_id for record in records}
+    audit.chain_records(history, records, invalid, {k: m for k, m in markers.items() if k not in recorded})
     intact = audit.check_entries(manifest, records)
     audit.share_files(manifest, signature, store.share.scan())
     audit.controller(history)

@@ -116,13 +116,12 @@ class ShareFindings:
             )
         return records
 
-    def run_markers(self, records: list[RunRecord]) -> dict[str, RunMarker]:
-        """The markers of runs without a record (runs under way, or that never finished); an invalid one is
-        an integrity finding, as an invalid run record is."""
+    def run_markers(self) -> dict[str, RunMarker]:
+        """The markers of runs under way (or that never finished), by run id; an invalid one is an
+        integrity finding, as an invalid run record is."""
         if self.store.verifier is None:
             return {}  # nothing can prove itself: the audit reports the missing key
         invalid: list[str] = []
-        recorded = {record.run_id for record in records}
         markers = self.store.run_markers(invalid=invalid)
         for path in invalid:
             self.find(
@@ -131,7 +130,7 @@ class ShareFindings:
                 f"{path} is not a valid run marker (not signed by the inventory's key, changed, or malformed)",
                 path=path,
             )
-        return {run_id: marker for run_id, marker in markers.items() if run_id not in recorded}
+        return markers
 
     def chain_records(
         self, history: History, records: list[RunRecord], invalid: set[str], markers: dict[str, RunMarker]
@@ -180,6 +179,16 @@ class ShareFindings:
                 f"(deleted, or the run could not write it{ended})",
                 path=path,
             )
+        for run_id, marker in sorted(markers.items()):
+            if marker.until <= self.now and run_id not in missing:
+                self.find(
+                    "run-unfinished",
+                    Severity.WARNING,
+                    f"run {run_id} ({marker.command}, started {format_iso(marker.started)}) never wrote its run "
+                    f"record and had to end by {format_iso(marker.until)}: it was killed, or its controller stopped "
+                    "(`keyfleet prune --orphans` removes its marker)",
+                    path=layout.run_marker_path(run_id),
+                )
         digests = {segment.generation: segment.digest for segment in history.segments}
         digests.setdefault(history.checkpoint_generation, history.head or "")
         removed = {o.entry_id for r in records if r.command == "prune" for o in r.outcomes if o.entry_id}

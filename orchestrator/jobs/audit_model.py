@@ -49,7 +49,7 @@ class Finding:
     """Something wrong on the share. ``kind``: signature-invalid, signature-missing,
     signature-unverifiable, manifest-invalid, manifest-missing, altered, lost, bad-path,
     entry-inconsistent, run-record-mismatch, orphan-file, unknown-host, run-record-invalid,
-    rollback, chain-broken, segment-invalid, run-record-missing, run-in-progress, run-marker-invalid,
+    rollback, chain-broken, segment-invalid, run-record-missing, run-in-progress, run-unfinished, run-marker-invalid,
     symlink, unreadable, temporary-file, legacy-format, old-password-id. ``age``: of a leftover file."""
 
     kind: str

@@ -75,7 +75,7 @@ def probe_writable(share: Share) -> None:
 
 
 DEADLINE_GRACE = 5.0  # seconds a host may take past host_timeout: a failed command's shell deleted (session/winrm.py)
-# what a run may take beyond its hosts' deadlines: its commits and record, a controller clock ahead of the audit's
+# what a run may take beyond its rounds of hosts (its record written), and a controller clock behind the audit's
 RUN_MARGIN = timedelta(minutes=10)
 
 
@@ -84,10 +84,11 @@ def mark_run_started(store: BackupStore, run_id: str, command: str, hosts: Seque
     audit beside the run takes the generations it commits before its record for a run under way, not for
     a lost record. The marker is the run's write probe: an unwritable share fails now (ShareError, exit 1).
     It runs out when the run cannot be going any more: every round of ``forks`` hosts to the longest
-    deadline (``host_timeout``, plus the runner's grace), then RUN_MARGIN."""
+    deadline (``host_timeout``, the runner's grace, then a wait for the share's lock to commit the key
+    file), then RUN_MARGIN."""
     started = datetime.now(UTC)
     rounds = math.ceil(len(hosts) / max(1, forks))
-    longest = max((host.host_timeout for host in hosts), default=0.0) + DEADLINE_GRACE
+    longest = max((host.host_timeout for host in hosts), default=0.0) + DEADLINE_GRACE + store.lock_timeout
     until = started + timedelta(seconds=rounds * longest) + RUN_MARGIN
     try:
         store.mark_running(RunMarker(run_id, command, started, until))

@@ -1,5 +1,6 @@
 """Retention: keep the newest N backups of every inventory server, never its newest good one; and
-leftovers: orphan key files (listed by no entry) and temporaries of interrupted writers.
+leftovers: orphan key files (listed by no entry), temporaries of interrupted writers and markers of runs
+that are over.
 
 The plan is computed from the verified history; applying it drops the entries in one signed log
 segment under the lock before deleting their files, so a crash leaves at worst orphan files, never
@@ -92,7 +93,8 @@ def prune_record(
 
 @dataclass(frozen=True)
 class Leftover:
-    """A file no entry lists (``orphan``) or a writer's temporary (``temporary``), and its age."""
+    """A file no entry lists (``orphan``), a writer's temporary (``temporary``) or the marker of a run that
+    is over (``marker``), and its age."""
 
     path: str
     kind: str
@@ -100,17 +102,24 @@ class Leftover:
 
 
 def plan_leftovers(store: BackupStore, now: datetime | None = None) -> list[Leftover]:
-    """Orphan key files and temporaries older than ``STALE_TEMPORARY``, from the verified history.
-    Links are never listed (the audit reports them; nothing is removed through one)."""
+    """Orphan key files and temporaries older than ``STALE_TEMPORARY``, from the verified history, and the
+    markers of runs that are over (run out, or beside their record). Links are never listed (the audit
+    reports them; nothing is removed through one), nor a marker that does not verify (the audit reports it)."""
     now = now or datetime.now(UTC)
     listed = {entry.path for entry in store.load_manifest(verify=True).entries}
+    markers = store.run_markers(invalid=[])
+    items = store.share.scan()
+    paths = {item.path for item in items}
     found = []
-    for item in store.share.scan():
+    for item in items:
         age = now - item.modified if item.modified else None
+        run_id = layout.marker_run_id(item.path)
         if item.kind is ItemKind.TEMPORARY and age is not None and age >= STALE_TEMPORARY:
             found.append(Leftover(item.path, "temporary", age))
         elif item.kind is ItemKind.FILE and layout.parse_key_file_path(item.path) and item.path not in listed:
             found.append(Leftover(item.path, "orphan", age))
+        elif run_id in markers and (markers[run_id].until <= now or layout.run_record_path(run_id) in paths):
+            found.append(Leftover(item.path, "marker", age))
     return found
 
 

@@ -196,7 +196,8 @@ class BackupStore(HistoryStore):
         run's write probe too: a share that refuses it raises ShareError before any server exports its
         key. write_run_record removes it once the record is on the share."""
         path = layout.run_marker_path(marker.run_id)
-        self.share.write_new(path, marker.to_bytes(self.record_signer))
+        with self.share.lock(self.lock_timeout):  # no writer outside it: stale temporaries are removed under it
+            self.share.write_new(path, marker.to_bytes(self.record_signer))
         self._marked.add(marker.run_id)
         return path
 
@@ -219,7 +220,13 @@ class BackupStore(HistoryStore):
             if run_id is None:
                 continue
             try:
-                marker = RunMarker.from_bytes(self.share.read_bytes(path), name=path, verifier=self._verifier())
+                data = self.share.read_bytes(path)
+            except ShareError:
+                if not self.share.exists(path):
+                    continue  # its run wrote its record and removed it since the listing
+                raise
+            try:
+                marker = RunMarker.from_bytes(data, name=path, verifier=self._verifier())
                 if marker.run_id != run_id:
                     raise IntegrityError(f"{path} marks another run ({marker.run_id})")
             except IntegrityError:
@@ -275,14 +282,18 @@ class BackupStore(HistoryStore):
         """Runs that committed generations since the checkpoint but have no run record on the share
         (a run that could not write it, or a record deleted since): a notice for each."""
         history = self._history or self.load_history()
+        # markers before records: a run writes its record before it removes its marker, so a run whose
+        # marker is gone by now has its record in the listing that follows
+        now = datetime.now(UTC)
+        under_way = {run_id for run_id, m in self.run_markers(invalid=[]).items() if m.until > now}
         present = set(self.share.list_files(layout.RUNS_DIR))
         missing = sorted(
-            {s.run_id for s in history.segments if s.run_id and layout.run_record_path(s.run_id) not in present}
+            {
+                s.run_id
+                for s in history.segments
+                if s.run_id and s.run_id not in under_way and layout.run_record_path(s.run_id) not in present
+            }
         )
-        if missing:  # a run under way (its marker not run out) has no record yet: no notice for it
-            now = datetime.now(UTC)
-            under_way = {run_id for run_id, m in self.run_markers(invalid=[]).items() if m.until > now}
-            missing = [run_id for run_id in missing if run_id not in under_way]
         for run_id in missing:
             self.notices.append(
                 f"run {run_id} committed backups but its run record {layout.run_record_path(run_id)} is missing "
@@ -309,8 +320,8 @@ class BackupStore(HistoryStore):
         return removed
 
     def remove_unlisted(self, paths: Collection[str]) -> set[str]:
-        """Delete files no entry of the (re-read, verified) history lists, under the lock; never a
-        listed file, never through a link. Return the paths removed."""
+        """Delete files no entry of the (re-read, verified) history lists (key files, temporaries, run
+        markers), under the lock; never a listed file, never through a link. Return the paths removed."""
         removed: set[str] = set()
         with self.share.lock(self.lock_timeout):
             # re-read under the lock: another controller may have committed a key file (and its
@@ -320,7 +331,8 @@ class BackupStore(HistoryStore):
             listed = {entry.path for entry in history.entries.values()}
             for path in paths:
                 name = path.rsplit("/", 1)[-1]
-                if path in listed or not (layout.is_temporary(name) or layout.parse_key_file_path(path)):
+                marker = layout.marker_run_id(path) is not None
+                if path in listed or not (layout.is_temporary(name) or layout.parse_key_file_path(path) or marker):
                     continue
                 if layout.is_temporary(name):
                     self.share.remove_temporary(path)
