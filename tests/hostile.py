@@ -29,6 +29,7 @@ BEHAVIOURS = (
     "tls-stall",  # accepts TCP, then drips a TLS handshake that never completes
     "basic-only",  # 401 offering only Basic to everything: no NTLM to log on with
     "no-ntlm-challenge",  # 401 offering Negotiate, then no challenge token after NTLM NEGOTIATE
+    "overflow-stall",  # a reply of exactly ``overflow`` bytes (a larger Content-Length), then silence, open
 )
 
 
@@ -50,10 +51,11 @@ class HostileServer:
     With ``tls_dir``, speaks it over TLS (a lab certificate kept there), except ``tls-stall``.
     """
 
-    def __init__(self, behaviour: str, tls_dir: Path | None = None, *, after: int = 0) -> None:
+    def __init__(self, behaviour: str, tls_dir: Path | None = None, *, after: int = 0, overflow: int = 0) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(behaviour)
         self.behaviour = behaviour
+        self._overflow = overflow
         # the first ``after`` requests on a connection get a well-formed Create reply (a ShellId): with
         # Basic over https the session is then logged on, and the behaviour meets what it sends next
         self._after = after
@@ -147,6 +149,10 @@ class HostileServer:
             self._send(conn, b"HTTP/1.1 200 OK\r\n")
             self._flood(conn, lambda block: b"X-Filler: " + b"b" * 60 + b"\r\n")
         elif b == "silent":
+            self._stop.wait(60)
+        elif b == "overflow-stall":
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n"
+            self._send(conn, head + b"x" * (self._overflow - len(head)))
             self._stop.wait(60)
         elif b == "garbage":
             self._send(conn, b"\x00\xff garbage, not HTTP \x13\x37" * 50)

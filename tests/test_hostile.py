@@ -117,6 +117,19 @@ def test_a_huge_reply_is_refused_while_read(hosts, tls_dir, behaviour, name):
     assert elapsed < HOST_SECONDS + SLACK
 
 
+def test_a_reply_refused_while_read_never_goes_back_to_the_pool(hosts, tls_dir):
+    """What is left of a reply refused mid-read (too large) must never be read as a later reply. Here the
+    server sends one byte more than the cap and then nothing, so no byte waits on the socket when the next
+    request wants a connection: urllib3 would take it for a good idle one (it drops only one with bytes
+    waiting) and the Delete would wait for a reply that never comes. The refused connection is closed
+    instead (urllib3 closes a connection whose read failed, and _Direct._read does too), and the Delete
+    logs on a new one (whose first reply is good)."""
+    with HostileServer("overflow-stall", tls_dir, after=1, overflow=reply_cap(153600) + 1) as server:
+        failure, _, _ = attack(target(hosts, "logged-on"), server)
+    assert failure.kind is ErrorKind.PROTOCOL and "reply larger than" in failure.reason, failure
+    assert server.connections == 3, server.connections  # the bare connect, the session's, the Delete's
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_garbage_is_a_protocol_failure(hosts, tls_dir, name):
     with serve("garbage", name, tls_dir) as server:
