@@ -691,6 +691,7 @@ def test_prune_keeps_the_newest_backup_of_every_server(lab: LabFiles, keyfleet: 
     assert run.returncode == 0 and document["findings"] == []
     assert set(statuses(document).values()) == {"covered"}
     assert {s["entry_id"] for s in document["servers"]} == set(newest.values())
+    assert list((lab.share / "runs").glob("*.running")) == []  # the prune's marker went with its record
 
     # the newest intact backup of a server is never removed, even beyond --keep
     next_second()

@@ -168,8 +168,10 @@ def test_the_marker_runs_out_after_every_round_of_hosts_has_met_its_deadline(tmp
     context.mark_run_started(share.store, run_id, "backup", hosts, forks=4)
     after = datetime.now(UTC)
     marker = share.store.run_markers()[run_id]
-    # 10 hosts, 4 at once: 3 rounds, each as long as the slowest host may take, its commit waiting for the lock
-    lease = timedelta(seconds=3 * (300 + 5 + share.store.lock_timeout), minutes=10)
+    # the marker's own wait for the lock, then 10 hosts 4 at once: 3 rounds, each as long as the slowest host
+    # may take and its commit may wait for the lock twice (a group commit under way, then its own), then 10 min
+    lock = share.store.lock_timeout
+    lease = timedelta(seconds=lock + 3 * (300 + 5 + 2 * lock), minutes=10)
     ms = timedelta(milliseconds=1)  # the marker keeps milliseconds
     assert before + lease - ms <= marker.until <= after + lease
     assert marker.command == "backup" and before - ms <= marker.started <= after
@@ -208,6 +210,20 @@ def test_an_audit_reads_markers_before_records(tmp_path: Path, monkeypatch: pyte
     assert ended and kinds(report) == {}, report.findings
 
 
+def test_the_next_backup_reads_markers_before_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that ends while a backup starts (record written, then marker removed) gets no false notice."""
+    share = Share(tmp_path)
+    store = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    real = BackupStore.run_markers
+
+    def the_run_ends_first(self: BackupStore, **kwargs: object) -> object:
+        share.record()
+        return real(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BackupStore, "run_markers", the_run_ends_first)
+    assert store.unrecorded_runs() == [] and store.notices == []
+
+
 def test_a_run_killed_before_it_committed_is_reported_and_its_marker_pruned(tmp_path: Path) -> None:
     share = Share(tmp_path)
     share.record()
@@ -224,6 +240,40 @@ def test_a_run_killed_before_it_committed_is_reported_and_its_marker_pruned(tmp_
     assert plan_leftovers(store, now=NOW) == []  # not while it may still be going
     assert remove_leftovers(store, left) == left
     assert kinds(share.audit(now=later)) == {}
+
+
+def test_a_run_whose_record_does_not_verify_is_not_called_unfinished(tmp_path: Path) -> None:
+    share = Share(tmp_path)
+    share.record()
+    ended = new_run_id(NOW)
+    share.store.mark_running(RunMarker(ended, "collect", NOW, NOW + timedelta(minutes=5)))
+    (tmp_path / "share" / layout.run_record_path(ended)).write_text("{}")  # it wrote one, changed since
+    report = share.audit(now=NOW + timedelta(minutes=6))
+    assert kinds(report) == {"run-record-invalid": Severity.INTEGRITY}, report.findings
+
+
+def test_prune_keeps_markers_the_audit_still_needs(tmp_path: Path) -> None:
+    """Not removed: a marker that does not verify (the audit reports it), one of a run that may still be going
+    beside a record that does not verify, and one of a run out of time that committed (run-record-missing
+    names its times)."""
+    share = Share(tmp_path, until=NOW + timedelta(minutes=5))  # ms01 committed, no record: a lost record
+    later = NOW + timedelta(minutes=6)
+    committed = share.audit(now=later).findings
+    assert [f.kind for f in committed] == ["run-record-missing"] and "had to end by" in committed[0].message
+    forged = new_run_id(NOW)
+    other = RunMarker(forged, "backup", NOW, NOW)
+    (tmp_path / "share" / layout.run_marker_path(forged)).write_bytes(other.to_bytes(Ed25519PrivateKey.generate()))
+    going = new_run_id(NOW)
+    share.store.mark_running(RunMarker(going, "backup", NOW, NOW + timedelta(days=1)))
+    (tmp_path / "share" / layout.run_record_path(going)).write_text("{}")  # a record that does not verify
+    store = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    assert plan_leftovers(store, now=later) == []
+    kinds_later = kinds(share.audit(now=later))
+    assert kinds_later == {
+        "run-record-missing": Severity.INTEGRITY,
+        "run-marker-invalid": Severity.INTEGRITY,
+        "run-record-invalid": Severity.INTEGRITY,
+    }, kinds_later
 
 
 def test_a_marker_left_beside_its_record_is_pruned(tmp_path: Path) -> None:

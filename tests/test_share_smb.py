@@ -165,6 +165,25 @@ def test_concurrent_writers_on_one_share_all_land(share: SMBShare) -> None:
     assert all(share.read_bytes(name) == name.encode() for name in names)
 
 
+def test_a_file_deleted_while_another_handle_holds_it_is_gone(share: SMBShare, server: SmbServer, folder: str) -> None:
+    """A run removes its marker while an audit has it open: until that handle closes, Windows and Samba
+    answer STATUS_DELETE_PENDING, which smbprotocol maps to no errno. The name is gone all the same."""
+    share.write_new("runs/x.running", b"marker")
+    unc = f"\\\\{server.host}\\{server.share}\\{folder.replace('/', chr(92))}\\runs\\x.running"
+    other = open_share(server, folder)  # another controller, its own session
+    try:
+        kwargs = other._kwargs()
+        other._session()
+        with smbclient.open_file(unc, "rb", share_access="rwd", **kwargs):
+            share.remove("runs/x.running")
+            with pytest.raises(ShareError):
+                share.read_bytes("runs/x.running")
+            assert share.exists("runs/x.running") is False  # though a listing still shows it
+    finally:
+        other.close()
+    assert share.exists("runs/x.running") is False
+
+
 # -- the lock ------------------------------------------------------------------------------------------
 
 

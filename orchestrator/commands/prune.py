@@ -1,5 +1,5 @@
 """``keyfleet prune``: remove key files beyond the newest N per server, or (``--orphans``) leftovers:
-key files no entry lists and stale temporaries. ``--check`` only lists them."""
+key files no entry lists, stale temporaries and markers of runs that are over. ``--check`` only lists them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from orchestrator.console import print_json
 from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
-from orchestrator.jobs.context import open_store, record_run, require_share_folder, share_for
+from orchestrator.jobs.context import mark_run_started, open_store, record_run, require_share_folder, share_for
 from orchestrator.jobs.prune import (
     apply_prune,
     plan_leftovers,
@@ -39,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
             removed = plan.removals
         else:
             run_id, started = new_run_id(), datetime.now(UTC)
+            if plan.removals:  # its commit comes before its record, as a backup's: an audit meanwhile sees a run
+                mark_run_started(store, run_id, "prune", [], forks=1)
             removed = apply_prune(store, plan, run_id)
             if removed:
                 record_run(store, prune_record(run_id, started, inventory, share.url, removed), _warn)
+            elif plan.removals:  # another controller removed them first: no commit, no record
+                store.unmark_running(run_id)
             for notice in store.notices:
                 print(f"keyfleet: {notice}", file=sys.stderr)
     if args.json:

@@ -144,7 +144,9 @@ def run_audit(
     manifest = history.manifest()
     invalid = {f.path for f in audit.findings if f.kind == "run-record-invalid" and f.path}
     recorded = {record.run_id for record in records}
-    audit.chain_records(history, records, invalid, {k: m for k, m in markers.items() if k not in recorded})
+    markers = {run_id: marker for run_id, marker in markers.items() if run_id not in recorded}
+    audit.chain_records(history, records, invalid, markers)
+    audit.unfinished_runs(history, markers, invalid)
     intact = audit.check_entries(manifest, records)
     audit.share_files(manifest, signature, store.share.scan())
     audit.controller(history)

@@ -132,6 +132,22 @@ class ShareFindings:
             )
         return markers
 
+    def unfinished_runs(self, history: History, markers: dict[str, RunMarker], invalid: set[str]) -> None:
+        """A warning per run that marked itself, committed nothing, wrote no record and cannot be going any
+        more (killed, or its controller stopped); one that committed is run-record-missing (chain_records)."""
+        committed = history.committed_runs()
+        for run_id, marker in sorted(markers.items()):
+            if marker.until > self.now or run_id in committed or layout.run_record_path(run_id) in invalid:
+                continue
+            self.find(
+                "run-unfinished",
+                Severity.WARNING,
+                f"run {run_id} ({marker.command}, started {format_iso(marker.started)}) never wrote its run "
+                f"record and had to end by {format_iso(marker.until)}: it was killed, or its controller stopped "
+                "(`keyfleet prune --orphans` removes its marker)",
+                path=layout.run_marker_path(run_id),
+            )
+
     def chain_records(
         self, history: History, records: list[RunRecord], invalid: set[str], markers: dict[str, RunMarker]
     ) -> None:
@@ -179,16 +195,6 @@ class ShareFindings:
                 f"(deleted, or the run could not write it{ended})",
                 path=path,
             )
-        for run_id, marker in sorted(markers.items()):
-            if marker.until <= self.now and run_id not in missing:
-                self.find(
-                    "run-unfinished",
-                    Severity.WARNING,
-                    f"run {run_id} ({marker.command}, started {format_iso(marker.started)}) never wrote its run "
-                    f"record and had to end by {format_iso(marker.until)}: it was killed, or its controller stopped "
-                    "(`keyfleet prune --orphans` removes its marker)",
-                    path=layout.run_marker_path(run_id),
-                )
         digests = {segment.generation: segment.digest for segment in history.segments}
         digests.setdefault(history.checkpoint_generation, history.head or "")
         removed = {o.entry_id for r in records if r.command == "prune" for o in r.outcomes if o.entry_id}

@@ -83,16 +83,19 @@ def mark_run_started(store: BackupStore, run_id: str, command: str, hosts: Seque
     """Write the run's signed marker (share/runrecord.py RunMarker) before any server is touched, so an
     audit beside the run takes the generations it commits before its record for a run under way, not for
     a lost record. The marker is the run's write probe: an unwritable share fails now (ShareError, exit 1).
-    It runs out when the run cannot be going any more: every round of ``forks`` hosts to the longest
-    deadline (``host_timeout``, the runner's grace, then a wait for the share's lock to commit the key
-    file), then RUN_MARGIN."""
+    It runs out when the run cannot be going any more: the wait for the share's lock to write it, every
+    round of ``forks`` hosts to the longest deadline (``host_timeout``, the runner's grace, then up to two
+    waits for the lock: a group commit under way, then the host's own), then RUN_MARGIN."""
     started = datetime.now(UTC)
     rounds = math.ceil(len(hosts) / max(1, forks))
-    longest = max((host.host_timeout for host in hosts), default=0.0) + DEADLINE_GRACE + store.lock_timeout
-    until = started + timedelta(seconds=rounds * longest) + RUN_MARGIN
+    lock = store.lock_timeout
+    longest = max((host.host_timeout for host in hosts), default=0.0) + DEADLINE_GRACE + 2 * lock
+    until = started + timedelta(seconds=lock + rounds * longest) + RUN_MARGIN
     try:
         store.mark_running(RunMarker(run_id, command, started, until))
     except ShareError as exc:
+        if not hosts:
+            raise
         raise ShareError(f"{exc} (write probe before contacting any server)") from None
 
 

@@ -103,13 +103,21 @@ class Leftover:
 
 def plan_leftovers(store: BackupStore, now: datetime | None = None) -> list[Leftover]:
     """Orphan key files and temporaries older than ``STALE_TEMPORARY``, from the verified history, and the
-    markers of runs that are over (run out, or beside their record). Links are never listed (the audit
-    reports them; nothing is removed through one), nor a marker that does not verify (the audit reports it)."""
+    markers of runs that are over (beside their verified record, or run out having committed nothing).
+    Links are never listed (the audit reports them; nothing is removed through one), nor a marker that
+    does not verify (the audit reports it)."""
     now = now or datetime.now(UTC)
-    listed = {entry.path for entry in store.load_manifest(verify=True).entries}
+    history = store.load_history()
+    listed = {entry.path for entry in history.entries.values()}
     markers = store.run_markers(invalid=[])
+    recorded = {record.run_id for record in store.run_records(invalid=[], history=history)}
+    committed = history.committed_runs()
+    over = {
+        run_id
+        for run_id, marker in markers.items()
+        if run_id in recorded or (marker.until <= now and run_id not in committed)
+    }  # a run out of time that committed keeps its marker: the audit's run-record-missing names its times
     items = store.share.scan()
-    paths = {item.path for item in items}
     found = []
     for item in items:
         age = now - item.modified if item.modified else None
@@ -118,7 +126,7 @@ def plan_leftovers(store: BackupStore, now: datetime | None = None) -> list[Left
             found.append(Leftover(item.path, "temporary", age))
         elif item.kind is ItemKind.FILE and layout.parse_key_file_path(item.path) and item.path not in listed:
             found.append(Leftover(item.path, "orphan", age))
-        elif run_id in markers and (markers[run_id].until <= now or layout.run_record_path(run_id) in paths):
+        elif item.kind is ItemKind.FILE and run_id in over:
             found.append(Leftover(item.path, "marker", age))
     return found
 

@@ -201,6 +201,11 @@ class History:
         self.changes += len(segment.added) + len(segment.removed)
         self.segments.append(segment)
 
+    def committed_runs(self) -> set[str]:
+        """The runs named by the segments since the checkpoint and by the entries it holds."""
+        runs = {segment.run_id for segment in self.segments} | {entry.run_id for entry in self.entries.values()}
+        return {run_id for run_id in runs if run_id}
+
     def manifest(self) -> Manifest:
         return Manifest(
             entries=tuple(self.entries.values()),

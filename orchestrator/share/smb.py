@@ -69,6 +69,12 @@ def listed_kind(name: str, attributes: int, tag: int | None = None) -> ItemKind 
     return ItemKind.TEMPORARY if layout.is_temporary(name) else ItemKind.FILE
 
 
+def _gone(exc: SMBOSError) -> bool:
+    """Whether a failed open means the name is not there: missing, or deleted and waiting for its last
+    handle to close (STATUS_DELETE_PENDING, which smbprotocol maps to no errno of its own)."""
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR) or exc.ntstatus == NtStatus.STATUS_DELETE_PENDING
+
+
 def _status(exc: BaseException) -> int | None:
     if isinstance(exc, SMBOSError):
         return int(exc.ntstatus)
@@ -134,7 +140,7 @@ class SMBShare(Share):
             try:
                 smbclient.stat(self._unc(path), **self._session())
             except SMBOSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                if _gone(exc):
                     return False
                 raise
         return True
@@ -242,7 +248,7 @@ class SMBShare(Share):
                 # lstat opens with FILE_OPEN_REPARSE_POINT: the link itself, not its target
                 info = smbclient.lstat(unc, **self._session())
             except SMBOSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                if _gone(exc):
                     break
                 raise
             if is_link_reparse(info.st_file_attributes, info.st_reparse_tag):

@@ -201,6 +201,10 @@ class BackupStore(HistoryStore):
         self._marked.add(marker.run_id)
         return path
 
+    def unmark_running(self, run_id: str) -> None:
+        """Remove the marker of a run this store marked that ends without a record (it committed nothing)."""
+        self._unmark(run_id, known=True)
+
     def _unmark(self, run_id: str, *, known: bool) -> None:
         """Remove the marker of ``run_id``, whose record is now on the share (``known``: this store wrote
         it; else look first). One left behind (the share refused the removal) is harmless: a run with a
