@@ -110,7 +110,7 @@ def plan_leftovers(store: BackupStore, now: datetime | None = None) -> list[Left
     history = store.load_history()
     listed = {entry.path for entry in history.entries.values()}
     markers = store.run_markers(invalid=[])
-    recorded = {record.run_id for record in store.run_records(invalid=[], history=history)}
+    recorded = {record.run_id for record in store.run_records(invalid=[], history=history)} if markers else set()
     committed = history.committed_runs()
     over = {
         run_id

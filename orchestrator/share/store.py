@@ -286,18 +286,15 @@ class BackupStore(HistoryStore):
         """Runs that committed generations since the checkpoint but have no run record on the share
         (a run that could not write it, or a record deleted since): a notice for each."""
         history = self._history or self.load_history()
-        # markers before records: a run writes its record before it removes its marker, so a run whose
-        # marker is gone by now has its record in the listing that follows
-        now = datetime.now(UTC)
-        under_way = {run_id for run_id, m in self.run_markers(invalid=[]).items() if m.until > now}
+        runs = {s.run_id for s in history.segments if s.run_id}
         present = set(self.share.list_files(layout.RUNS_DIR))
-        missing = sorted(
-            {
-                s.run_id
-                for s in history.segments
-                if s.run_id and s.run_id not in under_way and layout.run_record_path(s.run_id) not in present
-            }
-        )
+        if any(layout.run_record_path(run_id) not in present for run_id in runs):
+            # markers, then the records again: a run writes its record before it removes its marker, so a
+            # run whose marker is gone by now has its record in the listing that follows
+            now = datetime.now(UTC)
+            runs -= {run_id for run_id, m in self.run_markers(invalid=[]).items() if m.until > now}
+            present = set(self.share.list_files(layout.RUNS_DIR))
+        missing = sorted(run_id for run_id in runs if layout.run_record_path(run_id) not in present)
         for run_id in missing:
             self.notices.append(
                 f"run {run_id} committed backups but its run record {layout.run_record_path(run_id)} is missing "
