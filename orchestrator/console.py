@@ -118,7 +118,9 @@ class Ui:
             if self.interactive:
                 self.console.print(Text(mask(text), style=style or ""))
             else:
-                print(mask(text), file=self.console.file, flush=True)
+                stream = self.console.file
+                stream.write(mask(text) + "\n")  # one write per line (print writes the newline apart)
+                stream.flush()
 
     def warn(self, text: str) -> None:
         self.line(f"warning: {text}", "yellow")

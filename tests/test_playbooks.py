@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import Role
+from orchestrator.jobs.context import open_store
 from orchestrator.jobs.playbook_schema import load_playbook, select_playbook_hosts
 from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.machine import Machine
+from orchestrator.share import layout
+from orchestrator.share.local import LocalShare
+from orchestrator.share.runrecord import HostOutcome, RunMarker, RunRecord, new_run_id
+from orchestrator.status import Status
 from tests.conftest import REPO, make_lab_inventory
 from tests.leaks import LeakSearch
+from tests.test_run_markers import refusing_records
 
 PLAYBOOKS = REPO / "playbooks"
 FLEET = {
@@ -40,6 +47,32 @@ def test_shipped_playbooks_are_valid_and_documented(name):
     playbook = load_playbook(PLAYBOOKS / name)
     assert playbook.steps and playbook.description
     assert (PLAYBOOKS / name).read_text().startswith("# ")
+
+
+def test_a_backup_step_writes_the_record_an_earlier_run_kept_and_says_so(tmp_path, keyfleet):
+    """A run record the share refused is kept by the controller; a runbook's backup step writes it before
+    its own marker, and the step's warnings name it."""
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
+    lab.share.mkdir()
+    store = open_store(load_inventory(lab.inventory), LocalShare(lab.share), sign=True)
+    earlier = new_run_id()
+    now = datetime.now(UTC)
+    store.mark_running(RunMarker(earlier, "collect", now, now + timedelta(hours=1)))
+    entry = store.add(
+        host="p-ms01", group="PB", role="management_server", data=b"k" * 64, password_id="lab", run_id=earlier
+    )
+    store.share.write_new = refusing_records(store.share.write_new)  # type: ignore[method-assign]
+    outcome = HostOutcome("p-ms01", "PB", "management_server", Status.OK, entry_id=entry.id)
+    with pytest.raises(ShareError):
+        store.write_run_record(RunRecord(earlier, "collect", now, now, "inv.yml", store.share.url, False, (outcome,)))
+    playbook = tmp_path / "backup.yml"
+    playbook.write_text("name: nightly\nsteps:\n  - backup\n")
+    run = keyfleet("run", str(playbook), "-i", str(lab.inventory), "--json")
+    assert run.returncode == 0, run.stderr
+    (step,) = json.loads(run.stdout)["steps"]
+    assert any(f"which run {earlier} could not write to the share" in w for w in step["warnings"]), step
+    assert (lab.share / layout.run_record_path(earlier)).is_file()
+    assert list((lab.share / "runs").glob("*.running")) == []
 
 
 @pytest.mark.e2e

@@ -141,13 +141,7 @@ def test_a_run_record_written_later_removes_the_marker(tmp_path: Path) -> None:
     """A record the share refused is kept by the controller; the next backup writes it and removes the marker."""
     share = Share(tmp_path)
     real = share.store.share.write_new
-
-    def refuse_records(path: str, data: bytes) -> None:
-        if layout.is_run_record_path(path):
-            raise ShareError("disk full")
-        real(path, data)
-
-    share.store.share.write_new = refuse_records  # type: ignore[method-assign]
+    share.store.share.write_new = refusing_records(real)  # type: ignore[method-assign]
     with pytest.raises(ShareError):
         share.record()
     assert share.marker.exists()
@@ -155,6 +149,35 @@ def test_a_run_record_written_later_removes_the_marker(tmp_path: Path) -> None:
     later = BackupStore(LocalShare(tmp_path / "share"), share.key)
     assert later.write_pending_records() == [layout.run_record_path(share.run_id)]
     assert not share.marker.exists() and kinds(share.audit()) == {}
+
+
+@pytest.mark.parametrize("command", ["collect", "backup", "run", "prune"])
+def test_every_storing_command_writes_kept_records_before_its_own_marker(tmp_path: Path, command: str) -> None:
+    """collect, password rotate (command backup), a runbook's backup step (run) and prune --keep all mark
+    their run through mark_run_started: each writes what an earlier run of this controller kept first."""
+    share = Share(tmp_path)
+    real = share.store.share.write_new
+    share.store.share.write_new = refusing_records(real)  # type: ignore[method-assign]
+    with pytest.raises(ShareError):
+        share.record()
+    share.store.share.write_new = real  # type: ignore[method-assign]
+    later = BackupStore(LocalShare(tmp_path / "share"), share.key)
+    hosts = list(share.inventory.hosts.values())
+    run_id = new_run_id()
+    context.mark_run_started(later, run_id, command, hosts if command != "prune" else [], forks=2)
+    assert (tmp_path / "share" / layout.run_record_path(share.run_id)).is_file()
+    assert set(later.run_markers()) == {run_id}  # the kept record replaced its run's marker
+    assert any("could not write to the share" in notice for notice in later.notices)
+    assert later.write_pending_records() == []  # written once
+
+
+def refusing_records(real: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
+    def refuse_records(path: str, data: bytes) -> None:
+        if layout.is_run_record_path(path):
+            raise ShareError("disk full")
+        real(path, data)
+
+    return refuse_records
 
 
 def test_the_marker_runs_out_after_every_round_of_hosts_has_met_its_deadline(tmp_path: Path) -> None:

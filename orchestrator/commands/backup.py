@@ -39,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(backup_plan_json(plan))
             return 0
-        store.write_pending_records()  # run records an earlier run of this controller could not write
         password = context.backup_password(inv)  # before any host is touched
         # exit 2 on a mismatch, before any host; its scrypt runs while the WinRM stack loads
         identity.claim_identity_while(store, inv.backup.password_id, password, backup.load_session_stack)

@@ -85,13 +85,17 @@ def mark_run_started(store: BackupStore, run_id: str, command: str, hosts: Seque
     a lost record. The marker is the run's write probe: an unwritable share fails now (ShareError, exit 1).
     It runs out when the run cannot be going any more: the wait for the share's lock to write it, every
     round of ``forks`` hosts to the longest deadline (``host_timeout``, the runner's grace, then up to two
-    waits for the lock: a group commit under way, then the host's own), then RUN_MARGIN."""
-    started = datetime.now(UTC)
+    waits for the lock: a group commit under way, then the host's own), then RUN_MARGIN.
+
+    First it writes the run records earlier runs of this controller could not write (kept in its state):
+    every storing command (backup, collect, password rotate, a runbook's backup step, prune --keep) does."""
     rounds = math.ceil(len(hosts) / max(1, forks))
     lock = store.lock_timeout
     longest = max((host.host_timeout for host in hosts), default=0.0) + DEADLINE_GRACE + 2 * lock
-    until = started + timedelta(seconds=lock + rounds * longest) + RUN_MARGIN
     try:
+        store.write_pending_records()  # each under the lock: the marker's own wait starts after them
+        started = datetime.now(UTC)
+        until = started + timedelta(seconds=lock + rounds * longest) + RUN_MARGIN
         store.mark_running(RunMarker(run_id, command, started, until))
     except ShareError as exc:
         if not hosts:

@@ -196,6 +196,7 @@ class PlaybookRun:
     def _backup(self, step: Step, targets: list[HostConfig]) -> StepResult:
         assert isinstance(step.options, BackupOptions)
         store, only_stale = self._store(), step.options.only_stale
+        noticed = len(store.notices)  # what the share says from here (a lost record; one kept, now written)
         try:
             plan = backup.prepare_backup(store, targets, only_stale=only_stale)
         except IntegrityError as exc:
@@ -233,6 +234,7 @@ class PlaybookRun:
             f"{len(plan.skipped)} skipped as fresh",
             cells,
             interrupted=summary.interrupted,
+            warnings=store.notices[noticed:],
         )
         record = backup.build_run_record(
             run_id=run_id,
