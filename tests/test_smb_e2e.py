@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from orchestrator.errors import ShareError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.context import open_store
 from orchestrator.lab.config import host_settings, lab_config
@@ -229,6 +230,13 @@ def manifest_has_entries(root: Path) -> bool:
         return False  # not there yet, or being replaced right now
 
 
+def _unexpected_errors(home: Path) -> str:
+    """The tracebacks the CLI logged for hosts that failed as ``internal`` (its debug log, under HOME)."""
+    log = home / ".cache" / "keyfleet" / "debug.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "\n".join(part for part in text.split("\n20") if "unexpected error" in part)
+
+
 @pytest.mark.slow
 def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
@@ -266,7 +274,7 @@ def test_smbd_killed_during_a_backup_leaves_a_valid_manifest_and_exit_1(
     failed = [o for o in outcomes.values() if o["status"] == "failed"]
     assert len(failed) >= len(outcomes) - 2 and len(ok) + len(failed) == len(outcomes)
     for outcome in failed:
-        assert outcome["kind"] == "share", outcome
+        assert outcome["kind"] == "share", (outcome, _unexpected_errors(tmp_path))
         assert "lost" in outcome["message"] or "unreachable" in outcome["message"], outcome
     assert "could not write the run record" in stderr
     # the manifest on the share is whole and signed; it holds every host reported ok
@@ -307,6 +315,27 @@ def test_connection_lost_after_the_rename_does_not_fail_the_write(
         finally:
             server.start()
     assert (server.root / folder / "manifest.json").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("operation", ["write_new", "replace", "read_bytes", "exists", "remove", "list_files"])
+def test_connection_lost_before_an_operation_is_a_share_error(server: SmbServer, folder: str, operation: str) -> None:
+    """Deterministic form of a race test 3 hit about one full run in five under load: smbd dies between two
+    operations, and the next one's first request (a check of the path's folders for reparse points) finds the
+    connection closed. Every operation says the connection is lost (kind share), never an SMB exception."""
+    with SMBShare(server.host, server.port, server.share, folder, server.user, server.password, False) as share:
+        share.write_new("keys/a/b.bin", b"x")
+        server.kill()
+        try:
+            with pytest.raises(ShareError, match="lost|unreachable"):
+                call = getattr(share, operation)
+                if operation in ("write_new", "replace"):
+                    call("keys/a/c.bin", b"y")
+                elif operation == "list_files":
+                    list(call("keys"))
+                else:
+                    call("keys/a/b.bin")
+        finally:
+            server.start()
 
 
 # -- 4. prune and restore -------------------------------------------------------------------------------

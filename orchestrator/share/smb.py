@@ -239,7 +239,8 @@ class SMBShare(Share):
 
     def _unc(self, path: str) -> str:
         """The UNC path of ``path``, after checking that none of its existing components is a reparse
-        point (symbolic link, junction): the server or smbprotocol would follow it."""
+        point (symbolic link, junction): the server or smbprotocol would follow it. Each check is a request:
+        callers run it inside ``_translate``."""
         parts = layout.validate_path(path).split("/")
         unc = self._root
         for index, part in enumerate(parts):
@@ -296,7 +297,8 @@ class SMBShare(Share):
         return kwargs
 
     def _write(self, path: str, data: bytes, *, replace: bool) -> None:
-        target = self._unc(path)
+        with self._translate(f"cannot write {path}"):  # its checks of the path's folders go to the server too
+            target = self._unc(path)
         folder, name = ntpath.split(target)
         temp = ntpath.join(folder, layout.temporary_name(name))
         kwargs = self._session()
