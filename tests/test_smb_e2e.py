@@ -326,7 +326,7 @@ def test_connection_lost_before_an_operation_is_a_share_error(server: SmbServer,
         share.write_new("keys/a/b.bin", b"x")
         server.kill()
         try:
-            with pytest.raises(ShareError, match="lost|unreachable"):
+            with pytest.raises(ShareError, match=r"lost|unreachable"):
                 call = getattr(share, operation)
                 if operation in ("write_new", "replace"):
                     call("keys/a/c.bin", b"y")
