@@ -83,6 +83,16 @@ def _no_fallback(*args: Any, **kwargs: Any) -> str:
     raise AssertionError("fell back to xmltodict")
 
 
+class _Sneaky(str):
+    """A name that writes itself as markup: xmltodict writes what its str() says, or refuses it."""
+
+    def __format__(self, spec: str) -> str:
+        return "x><injected/"
+
+    def __str__(self) -> str:
+        return "x><injected/"
+
+
 @pytest.mark.parametrize(
     "tree",
     [
@@ -91,10 +101,14 @@ def _no_fallback(*args: Any, **kwargs: Any) -> str:
         {"r": {"#text": "t", "c": "child first"}},
         {"r": [{"a": "1"}]},
         {"r": b"\xff"},
+        {_Sneaky("x"): "v"},  # equal to a name already written, but not a str
+        {_Sneaky("a:To"): {"b": "v"}},
+        {1: "v"},
     ],
 )
 def test_the_corners_xmltodict_has(tree: dict[str, Any]) -> None:
-    assert envelope.unparse(tree) == xmltodict.unparse(tree)
+    envelope.unparse({"x": {"a:To": "v"}})  # both names are known from now on
+    assert _outcome(envelope.unparse, tree) == _outcome(xmltodict.unparse, tree)
 
 
 def _messages() -> list[dict[str, Any]]:

@@ -151,23 +151,32 @@ def test_a_run_record_written_later_removes_the_marker(tmp_path: Path) -> None:
     assert not share.marker.exists() and kinds(share.audit()) == {}
 
 
-@pytest.mark.parametrize("command", ["collect", "backup", "run", "prune"])
-def test_every_storing_command_writes_kept_records_before_its_own_marker(tmp_path: Path, command: str) -> None:
-    """collect, password rotate (command backup), a runbook's backup step (run) and prune --keep all mark
-    their run through mark_run_started: each writes what an earlier run of this controller kept first."""
-    share = Share(tmp_path)
+@pytest.mark.parametrize("hosts", [2, 0])
+def test_a_storing_run_writes_kept_records_before_its_own_marker(tmp_path: Path, hosts: int) -> None:
+    """Every storing command (backup, collect, password rotate, a runbook's backup step; prune --keep with no
+    host) marks its run through mark_run_started, which first writes the records earlier runs of this
+    controller kept; its marker's time starts after them. A kept record is no lost record meanwhile."""
+    share = Share(tmp_path, until=datetime.now(UTC) - timedelta(seconds=1))  # its marker has run out
     real = share.store.share.write_new
     share.store.share.write_new = refusing_records(real)  # type: ignore[method-assign]
     with pytest.raises(ShareError):
         share.record()
-    share.store.share.write_new = real  # type: ignore[method-assign]
     later = BackupStore(LocalShare(tmp_path / "share"), share.key)
-    hosts = list(share.inventory.hosts.values())
+    assert later.unrecorded_runs() == [] and later.notices == []  # kept by this controller: not lost
+    written: list[tuple[str, datetime]] = []
+    write = later.share.write_new
+
+    def noting(path: str, data: bytes) -> None:
+        written.append((path, datetime.now(UTC)))
+        write(path, data)
+
+    later.share.write_new = noting  # type: ignore[method-assign]
     run_id = new_run_id()
-    context.mark_run_started(later, run_id, command, hosts if command != "prune" else [], forks=2)
-    assert (tmp_path / "share" / layout.run_record_path(share.run_id)).is_file()
+    context.mark_run_started(later, run_id, "collect", list(share.inventory.hosts.values())[:hosts], forks=2)
+    assert [path for path, _ in written] == [layout.run_record_path(share.run_id), layout.run_marker_path(run_id)]
+    assert later.run_markers()[run_id].started >= written[0][1] - timedelta(milliseconds=1)
     assert set(later.run_markers()) == {run_id}  # the kept record replaced its run's marker
-    assert any("could not write to the share" in notice for notice in later.notices)
+    assert any(f"which run {share.run_id} could not write to the share" in notice for notice in later.notices)
     assert later.write_pending_records() == []  # written once
 
 

@@ -284,7 +284,8 @@ class BackupStore(HistoryStore):
 
     def unrecorded_runs(self) -> list[str]:
         """Runs that committed generations since the checkpoint but have no run record on the share
-        (a run that could not write it, or a record deleted since): a notice for each."""
+        (a run that could not write it, or a record deleted since), and none kept by this controller for
+        the next storing run to write (context.mark_run_started): a notice for each."""
         history = self._history or self.load_history()
         runs = {s.run_id for s in history.segments if s.run_id}
         present = set(self.share.list_files(layout.RUNS_DIR))
@@ -295,6 +296,10 @@ class BackupStore(HistoryStore):
             runs -= {run_id for run_id, m in self.run_markers(invalid=[]).items() if m.until > now}
             present = set(self.share.list_files(layout.RUNS_DIR))
         missing = sorted(run_id for run_id in runs if layout.run_record_path(run_id) not in present)
+        if missing:  # a record this controller kept is not lost: the run's marker writes it (and says so)
+            state = self.controller_state(history)
+            kept = {run_id for run_id, _ in state.pending()} if state is not None else set()
+            missing = [run_id for run_id in missing if run_id not in kept]
         for run_id in missing:
             self.notices.append(
                 f"run {run_id} committed backups but its run record {layout.run_record_path(run_id)} is missing "
