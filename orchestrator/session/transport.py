@@ -368,7 +368,10 @@ class _Direct:
         )
         assert isinstance(pool, HTTPConnectionPool)  # no proxy: a pool of watched connections
         # what HTTPAdapter.send does before every urlopen: the CA bundle (certifi for verify=True, or
-        # the path given; a missing path is requests' OSError) and client certificate onto the pool
+        # the path given; a missing path is requests' OSError) and client certificate onto the pool. Since
+        # requests 2.32.2 the pool is already made with them (its key holds the TLS settings), so without
+        # this call the trust tests (tests/test_session.py, Basic over https: its first message comes here)
+        # still pass; it stays so this path keeps doing what HTTPAdapter.send does
         transport.adapter.cert_verify(pool, transport.endpoint, session.verify, session.cert)  # type: ignore[no-untyped-call]
         self._pool = pool
         self._retries = transport.adapter.max_retries
