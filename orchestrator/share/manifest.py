@@ -29,6 +29,7 @@ _SIGNATURE_TAIL = re.compile(
     rb',"signature":\{"alg":"([a-z0-9-]{1,32})","public_key_sha256":"([0-9a-f]{64})",'
     rb'"value":"([A-Za-z0-9+/]{1,200}={0,2})"\}\}\n?'
 )
+_HEX = re.compile(r"[0-9a-f]{16}")
 
 
 def format_iso(moment: datetime) -> str:
@@ -158,12 +159,7 @@ class Manifest:
 
     def signed(self, key: Ed25519PrivateKey) -> Manifest:
         payload = canonical_json(self.document())
-        signature = Signature(
-            alg=ALGORITHM,
-            public_key_sha256=public_key_sha256(key.public_key()),
-            value=base64.b64encode(key.sign(payload)).decode("ascii"),
-        )
-        return replace(self, signature=signature, signed_bytes=payload)
+        return replace(self, signature=_signature(payload, key), signed_bytes=payload)
 
     def to_bytes(self) -> bytes:
         document = self.document()
@@ -174,19 +170,9 @@ class Manifest:
         """Raise IntegrityError unless the manifest carries a valid signature made by ``key``."""
         if self.signature is None:
             raise IntegrityError("manifest.json is not signed")
-        if self.signature.alg != ALGORITHM:
-            raise IntegrityError(f"manifest.json is signed with an unknown algorithm {self.signature.alg!r}")
-        expected = public_key_sha256(key)
-        if self.signature.public_key_sha256 != expected:
-            raise IntegrityError(
-                f"manifest.json is signed by key {self.signature.public_key_sha256[:16]}..., "
-                f"not by the inventory's public key {expected[:16]}..."
-            )
-        try:
-            payload = self.signed_bytes if self.signed_bytes is not None else canonical_json(self.document())
-            key.verify(base64.b64decode(self.signature.value, validate=True), payload)
-        except (InvalidSignature, binascii.Error):
-            raise IntegrityError("manifest.json signature does not verify: the manifest was changed") from None
+        payload = self.signed_bytes if self.signed_bytes is not None else canonical_json(self.document())
+        sig = self.signature
+        _verify_signature(sig.alg, sig.public_key_sha256, sig.value, payload, key, "manifest.json")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -267,16 +253,23 @@ def verify_document(document: dict[str, Any], key: Ed25519PublicKey, name: str) 
         raise IntegrityError(f"{name} is not signed")
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("alg", "public_key_sha256", "value")):
         raise IntegrityError(f"{name} has a malformed signature")
-    if raw["alg"] != ALGORITHM:
-        raise IntegrityError(f"{name} is signed with an unknown algorithm {raw['alg']!r}")
-    if raw["public_key_sha256"] != public_key_sha256(key):
-        raise IntegrityError(f"{name} is signed by another key than the inventory's public key")
     payload = canonical_json({k: v for k, v in document.items() if k != "signature"})
+    _verify_signature(raw["alg"], raw["public_key_sha256"], raw["value"], payload, key, name)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _verify_signature(alg: str, signer: str, value: str, payload: bytes, key: Ed25519PublicKey, name: str) -> None:
+    """IntegrityError naming ``name`` unless ``value`` is ``key``'s Ed25519 signature of ``payload``."""
+    if alg != ALGORITHM:
+        raise IntegrityError(f"{name} is signed with an unknown algorithm {alg[:40]!r}")
+    expected = public_key_sha256(key)
+    if signer != expected:
+        shown = f"{signer[:16]}..." if _HEX.fullmatch(signer[:16]) else "(not a key digest)"  # the share's text
+        raise IntegrityError(f"{name} is signed by key {shown}, not by the inventory's public key {expected[:16]}...")
     try:
-        key.verify(base64.b64decode(raw["value"], validate=True), payload)
+        key.verify(base64.b64decode(value, validate=True), payload)
     except (InvalidSignature, binascii.Error):
         raise IntegrityError(f"{name} signature does not verify: it was changed after signing") from None
-    return hashlib.sha256(payload).hexdigest()
 
 
 def public_key_sha256(key: Ed25519PublicKey) -> str:
