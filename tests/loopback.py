@@ -6,14 +6,21 @@ fleets of parallel workers never bind the same address:port, and none of them me
 worker hands out whole /24s in turn, wrapping around after the last (the fleets of tests long finished).
 Services on kernel-chosen free ports (the hostile servers, smbd, the KDC) stay on 127.0.0.1: the kernel
 keeps their ports apart.
+
+Two pytest sessions on one machine (two checkouts, or CI beside a developer) have a worker 0 each: a
+worker therefore claims its /16 with an exclusive lock on ``/tmp/keyfleet-loopback/<N>.lock``, held
+until the process ends, and takes the next free /16 when another session's worker holds its own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import re
+import tempfile
 import threading
+from pathlib import Path
 
 FIRST_OCTET = 128  # worker N owns 127.(FIRST_OCTET + N).0.0/16
 MAX_WORKERS = 255 - FIRST_OCTET  # 127.255.0.0/16 stays free: tests put out-of-range plans there
@@ -63,4 +70,31 @@ class LoopbackAllocator:
         return str(self._take((count + 1) // 256 + 1).network_address + 1)
 
 
-ALLOCATOR = LoopbackAllocator(worker_index(os.environ.get("PYTEST_XDIST_WORKER")))
+LOCKS = Path(tempfile.gettempdir()) / "keyfleet-loopback"
+_held: list[int] = []  # the claimed /16's lock, open for the life of the process
+
+
+def claim(preferred: int, locks: Path = LOCKS) -> tuple[int, int]:
+    """The first /16 index from ``preferred`` on (wrapping) whose lock no other process holds, and the
+    open descriptor that holds it (closing it gives the /16 back)."""
+    if not locks.is_dir():
+        locks.mkdir(exist_ok=True)
+        locks.chmod(0o1777)  # shared by every user's sessions, as /tmp itself
+    for index in [*range(preferred, MAX_WORKERS), *range(preferred)]:
+        fd = os.open(locks / f"{index}.lock", os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return index, fd
+    raise RuntimeError(f"all {MAX_WORKERS} loopback /16s are held by other test sessions ({locks})")
+
+
+def _claimed() -> LoopbackAllocator:
+    index, fd = claim(worker_index(os.environ.get("PYTEST_XDIST_WORKER")))
+    _held.append(fd)
+    return LoopbackAllocator(index)
+
+
+ALLOCATOR = _claimed()

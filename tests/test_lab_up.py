@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import queue
 import signal
 import stat
@@ -27,7 +28,7 @@ from orchestrator.lab.journal import Journal
 from orchestrator.lab.plan import SECRETS_FILE, lab_secrets, plan_hosts
 from orchestrator.share.manifest import load_public_key, new_signing_key_pair
 from tests.conftest import CliRun, LabFiles
-from tests.loopback import LoopbackAllocator
+from tests.loopback import LoopbackAllocator, claim
 from tests.share_history import read_share
 
 
@@ -298,3 +299,17 @@ def test_the_journal_is_private(tmp_path: Path) -> None:
     journal.close()
     assert (tmp_path / "state" / "journal.jsonl").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+def test_two_test_sessions_never_share_a_loopback_range(tmp_path: Path) -> None:
+    """Another session's worker holding a /16 makes the next claimant take the next free one."""
+    first, held = claim(7, tmp_path)
+    second, also = claim(7, tmp_path)
+    try:
+        assert (first, second) == (7, 8)
+        os.close(held)
+        third, again = claim(7, tmp_path)  # given back: claimable again
+        os.close(again)
+        assert third == 7
+    finally:
+        os.close(also)
