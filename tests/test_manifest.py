@@ -107,21 +107,22 @@ def test_torn_manifest_is_an_integrity_error(store: BackupStore, tmp_path: Path)
         _add(BackupStore(store.share, store.signer), data=b"other")  # the next command
 
 
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda d: d["entries"][0].update(sha256="0" * 64), "does not verify"),
-        (lambda d: d["entries"][0].update(password_id="other"), "does not verify"),
-        (lambda d: d["entries"].pop(), "does not verify"),
-        (lambda d: d.update(signature=None), "not signed"),
-        (lambda d: d.pop("signature"), "not signed"),
-        (lambda d: d["signature"].update(public_key_sha256="ab" * 32), "by key abababababababab..., not by the"),
-        # the share's text is never echoed unless it is a key digest (no escape sequences onto a terminal)
-        (lambda d: d["signature"].update(public_key_sha256="\x1b[2J" * 9), r"by key \(not a key digest\), not by"),
-        (lambda d: d["signature"].update(alg="x" * 99), "unknown algorithm 'x{40}'$"),
-        (lambda d: d["signature"].update(value="!!"), "does not verify"),
-    ],
-)
+TAMPERING = [
+    (lambda d: d["entries"][0].update(sha256="0" * 64), "does not verify"),
+    (lambda d: d["entries"][0].update(password_id="other"), "does not verify"),
+    (lambda d: d["entries"].pop(), "does not verify"),
+    (lambda d: d.update(signature=None), "not signed"),
+    (lambda d: d.pop("signature"), "not signed"),
+    (lambda d: d["signature"].update(public_key_sha256="ab" * 32), "by key abababababababab..., not by the"),
+    # the share's text is never echoed unless it is a key digest (no escape sequences onto a terminal)
+    (lambda d: d["signature"].update(public_key_sha256="\x1b[2J" * 9), r"by key \(not a key digest\), not by"),
+    (lambda d: d["signature"].update(alg="x" * 99), "unknown algorithm 'x{40}'$"),
+    (lambda d: d["signature"].update(value="!!"), "does not verify"),
+    (lambda d: d["signature"].update(value="\u00e9" * 4), "does not verify"),  # not base64, not even ASCII
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), TAMPERING)
 def test_tampering_detected(
     store: BackupStore, tmp_path: Path, edit: Callable[[dict[str, Any]], object], message: str
 ) -> None:
@@ -135,6 +136,20 @@ def test_tampering_detected(
         store.load_manifest(verify=True)
     with pytest.raises(IntegrityError, match="refusing to change it"):
         _add(BackupStore(store.share, store.signer), data=b"third")  # a tampered manifest is never built on
+
+
+@pytest.mark.parametrize(("edit", "message"), TAMPERING)
+def test_tampering_detected_in_a_legacy_manifest(
+    store: BackupStore, tmp_path: Path, key: Ed25519PrivateKey, edit: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    """The keyfleet-manifest/1 format, still read from shares written before the history, is checked alike."""
+    other = BackupStore(LocalShare(tmp_path / "other"), key)
+    entries = (_add(other, created=T0), _add(other, data=b"second", created=T0))
+    document = json.loads(Manifest(entries=entries, updated=T0).signed(key).to_bytes())
+    edit(document)
+    (tmp_path / layout.MANIFEST).write_text(json.dumps(document))
+    with pytest.raises(IntegrityError, match=message):
+        store.load_manifest(verify=True)
 
 
 def test_wrong_public_key(store: BackupStore, tmp_path: Path) -> None:

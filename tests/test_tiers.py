@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
 
 import pytest
 
 from tests.conftest import TIERS, tiers_of
-from tests.loopback import ALLOCATOR, FIRST_OCTET, MAX_WORKERS, LoopbackAllocator, worker_index
+from tests.loopback import ALLOCATOR, FIRST_OCTET, MAX_WORKERS, LoopbackAllocator, claim, worker_index
 
 
 def test_every_collected_test_has_exactly_one_tier(request: pytest.FixtureRequest) -> None:
@@ -57,5 +58,11 @@ def test_allocations_of_one_worker_never_overlap_until_it_wraps() -> None:
         allocator.run(70000)
 
 
-def test_this_worker_uses_its_own_range(worker_id: str) -> None:
-    assert ALLOCATOR.network == ipaddress.IPv4Network(f"127.{FIRST_OCTET + worker_index(worker_id)}.0.0/16")
+def test_this_worker_uses_a_range_it_holds(worker_id: str) -> None:
+    """Its own (127.(128+N)) unless another test session's worker holds that; never one another process holds."""
+    index = ALLOCATOR.network.network_address.packed[1] - FIRST_OCTET
+    assert 0 <= index < MAX_WORKERS and ALLOCATOR.network == ipaddress.IPv4Network(f"127.{FIRST_OCTET + index}.0.0/16")
+    other, fd = claim(index)  # as another session's worker would: it gets another range
+    os.close(fd)
+    assert other != index
+    worker_index(worker_id)  # a worker name this module understands

@@ -268,7 +268,7 @@ def _verify_signature(alg: str, signer: str, value: str, payload: bytes, key: Ed
         raise IntegrityError(f"{name} is signed by key {shown}, not by the inventory's public key {expected[:16]}...")
     try:
         key.verify(base64.b64decode(value, validate=True), payload)
-    except (InvalidSignature, binascii.Error):
+    except (InvalidSignature, ValueError):  # binascii.Error, and the ValueError of a value that is not ASCII
         raise IntegrityError(f"{name} signature does not verify: it was changed after signing") from None
 
 
