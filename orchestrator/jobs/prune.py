@@ -117,9 +117,8 @@ def plan_leftovers(store: BackupStore, now: datetime | None = None) -> list[Left
         for run_id, marker in markers.items()
         if run_id in recorded or (marker.until <= now and run_id not in committed)
     }  # a run out of time that committed keeps its marker: the audit's run-record-missing names its times
-    items = store.share.scan()
     found = []
-    for item in items:
+    for item in store.share.scan():
         age = now - item.modified if item.modified else None
         run_id = layout.marker_run_id(item.path)
         if item.kind is ItemKind.TEMPORARY and age is not None and age >= STALE_TEMPORARY:
