@@ -17,7 +17,6 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.errors import ConfigError, HostFailure, IntegrityError, KeyfleetError, ShareError
-from orchestrator.helpers.remote import DEFAULT_OUTBOX
 from orchestrator.secret import mask
 
 DEBUG_LOG = Path.home() / ".cache" / "keyfleet" / "debug.log"
@@ -54,6 +53,9 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # here, not at the top: this module loads before Ctrl-C is handled, so it imports only what is light
+    from orchestrator.helpers.remote import DEFAULT_OUTBOX
+
     parser = argparse.ArgumentParser(
         prog="keyfleet",
         description="Back up the SCSM encryption keys of a fleet of Windows servers over WinRM.",
@@ -325,7 +327,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
 
 
-def print_error_json(command: str, kind: str, message: str, exit_code: int) -> None:
+def print_error_json(command: str | None, kind: str, message: str, exit_code: int) -> None:
     from orchestrator.console import print_error_json as render  # rich loads only when needed
 
     render(command, kind, message, exit_code)

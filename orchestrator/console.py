@@ -32,6 +32,8 @@ HINTS: dict[ErrorKind, str] = {
     ErrorKind.NOT_ADMIN: "the WinRM account must be a local administrator to read the key",
     ErrorKind.TOOL_MISSING: "copy SecureStorageBackup.exe from the SCSM media (Tools\\SecureStorageBackup) "
     "and set tool_path",
+    ErrorKind.NO_KEY_FILE: "no key file waits in the outbox: run the wizard (SecureStorageBackup.exe) on the server "
+    "and save its key file there (collect --path names another folder)",
     ErrorKind.TOOL_FAILED: "SecureStorageBackup.exe failed; its output is in the run record",
     ErrorKind.TOOL_TIMEOUT: "SecureStorageBackup.exe did not finish; it may be waiting for interactive input "
     "(keyfleet doctor --tool-smoke tells; keyfleet collect takes keys made with the wizard)",
@@ -77,7 +79,7 @@ ERROR_HINTS = {
     "config": "fix what the message names (file, line, key or option); keyfleet inventory -i INV checks an inventory",
     "share": "check the share: its path or smb:// URL, its credential, that it is reachable and writable",
     "integrity": "the share was altered or is incomplete: run keyfleet audit and find out why before trusting it",
-    "interrupted": "interrupted: nothing half-written is left; run again (--limit @last-failed resumes a backup)",
+    "interrupted": "interrupted: nothing half-written is left; run it again (a backup: --limit @last-failed)",
     "failed": "see the message",
     "internal": "a keyfleet bug: details are in the debug log",
 }
@@ -90,13 +92,27 @@ _printed = [False]  # whether this process printed its --json document
 
 
 def print_json(document: object) -> None:
-    """The one JSON document of ``--json`` on stdout; known secret values masked as a second net."""
-    sys.stdout.write(mask(json.dumps(document, indent=2)) + "\n")
-    sys.stdout.flush()
+    """The one JSON document of ``--json`` on stdout; known secret values masked as a second net. A
+    Ctrl-C while it is written waits for its end: a document is never cut, nor followed by another."""
+    from orchestrator.runner.interrupts import deferred
+
+    text = mask(json.dumps(document, indent=2)) + "\n"
     _printed[0] = True
+    with deferred():
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
-def print_error_json(command: str, kind: str, message: str, exit_code: int) -> None:
+def print_result_json(command: str, document: dict[str, object], exit_code: int) -> None:
+    """A command's own --json document with the fields every document carries: ``command``,
+    ``exit_code`` and ``error`` (null, or the interrupted error when a Ctrl-C ended the command)."""
+    full: dict[str, object] = {"command": command, **document, "exit_code": exit_code}
+    if full.get("error") is None:
+        full["error"] = INTERRUPTED_ERROR if exit_code == 130 else None
+    print_json(full)
+
+
+def print_error_json(command: str | None, kind: str, message: str, exit_code: int) -> None:
     """The --json document of a command that ended on an error before printing its own."""
     if _printed[0]:
         return

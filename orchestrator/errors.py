@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from orchestrator.secret import mask
+
+REASON_LIMIT = 400  # characters of a host's failure reason: the console, --json and run records show it whole
+
 
 class ErrorKind(StrEnum):
     """What went wrong on one host; the summary, --json and run records group by it."""
@@ -17,6 +21,7 @@ class ErrorKind(StrEnum):
     REMOTE = "remote"
     NOT_ADMIN = "not-admin"
     TOOL_MISSING = "tool-missing"
+    NO_KEY_FILE = "no-key-file"  # collect: no key file made with the wizard is waiting in the outbox
     TOOL_FAILED = "tool-failed"
     TOOL_TIMEOUT = "tool-timeout"
     DISK_FULL = "disk-full"
@@ -99,6 +104,20 @@ class HostFailure(KeyfleetError):
     ) -> None:
         self.kind = kind
         self.host = host
-        self.reason = reason
-        self.scsm_version = scsm_version  # what the server reported before it failed, if it got that far
-        super().__init__(f"{host}: {kind}: {reason}")
+        # often a server's words (a WS-Man fault, a helper's error): one line, bounded, no secret
+        self.reason = one_line(mask(reason), REASON_LIMIT)
+        # what the server reported before it failed, if it got that far
+        self.scsm_version = None if scsm_version is None else one_line(scsm_version, 64)
+        super().__init__(f"{host}: {kind}: {self.reason}")
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: a server's text can hold line
+    breaks, terminal escapes (C0 and C1 controls) and bidirectional overrides that would forge or hide
+    console lines, and be of any length. Controls, format characters and separators become spaces;
+    runs of spaces one."""
+    head = text[: limit * 2]  # bounded work whatever the server sent
+    # str.isprintable: false for Unicode's "Other" (Cc, Cf: U+202E, ...) and "Separator" classes but space
+    cleaned = head if head.isprintable() else "".join(c if c.isprintable() else " " for c in head)
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit and len(text) <= limit * 2 else cleaned[: limit - 3] + "..."

@@ -28,6 +28,10 @@ class SecretMaskFilter(logging.Filter):
 # Libraries that log (smbclient logs a traceback when it resets its connection cache) or warn: never
 # on the terminal; in the debug log only with -v.
 QUIET_LIBRARIES = ("smbprotocol", "smbclient", "spnego", "winrm", "requests", "requests_ntlm", "urllib3", "py.warnings")
+# Even with -v, no DEBUG records from these: pyspnego logs every authentication token it sends and receives
+# (an NTLM challenge with its NTLMv2 response lets whoever reads the log test password guesses offline),
+# smbprotocol every SMB message as a hex dump (the key files' bytes).
+MOST_DETAIL = {"spnego": logging.INFO, "smbprotocol": logging.INFO}
 
 
 def setup_logging(*, verbose: bool, debug_log: Path | None) -> None:
@@ -52,7 +56,7 @@ def setup_logging(*, verbose: bool, debug_log: Path | None) -> None:
             library.removeHandler(handler)
         library.addHandler(logging.NullHandler())  # no "last resort" printing to stderr
         if verbose and debug_file is not None:
-            library.setLevel(logging.DEBUG)
+            library.setLevel(MOST_DETAIL.get(name, logging.DEBUG))
             library.addHandler(debug_file)
         else:
             library.setLevel(logging.CRITICAL + 1)

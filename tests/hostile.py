@@ -30,6 +30,20 @@ BEHAVIOURS = (
     "basic-only",  # 401 offering only Basic to everything: no NTLM to log on with
     "no-ntlm-challenge",  # 401 offering Negotiate, then no challenge token after NTLM NEGOTIATE
     "overflow-stall",  # a reply of exactly ``overflow`` bytes (a larger Content-Length), then silence, open
+    "harvest",  # 200 with a good Create reply to every request: never asks the client to authenticate
+    "deep-xml",  # 200 with 120 KB of nested <a>: within the size cap, 40,000 elements
+    "deep-fault",  # the same as a 500 (pywinrm parses a 500's body as a SOAP fault)
+    "forged-fault",  # a WS-Man fault whose text forges console lines: line breaks, C1 controls, bidi, 200 KB
+)
+
+_FORGED = (
+    "Access is fine.\n  prod-ms01        ok      0.1s\u2028\u0085\u009b31m\u202eevil\t" + "padding " * 25000
+).encode()
+_FAULT = (
+    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body><s:Fault>'
+    b"<s:Code><s:Value>s:Receiver</s:Value></s:Code><s:Reason><s:Text>%s</s:Text></s:Reason>"
+    b'<s:Detail><f:WSManFault xmlns:f="http://schemas.microsoft.com/wbem/wsman/1/wsmanfault" Code="5">'
+    b"</f:WSManFault></s:Detail></s:Fault></s:Body></s:Envelope>" % _FORGED
 )
 
 
@@ -51,7 +65,15 @@ class HostileServer:
     With ``tls_dir``, speaks it over TLS (a lab certificate kept there), except ``tls-stall``.
     """
 
-    def __init__(self, behaviour: str, tls_dir: Path | None = None, *, after: int = 0, overflow: int = 0) -> None:
+    def __init__(
+        self,
+        behaviour: str,
+        tls_dir: Path | None = None,
+        *,
+        after: int = 0,
+        overflow: int = 0,
+        cert: tuple[Path, Path] | None = None,  # its own certificate and key, instead of a lab one
+    ) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(behaviour)
         self.behaviour = behaviour
@@ -61,13 +83,18 @@ class HostileServer:
         self._after = after
         self._tls: ssl.SSLContext | None = None
         if tls_dir is not None and behaviour != "tls-stall":
-            cert = LabPKI(tls_dir).host_certificate("hostile", "127.0.0.1")
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._tls.load_cert_chain(cert.cert_path, cert.key_path)
+            if cert is None:
+                lab = LabPKI(tls_dir).host_certificate("hostile", "127.0.0.1")
+                cert = (lab.cert_path, lab.key_path)
+            else:
+                self._tls.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL would refuse an odd certificate's digest
+            self._tls.load_cert_chain(*cert)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._stop = threading.Event()
         self.connections = 0
+        self.requests = 0  # read over all connections
         self.sent = 0  # bytes sent over all connections
 
     def __enter__(self) -> HostileServer:
@@ -100,7 +127,8 @@ class HostileServer:
                 answered = 0
                 while self._read_request(conn):
                     answered += 1
-                    if answered <= self._after:
+                    self.requests += 1
+                    if answered <= self._after or self.behaviour == "harvest":
                         self._send(conn, _CREATED)
                         continue
                     if not self._answer(conn):
@@ -167,6 +195,15 @@ class HostileServer:
         elif b in ("basic-only", "no-ntlm-challenge"):
             offer = b'Basic realm="WSMAN"' if b == "basic-only" else b"Negotiate"
             self._send(conn, b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: %s\r\nContent-Length: 0\r\n\r\n" % offer)
+            return True
+        elif b in ("deep-xml", "deep-fault"):
+            body = b"<a>" * 40000
+            status = b"200 OK" if b == "deep-xml" else b"500 Internal Server Error"
+            self._send(conn, b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+            return True
+        elif b == "forged-fault":
+            head = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n" % len(_FAULT)
+            self._send(conn, head + _FAULT)
             return True
         elif b == "no-challenge":
             self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml\r\nContent-Length: 0\r\n\r\n")

@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.lab.faults import FAULT_KINDS, KERBEROS_FAULTS
 
-_EXAMPLE_ARGUMENT = {"latency": "latency:0.2", "http500": "http500:Send"}
+_EXAMPLE_ARGUMENT = {"latency": "latency:0.2", "http500": "http500:Send", "timed-out": "timed-out:Command"}
 # one example of every lab fault kind, plus a run without faults (Kerberos faults: tests/test_kerberos.py)
 EVERY_FAULT = ["none", *(_EXAMPLE_ARGUMENT.get(kind, kind) for kind in FAULT_KINDS if kind not in KERBEROS_FAULTS)]
 # two hosts, one per auth mode, with timeouts short enough for blackhole and tool-hanging
@@ -49,7 +49,9 @@ def run_with_unique_secrets(
     )
     env = {"KEYFLEET_BACKUP_PASSWORD": password, "KF_TEST_WINRM_PASSWORD": winrm_password}
     run = keyfleet(*args, "-i", str(lab.inventory), "--json", "-v", env=env)
-    search = LeakSearch({"backup password": password, "winrm password": winrm_password})
+    # an NTLM message in any encoding (its NTLMv2 response lets the WinRM password be guessed offline)
+    ntlm = "NTLMSSP\0"
+    search = LeakSearch({"backup password": password, "winrm password": winrm_password, "NTLM message": ntlm})
     search.add("stdout", run.stdout)
     search.add("stderr", run.stderr)
     search.add("argv", " ".join(run.args))

@@ -123,6 +123,18 @@ def test_faulty_hosts_fail_with_their_own_kind_and_others_succeed(tmp_path, keyf
     assert "hint:" in run.stderr
 
 
+def test_the_json_document_names_the_generation_its_run_record_names(lab_inventory, keyfleet):
+    """--json prints the run record as written to the share: chained to the history's generation."""
+    lab = lab_inventory()
+    for _ in range(2):
+        run = keyfleet("backup", "-i", str(lab.inventory), "--limit", "t-ms01", "--json")
+        assert run.returncode == 0, run.stderr
+        document = json.loads(run.stdout)
+        record = json.loads((lab.share / document["run_record"]).read_text())
+        assert isinstance(document["generation"], int) and isinstance(document["head"], str)
+        assert (document["generation"], document["head"]) == (record["generation"], record["head"])
+
+
 def test_short_password_is_refused_before_any_host_is_touched(lab_inventory, keyfleet):
     lab = lab_inventory()
     run = keyfleet("backup", "-i", str(lab.inventory), env={"KEYFLEET_BACKUP_PASSWORD": "short"})
@@ -159,8 +171,9 @@ def test_no_secret_leaks_under_any_fault(tmp_path, keyfleet, fault):
     succeeds = fault in ("none", "latency:0.2", "cleanup-locked", "tool-readkey")
     assert run.returncode == (0 if succeeds else 1), run.stderr
     assert search.assert_clean() >= 5
-    # unsealed-reply touches only the host whose messages are sealed (NTLM over http), not the https one
-    assert len(list(lab.share.rglob("*.bin"))) == (2 if succeeds else 1 if fault == "unsealed-reply" else 0)
+    # the sealing faults touch only the host whose messages are sealed (NTLM over http), not the https one
+    sealed_only = fault in ("unsealed-reply", "garbled-seal")
+    assert len(list(lab.share.rglob("*.bin"))) == (2 if succeeds else 1 if sealed_only else 0)
 
 
 def test_two_backups_of_the_same_share_at_once_both_land(lab_inventory, tmp_path):

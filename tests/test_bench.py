@@ -21,7 +21,11 @@ def test_bench_reports_whole_process_figures_for_a_small_fleet(keyfleet, loopbac
     assert abs(result["ratio"] - result["wall_seconds"] / max(result["ideal_seconds"], result["floor_seconds"])) < 0.01
     assert result["controller_cpu_ms_per_host"] > 0 and result["controller_peak_rss_mib"] > 10
     assert result["baseline_wall_seconds"] > 0 and result["lab_cpu_ms_per_host"] > 0
-    for label in ("ideal", "CPU floor", "baseline: pywinrm pool, hostname", "controller peak RSS"):
+    baseline_bound = max(result["ideal_seconds"], result["baseline_floor_seconds"])
+    assert abs(result["baseline_ratio"] - result["baseline_wall_seconds"] / baseline_bound) < 0.01
+    # the floor holds the lab's CPU during the baseline too (about 7 ms a host), not the baseline's alone
+    assert result["baseline_floor_seconds"] * result["cores"] > result["baseline_cpu_ms_per_host"] * 6 / 1000 + 0.01
+    for label in ("ideal", "CPU floor", "controller peak RSS", "baseline: pywinrm pool", "baseline wall / max(ideal"):
         assert label in run.stderr
 
 

@@ -82,6 +82,21 @@ def test_each_fault_is_reported_with_its_kind(tmp_path, keyfleet):
     assert shown == [*by_kind, "f-ok"]
 
 
+def test_a_failed_tool_smoke_test_keeps_the_probe_s_checks(tmp_path, keyfleet):
+    """The probe answered, then the smoke test failed (the temporary folder is full): every check the
+    probe allows is still judged and the server still reported; tool-input carries the smoke's failure."""
+    fleet = {"SMOKE": {"f-disk": dict(ONE)}}
+    lab = make_lab_inventory(tmp_path / "lab", fleet=fleet, faults={"f-disk": ["disk-full"]})
+    run = keyfleet("doctor", "-i", str(lab.inventory), "--tool-smoke", "--json")
+    assert run.returncode == 1, run.stderr
+    host = hosts_of(run)["f-disk"]
+    checks = {c["name"]: c for c in host["checks"]}
+    assert checks["temp-space"]["status"] == "failed" and checks["temp-space"]["kind"] == "disk-full"
+    assert {checks[name]["status"] for name in ("helper", "administrator", "role", "version", "tool")} == {"ok"}
+    assert checks["tool-input"]["status"] == "failed" and checks["tool-input"]["kind"] == "disk-full"
+    assert host["server"]["roles"] == ["management_server"] and host["kind"] == "disk-full"
+
+
 def test_limit_and_security_warnings(tmp_path, keyfleet):
     fleet = {
         "G": {

@@ -303,3 +303,15 @@ def test_the_ps7_check_finds_each_construct() -> None:
 def test_no_dollar_input(name: str) -> None:
     """$input in the command text makes powershell.exe read stdin itself (PowerShell ConsoleHost)."""
     assert not re.search(r"\$input\b", _code_only(_source(name)), re.I)
+
+
+def test_every_kind_a_helper_stops_with_is_one_the_controller_knows() -> None:
+    """A kind the controller does not map becomes ``remote`` and loses its hint: the helpers, and the lab
+    that models them, stop only with kinds of the contract."""
+    known = set(remote._HELPER_KINDS)
+    for name in FILES:
+        used = set(re.findall(rb"Stop-Helper '([a-z-]+)'", _source(name)))
+        assert {kind.decode() for kind in used} <= known, name
+    simulated = resources.files("orchestrator").joinpath("lab", "helpersim.py").read_text()
+    kinds = set(re.findall(r'HelperError\(\s*"([a-z-]+)"', simulated))
+    assert kinds and kinds <= known, kinds - known

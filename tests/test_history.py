@@ -198,6 +198,28 @@ def test_leftovers_are_reported_with_their_age_and_removed(tmp_path: Path, key: 
     assert (root / kept.path).exists()
 
 
+def test_a_file_outside_keyfleet_s_layout_is_reported_and_left_alone(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """Someone else's files on the share: the audit names them (orphan-file, saying prune leaves them);
+    prune --orphans removes only key files where keyfleet writes them."""
+    root = tmp_path / "share"
+    store = BackupStore(LocalShare(root), key)
+    backup(store, ["ms01"])
+    orphan = root / layout.key_file_path("PROD", "management_server", "ms01", NOW, "cd" * 32)
+    orphan.write_bytes(b"left by a run that died before its commit")
+    (root / "notes.txt").write_bytes(b"the admin's notes")
+    (root / "PROD" / "stray.bin").write_bytes(b"not where keyfleet writes")
+    inventory = make_inventory(tmp_path, public(key), {"ms01": ("PROD", "management_server")})  # type: ignore[dict-item]
+    report = run_audit(inventory, BackupStore(LocalShare(root), verifier=key.public_key()), max_age=MAX_AGE)
+    messages = {f.path: f.message for f in report.findings if f.kind == "orphan-file"}
+    assert set(messages) == {orphan.relative_to(root).as_posix(), "notes.txt", "PROD/stray.bin"}
+    assert messages["notes.txt"].endswith("(not a keyfleet file: prune leaves it)")
+    assert messages["PROD/stray.bin"].endswith("(not a keyfleet file: prune leaves it)")
+    assert messages[orphan.relative_to(root).as_posix()].endswith("(`keyfleet prune --orphans` removes it)")
+    removed = remove_leftovers(store, plan_leftovers(store))
+    assert [item.path for item in removed] == [orphan.relative_to(root).as_posix()]
+    assert (root / "notes.txt").exists() and (root / "PROD" / "stray.bin").exists()
+
+
 def test_links_inside_the_share_are_never_followed(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     root = tmp_path / "share"
     store = BackupStore(LocalShare(root), key)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 import socket
+import ssl
 import threading
 import time
 import tracemalloc
@@ -33,6 +35,14 @@ FLEET = {
     "H": {
         "ntlm-http": {"role": "management_server"},
         "basic-https": {"role": "management_server", "scheme": "https", "transport": "basic", "cert_validation": False},
+        "ntlm-https": {"role": "management_server", "scheme": "https", "transport": "ntlm", "cert_validation": False},
+        "negotiate-http": {"role": "management_server", "transport": "negotiate"},
+        "negotiate-https": {
+            "role": "management_server",
+            "scheme": "https",
+            "transport": "negotiate",
+            "cert_validation": False,
+        },
     }
 }
 
@@ -145,11 +155,82 @@ def test_nonsense_soap_is_never_an_internal_failure(hosts, tls_dir):
     assert elapsed <= HOST_SECONDS + SLACK
 
 
+@pytest.mark.parametrize("behaviour", ["deep-xml", "deep-fault"])
+@pytest.mark.parametrize("name", ["basic-https", "logged-on"])  # NTLM: a 200 before a logon is refused first
+def test_a_reply_of_too_many_elements_is_refused_before_a_tree_is_built(hosts, tls_dir, behaviour, name):
+    """120 KB of nested <a>, well within the size cap, would be a 40,000-element tree (about 11 MB):
+    refused on its tag count instead, in a 200 or in a fault."""
+    with serve(behaviour, name, tls_dir) as server:
+        failure, _, peak = attack(target(hosts, name), server)
+    assert failure.kind is ErrorKind.PROTOCOL, failure
+    assert "more than 16384 XML tags" in failure.reason
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes of Python memory for one hostile host"
+
+
+def test_a_server_s_fault_text_is_one_bounded_line(hosts, tls_dir):
+    """The fault text reaches the console, --json and the run record: no line break, terminal control
+    or bidirectional override survives, and it is cut, whatever the server sends (200 KB here)."""
+    with serve("forged-fault", "logged-on", tls_dir) as server:
+        failure, _, _ = attack(target(hosts, "logged-on"), server)
+    reason = failure.reason
+    assert reason.startswith("Command: WS-Man fault (HTTP 500): Access is fine. prod-ms01 ok 0.1s"), reason
+    assert reason.isprintable() and len(reason) <= 400 and reason.endswith("..."), reason
+    assert str(failure).isprintable()
+
+
 def test_a_server_that_does_not_authenticate_is_an_auth_failure(hosts):
     with HostileServer("no-challenge") as server:
         failure, _, _ = attack(hosts["ntlm-http"], server)
     assert failure.kind is ErrorKind.AUTH, failure
     assert "the server did not authenticate" in failure.reason
+
+
+@pytest.mark.parametrize("name", ["ntlm-http", "ntlm-https", "negotiate-http", "negotiate-https"])
+def test_a_server_that_never_asks_for_a_logon_gets_nothing_more(hosts, tls_dir, name):
+    """A server that answers 200 at once (a good Create reply, no 401, no challenge) authenticated nothing,
+    itself least of all: kind auth after its first reply, and no other message (the Send carries the
+    backup password) goes to it. Over https the first message, Create, goes out before any logon, as
+    requests_ntlm sends it; it holds nothing secret."""
+    https = name.endswith("https")
+    with HostileServer("harvest", tls_dir if https else None) as server:
+        failure, _, _ = attack(hosts[name], server)
+    assert failure.kind is ErrorKind.AUTH, failure
+    assert "the server did not authenticate" in failure.reason
+    assert server.requests == 1, server.requests
+
+
+def _certificate_of_unknown_signature(folder: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA certificate whose signature algorithm reads 1.2.840.10045.4.3.9, an OID
+    cryptography does not know (ecdsa-with-SHA256, 4.3.2, with its last arc changed): OpenSSL serves it,
+    and RFC 5929 leaves its channel bindings undefined."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    builder = builder.serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    sha256_oid = bytes.fromhex("06082a8648ce3d040302")
+    assert der.count(sha256_oid) == 2  # the signature algorithm inside the signed part and outside it
+    cert_path, key_path = folder / "odd.pem", folder / "odd.key"
+    cert_path.write_bytes(ssl.DER_cert_to_PEM_cert(der.replace(sha256_oid, sha256_oid[:-1] + b"\x09")).encode())
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_a_certificate_of_unknown_signature_logs_on_without_channel_bindings(hosts, tmp_path):
+    """Negotiate over https binds the logon to the server's certificate, hashed with the hash of its
+    signature (RFC 5929 4.1). For an algorithm that names none keyfleet does as requests_ntlm does for NTLM:
+    no bindings (here the server then gives no challenge: kind auth, never internal)."""
+    with HostileServer("no-ntlm-challenge", tmp_path, cert=_certificate_of_unknown_signature(tmp_path)) as server:
+        failure, _, _ = attack(hosts["negotiate-https"], server)
+    assert failure.kind is ErrorKind.AUTH, failure
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,22 @@ import pytest
 from tests.conftest import REPO
 
 PLAYBOOK = str(REPO / "playbooks" / "backup-all.yml")
-# every command with --json, as argv after -i INV (the share comes from the inventory or --share)
+# every command with --json: its words, then what follows -i INV (the share: the inventory's or --share)
 COMMANDS = {
-    "backup": ["backup"],
-    "run": ["run", PLAYBOOK, "--yes"],
-    "restore": ["restore", "--host", "t-ms01", "--yes"],
-    "doctor": ["doctor"],
-    "inventory": ["inventory"],
-    "prune": ["prune", "--keep", "1"],
+    "backup": (["backup"], []),
+    "collect": (["collect"], []),
+    "password rotate": (["password", "rotate"], ["--from", "lab", "--to", "lab-2"]),
+    "run": (["run", PLAYBOOK], ["--yes"]),
+    "restore": (["restore"], ["--host", "t-ms01", "--yes"]),
+    "doctor": (["doctor"], []),
+    "inventory": (["inventory"], []),
+    "prune": (["prune"], ["--keep", "1"]),
 }
+
+
+def argv(command: str, inventory: Path, *more: str) -> list[str]:
+    words, options = COMMANDS[command]
+    return [*words, "-i", str(inventory), *options, *more, "--json"]
 
 
 def error_document(run, code: int, kind: str) -> dict:
@@ -36,20 +43,30 @@ def error_document(run, code: int, kind: str) -> dict:
 def test_an_inventory_error_is_a_json_document(keyfleet, tmp_path: Path, command):
     inventory = tmp_path / "bad.yml"
     inventory.write_text("management_groups:\n  G:\n    hosts:\n      h1: {role: no_such_role}\n")
-    run = keyfleet(*COMMANDS[command][:1], "-i", str(inventory), *COMMANDS[command][1:], "--json")
+    run = keyfleet(*argv(command, inventory))
     document = error_document(run, 2, "config")
     assert "bad.yml" in document["error"]["message"]
 
 
-@pytest.mark.parametrize("command", ["backup", "restore", "prune", "run"])
+@pytest.mark.parametrize("command", ["backup", "collect", "password rotate", "restore", "prune", "run"])
 def test_a_share_that_is_a_file_is_a_json_document(keyfleet, lab_inventory, tmp_path: Path, command):
     lab = lab_inventory()
     not_a_folder = tmp_path / "share-file"
     not_a_folder.write_text("not a share")
-    argv = COMMANDS[command]
-    run = keyfleet(argv[0], "-i", str(lab.inventory), *argv[1:], "--share", str(not_a_folder), "--json")
-    error_document(run, 2, "config")
+    run = keyfleet(*argv(command, lab.inventory, "--share", str(not_a_folder)))
+    document = error_document(run, 2, "config")
     assert "is not a folder" in run.stderr
+    assert document["command"] == command.split()[0]
+
+
+@pytest.mark.parametrize("command", ["backup", "collect", "password rotate", "restore", "prune", "run"])
+def test_an_empty_share_option_is_refused_not_ignored(keyfleet, lab_inventory, command):
+    """``--share "$UNSET"`` must not fall back to the inventory's share."""
+    lab = lab_inventory()
+    run = keyfleet(*argv(command, lab.inventory, "--share", ""))
+    document = error_document(run, 2, "config")
+    assert "--share is empty" in document["error"]["message"]
+    assert not (lab.share / "runs").exists()
 
 
 @pytest.mark.parametrize("command", ["backup", "prune"])
@@ -64,8 +81,7 @@ def test_a_tampered_manifest_is_a_json_document(keyfleet, lab_inventory, command
             part.write_text(text.replace("t-ms01", "t-ms02"))
             tampered += 1
     assert tampered
-    argv = COMMANDS[command]
-    run = keyfleet(argv[0], "-i", str(lab.inventory), *argv[1:], "--json")
+    run = keyfleet(*argv(command, lab.inventory))
     error_document(run, 3, "integrity")
 
 

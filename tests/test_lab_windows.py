@@ -275,7 +275,7 @@ def test_collect_hands_over_the_newest_wizard_file(tmp_path: Path) -> None:
     host = make(tmp_path)
     with pytest.raises(HostFailure) as caught:
         remote.parse_collect(HOST, *run_helper(host, "collect", remote.collect_params(remote.DEFAULT_OUTBOX), None))
-    assert caught.value.kind is ErrorKind.TOOL_MISSING and "run the wizard" in caught.value.reason
+    assert caught.value.kind is ErrorKind.NO_KEY_FILE and "run the wizard" in caught.value.reason
     sealed = keyfile.seal(host.current_key(), PASSWORD, "SCSM-MS01", "management_server")
     host.registry.save_to_outbox("old.bin", b"older")
     host.registry.save_to_outbox("SMBackupkey.bin", sealed)

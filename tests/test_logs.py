@@ -51,3 +51,21 @@ def test_library_records_never_reach_the_terminal(tmp_path: Path, capsys, restor
         assert "Retrying after connection broken" in text and "a library warning" in text
     else:
         assert "Failed to close connection" not in text and "a library warning" not in text
+
+
+def test_with_v_no_library_copies_tokens_or_messages_into_the_debug_log(tmp_path: Path, restore_logging):
+    """pyspnego's DEBUG records carry authentication tokens (NTLM's challenge and NTLMv2 response: enough to
+    test password guesses offline), smbprotocol's hex dumps of SMB messages (key files' bytes): not even
+    -v lets them into the debug log; their INFO records and everything of the other libraries go in."""
+    debug_log = tmp_path / "debug.log"
+    setup_logging(verbose=True, debug_log=debug_log)
+    logging.getLogger("spnego._ntlm").debug("NTLM step output: TlRMTVNTUAADAAAA")
+    logging.getLogger("smbprotocol.connection").debug("Packet dump: fe 53 4d 42")
+    logging.getLogger("spnego._ntlm").info("spnego info record")
+    logging.getLogger("smbprotocol.connection").info("Negotiated dialect: 785")
+    logging.getLogger("urllib3.connectionpool").debug("Starting new HTTP connection")
+    for handler in logging.getLogger("keyfleet").handlers:
+        handler.flush()
+    text = debug_log.read_text()
+    assert "TlRMTVNT" not in text and "fe 53 4d 42" not in text
+    assert "spnego info record" in text and "Negotiated dialect" in text and "Starting new HTTP connection" in text

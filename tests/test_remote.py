@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tracemalloc
 from importlib import resources
 
 import pytest
@@ -311,3 +312,37 @@ def test_progress_only_clixml_does_not_hide_a_good_result() -> None:
 def test_tool_password_rules(password: str, problem: str | None) -> None:
     found = remote.tool_password_problem(password)
     assert (found is None) if problem is None else (problem in (found or ""))
+
+
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [(b"[" * 200_000, "RecursionError"), (b"9" * 5000, "ValueError")],  # nested too deep; past int's 4,300 digits
+)
+def test_a_result_line_past_python_s_json_limits_is_a_protocol_failure(document: bytes, why: str) -> None:
+    failure = _failure("", "", stdout=remote.RESULT_MARKER + document + b"\n", code=0)
+    assert failure.kind is ErrorKind.PROTOCOL and why in failure.reason, failure
+
+
+def test_a_server_s_words_in_a_result_are_one_bounded_line() -> None:
+    """Fields shown on the console and kept in the manifest lose a server's line breaks, controls and
+    bidirectional overrides; the key file's base64 and the tool's output are kept as sent."""
+    result = _export_result()
+    result["computer_name"] = "SCSM-MS01\n  prod-ms02: ok\u202e\u009b31m" + "x" * 5000
+    result["tool_output"] = "line one\r\nline two"
+    parsed = remote.parse_export(HOST, _ok(result), b"", 0)
+    assert parsed.computer_name is not None and parsed.computer_name.isprintable()
+    assert parsed.computer_name.startswith("SCSM-MS01 prod-ms02: ok") and len(parsed.computer_name) <= 1024
+    assert parsed.tool_output == "line one\r\nline two" and parsed.file == b"sealed key file"
+
+
+def test_clixml_of_too_many_elements_is_not_read() -> None:
+    """powershell.exe's stderr is the server's: a CLIXML document of 100,000 elements
+    is left unread (its tree would take about 30 MB), as if stderr held no error text."""
+    stderr = b"#< CLIXML\r\n<Objs>" + b"<S>" * 100_000 + b"</S>" * 100_000 + b"</Objs>"
+    tracemalloc.start()
+    try:
+        assert remote.decode_clixml(stderr) == ""
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024, peak

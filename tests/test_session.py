@@ -46,6 +46,12 @@ FLEET = {
             "lab": {"faults": ["drop-receive"]},
         },
         "unsealed": {"role": "management_server", "lab": {"faults": ["unsealed-reply"]}},
+        "timed-command": {"role": "management_server", "lab": {"faults": ["timed-out:Command"]}},
+        "timed-receive": {"role": "management_server", "lab": {"faults": ["timed-out:Receive", "timed-out:Delete"]}},
+        **{
+            f"garbled-{how}": {"role": "management_server", "lab": {"faults": [f"garbled-seal:{how}"]}}
+            for how in ("payload", "short", "stub")
+        },
     }
 }
 
@@ -113,6 +119,42 @@ def test_a_sealed_session_refuses_a_reply_in_the_clear(lab):
         run_hostname(inv.hosts["unsealed"])
     assert failure.value.kind is ErrorKind.PROTOCOL
     assert "unsealed reply" in failure.value.reason
+
+
+@pytest.mark.parametrize("how", ["payload", "short", "stub"])
+def test_a_sealed_reply_that_cannot_be_unsealed_is_a_protocol_failure(lab, how):
+    """A flipped byte (the signature check fails in pyspnego), a one-byte body (pywinrm indexes the parts
+    it split) and a part cut inside its signature length (pywinrm unpacks it): never kind internal."""
+    inv, _ = lab
+    with pytest.raises(HostFailure) as failure:
+        run_hostname(inv.hosts[f"garbled-{how}"])
+    assert failure.value.kind is ErrorKind.PROTOCOL, failure.value
+    assert "the sealed reply cannot be unsealed" in failure.value.reason
+
+
+def test_only_a_receive_may_time_out(lab):
+    """The OperationTimeout fault means "no output yet" only for Receive (MS-WSMV 3.1.4.14); from any
+    other operation it is the server's failure, kind timeout, never internal."""
+    inv, fleet = lab
+    with pytest.raises(HostFailure) as failure:
+        run_hostname(inv.hosts["timed-command"])
+    assert failure.value.kind is ErrorKind.TIMEOUT, failure.value
+    assert "Command: the WS-Management service timed out" in failure.value.reason
+    assert fleet.journal.entries("timed-command", "Delete"), "the shell is still deleted"
+
+
+def test_a_receive_timing_out_at_once_is_not_asked_again_at_once(lab):
+    """A server that answers every Receive at once with the OperationTimeout fault, and the Delete too:
+    the host ends at its deadline as a timeout (the Delete's fault does not replace it), and Receive is
+    asked again only after half the operation timeout, not in a tight loop."""
+    inv, fleet = lab
+    started = time.monotonic()
+    with pytest.raises(HostFailure) as failure:
+        run_hostname(inv.hosts["timed-receive"], seconds=4)
+    assert failure.value.kind is ErrorKind.TIMEOUT, failure.value
+    assert time.monotonic() - started < 4 + 2
+    receives = fleet.journal.entries("timed-receive", "Receive")
+    assert 2 <= len(receives) <= 8, len(receives)  # about one in 1.5 s; thousands when spinning
 
 
 def test_stdin_reaches_the_command(lab):

@@ -243,3 +243,23 @@ def test_a_folder_another_first_backup_makes_between_the_two_looks_is_a_folder(
 
     monkeypatch.setattr(local.os.path, "lexists", made_meanwhile)
     assert LocalShare(root).folder_state() is FolderState.EXISTS
+
+
+def test_an_interrupt_right_after_a_folder_is_closed_never_closes_it_again(tmp_path: Path, monkeypatch) -> None:
+    """A Ctrl-C landing just after the descriptor of a folder on the path was closed: the interrupt comes
+    through, and no clean-up closes that descriptor a second time (EBADF would replace the interrupt, or
+    worse, a descriptor another thread opened under the same number since would be closed)."""
+    share = LocalShare(tmp_path)
+    share.write_new("a/b/c.bin", b"key")
+    real_close = os.close
+    closes: list[int] = []
+
+    def close(fd: int) -> None:
+        real_close(fd)
+        closes.append(fd)
+        if len(closes) == 1:
+            raise KeyboardInterrupt  # the signal arrives as the first folder (the share's root) is closed
+
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(KeyboardInterrupt):
+        share.read_bytes("a/b/c.bin")

@@ -465,6 +465,23 @@ def test_wrong_smb_password_with_json_and_verbose_leaks_nothing(
     assert_nothing_leaked(tmp_path, run, {"wrong smb password": wrong, "smb password": server.password.reveal()})
 
 
+def test_a_verbose_backup_to_samba_logs_no_logon_token_and_no_message_dump(
+    tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
+) -> None:
+    """-v writes the libraries' records to the debug log, but not pyspnego's tokens (the NTLM logon to
+    Samba and to the lab's NTLM host: offline password guessing) nor smbprotocol's message dumps (the key
+    files' bytes): no DEBUG record of either, and no NTLM message in any encoding."""
+    lab = make_lab_inventory(tmp_path / "lab", fleet=PAIR)
+    run = keyfleet("backup", "-i", str(lab.inventory), "--share", server.url(folder), "-v", env=server.share_env())
+    assert run.returncode == 0, run.stderr
+    text = (keyfleet.home / ".cache" / "keyfleet" / "debug.log").read_text()  # type: ignore[attr-defined]
+    assert " INFO smbprotocol." in text  # the libraries' records are there
+    assert " DEBUG smbprotocol." not in text and " DEBUG spnego." not in text
+    search = LeakSearch({"NTLM message": "NTLMSSP\0"})
+    search.add("debug log", text)
+    search.assert_clean()
+
+
 def test_a_missing_folder_on_samba_is_named_not_audited_as_empty(
     tmp_path: Path, keyfleet: Keyfleet, server: SmbServer, folder: str
 ) -> None:

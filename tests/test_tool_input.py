@@ -100,7 +100,7 @@ def test_wizard_then_collect_round_trips_a_key_through_a_dr_drill(lab_inventory,
     machine = lab_machine(inv, "s-ms01")
     original = machine.current_key()
     nothing = keyfleet("collect", "-i", str(lab.inventory), "--limit", "s-ms01", "--json")
-    assert nothing.returncode == 1 and _outcomes(nothing.stdout)["s-ms01"]["kind"] == "tool-missing"
+    assert nothing.returncode == 1 and _outcomes(nothing.stdout)["s-ms01"]["kind"] == "no-key-file"
     wizard = keyfleet("lab", "wizard", "-i", str(lab.inventory), "--host", "s-ms01", env=ENV)
     assert wizard.returncode == 0, wizard.stderr
     assert "C:\\ProgramData\\keyfleet\\outbox\\SMBackupkey-" in wizard.stderr

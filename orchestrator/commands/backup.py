@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.commands.outcomes import run_and_record
-from orchestrator.console import Ui, print_json
+from orchestrator.console import Ui, print_result_json
 from orchestrator.durations import duration_option
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         if args.limit and args.limit.strip() == "@last-failed" and not backup.last_failed_hosts(store):
             ui.line("@last-failed: every host succeeded in the latest run; nothing to do")
             if args.json:
-                print_json(nothing_to_back_up_json())
+                print_result_json("backup", nothing_to_back_up_json(), 0)
             return 0
         hosts = list(inv.hosts.values()) if not args.limit else _select(inv, args.limit, store)
         only_stale = None if args.only_stale is None else duration_option(args.only_stale, "--only-stale")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             for line in plan.describe(inv, share.url):
                 ui.line(line)
             if args.json:
-                print_json(backup_plan_json(plan))
+                print_result_json("backup", backup_plan_json(plan), 0)
             return 0
         password = context.backup_password(inv)  # before any host is touched
         # exit 2 on a mismatch, before any host; its scrypt runs while the WinRM stack loads

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from orchestrator.console import HINTS, Ui, failures_first, print_json
+from orchestrator.console import HINTS, Ui, failures_first, print_result_json
 from orchestrator.emulation import serving
 from orchestrator.errors import ErrorKind
 from orchestrator.helpers.remote import ProbeResult
@@ -25,6 +25,7 @@ from orchestrator.jobs.doctor import (
     status_counts,
 )
 from orchestrator.report.json import doctor_json
+from orchestrator.runner.interrupts import deferred
 from orchestrator.runner.pool import RunnerEvents
 from orchestrator.status import Status
 
@@ -70,21 +71,23 @@ def run(args: argparse.Namespace) -> int:
         ui.warn(warning)
     passwords = context.winrm_passwords(hosts)
     require = (*CHECKS, SMOKE_CHECK) if args.tool_smoke else CHECKS
-    with serving(inv), ui.fleet_progress("doctor", [h.name for h in hosts]) as progress:
-        diagnoses, interrupted = run_doctor(
-            hosts,
-            passwords,
-            require=require,
-            events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
-            smoke=args.tool_smoke,
-        )
-    code = exit_code(diagnoses, interrupted, require)
-    render(ui, diagnoses, interrupted, require)
-    if args.json:
-        hints = [hint_for(_kind(d, require)) or None for d in diagnoses]
-        print_json(
-            doctor_json(diagnoses, require=require, code=code, interrupted=interrupted, warnings=warnings, hints=hints)
-        )
+    with deferred():  # from here every Ctrl-C ends in the table and the --json document of what was probed
+        with serving(inv), ui.fleet_progress("doctor", [h.name for h in hosts]) as progress:
+            diagnoses, interrupted = run_doctor(
+                hosts,
+                passwords,
+                require=require,
+                events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+                smoke=args.tool_smoke,
+            )
+        code = exit_code(diagnoses, interrupted, require)
+        render(ui, diagnoses, interrupted, require)
+        if args.json:
+            hints = [hint_for(_kind(d, require)) or None for d in diagnoses]
+            document = doctor_json(
+                diagnoses, require=require, code=code, interrupted=interrupted, warnings=warnings, hints=hints
+            )
+            print_result_json("doctor", document, code)
     return code
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.console import Ui, print_json
+from orchestrator.console import Ui, print_result_json
 from orchestrator.durations import format_duration
 from orchestrator.inventory.limit import select_hosts
 from orchestrator.inventory.loader import load_inventory
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     selected = select_hosts(inv, args.limit)
     if args.json:
-        print_json(inventory_document(inv, selected))
+        print_result_json("inventory", inventory_document(inv, selected), 0)
         return 0
     ui = Ui(sys.stdout)
     rows = [

@@ -56,7 +56,7 @@ def wizard(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from orchestrator.console import Ui, print_json
+    from orchestrator.console import Ui, print_result_json
     from orchestrator.lab.bench import as_json, as_rows, bench
 
     if args.hosts < 1 or (args.forks is not None and args.forks < 1):
@@ -73,14 +73,15 @@ def bench_command(args: argparse.Namespace) -> int:
         hosts=args.hosts, forks=args.forks, latency=args.latency, base_address=args.base_address, kdf=args.kdf
     )
     ui.table("keyfleet lab bench", ["measure", "value"], as_rows(result))
+    code = 0 if result.failures == 0 else 1
     if args.json:
-        print_json(as_json(result))
-    return 0 if result.failures == 0 else 1
+        print_result_json("lab", as_json(result), code)
+    return code
 
 
 def history_bench_command(args: argparse.Namespace) -> int:
     """``lab bench --history N``: commit cost on a fresh share and on one with N entries."""
-    from orchestrator.console import Ui, print_json
+    from orchestrator.console import Ui, print_result_json
     from orchestrator.lab.history_bench import as_json, as_rows, history_bench
 
     if args.history < 0:
@@ -91,7 +92,7 @@ def history_bench_command(args: argparse.Namespace) -> int:
     result = history_bench(args.history, hosts=hosts, workers=args.forks or 128)
     ui.table("keyfleet lab bench --history", ["measure", "value"], as_rows(result))
     if args.json:
-        print_json(as_json(result))
+        print_result_json("lab", as_json(result), 0)
     return 0
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from rich.text import Text
 
-from orchestrator.console import INTERRUPTED_ERROR, STATUS_STYLE, Ui, failure_text, failures_first, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, failures_first, print_result_json
 from orchestrator.emulation import serving
 from orchestrator.inventory.model import Inventory
 from orchestrator.jobs import backup, context
@@ -51,7 +51,7 @@ def run_and_record(
         summary=summary,
         skipped=plan.skipped,
     )
-    record_path = context.record_run(store, record, ui.warn)
+    record_path, record = context.record_run(store, record, ui.warn)
     if summary.interrupted:
         store.remove_stale_temporaries()
     code = backup.exit_code(summary)
@@ -59,7 +59,8 @@ def run_and_record(
         ui.line(notice)
     render_outcomes(ui, summary, record, record_path)
     if args.json:
-        print_json(run_json(record, record_path, code, INTERRUPTED_ERROR if code == 130 else None))
+        # "command" names the command run (password rotate's run record says "backup": what it did)
+        print_result_json(args.command, {**run_json(record, record_path), "command": args.command}, code)
     return code
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from orchestrator.console import print_json
+from orchestrator.console import print_result_json
 from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError
 from orchestrator.inventory.loader import load_inventory
@@ -20,6 +20,7 @@ from orchestrator.jobs.prune import (
     remove_leftovers,
 )
 from orchestrator.report.json import prune_leftovers_json, prune_plan_json
+from orchestrator.runner.interrupts import deferred
 from orchestrator.share.manifest import format_iso
 from orchestrator.share.runrecord import new_run_id
 from orchestrator.share.store import BackupStore
@@ -35,42 +36,52 @@ def run(args: argparse.Namespace) -> int:
         if args.orphans:
             return _orphans(store, args)
         plan = plan_prune(inventory, store, args.keep)
+        code = 0
         if args.check:
             removed = plan.removals
         else:
-            run_id, started = new_run_id(), datetime.now(UTC)
-            if plan.removals:  # its commit comes before its record, as a backup's: an audit meanwhile sees a run
-                mark_run_started(store, run_id, "prune", [], forks=1)
-            removed = apply_prune(store, plan, run_id)
-            if removed:
-                record_run(store, prune_record(run_id, started, inventory, share.url, removed), _warn)
-            elif plan.removals:  # another controller removed them first: no commit, no record
-                store.unmark_running(run_id)
+            # from here a Ctrl-C waits for the prune to end: its commit is recorded, its marker removed
+            with deferred() as interrupts:
+                run_id, started = new_run_id(), datetime.now(UTC)
+                if plan.removals:  # its commit comes before its record, as a backup's: an audit sees a run
+                    mark_run_started(store, run_id, "prune", [], forks=1)
+                removed = apply_prune(store, plan, run_id)
+                if removed:
+                    record_run(store, prune_record(run_id, started, inventory, share.url, removed), _warn)
+                elif plan.removals:  # another controller removed them first: no commit, no record
+                    store.unmark_running(run_id)
+                code = 130 if interrupts else 0
             for notice in store.notices:
                 print(f"keyfleet: {notice}", file=sys.stderr)
     if args.json:
-        print_json(prune_plan_json(plan, applied=not args.check))
-        return 0
+        print_result_json("prune", prune_plan_json(plan, applied=not args.check), code)
+        return code
     verb = "would remove" if args.check else "removed"
     for entry in removed:
         print(f"{verb} {entry.path} ({entry.host}, {format_iso(entry.created)})")
     kept = len(plan.decisions) - len(plan.removals)
     print(f"{verb} {len(removed)} key files; {kept} kept (newest {plan.keep} per server)")
-    return 0
+    return code
 
 
 def _orphans(store: BackupStore, args: argparse.Namespace) -> int:
     leftovers = plan_leftovers(store)
-    removed = leftovers if args.check else remove_leftovers(store, leftovers)
+    code = 0
+    if args.check:
+        removed = leftovers
+    else:
+        with deferred() as interrupts:  # a Ctrl-C waits for the removals to end: the list says what went
+            removed = remove_leftovers(store, leftovers)
+            code = 130 if interrupts else 0
     if args.json:
-        print_json(prune_leftovers_json(removed, applied=not args.check))
-        return 0
+        print_result_json("prune", prune_leftovers_json(removed, applied=not args.check), code)
+        return code
     verb = "would remove" if args.check else "removed"
     for item in removed:
         age = f", {format_duration(item.age)} old" if item.age is not None else ""
         print(f"{verb} {item.path} ({item.kind}{age})")
     print(f"{verb} {len(removed)} leftover files (orphan key files, stale temporaries, markers of runs that are over)")
-    return 0
+    return code
 
 
 def _warn(message: str) -> None:

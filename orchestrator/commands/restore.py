@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from rich.text import Text
 
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
-from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_result_json
 from orchestrator.emulation import serving
 from orchestrator.errors import ErrorKind, KeyfleetError
 from orchestrator.helpers import remote
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs import context, identity, restore
 from orchestrator.report.json import restore_json
+from orchestrator.runner.interrupts import deferred
 from orchestrator.runner.pool import RunnerEvents, RunSummary
 from orchestrator.share.manifest import format_iso
 from orchestrator.share.runrecord import new_run_id
@@ -42,21 +43,22 @@ def run(args: argparse.Namespace) -> int:
             ui.warn(warning)
         winrm_password = context.winrm_passwords([host])[host.name]
         run_id, started = new_run_id(), datetime.now(UTC)
-        with serving(inv), ui.fleet_progress("restore", [host.name]) as progress:
-            summary = restore.run_restore(
-                request,
-                password,
-                winrm_password,
-                events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+        with deferred():  # from here every Ctrl-C ends in a run record and the --json document
+            with serving(inv), ui.fleet_progress("restore", [host.name]) as progress:
+                summary = restore.run_restore(
+                    request,
+                    password,
+                    winrm_password,
+                    events=RunnerEvents(on_state=progress.on_state, on_done=progress.on_done),
+                )
+            record = restore.build_run_record(
+                run_id=run_id, started=started, inv=inv, share_url=share.url, request=request, summary=summary
             )
-        record = restore.build_run_record(
-            run_id=run_id, started=started, inv=inv, share_url=share.url, request=request, summary=summary
-        )
-        record_path = context.record_run(store, record, ui.warn)
-    code = restore.exit_code(summary)
-    render(ui, request, summary, record_path)
-    if args.json:
-        print_json(restore_json(record, request, summary, record_path, code))
+            record_path, record = context.record_run(store, record, ui.warn)
+            code = restore.exit_code(summary)
+            render(ui, request, summary, record_path)
+            if args.json:
+                print_result_json("restore", restore_json(record, request, summary, record_path, code), code)
     return code
 
 

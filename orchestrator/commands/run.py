@@ -11,7 +11,7 @@ from rich.text import Text
 
 from orchestrator.commands.confirm import ask_confirmation, require_terminal
 from orchestrator.commands.doctor import hint_for
-from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_json
+from orchestrator.console import STATUS_STYLE, Ui, failure_text, print_result_json
 from orchestrator.emulation import serving
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.inventory.model import HostConfig
@@ -23,7 +23,9 @@ from orchestrator.jobs.playbook_schema import (
     load_playbook,
     select_playbook_hosts,
 )
+from orchestrator.jobs.restore import RestoreRequest
 from orchestrator.report.json import run_plan_json, run_result_json
+from orchestrator.runner.interrupts import deferred, interruptible
 from orchestrator.runner.pool import RunnerEvents
 from orchestrator.share.store import BackupStore
 from orchestrator.status import Status
@@ -81,28 +83,40 @@ def run(args: argparse.Namespace) -> int:
         warnings = context.security_warnings(hosts) if touches else []
         for warning in warnings:
             ui.warn(warning)
+        winrm_passwords = context.winrm_passwords(hosts) if touches else {}
+        share_left_open = stack.pop_all()  # closed below, inside the deferred section
+    # from here every Ctrl-C ends in the steps' run records, the table and the --json document: a step
+    # under way stops as a backup does, the steps after it are not run
+    with deferred() as interrupts, share_left_open:
         ctx = PlaybookContext(
             inv=inv,
             store=store,
             password=password,
-            winrm_passwords=context.winrm_passwords(hosts) if touches else {},
+            winrm_passwords=winrm_passwords,
             progress=partial(_progress, ui),
-            confirm=(lambda _request: True) if assume_yes else partial(ask_confirmation, ui),
+            confirm=(lambda _request: True) if assume_yes else partial(_confirm, ui),
+            interrupts=interrupts,
         )
         ui.line(f"playbook {playbook.name!r}: {len(playbook.steps)} step(s) on {len(hosts)} host(s)")
         with serving(inv) if touches else nullcontext():
             result = PlaybookRun(playbook, hosts, ctx).run()
-    render(ui, result)
-    if args.json:
-        print_json(run_result_json(result, warnings))
+        render(ui, result)
+        if args.json:
+            print_result_json("run", run_result_json(result, warnings), result.exit_code)
     return result.exit_code
+
+
+def _confirm(ui: Ui, request: RestoreRequest) -> bool:
+    """The restore step's prompt: Ctrl-C leaves it (the step ends interrupted) although the run defers."""
+    with interruptible():
+        return ask_confirmation(ui, request)
 
 
 def print_plan(ui: Ui, playbook: Playbook, hosts: list[HostConfig], share_url: str | None, *, as_json: bool) -> None:
     for line in describe_plan(playbook, hosts, share_url):
         ui.line(line)
     if as_json:
-        print_json(run_plan_json(playbook, hosts))
+        print_result_json("run", run_plan_json(playbook, hosts), 0)
 
 
 def _cell(step: StepResult, host: str) -> Text:

@@ -14,7 +14,7 @@ if (-not $folder) { Stop-Helper 'remote' 'no outbox folder was given' }
 $roles = Get-ScsmRoles
 $version = Get-ScsmVersion
 $global:KeyfleetServer = @{ roles = $roles; version = $version }
-if (-not [IO.Directory]::Exists($folder)) { Stop-Helper 'tool-missing' "the outbox folder $folder does not exist: run the wizard (SecureStorageBackup.exe) and save the key file there" }
+if (-not [IO.Directory]::Exists($folder)) { Stop-Helper 'no-key-file' "the outbox folder $folder does not exist: run the wizard (SecureStorageBackup.exe) and save the key file there" }
 $action = [string](Get-Param 'action')
 if ($action -eq 'remove') {
     $name = [IO.Path]::GetFileName([string](Get-Param 'name'))
@@ -30,7 +30,7 @@ $newest = $null
 foreach ($file in ([IO.DirectoryInfo]$folder).GetFiles('*.bin')) {
     if ($null -eq $newest -or $file.LastWriteTimeUtc -gt $newest.LastWriteTimeUtc) { $newest = $file }
 }
-if ($null -eq $newest) { Stop-Helper 'tool-missing' "no key file (*.bin) in $folder`: run the wizard (SecureStorageBackup.exe) and save the key file there" }
+if ($null -eq $newest) { Stop-Helper 'no-key-file' "no key file (*.bin) in $folder`: run the wizard (SecureStorageBackup.exe) and save the key file there" }
 if ($newest.Length -eq 0 -or $newest.Length -gt $MaximumKeyFileBytes) {
     Stop-Helper 'tool-failed' ('{0} has {1} bytes (expected 1 to {2})' -f $newest.FullName, $newest.Length, $MaximumKeyFileBytes)
 }

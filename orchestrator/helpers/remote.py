@@ -26,7 +26,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
 
-from orchestrator.errors import ErrorKind, HostFailure
+from orchestrator.errors import ErrorKind, HostFailure, one_line
 from orchestrator.inventory.model import Role
 from orchestrator.secret import Secret, mask
 
@@ -46,13 +46,16 @@ _CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 RESULT_MARKER = b"KEYFLEET-RESULT "
 MAX_KEY_FILE_BYTES = 256 * 1024  # the helpers refuse a larger key file
 MAX_OUTPUT_BYTES = 1024 * 1024  # a sensible output cap for the session layer: base64 + tool output
-_REASON_LIMIT = 400
+# tags of one CLIXML document read for its error text: ElementTree keeps about 270 bytes per element
+_MAX_CLIXML_TAGS = 16384
+_FIELD_LIMIT = 1024  # characters of a one-line result field: a long path fits
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # kinds a helper may report; anything else is reported as REMOTE
 _HELPER_KINDS = {
     k.value: k
     for k in (
         ErrorKind.TOOL_MISSING,
+        ErrorKind.NO_KEY_FILE,
         ErrorKind.TOOL_FAILED,
         ErrorKind.TOOL_TIMEOUT,
         ErrorKind.TOOL_INTERACTIVE,
@@ -200,13 +203,8 @@ def probe_params(tool_path: str | None) -> dict[str, object]:
     return {"tool_path": tool_path}
 
 
-def _reason(text: str) -> str:
-    text = mask(" ".join(text.split()))
-    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
-
-
 def _protocol(host: str, reason: str) -> HostFailure:
-    return HostFailure(ErrorKind.PROTOCOL, host, _reason(reason))
+    return HostFailure(ErrorKind.PROTOCOL, host, reason)
 
 
 def decode_clixml(stderr: bytes) -> str | None:
@@ -224,6 +222,8 @@ def decode_clixml(stderr: bytes) -> str | None:
     lines: list[str] = []
     for document in text[start:].split(CLIXML_HEADER.decode())[1:]:
         body = document.strip()
+        if body.count("<") > _MAX_CLIXML_TAGS:  # a tree of them would cost far more than the text
+            continue
         try:
             root = ET.fromstring(body)
         except ET.ParseError:
@@ -239,12 +239,10 @@ def _no_result(host: str, stderr: bytes, exit_code: int) -> HostFailure:
     clixml = decode_clixml(stderr)
     if clixml is not None and CONSTRAINED_MARKER in clixml:
         detail = clixml.split(CONSTRAINED_MARKER, 1)[1].splitlines()[0].strip()
-        return HostFailure(
-            ErrorKind.CONSTRAINED_LANGUAGE, host, _reason(f"{detail}: the keyfleet helpers need FullLanguage")
-        )
+        return HostFailure(ErrorKind.CONSTRAINED_LANGUAGE, host, f"{detail}: the keyfleet helpers need FullLanguage")
     if clixml:
         first = clixml.splitlines()[0].strip()
-        return HostFailure(ErrorKind.REMOTE, host, _reason(f"powershell.exe failed (exit code {exit_code}): {first}"))
+        return HostFailure(ErrorKind.REMOTE, host, f"powershell.exe failed (exit code {exit_code}): {first}")
     lines = [] if clixml is not None else stderr.decode("utf-8", "replace").strip().splitlines()
     hint = f": {lines[0]}" if lines else ""
     return _protocol(host, f"no result line from the remote helper (exit code {exit_code}){hint}")
@@ -266,6 +264,8 @@ def parse_result(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> dic
     except json.JSONDecodeError as exc:
         what = "truncated" if not complete else "corrupted"
         raise _protocol(host, f"the result line is not valid JSON ({what} output: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # valid JSON past Python's limits: nested too deep, a huge integer
+        raise _protocol(host, f"the result line is not a helper result ({type(exc).__name__})") from None
     if not isinstance(document, dict) or not isinstance(document.get("ok"), bool):
         raise _protocol(host, "the result line is not a helper result object")
     helper = document.get("helper") or "remote"
@@ -285,7 +285,7 @@ def parse_result(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> dic
     raise HostFailure(
         kind,
         host,
-        _reason(f"{helper} helper: {error.get('message') or 'no message'}"),
+        f"{helper} helper: {error.get('message') or 'no message'}",
         scsm_version=version if isinstance(version, str) and version else None,
     )
 
@@ -299,17 +299,23 @@ class _Fields:
     def _bad(self, name: str, expected: str) -> HostFailure:
         return _protocol(self.host, f"the {self.helper} result field {name!r} is not {expected}")
 
-    def text(self, name: str) -> str:
+    def raw_text(self, name: str) -> str:
+        """A string field as the server sent it: base64, or the tool's output (several lines)."""
         value = self.data.get(name)
         if not isinstance(value, str):
             raise self._bad(name, "a string")
         return value
 
+    def text(self, name: str) -> str:
+        """A one-line string field (a name, a version, a path): shown on the console and kept in the
+        manifest, so a server's line breaks and terminal escapes are removed (errors.one_line)."""
+        return one_line(self.raw_text(name), _FIELD_LIMIT)
+
     def optional_text(self, name: str) -> str | None:
         value = self.data.get(name)
         if value is not None and not isinstance(value, str):
             raise self._bad(name, "a string or null")
-        return value or None
+        return (one_line(value, _FIELD_LIMIT) or None) if value else None
 
     def integer(self, name: str) -> int:
         value = self.data.get(name)
@@ -328,7 +334,7 @@ class _Fields:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._bad(name, "a list of strings")
-        return tuple(value)
+        return tuple(one_line(v, _FIELD_LIMIT) for v in value)
 
     def flag(self, name: str) -> bool:
         value = self.data.get(name)
@@ -363,7 +369,7 @@ class _Fields:
 
     def base64(self, name: str) -> bytes:
         try:
-            return base64.b64decode(self.text(name), validate=True)
+            return base64.b64decode(self.raw_text(name), validate=True)
         except (binascii.Error, ValueError):
             raise self._bad(name, "valid base64") from None
 
@@ -465,7 +471,7 @@ def _tool_result(result_type: type[_R], f: _Fields, **fields: Any) -> _R:
         roles=f.roles(),
         version=f.optional_text("version"),
         tool_exit=f.integer("tool_exit"),
-        tool_output=mask(f.text("tool_output")),
+        tool_output=mask(f.raw_text("tool_output")),
         helper_version=f.text("helper_version"),
         method=f.method(),
         computer_name=f.optional_text("computer_name"),

@@ -355,10 +355,14 @@ class ShareFindings:
         for item in orphans:
             parsed = layout.parse_key_file_path(item.path)
             age = self.now - item.modified if item.modified else None
+            old = f" ({format_duration(age)} old)" if age is not None else ""
+            # prune removes only what keyfleet writes: a key file where keyfleet puts them; anything else
+            # on the share may be someone else's, for a person to judge
+            what = "`keyfleet prune --orphans` removes it" if parsed else "not a keyfleet file: prune leaves it"
             self.find(
                 "orphan-file",
                 Severity.WARNING,
-                f"{item.path} is not in the manifest" + (f" ({format_duration(age)} old)" if age is not None else ""),
+                f"{item.path} is not in the manifest{old} ({what})",
                 parsed.host if parsed else None,
                 item.path,
                 age,

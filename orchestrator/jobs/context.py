@@ -30,6 +30,8 @@ MIN_PASSWORD_LENGTH = 8  # SecureStorageBackup's own rule
 def share_for(inv: Inventory, override: str | None) -> Share:
     """The share named by ``--share``, else the inventory's. An SMB ``--share`` keeps the inventory's
     SMB credential and encryption requirement: a command-line override never weakens them."""
+    if override is not None and not override.strip():  # e.g. --share "$UNSET": never the inventory's silently
+        raise ConfigError("--share is empty: give a folder or an smb:// URL, or leave --share out", key="--share")
     if override:
         if inv.share is not None and _is_smb(override) and _is_smb(inv.share.url):
             return open_share(
@@ -127,13 +129,15 @@ def open_store(inv: Inventory, share: Share, *, sign: bool, sign_records: bool =
     return BackupStore(share, signer, verifier, record_signer=record_signer)
 
 
-def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None]) -> str | None:
-    """Write the run record; a share that fails now is warned about, not raised (the run is over)."""
+def record_run(store: BackupStore, record: RunRecord, warn: Callable[[str], None]) -> tuple[str | None, RunRecord]:
+    """Write the run record; a share that fails now is warned about, not raised (the run is over). The
+    record's path (None when not written) and the record as written, naming the history's generation."""
+    record = store.chained(record)
     try:
-        return store.write_run_record(record)
+        return store.write_run_record(record), record
     except ShareError as exc:
         warn(f"could not write the run record: {exc}")
-        return None
+        return None, record
 
 
 def backup_password(inv: Inventory, *, new: bool = True) -> Secret:

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from orchestrator.errors import ErrorKind
+from orchestrator.errors import ErrorKind, HostFailure
 from orchestrator.helpers import remote
 from orchestrator.helpers.run import PROBE, SMOKE, run_helper
 from orchestrator.inventory.model import HostConfig
@@ -107,6 +107,7 @@ class ProbeTask:
         self._winrm_passwords = winrm_passwords
         self._smoke = smoke
         self.mechanisms: dict[str, str | None] = {}  # host name -> what its logon negotiated
+        self.smoke_failures: dict[str, HostFailure] = {}  # host name -> why its smoke test failed
 
     def __call__(self, ctx: HostContext) -> remote.ProbeResult:
         host = ctx.host
@@ -119,7 +120,14 @@ class ProbeTask:
                 return probe
             ctx.report("tool smoke test")
             params = remote.smoke_params(host.tool_path, min(host.tool_timeout, SMOKE_TIMEOUT))
-            smoke = run_helper(ctx, session, SMOKE, params, None)
+            try:
+                smoke = run_helper(ctx, session, SMOKE, params, None)
+            except HostFailure as failure:
+                if failure.kind is ErrorKind.INTERRUPTED:
+                    raise
+                # the probe answered: its checks stand, and the smoke test's failure is its own check's
+                self.smoke_failures[host.name] = failure
+                return probe
         return replace(probe, smoke=smoke)
 
 
@@ -137,7 +145,7 @@ def run_doctor(
 
     def on_done(result: HostResult[remote.ProbeResult]) -> None:
         # the progress shows the verdict, not only whether the probe answered
-        cause = diagnose(result).cause(require)
+        cause = diagnose(result, task.smoke_failures.get(result.host.name)).cause(require)
         if result.status is Status.OK and cause is not None:
             result = replace(result, status=Status.FAILED, kind=cause.kind, message=f"{cause.name}: {cause.detail}")
         events.on_done(result)
@@ -145,7 +153,10 @@ def run_doctor(
     runner_events = RunnerEvents(on_state=events.on_state, on_done=on_done)
     task = ProbeTask(winrm_passwords, smoke=smoke)
     summary = Runner(task, forks=forks, events=runner_events).run(hosts)
-    diagnoses = [_with_auth(diagnose(r), task.mechanisms.get(r.host.name)) for r in summary.results]
+    diagnoses = [
+        _with_auth(diagnose(r, task.smoke_failures.get(r.host.name)), task.mechanisms.get(r.host.name))
+        for r in summary.results
+    ]
     return diagnoses, summary.interrupted
 
 
@@ -155,8 +166,9 @@ def _with_auth(diagnosis: Diagnosis, mechanism: str | None) -> Diagnosis:
     return replace(diagnosis, auth=mechanism if authenticated else None)
 
 
-def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
-    """Judge one probe result (or the failure that prevented it) check by check."""
+def diagnose(result: HostResult[remote.ProbeResult], smoke_failure: HostFailure | None = None) -> Diagnosis:
+    """Judge one probe result (or the failure that prevented it) check by check; ``smoke_failure``: why
+    the tool smoke test that followed the probe failed."""
     probe = result.value if result.status is Status.OK else None
     if result.status is Status.SKIPPED:
         checks = tuple(CheckResult(name, CheckState.NOT_RUN, result.message) for name in CHECKS)
@@ -167,6 +179,8 @@ def diagnose(result: HostResult[remote.ProbeResult]) -> Diagnosis:
         checks = judge(result.host, probe)
         if probe.smoke is not None:
             checks = (*checks, judge_smoke(probe.smoke))
+        elif smoke_failure is not None:
+            checks = (*checks, _failed(SMOKE_CHECK, smoke_failure.reason, smoke_failure.kind))
     skipped = result.status is Status.SKIPPED
     return Diagnosis(result.host, checks, probe, skipped, duration=result.duration, attempts=result.attempts)
 

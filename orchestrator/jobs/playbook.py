@@ -20,6 +20,7 @@ from orchestrator.jobs import backup, context, restore
 from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
+from orchestrator.runner.interrupts import Interrupts
 from orchestrator.runner.pool import RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.share.manifest import ManifestEntry
@@ -110,6 +111,7 @@ class PlaybookContext:
     progress: Progress
     confirm: Callable[[restore.RestoreRequest], bool]
     forks: int = 32
+    interrupts: Interrupts | None = None  # the command's deferred section: once set, no further step starts
 
 
 class PlaybookRun:
@@ -123,11 +125,18 @@ class PlaybookRun:
         results: list[StepResult] = []
         stopped = ""
         for step in self.playbook.steps:
+            if not stopped and self.ctx.interrupts:
+                stopped = "interrupted"
             if stopped:
                 cells = [HostStep.skipped(h.name, stopped) for h in self.hosts]
-                results.append(StepResult(step, Status.SKIPPED, f"not run: {stopped}", cells))
+                interrupted = stopped == "interrupted"
+                results.append(StepResult(step, Status.SKIPPED, f"not run: {stopped}", cells, interrupted=interrupted))
                 continue
-            result = self._step(step)
+            try:
+                result = self._step(step)
+            except KeyboardInterrupt:  # the operator left the restore step's prompt: nothing was sent
+                cells = [HostStep.skipped(h.name, "interrupted") for h in self.hosts]
+                result = StepResult(step, Status.SKIPPED, "interrupted", cells, interrupted=True)
             results.append(result)
             if result.interrupted:
                 stopped = "interrupted"

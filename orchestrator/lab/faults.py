@@ -12,9 +12,11 @@ TRANSPORT_FAULTS = (
     "latency",
     "auth-failure",
     "http500",
+    "timed-out",  # timed-out:OP: OP answered at once with the OperationTimeout fault (repeatable: one per OP)
     "drop-receive",
     "no-spn",
     "unsealed-reply",  # in a sealed (message-encrypted) session, replies come back in the clear
+    "garbled-seal",  # sealed replies damaged: payload (a flipped byte), short (one byte), stub (no length)
 )
 KERBEROS_FAULTS = ("no-spn",)  # only where the lab runs a KDC (lab.kerberos): no service principal registered
 MACHINE_FAULTS = (
@@ -35,6 +37,7 @@ MACHINE_FAULTS = (
 )
 FAULT_KINDS = TRANSPORT_FAULTS + MACHINE_FAULTS
 WSMAN_OPERATIONS = ("Create", "Command", "Send", "Receive", "Signal", "Delete")
+GARBLES = ("payload", "short", "stub")
 _ROLES = ("management_server", "dw_management_server", "self_service_portal")
 
 
@@ -58,9 +61,12 @@ def parse_fault(spec: str) -> Fault:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"fault {spec!r}: latency needs seconds, e.g. latency:0.5") from None
-    elif kind == "http500":
+    elif kind in ("http500", "timed-out"):
         if arg not in WSMAN_OPERATIONS:
-            raise ConfigError(f"fault {spec!r}: http500 needs one of {', '.join(WSMAN_OPERATIONS)}")
+            raise ConfigError(f"fault {spec!r}: {kind} needs one of {', '.join(WSMAN_OPERATIONS)}")
+    elif kind == "garbled-seal":
+        if arg and arg not in GARBLES:
+            raise ConfigError(f"fault {spec!r}: garbled-seal takes one of {', '.join(GARBLES)}")
     elif kind == "wrong-role":
         if arg and arg not in _ROLES:
             raise ConfigError(f"fault {spec!r}: wrong-role takes one of {', '.join(_ROLES)}")

@@ -173,10 +173,13 @@ class Acceptor:
         """ntlm or kerberos: the mechanism in use (inside SPNEGO too)."""
         return str(self._ctx.negotiated_protocol or self.mechanism)
 
-    def seal(self, message: bytes, protocol: str) -> bytes:
-        """The MS-WSMV multipart body carrying ``message`` sealed."""
+    def seal(self, message: bytes, protocol: str, *, garble: str | None = None) -> bytes:
+        """The MS-WSMV multipart body carrying ``message`` sealed. ``garble`` damages it as the lab fault
+        ``garbled-seal`` asks: ``payload``, the last byte of the sealed message flipped (its signature no
+        longer matches); ``short``, one byte in all; ``stub``, the binary part cut inside its 4-byte
+        signature length."""
         wrapped = self._ctx.wrap_winrm(message)
-        return (
+        head = (
             BOUNDARY + b"\r\n"
             b"\tContent-Type: " + protocol.encode() + b"\r\n"
             b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
@@ -185,12 +188,15 @@ class Acceptor:
             + BOUNDARY
             + b"\r\n"
             + _OCTET
-            + struct.pack("<I", len(wrapped.header))
-            + wrapped.header
-            + wrapped.data
-            + BOUNDARY
-            + b"--\r\n"
         )
+        sealed = struct.pack("<I", len(wrapped.header)) + wrapped.header + wrapped.data
+        if garble == "short":
+            return head[:1]
+        if garble == "stub":
+            sealed = sealed[:2]
+        elif garble == "payload":
+            sealed = sealed[:-1] + bytes([sealed[-1] ^ 0xFF])
+        return head + sealed + BOUNDARY + b"--\r\n"
 
     def unseal(self, body: bytes) -> bytes:
         """The SOAP message inside a sealed multipart body; raise AuthRejectedError if it is not one."""

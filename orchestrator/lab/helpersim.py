@@ -315,7 +315,7 @@ class SimulatedHelpers:
         call.server = {"roles": roles, "version": version}
         if folder.rstrip("\\").lower() != OUTBOX_PATH.lower() or not self.registry.outbox_dir.is_dir():
             raise HelperError(
-                "tool-missing",
+                "no-key-file",
                 f"the outbox folder {folder} does not exist: run the wizard (SecureStorageBackup.exe) and save "
                 "the key file there",
             )
@@ -332,7 +332,7 @@ class SimulatedHelpers:
             return {"removed": target, "computer_name": self.computer_name, "helper_version": remote.HELPER_VERSION}
         if not files:
             raise HelperError(
-                "tool-missing",
+                "no-key-file",
                 f"no key file (*.bin) in {folder}: run the wizard (SecureStorageBackup.exe) and save the key "
                 "file there",
             )

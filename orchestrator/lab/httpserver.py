@@ -38,6 +38,7 @@ from orchestrator.lab.soap import (
     envelope_too_large_fault,
     fault_envelope,
     injected_fault,
+    operation_timeout_fault,
 )
 from orchestrator.lab.wsman import WinRSService
 
@@ -249,6 +250,8 @@ class _Connection:
             http500 = find(self.host.faults, "http500")
             if http500 and http500.arg == op:
                 raise SoapFaultError(injected_fault(op))
+            if any(f.kind == "timed-out" and f.arg == op for f in self.host.faults):
+                raise SoapFaultError(operation_timeout_fault())
             reply = self.host.service.handle(request, user)
             status, body = 200, reply.body
             fields = {
@@ -265,7 +268,9 @@ class _Connection:
         self._journal(op, status, user, detail=detail, **{k: v for k, v in fields.items() if v is not None})
         if sealed and not find(self.host.faults, "unsealed-reply"):
             assert self.auth is not None
-            self._send(status, self.auth.seal(body, sealed), content_type=sealed_content_type(sealed))
+            garble = find(self.host.faults, "garbled-seal")
+            body = self.auth.seal(body, sealed, garble=(garble.arg or "payload") if garble else None)
+            self._send(status, body, content_type=sealed_content_type(sealed))
         else:
             self._send(status, body)
         return True

@@ -135,13 +135,11 @@ def outcome_counts(record: RunRecord) -> dict[str, int]:
     return {s: sum(1 for o in record.outcomes if o.status == s) for s in _OUTCOMES}
 
 
-def run_json(record: RunRecord, record_path: str | None, code: int, error: dict[str, str] | None) -> dict[str, object]:
-    """A backup's or collect's document: the run record's fields, where it was written, the exit code,
-    the error (``console.INTERRUPTED_ERROR`` when interrupted) and counts per outcome."""
+def run_json(record: RunRecord, record_path: str | None) -> dict[str, object]:
+    """A backup's or collect's document: the run record's fields, where it was written and counts per
+    outcome (console.print_result_json adds the exit code and the error)."""
     document = record.to_json()
     document["run_record"] = record_path
-    document["exit_code"] = code
-    document["error"] = error
     document["summary"] = outcome_counts(record)
     return document
 

@@ -93,3 +93,18 @@ def deferred() -> Iterator[Interrupts]:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _installed = None
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside a deferred section, a stretch where an interrupt raises again: a prompt waiting for the
+    operator, who must be able to leave it with Ctrl-C. Outside one, nothing changes."""
+    installed = _installed
+    if installed is None or installed.depth == 0:
+        yield
+        return
+    saved, installed.depth = installed.depth, 0
+    try:
+        yield
+    finally:
+        installed.depth = saved

@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 import spnego
+from cryptography.exceptions import UnsupportedAlgorithm
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 
@@ -193,13 +194,22 @@ def tls_server_end_point(cert_der: bytes) -> GssChannelBindings:
 
 
 def _cbt(response: requests.Response) -> GssChannelBindings | None:
-    """RFC 5929 tls-server-end-point bindings of the HTTPS connection a response came on (None over http)."""
+    """RFC 5929 tls-server-end-point bindings of the HTTPS connection a response came on (None over http).
+    None too for a certificate whose signature hash cannot be told (an algorithm cryptography does not
+    know, or DER it will not parse): RFC 5929 4.1 leaves its bindings undefined, and requests_ntlm (its
+    ``_get_certificate_hash``) then logs on without them, as here; a server that requires them refuses."""
     try:
         sock = response.raw._fp.fp.raw._sock  # type: ignore[union-attr]  # urllib3's socket: the one place requests exposes the peer cert
         der = sock.getpeercert(True)
     except AttributeError:
         return None
-    return tls_server_end_point(der) if der else None
+    if not der:
+        return None
+    try:
+        return tls_server_end_point(der)
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        log.debug("no channel bindings: the server's certificate cannot be read (%s)", type(exc).__name__)
+        return None
 
 
 class NegotiateAuth(requests.auth.AuthBase):

@@ -37,6 +37,7 @@ import requests.adapters
 import requests.auth
 import urllib3.exceptions
 import winrm
+import winrm.encryption
 import winrm.exceptions
 import winrm.transport
 from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
@@ -64,6 +65,9 @@ warnings.filterwarnings(
 )
 
 
+MAX_XML_TAGS = 16384  # per reply (refuse_many_tags)
+
+
 class ReplyTooLarge(Exception):  # not an OSError: urllib3 and requests let it through unchanged
     """A reply that grew past the cap; it was refused while streaming, never held whole."""
 
@@ -77,6 +81,45 @@ class NotAuthenticated(requests.exceptions.RequestException):
 
     def __init__(self) -> None:
         super().__init__("the server did not authenticate")
+
+
+def refuse_many_tags(reply: bytes | str) -> None:
+    """WinRMError (kind protocol) for a reply of more than MAX_XML_TAGS tags, before pywinrm
+    builds its tree: ElementTree keeps about 270 bytes per element, so a reply within the size cap made of
+    ``<a>`` alone would cost 50 MB. A real reply never comes near: its smallest repeated element, a Receive's
+    ``<rsp:Stream Name="stdout" CommandId="{GUID}">...</rsp:Stream>``, takes 96 bytes for two tags, so a
+    reply within the cap holds at most about 12,300."""
+    tags = reply.count(b"<") if isinstance(reply, bytes) else reply.count("<")
+    if tags > MAX_XML_TAGS:
+        raise winrm.exceptions.WinRMError(f"the reply holds more than {MAX_XML_TAGS} XML tags")
+
+
+def logged_on(auth: Any) -> bool:
+    """Whether a requests auth handler finished its logon. A handshake handler answers the server's 401;
+    a server that answers 200 at once never asked, so nothing was authenticated, the server least of all
+    (NTLM's channel binding and Kerberos's mutual authentication ride on that handshake). requests_ntlm
+    keeps the sealing state it derives from the challenge (``session_security``, None before), keyfleet's
+    NegotiateAuth the protocol its context negotiated (``negotiated``, None before). Basic and client
+    certificates (no handler, or requests' HTTPBasicAuth) have nothing to finish."""
+    if auth is None or isinstance(auth, requests.auth.HTTPBasicAuth):
+        return True
+    if hasattr(auth, "negotiated"):
+        return auth.negotiated is not None
+    return getattr(auth, "session_security", None) is not None
+
+
+class GuardedEncryption(winrm.encryption.Encryption):
+    """pywinrm's Encryption whose unsealing of a server's reply fails as a malformed reply (WinRMError,
+    kind protocol) whatever the bytes: pywinrm splits and indexes the multipart body and unpacks its
+    length prefix unchecked (IndexError, struct.error), and pyspnego refuses a bad signature (SpnegoError)."""
+
+    def parse_encrypted_response(self, response: requests.Response) -> bytes:
+        try:
+            return super().parse_encrypted_response(response)
+        except winrm.exceptions.WinRMError:
+            raise
+        except Exception as exc:  # any failure to unseal hostile bytes is that
+            raise winrm.exceptions.WinRMError(f"the sealed reply cannot be unsealed ({type(exc).__name__})") from None
 
 
 def reply_cap(max_envelope: int) -> int:
@@ -490,6 +533,15 @@ class BoundedTransport(winrm.transport.Transport):
     direct: _Direct | None
 
     def send_message(self, message: str | bytes) -> bytes:
+        try:
+            reply = self._send_message(message)
+        except winrm.exceptions.WinRMTransportError as exc:  # pywinrm parses its text as a SOAP fault
+            refuse_many_tags(exc.response_text)
+            raise
+        refuse_many_tags(reply)
+        return reply
+
+    def _send_message(self, message: str | bytes) -> bytes:
         data = message.encode("utf-8") if isinstance(message, str) else message
         session = self.build_session()  # the logon, where it comes before the first message (sealing)
         if self.direct is None:
@@ -513,6 +565,8 @@ class BoundedTransport(winrm.transport.Transport):
         connection it logged on."""
         self.direct = None
         reply = super().send_message(data)
+        if not logged_on(session.auth):  # a 200 before any handshake: nothing more may go to this server
+            raise NotAuthenticated()
         self.direct = _Direct(self, session)
         return reply
 
@@ -536,9 +590,9 @@ class BoundedTransport(winrm.transport.Transport):
     def setup_encryption(self, session: requests.Session) -> None:
         self.harden(session)  # build_session sends the first request from here, before it returns
         super().setup_encryption(session)
-        if getattr(session.auth, "session_security", True) is None:
-            # requests_ntlm keys its sealing on the 401 challenge; a 200 without it leaves none
+        if not logged_on(session.auth):  # the sealing keys come from the handshake: a 200 without it has none
             raise NotAuthenticated()
+        self.encryption = GuardedEncryption(session, self.auth_method)
 
     def harden(self, session: requests.Session) -> None:
         if session.get_adapter(self.endpoint) is self.adapter:

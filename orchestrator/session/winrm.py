@@ -248,13 +248,21 @@ class WinRMSession:
                     ErrorKind.TIMEOUT, self.host.name, "the command did not finish before the host deadline"
                 )
             # never wait on the server longer than the host deadline allows
-            self._protocol.operation_timeout_sec = max(1, min(configured, int(remaining) - 1 or 1))
+            asked = self._protocol.operation_timeout_sec = max(1, min(configured, int(remaining) - 1 or 1))
+            sent = time.monotonic()
             try:
                 out, err, code, done = self._call(
                     deadline, "Receive", self._protocol.get_command_output_raw, shell_id, command_id
                 )
             except WinRMOperationTimeoutError:
-                continue  # no output yet: the command is still running
+                # no output yet: the command is still running. MS-WSMV 3.1.4.14 (Receive): "If no output is
+                # available before the wsman:OperationTimeout expires, the server MUST return a WSManFault
+                # with the Code attribute equal to 2150858793"; the client SHOULD Receive again. A server
+                # faulting at once would have this loop spin: the next Receive waits for half the time asked
+                early = sent + asked / 2 - time.monotonic()
+                if early > 0:
+                    (cancel or threading.Event()).wait(min(early, max(0.0, deadline - time.monotonic())))
+                continue
             finally:
                 self._protocol.operation_timeout_sec = configured
             if out and not size:
@@ -302,7 +310,12 @@ class WinRMSession:
             with self._watch.armed(deadline):
                 return func(*args, **kwargs)
         except WinRMOperationTimeoutError:
-            raise
+            if operation == "Receive":
+                raise  # no output yet: _receive_all asks again
+            # only a Receive waits on the command; any other operation timing out is the server's failure
+            raise HostFailure(
+                ErrorKind.TIMEOUT, self.host.name, f"{operation}: the WS-Management service timed out ({self._where})"
+            ) from None
         except Exception as exc:
             if self._watch.expired:  # the watchdog cut the connection: whatever broke after is that
                 raise HostFailure(

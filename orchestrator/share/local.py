@@ -384,8 +384,10 @@ class _Folder:
 
     def close(self) -> None:
         if self.fd is not None and self.owned:
-            os.close(self.fd)
+            # not owned first: a Ctrl-C between the two lines leaks the descriptor, never closes it twice
+            # (a second close could end a descriptor another thread has opened under the same number since)
             self.owned = False
+            os.close(self.fd)
 
 
 def _existing(listing: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]:

@@ -241,14 +241,18 @@ class BackupStore(HistoryStore):
             markers[run_id] = marker
         return markers
 
+    def chained(self, record: RunRecord) -> RunRecord:
+        """``record`` naming the generation of the history this store holds now (the one its run left)."""
+        history = self._history
+        return record if history is None else replace(record, generation=history.generation, head=history.head)
+
     def write_run_record(self, record: RunRecord) -> str:
         """Write ``runs/<run-id>.json`` (never overwriting), signed and naming the generation the run
         left behind; return its share path. When the share refuses it, the signed record is kept in
         this controller's state (the next backup writes it) and the error is raised."""
         path = layout.run_record_path(record.run_id)
         history = self._history
-        if history is not None:
-            record = replace(record, generation=history.generation, head=history.head)
+        record = self.chained(record)
         data = record.to_bytes(self.record_signer)
         self._remember()  # once per run: the generation it leaves behind
         try:

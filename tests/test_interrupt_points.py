@@ -1,0 +1,170 @@
+"""Ctrl-C at the instants a sweep of delays rarely hits, for every command with --json: a real SIGINT,
+sent by the keyfleet process to itself at an exact point (just before a function the command calls), so
+each case is deterministic. Whatever the point: one whole --json document, exit 130 when the command
+stopped early, a run record for every change the share took, and no run marker left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LAB_SIGNING, LabFiles, cli_env, make_lab_inventory
+from tests.share_history import read_share
+
+pytestmark = pytest.mark.e2e
+
+FLEET = {"IP": {"ip-ms01": {"role": "management_server"}, "ip-dw01": {"role": "dw_management_server"}}}
+
+_RUN = """
+import importlib, os, signal, sys
+
+def interrupt_before(module, name, returned=None):
+    # SIGINT just before each call of module.name; with returned=N, instead just after call N returns
+    owner = importlib.import_module(module)
+    owner_name, _, attribute = name.rpartition(".")
+    if owner_name:
+        owner = getattr(owner, owner_name)
+    real = getattr(owner, attribute)
+    calls = [0]
+
+    def patched(*args, **kwargs):
+        calls[0] += 1
+        if returned is None:
+            os.kill(os.getpid(), signal.SIGINT)
+        result = real(*args, **kwargs)
+        if calls[0] == returned:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    setattr(owner, attribute, patched)
+
+{setup}
+sys.argv = ["keyfleet", *{argv!r}]
+from orchestrator.cli import main
+raise SystemExit(main())
+"""
+
+
+def run_interrupted(tmp_path: Path, setup: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    code = _RUN.format(setup=setup, argv=list(argv))
+    return subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(tmp_path / "home"), capture_output=True, text=True, timeout=120
+    )
+
+
+def one_document(run: subprocess.CompletedProcess[str]) -> dict:
+    assert "Traceback" not in run.stderr, run.stderr
+    document = json.loads(run.stdout)  # exactly one document, whole
+    assert document["exit_code"] == run.returncode, document
+    return document
+
+
+def backed_up_twice(tmp_path: Path, keyfleet) -> LabFiles:
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
+    for _ in range(2):
+        assert keyfleet("backup", "-i", str(lab.inventory)).returncode == 0
+    return lab
+
+
+def markers(lab: LabFiles) -> list[Path]:
+    return list((lab.share / "runs").glob("*.running"))
+
+
+def test_prune_interrupted_before_its_record_still_writes_it(tmp_path, keyfleet):
+    """The prune's commit is made: its record must list what it removed, its marker must go."""
+    lab = backed_up_twice(tmp_path, keyfleet)
+    setup = 'interrupt_before("orchestrator.commands.prune", "record_run")'
+    run = run_interrupted(tmp_path, setup, "prune", "-i", str(lab.inventory), "--keep", "1", "--json")
+    document = one_document(run)
+    assert run.returncode == 130 and document["error"]["kind"] == "interrupted", document
+    assert document["command"] == "prune" and document["applied"] is True
+    removed = [d for d in document["decisions"] if d["action"] == "remove"]
+    assert len(removed) == 2
+    records = [json.loads(p.read_text()) for p in (lab.share / "runs").glob("*.json")]
+    (prune,) = [r for r in records if r["command"] == "prune"]
+    assert len(prune["outcomes"]) == 2
+    assert markers(lab) == []
+    assert len(read_share(lab.share, LAB_SIGNING["public_key"])["entries"]) == 2
+
+
+def test_doctor_interrupted_while_its_document_is_written_prints_it_whole_and_once(tmp_path):
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
+    setup = 'interrupt_before("sys", "stdout.write")'
+    run = run_interrupted(tmp_path, setup, "doctor", "-i", str(lab.inventory), "--json")
+    document = one_document(run)
+    assert document["command"] == "doctor" and len(document["hosts"]) == 2
+    assert run.returncode == 0 and document["error"] is None  # the outcome was decided: the interrupt came late
+
+
+_HALF_WRITTEN = """
+real_write = sys.stdout.write
+
+def write(text):  # the signal lands in the middle of the document
+    half = len(text) // 2
+    real_write(text[:half])
+    os.kill(os.getpid(), signal.SIGINT)
+    return real_write(text[half:])
+
+sys.stdout.write = write
+"""
+
+
+def test_an_interrupt_in_the_middle_of_a_document_neither_cuts_it_nor_adds_another(tmp_path):
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
+    run = run_interrupted(tmp_path, _HALF_WRITTEN, "inventory", "-i", str(lab.inventory), "--json")
+    document = one_document(run)
+    assert document["command"] == "inventory" and run.returncode == 0 and document["error"] is None
+
+
+def test_restore_interrupted_after_the_server_took_its_key_records_it(tmp_path, keyfleet):
+    lab = backed_up_twice(tmp_path, keyfleet)
+    setup = 'interrupt_before("orchestrator.jobs.restore", "build_run_record")'
+    run = run_interrupted(tmp_path, setup, "restore", "-i", str(lab.inventory), "--host", "ip-ms01", "--yes", "--json")
+    document = one_document(run)
+    assert run.returncode == 0 and document["server"] is not None, document  # the restore was done
+    record = json.loads((lab.share / document["run_record"]).read_text())
+    assert record["command"] == "restore" and record["outcomes"][0]["status"] == "ok"
+    assert document["error"] is None
+
+
+def test_a_runbook_interrupted_between_steps_reports_the_steps_it_ran(tmp_path):
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
+    playbook = tmp_path / "pb.yml"
+    playbook.write_text("name: nightly\nsteps:\n  - backup\n  - audit\n")
+    # the signal as the first step ends: its record is written, the second must not start
+    setup = 'interrupt_before("orchestrator.jobs.playbook", "PlaybookRun._step", returned=1)'
+    run = run_interrupted(tmp_path, setup, "run", str(playbook), "-i", str(lab.inventory), "--json")
+    document = one_document(run)
+    assert run.returncode == 130 and document["error"]["kind"] == "interrupted", document
+    first, second = document["steps"]
+    assert first["status"] == "ok" and second["status"] == "skipped", document["steps"]
+    (record,) = document["run_records"]
+    assert (lab.share / record).is_file() and markers(lab) == []
+
+
+def test_an_interrupt_while_the_command_line_loads_gives_the_document(tmp_path):
+    """``python -m orchestrator``: a Ctrl-C while the command line module itself imports."""
+    finder = """
+class Interrupting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "orchestrator.errors" and self in sys.meta_path:
+            sys.meta_path.remove(self)  # once
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupting())
+import runpy
+sys.argv = ["keyfleet", "inventory", "-i", "nothing.yml", "--json"]
+runpy.run_module("orchestrator", run_name="__main__")
+"""
+    code = _RUN.split("{setup}")[0] + finder
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 130, run.stderr
+    document = one_document(run)
+    assert document["error"]["kind"] == "interrupted" and document["outcomes"] == []
