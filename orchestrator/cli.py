@@ -278,9 +278,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
-        if argv is None and threading.current_thread() is threading.main_thread():
-            # the program itself, its outcome decided and printed: a Ctrl-C while it exits changes nothing
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # the program itself, its outcome decided and printed: a Ctrl-C while it exits changes nothing
+        _ignore_interrupts(argv)
+
+
+def _ignore_interrupts(argv: Sequence[str] | None) -> None:
+    """From here to the exit, the program itself ignores Ctrl-C and SIGTERM: what is left is to say how
+    it ended, which a second interrupt must not turn into a traceback."""
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _printed_exit_code() -> int | None:
+    """The exit code of the --json document already printed, if any (console is loaded by then)."""
+    console = sys.modules.get("orchestrator.console")
+    return None if console is None else console.printed_exit_code()
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -301,6 +314,7 @@ def _main(argv: Sequence[str] | None) -> int:
             gc.freeze()
         return int(module.run(args))
     except KeyfleetError as exc:
+        _ignore_interrupts(argv)
         message = mask(str(exc))
         print(f"keyfleet: {message}", file=sys.stderr)
         if getattr(args, "json", False):
@@ -311,6 +325,10 @@ def _main(argv: Sequence[str] | None) -> int:
         # module imports) leaves a flag that makes the process kill itself with SIGINT at exit although
         # the interrupt was handled; the next exec() of a string clears it (pythonrun.c run_eval_code_obj).
         exec("")
+        _ignore_interrupts(argv)
+        printed = _printed_exit_code()
+        if printed is not None:  # the outcome was decided and printed: a Ctrl-C while cleaning up changes nothing
+            return printed
         print("keyfleet: interrupted", file=sys.stderr)
         if getattr(args, "json", False):
             print_error_json(args.command, "interrupted", "interrupted by the operator", 130)
@@ -319,6 +337,7 @@ def _main(argv: Sequence[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception:  # unexpected: full detail to the debug log, one line to the user
+        _ignore_interrupts(argv)
         logging.getLogger("keyfleet").debug("unexpected error\n%s", traceback.format_exc())
         name = sys.exc_info()[1].__class__.__name__
         print(f"keyfleet: internal error ({name}); details in {DEBUG_LOG}", file=sys.stderr)

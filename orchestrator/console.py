@@ -88,7 +88,7 @@ INTERRUPTED_ERROR = {
     "message": "interrupted by the operator",
     "hint": ERROR_HINTS["interrupted"],
 }
-_printed = [False]  # whether this process printed its --json document
+_printed: list[int | None] = [None]  # the exit code of the --json document this process printed, if any
 
 
 def print_json(document: object) -> None:
@@ -97,16 +97,29 @@ def print_json(document: object) -> None:
     from orchestrator.runner.interrupts import deferred
 
     text = mask(json.dumps(document, indent=2)) + "\n"
-    _printed[0] = True
     with deferred():
+        _printed[0] = exit_code_of(document)
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+def exit_code_of(document: object) -> int:
+    """The exit code a printed document names (0 when it names none)."""
+    code = document.get("exit_code") if isinstance(document, dict) else None
+    return code if isinstance(code, int) else 0
+
+
+def printed_exit_code() -> int | None:
+    """The exit code of the --json document this process printed, or None before it printed one: once
+    printed, the outcome is decided, and a Ctrl-C while the command cleans up does not change it."""
+    code = _printed[0]
+    return None if code is None else int(code)
 
 
 def print_result_json(command: str, document: dict[str, object], exit_code: int) -> None:
     """A command's own --json document with the fields every document carries: ``command``,
     ``exit_code`` and ``error`` (null, or the interrupted error when a Ctrl-C ended the command)."""
-    full: dict[str, object] = {"command": command, **document, "exit_code": exit_code}
+    full: dict[str, object] = {**document, "command": command, "exit_code": exit_code}
     if full.get("error") is None:
         full["error"] = INTERRUPTED_ERROR if exit_code == 130 else None
     print_json(full)
@@ -114,7 +127,7 @@ def print_result_json(command: str, document: dict[str, object], exit_code: int)
 
 def print_error_json(command: str | None, kind: str, message: str, exit_code: int) -> None:
     """The --json document of a command that ended on an error before printing its own."""
-    if _printed[0]:
+    if _printed[0] is not None:
         return
     error = {"kind": kind, "message": message, "hint": ERROR_HINTS.get(kind, "")}
     print_json({"command": command, "exit_code": exit_code, "error": error, "outcomes": []})

@@ -107,7 +107,7 @@ class HostFailure(KeyfleetError):
         # often a server's words (a WS-Man fault, a helper's error): one line, bounded, no secret
         self.reason = one_line(mask(reason), REASON_LIMIT)
         # what the server reported before it failed, if it got that far
-        self.scsm_version = None if scsm_version is None else one_line(scsm_version, 64)
+        self.scsm_version = None if scsm_version is None else one_line(mask(scsm_version), 64)
         super().__init__(f"{host}: {kind}: {self.reason}")
 
 

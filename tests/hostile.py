@@ -33,6 +33,7 @@ BEHAVIOURS = (
     "harvest",  # 200 with a good Create reply to every request: never asks the client to authenticate
     "deep-xml",  # 200 with 120 KB of nested <a>: within the size cap, 40,000 elements
     "deep-fault",  # the same as a 500 (pywinrm parses a 500's body as a SOAP fault)
+    "entity-xml",  # 200 with a DTD whose entities expand 20 KB of text into 2.5 million elements
     "forged-fault",  # a WS-Man fault whose text forges console lines: line breaks, C1 controls, bidi, 200 KB
 )
 
@@ -195,6 +196,11 @@ class HostileServer:
         elif b in ("basic-only", "no-ntlm-challenge"):
             offer = b'Basic realm="WSMAN"' if b == "basic-only" else b"Negotiate"
             self._send(conn, b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: %s\r\nContent-Length: 0\r\n\r\n" % offer)
+            return True
+        elif b == "entity-xml":
+            dtd = b'<!DOCTYPE r [<!ENTITY e "' + b"<a/>" * 64 + b'"><!ENTITY f "' + b"&e;" * 64 + b'">]>'
+            body = dtd + b"<r>" + b"&f;" * 600 + b"</r>"
+            self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             return True
         elif b in ("deep-xml", "deep-fault"):
             body = b"<a>" * 40000

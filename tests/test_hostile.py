@@ -167,6 +167,16 @@ def test_a_reply_of_too_many_elements_is_refused_before_a_tree_is_built(hosts, t
     assert peak < 4 * 1024 * 1024, f"{peak} bytes of Python memory for one hostile host"
 
 
+@pytest.mark.parametrize("name", ["basic-https", "logged-on"])
+def test_a_reply_declaring_a_document_type_is_refused_before_it_is_parsed(hosts, tls_dir, name):
+    """SOAP forbids a DTD; its entities would turn a few hundred tags into millions of elements."""
+    with serve("entity-xml", name, tls_dir) as server:
+        failure, _, peak = attack(target(hosts, name), server)
+    assert failure.kind is ErrorKind.PROTOCOL, failure
+    assert "declares a document type" in failure.reason
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes of Python memory for one hostile host"
+
+
 def test_a_server_s_fault_text_is_one_bounded_line(hosts, tls_dir):
     """The fault text reaches the console, --json and the run record: no line break, terminal control
     or bidirectional override survives, and it is cut, whatever the server sends (200 KB here)."""
@@ -231,6 +241,7 @@ def test_a_certificate_of_unknown_signature_logs_on_without_channel_bindings(hos
     with HostileServer("no-ntlm-challenge", tmp_path, cert=_certificate_of_unknown_signature(tmp_path)) as server:
         failure, _, _ = attack(hosts["negotiate-https"], server)
     assert failure.kind is ErrorKind.AUTH, failure
+    assert server.requests >= 2  # the Negotiate token went out: the logon went on without bindings
 
 
 @pytest.mark.parametrize(

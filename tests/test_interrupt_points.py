@@ -6,12 +6,15 @@ stopped early, a run record for every change the share took, and no run marker l
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import ErrorKind
 from tests.conftest import LAB_SIGNING, LabFiles, cli_env, make_lab_inventory
 from tests.share_history import read_share
 
@@ -74,16 +77,16 @@ def markers(lab: LabFiles) -> list[Path]:
     return list((lab.share / "runs").glob("*.running"))
 
 
-def test_prune_interrupted_before_its_record_still_writes_it(tmp_path, keyfleet):
-    """The prune's commit is made: its record must list what it removed, its marker must go."""
+def test_prune_interrupted_after_its_commit_still_writes_its_record(tmp_path, keyfleet):
+    """The prune's commit is made: its record must list what it removed, its marker must go; the
+    outcome was decided, so it is reported as it is (exit 0)."""
     lab = backed_up_twice(tmp_path, keyfleet)
     setup = 'interrupt_before("orchestrator.commands.prune", "record_run")'
     run = run_interrupted(tmp_path, setup, "prune", "-i", str(lab.inventory), "--keep", "1", "--json")
     document = one_document(run)
-    assert run.returncode == 130 and document["error"]["kind"] == "interrupted", document
+    assert run.returncode == 0 and document["error"] is None, document
     assert document["command"] == "prune" and document["applied"] is True
-    removed = [d for d in document["decisions"] if d["action"] == "remove"]
-    assert len(removed) == 2
+    assert len([d for d in document["decisions"] if d["action"] == "remove"]) == 2
     records = [json.loads(p.read_text()) for p in (lab.share / "runs").glob("*.json")]
     (prune,) = [r for r in records if r["command"] == "prune"]
     assert len(prune["outcomes"]) == 2
@@ -91,7 +94,19 @@ def test_prune_interrupted_before_its_record_still_writes_it(tmp_path, keyfleet)
     assert len(read_share(lab.share, LAB_SIGNING["public_key"])["entries"]) == 2
 
 
-def test_doctor_interrupted_while_its_document_is_written_prints_it_whole_and_once(tmp_path):
+def test_prune_interrupted_before_its_commit_removes_nothing(tmp_path, keyfleet):
+    lab = backed_up_twice(tmp_path, keyfleet)
+    setup = 'interrupt_before("orchestrator.commands.prune", "mark_run_started", returned=1)'
+    run = run_interrupted(tmp_path, setup, "prune", "-i", str(lab.inventory), "--keep", "1", "--json")
+    document = one_document(run)
+    assert run.returncode == 130 and document["error"]["kind"] == "interrupted", document
+    assert document["applied"] is False
+    assert not [p for p in (lab.share / "runs").glob("*.json") if json.loads(p.read_text())["command"] == "prune"]
+    assert markers(lab) == []
+    assert len(read_share(lab.share, LAB_SIGNING["public_key"])["entries"]) == 4
+
+
+def test_doctor_interrupted_as_its_document_is_written_prints_it_once(tmp_path):
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
     setup = 'interrupt_before("sys", "stdout.write")'
     run = run_interrupted(tmp_path, setup, "doctor", "-i", str(lab.inventory), "--json")
@@ -168,3 +183,21 @@ runpy.run_module("orchestrator", run_name="__main__")
     assert run.returncode == 130, run.stderr
     document = one_document(run)
     assert document["error"]["kind"] == "interrupted" and document["outcomes"] == []
+    assert document["command"] is None  # the command line was not read yet
+
+
+def test_an_interrupt_counted_before_the_runner_starts_starts_no_host(tmp_path):
+    """A Ctrl-C while a command waits before its run (the share's lock, the lab starting) is only counted;
+    the runner then starts no host, not even the first worker's."""
+    from orchestrator.inventory.loader import load_inventory
+    from orchestrator.runner.interrupts import deferred
+    from orchestrator.runner.pool import Runner
+
+    hosts = list(load_inventory(make_lab_inventory(tmp_path / "lab", fleet=FLEET).inventory).hosts.values())
+    ran: list[str] = []
+    with deferred() as interrupts:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupts.changed.wait(5) and interrupts.count == 1
+        summary = Runner(lambda ctx: ran.append(ctx.host.name), forks=2).run(hosts)
+    assert ran == [] and summary.interrupted
+    assert {r.kind for r in summary.results} == {ErrorKind.INTERRUPTED}

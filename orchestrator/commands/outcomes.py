@@ -60,7 +60,7 @@ def run_and_record(
     render_outcomes(ui, summary, record, record_path)
     if args.json:
         # "command" names the command run (password rotate's run record says "backup": what it did)
-        print_result_json(args.command, {**run_json(record, record_path), "command": args.command}, code)
+        print_result_json(args.command, run_json(record, record_path), code)
     return code
 
 

@@ -222,7 +222,8 @@ def decode_clixml(stderr: bytes) -> str | None:
     lines: list[str] = []
     for document in text[start:].split(CLIXML_HEADER.decode())[1:]:
         body = document.strip()
-        if body.count("<") > _MAX_CLIXML_TAGS:  # a tree of them would cost far more than the text
+        # a tree of so many would cost far more than the text; a DTD's entities would expand into more
+        if body.count("<") > _MAX_CLIXML_TAGS or "<!DOCTYPE" in body:
             continue
         try:
             root = ET.fromstring(body)
@@ -304,6 +305,14 @@ class _Fields:
         value = self.data.get(name)
         if not isinstance(value, str):
             raise self._bad(name, "a string")
+        return value
+
+    def file_name(self, name: str) -> str:
+        """A file name the server will be asked about again (collect's remove): exactly as sent, and refused
+        when it could be more than a name in its folder or would forge console lines."""
+        value = self.raw_text(name)
+        if not value or not value.isprintable() or any(c in value for c in "\\/:") or len(value) > 255:
+            raise self._bad(name, "a file name")
         return value
 
     def text(self, name: str) -> str:
@@ -534,7 +543,7 @@ def parse_smoke(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Smok
             SmokeAttempt(
                 method=a.text("method"),
                 exit=a.optional_integer("exit"),
-                output=mask(a.optional_text("output") or ""),
+                output=mask(a.raw_text("output")) if a.data.get("output") is not None else "",
                 kind=a.optional_text("kind"),
                 wrote_file=bool(item.get("wrote_file")),
             )
@@ -556,7 +565,7 @@ def parse_collect(host: str, stdout: bytes, stderr: bytes, exit_code: int) -> Co
         file=f.base64("file"),
         sha256=f.sha256(),
         size=f.integer("size"),
-        name=f.text("name"),
+        name=f.file_name("name"),
         written=f.text("written"),
         roles=f.roles(),
         version=f.optional_text("version"),

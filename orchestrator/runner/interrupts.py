@@ -98,11 +98,14 @@ def deferred() -> Iterator[Interrupts]:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """Inside a deferred section, a stretch where an interrupt raises again: a prompt waiting for the
-    operator, who must be able to leave it with Ctrl-C. Outside one, nothing changes."""
+    operator, who must be able to leave it with Ctrl-C (one pressed before it raises at once). Outside a
+    deferred section, nothing changes."""
     installed = _installed
     if installed is None or installed.depth == 0:
         yield
         return
+    if installed:
+        raise KeyboardInterrupt
     saved, installed.depth = installed.depth, 0
     try:
         yield

@@ -133,6 +133,8 @@ class Runner(Generic[T]):
         ]
         with deferred() as interrupts:
             wake = interrupts.changed
+            if interrupts:  # pressed before the run began (a share lock, the lab starting): no host starts
+                self._stop_starting.set()
             seen = 0
             started = 0
             while not finished.is_set():
@@ -211,7 +213,7 @@ class Runner(Generic[T]):
                         host,
                         Status.FAILED,
                         kind=failure.kind,
-                        message=mask(failure.reason),
+                        message=failure.reason,  # masked, one line (HostFailure)
                         attempts=attempt,
                         duration=time.monotonic() - started,
                         scsm_version=failure.scsm_version,

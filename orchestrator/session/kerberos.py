@@ -229,6 +229,10 @@ class NegotiateAuth(requests.auth.AuthBase):
             return None
         return str(self._context.negotiated_protocol or self.protocol)
 
+    def forget(self) -> None:
+        """Drop the context before a new connection logs on (transport.forget_logon)."""
+        self._context = None
+
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.register_hook("response", self._on_response)  # type: ignore[no-untyped-call]
         return request

@@ -65,7 +65,7 @@ warnings.filterwarnings(
 )
 
 
-MAX_XML_TAGS = 16384  # per reply (refuse_many_tags)
+MAX_XML_TAGS = 16384  # per reply (refuse_unsafe_xml)
 
 
 class ReplyTooLarge(Exception):  # not an OSError: urllib3 and requests let it through unchanged
@@ -83,21 +83,26 @@ class NotAuthenticated(requests.exceptions.RequestException):
         super().__init__("the server did not authenticate")
 
 
-def refuse_many_tags(reply: bytes | str) -> None:
-    """WinRMError (kind protocol) for a reply of more than MAX_XML_TAGS tags, before pywinrm
-    builds its tree: ElementTree keeps about 270 bytes per element, so a reply within the size cap made of
-    ``<a>`` alone would cost 50 MB. A real reply never comes near: its smallest repeated element, a Receive's
-    ``<rsp:Stream Name="stdout" CommandId="{GUID}">...</rsp:Stream>``, takes 96 bytes for two tags, so a
-    reply within the cap holds at most about 12,300."""
-    tags = reply.count(b"<") if isinstance(reply, bytes) else reply.count("<")
-    if tags > MAX_XML_TAGS:
+def refuse_unsafe_xml(reply: bytes | str) -> None:
+    """WinRMError (kind protocol) for a reply pywinrm must not parse. A document type declaration: SOAP 1.2
+    Part 1, section 5, says a SOAP message MUST NOT contain one, and its entities would expand into far
+    more elements than the reply's bytes show. More than MAX_XML_TAGS tags: ElementTree keeps about 270
+    bytes per element, so a reply within the size cap made of ``<a>`` alone would cost 50 MB. A real
+    reply never comes near: its smallest repeated element, a Receive's ``<rsp:Stream Name="stdout"
+    CommandId="{GUID}">...</rsp:Stream>``, takes 96 bytes for two tags, so a reply within the cap holds
+    at most about 12,300."""
+    if isinstance(reply, str):
+        reply = reply.encode("utf-8", "replace")
+    if b"<!DOCTYPE" in reply:
+        raise winrm.exceptions.WinRMError("the reply declares a document type, which SOAP forbids")
+    if reply.count(b"<") > MAX_XML_TAGS:
         raise winrm.exceptions.WinRMError(f"the reply holds more than {MAX_XML_TAGS} XML tags")
 
 
 def logged_on(auth: Any) -> bool:
     """Whether a requests auth handler finished its logon. A handshake handler answers the server's 401;
-    a server that answers 200 at once never asked, so nothing was authenticated, the server least of all
-    (NTLM's channel binding and Kerberos's mutual authentication ride on that handshake). requests_ntlm
+    a server that answers 200 at once never asked, so nothing was authenticated, and the checks that ride
+    on the handshake (NTLM's channel binding, Kerberos's mutual authentication) never ran. requests_ntlm
     keeps the sealing state it derives from the challenge (``session_security``, None before), keyfleet's
     NegotiateAuth the protocol its context negotiated (``negotiated``, None before). Basic and client
     certificates (no handler, or requests' HTTPBasicAuth) have nothing to finish."""
@@ -105,7 +110,18 @@ def logged_on(auth: Any) -> bool:
         return True
     if hasattr(auth, "negotiated"):
         return auth.negotiated is not None
+    if hasattr(auth, "contexts"):  # requests_credssp: one context per host, kept once its handshake ran
+        return bool(auth.contexts)
     return getattr(auth, "session_security", None) is not None
+
+
+def forget_logon(auth: Any) -> None:
+    """Drop what ``logged_on`` reads before a connection logs on again, so the new logon is judged on its
+    own (a new connection that answers 200 at once authenticated nothing either)."""
+    if hasattr(auth, "negotiated"):
+        auth.forget()
+    elif hasattr(auth, "session_security"):
+        auth.session_security = None
 
 
 class GuardedEncryption(winrm.encryption.Encryption):
@@ -536,9 +552,9 @@ class BoundedTransport(winrm.transport.Transport):
         try:
             reply = self._send_message(message)
         except winrm.exceptions.WinRMTransportError as exc:  # pywinrm parses its text as a SOAP fault
-            refuse_many_tags(exc.response_text)
+            refuse_unsafe_xml(exc.response_text)
             raise
-        refuse_many_tags(reply)
+        refuse_unsafe_xml(reply)
         return reply
 
     def _send_message(self, message: str | bytes) -> bytes:
@@ -546,7 +562,10 @@ class BoundedTransport(winrm.transport.Transport):
         session = self.build_session()  # the logon, where it comes before the first message (sealing)
         if self.direct is None:
             if not _Direct.usable(self):
-                return super().send_message(data)
+                reply = super().send_message(data)
+                if not logged_on(session.auth):  # CredSSP over https, or a proxy: the same rule
+                    raise NotAuthenticated()
+                return reply
             if self.encryption is None and not _Direct.static_auth(session):
                 return self._log_on_with(data, session)  # the first message carries the logon
             self.direct = _Direct(self, session)
@@ -557,6 +576,7 @@ class BoundedTransport(winrm.transport.Transport):
                 raise  # sealed: the context cannot move to a new connection; Basic: the credentials were refused
             # the connection was replaced (the server closed keep-alive, a proxy in between did): its 401 ran
             # nothing, and the message logs the new connection on
+            forget_logon(session.auth)
             return self._log_on_with(data, session)
 
     def _log_on_with(self, data: bytes, session: requests.Session) -> bytes:
