@@ -346,3 +346,31 @@ def test_clixml_of_too_many_elements_is_not_read() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * 1024 * 1024, peak
+
+
+def _collected(name: str) -> bytes:
+    file = b"sealed key file"
+    return _ok(
+        {
+            "file": base64.b64encode(file).decode(),
+            "sha256": hashlib.sha256(file).hexdigest(),
+            "size": len(file),
+            "name": name,
+            "written": "2026-11-30T10:00:00Z",
+            "roles": ["management_server"],
+            "version": "10.22.1068.0",
+            "computer_name": "SCSM-MS01",
+            "helper_version": remote.HELPER_VERSION,
+        },
+        helper="collect",
+    )
+
+
+def test_a_collected_file_name_goes_back_to_the_server_exactly_as_it_came() -> None:
+    """collect asks the server to remove the file by the name it sent: kept exact (two spaces and all),
+    and refused when it is more than a plain name (a path, a drive, a control character)."""
+    assert remote.parse_collect(HOST, _collected("SCSM  Key.bin"), b"", 0).name == "SCSM  Key.bin"
+    for bad in ("..\\secret.bin", "C:key.bin", "a/b.bin", "key\u202e.bin", ""):
+        with pytest.raises(HostFailure) as caught:
+            remote.parse_collect(HOST, _collected(bad), b"", 0)
+        assert caught.value.kind is ErrorKind.PROTOCOL and "is not a file name" in caught.value.reason
