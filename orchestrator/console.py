@@ -97,10 +97,35 @@ def print_json(document: object) -> None:
     from orchestrator.runner.interrupts import deferred
 
     text = mask(json.dumps(document, indent=2)) + "\n"
-    with deferred():
+    with deferred() as interrupts:
         _printed[0] = exit_code_of(document)
+        # a second interrupt still ends a write that cannot finish (stdout a pipe no one reads)
+        interrupts.raise_at = interrupts.count + 2
+        try:
+            _write_all(text)
+        except KeyboardInterrupt:
+            _printed[0] = 130  # cut by the operator: nothing more is written, and the exit says so
+            raise
+        finally:
+            interrupts.raise_at = 0
+
+
+def _write_all(text: str) -> None:
+    """``text`` on stdout, every byte of it. A signal that arrives while a write to a pipe blocks makes
+    write(2) return the part written (see write(2)); CPython's BufferedWriter then returns that count
+    and TextIOWrapper drops the rest without a word, so the bytes are written in a loop until none is
+    left."""
+    sys.stdout.flush()
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:  # a text-only stream (a test's capture): it has no partial writes
         sys.stdout.write(text)
         sys.stdout.flush()
+        return
+    left = memoryview(text.encode(sys.stdout.encoding or "utf-8", "replace"))
+    while left:
+        written = stream.write(left)
+        left = left[written if written is not None else len(left) :]
+    stream.flush()
 
 
 def exit_code_of(document: object) -> int:

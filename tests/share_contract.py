@@ -154,6 +154,21 @@ class ShareContract:
         for name in ("G1/role/host/a.bin", "manifest.json"):
             assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, name
 
+    def test_a_file_larger_than_any_keyfleet_writes_is_never_read(self, share: Share, target: ShareTarget) -> None:
+        """A 2 GB file on the share (sparse: it costs no disk) would cost several times that in memory once
+        parsed: refused from its size, before a byte is read; a normal file next to it reads as before."""
+        from orchestrator.share.base import MAX_READ_BYTES, ShareFileUnusable
+
+        if target.local_root is None:
+            pytest.skip("needs the share's files on this machine")
+        share.write_new("runs/a.json", b"{}")
+        with open(target.local_root / "runs" / "huge.json", "wb") as sparse:
+            sparse.truncate(2 * 1024**3)
+        assert MAX_READ_BYTES < 2 * 1024**3
+        with pytest.raises(ShareFileUnusable, match="more than any file keyfleet writes"):
+            share.read_bytes("runs/huge.json")
+        assert share.read_bytes("runs/a.json") == b"{}"
+
     def test_replace_is_atomic(self, share: Share) -> None:
         old, new = b"a" * 300_000, b"b" * 300_000
         share.replace("manifest.json", old)

@@ -172,6 +172,26 @@ def test_clean_backup_is_fully_covered(lab: LabFiles, keyfleet: Keyfleet) -> Non
         assert hashlib.sha256((lab.share / server["path"]).read_bytes()).hexdigest() == server["sha256"]
 
 
+def test_backups_after_a_prune_s_checkpoint_are_no_rollback(lab: LabFiles, keyfleet: Keyfleet) -> None:
+    """A prune that compacts the history writes a checkpoint at its generation; a backup after it adds a
+    segment. The prune's run record names the checkpoint's generation and digest: the audit must compare
+    it with the checkpoint's digest, not the newest one (a healthy share read as a rollback, exit 3)."""
+    checkpoint = pruned_at = 0
+    for _ in range(10):  # back up and prune until a prune's commit is the one compacted (64 changes)
+        assert keyfleet("backup", "-i", str(lab.inventory)).returncode == 0
+        pruned = keyfleet("prune", "-i", str(lab.inventory), "--keep", "1", "--json")
+        assert pruned.returncode == 0, pruned.stderr
+        checkpoint = json.loads((lab.share / "manifest.json").read_text())["generation"]
+        records = [json.loads(p.read_text()) for p in (lab.share / "runs").glob("*.json")]
+        pruned_at = max(r["generation"] for r in records if r["command"] == "prune")
+        if checkpoint == pruned_at:
+            break
+    assert checkpoint == pruned_at > 0
+    assert keyfleet("backup", "-i", str(lab.inventory), "--limit", next(iter(inventory_hosts(lab)))).returncode == 0
+    run, document = audit(keyfleet, lab)
+    assert run.returncode == 0 and not [f for f in document["findings"] if f["kind"] == "rollback"], document
+
+
 def test_rich_table_on_a_terminal(lab: LabFiles, tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
     argv = [sys.executable, "-m", "orchestrator", "audit", "-i", str(lab.inventory)]

@@ -180,3 +180,36 @@ def test_whole_share_put_back_from_an_older_copy(target: Target, keyfleet: Keyfl
     for command, extra in (("backup", ()), ("restore", ("--host", "p-ms01", "--yes")), ("prune", ("--keep", "1"))):
         run = target.run(keyfleet, command, *extra)
         assert run.returncode == 3 and "rollback" in run.stderr, (command, run.stderr)
+
+
+@pytest.mark.parametrize("where", ["runs/20991231T000000Z-ffffff.json", "runs/20991231T000000Z-ffffff.running"])
+def test_json_nested_too_deep_is_an_integrity_finding(target: Target, keyfleet: Keyfleet, where: str) -> None:
+    """200,000 nested brackets (RecursionError in json.loads) in a run record or marker: an invalid file
+    like any other, exit 3, never an internal error; backup goes on beside it."""
+    backup(target, keyfleet)
+    target.root.joinpath(where).write_text("[" * 200_000 + "]" * 200_000)
+    code, kinds = target.audit(keyfleet)
+    assert code == 3 and kinds & {"run-record-invalid", "run-marker-invalid"}, kinds
+    assert target.run(keyfleet, "backup").returncode == 0
+
+
+def test_a_prune_that_meets_a_link_changes_nothing_and_leaves_no_marker(tmp_path: Path, keyfleet: Keyfleet) -> None:
+    """The oldest key file is a link to a copy outside the share: prune never deletes through one, and
+    finds it before its commit, so it refuses (exit 3) with the history unchanged, no run record and no
+    run marker left behind (an audit would otherwise report a run that never ended)."""
+    target = Target(make_lab_inventory(tmp_path / "lab", fleet=PAIR), tmp_path / "lab" / "share", [], {}, None)
+    first = backup(target, keyfleet)
+    backup(target, keyfleet)
+    oldest = next(o for o in first["outcomes"] if o["host"] == "p-ms01")
+    key_path = next(p for p in target.root.rglob("*.bin") if oldest["entry_id"].rsplit("-", 1)[-1] in p.name)
+    outside = tmp_path / "outside.bin"
+    shutil.copy2(key_path, outside)
+    key_path.unlink()
+    os.symlink(outside, key_path)
+    generation = json.loads(target.run(keyfleet, "audit", "--format", "json").stdout)["manifest"]["generation"]
+    run = target.run(keyfleet, "prune", "--keep", "1")
+    assert run.returncode == 3 and "symbolic link" in run.stderr, run.stderr
+    assert json.loads(target.run(keyfleet, "audit", "--format", "json").stdout)["manifest"]["generation"] == generation
+    assert not [p for p in (target.root / "runs").glob("*.json") if json.loads(p.read_text())["command"] == "prune"]
+    assert not list((target.root / "runs").glob("*.running"))
+    assert outside.read_bytes() and key_path.is_symlink()

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,15 +117,29 @@ def test_doctor_interrupted_as_its_document_is_written_prints_it_once(tmp_path):
 
 
 _HALF_WRITTEN = """
-real_write = sys.stdout.write
+import io
 
-def write(text):  # the signal lands in the middle of the document
-    half = len(text) // 2
-    real_write(text[:half])
-    os.kill(os.getpid(), signal.SIGINT)
-    return real_write(text[half:])
 
-sys.stdout.write = write
+class HalfThenSignal(io.RawIOBase):
+    # stdout whose first write stops half-way as a signal lands: what write(2) does to a blocked pipe write
+    interrupted = False
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        data = bytes(data)
+        if not HalfThenSignal.interrupted and len(data) > 1:
+            HalfThenSignal.interrupted = True
+            half = len(data) // 2
+            os.write(1, data[:half])
+            os.kill(os.getpid(), signal.SIGINT)
+            return half
+        os.write(1, data)
+        return len(data)
+
+
+sys.stdout = io.TextIOWrapper(io.BufferedWriter(HalfThenSignal()), encoding="utf-8")
 """
 
 
@@ -201,3 +216,34 @@ def test_an_interrupt_counted_before_the_runner_starts_starts_no_host(tmp_path):
         summary = Runner(lambda ctx: ran.append(ctx.host.name), forks=2).run(hosts)
     assert ran == [] and summary.interrupted
     assert {r.kind for r in summary.results} == {ErrorKind.INTERRUPTED}
+
+
+_PIPE_WRITE = ("pipe_write", "anon_pipe_write")  # where the kernel shows a process blocked writing to a pipe
+
+
+def test_a_second_interrupt_ends_a_document_no_one_reads(tmp_path):
+    """stdout a pipe no one reads: the document's write blocks. A first Ctrl-C waits for it (a document
+    is never cut for one), a second ends it: exit 130, nothing more written."""
+    line = "      h{0:04d}: {{role: management_server, address: 10.1.{1}.{2}}}"
+    hosts = "\n".join(line.format(i, i // 250, i % 250 + 1) for i in range(2000))
+    inventory = tmp_path / "big.yml"
+    inventory.write_text(
+        "defaults:\n  credential: {username: 'CORP\\\\svc', password: 'env:KF_BIG_PW'}\n"
+        f"management_groups:\n  G:\n    hosts:\n{hosts}\n"
+    )  # its --json document is about 1.5 MB: far more than a pipe holds
+    env = cli_env(tmp_path / "home", {"KF_BIG_PW": "not-used-here"})
+    argv = [sys.executable, "-m", "orchestrator", "inventory", "-i", str(inventory), "--json"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{proc.pid}/wchan").read_text() not in _PIPE_WRITE and time.monotonic() < deadline:
+            time.sleep(0.05)  # blocked writing the document into the full pipe
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)  # the first waits for the write
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert "Traceback" not in proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -263,3 +263,20 @@ def test_an_interrupt_right_after_a_folder_is_closed_never_closes_it_again(tmp_p
     monkeypatch.setattr(os, "close", close)
     with pytest.raises(KeyboardInterrupt):
         share.read_bytes("a/b/c.bin")
+
+
+def test_a_named_pipe_or_an_oversized_file_on_the_share_is_never_read(tmp_path: Path) -> None:
+    """A FIFO someone left on the share would block its reader forever (open waits for a writer); a
+    2 GB file would cost several times that in memory once parsed. Both are refused at once (exit 3)."""
+    from orchestrator.share.base import MAX_READ_BYTES, ShareFileUnusable
+
+    share = LocalShare(tmp_path)
+    share.write_new("runs/a.json", b"{}")
+    os.mkfifo(tmp_path / "runs" / "pipe.json")
+    with pytest.raises(ShareFileUnusable, match="is not a regular file"):
+        share.read_bytes("runs/pipe.json")
+    with open(tmp_path / "runs" / "huge.json", "wb") as sparse:
+        sparse.truncate(MAX_READ_BYTES + 1)
+    with pytest.raises(ShareFileUnusable, match="more than any file keyfleet writes"):
+        share.read_bytes("runs/huge.json")
+    assert share.read_bytes("runs/a.json") == b"{}"

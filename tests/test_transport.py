@@ -161,3 +161,41 @@ def test_ntlm_passwords_become_the_hashes_pyspnego_accepts_in_their_place():
     assert is_ntlm_hash(transport.ntlm_password("Password"))
     # the hashes log on as the password does: masked like any secret
     assert mask(f"auth {transport.ntlm_password('Password')} failed") == "auth ******** failed"
+
+
+def test_logged_on_reads_each_handler_s_own_state() -> None:
+    """The rule behind "a server that never asks for a logon gets nothing more", per auth handler: what
+    each keeps once its handshake ran, and what forget_logon drops before a new connection logs on.
+    requests_credssp is not installed here (the lab has no CredSSP): its shape, a ``contexts`` dict per
+    host that pywinrm's Encryption reads, stands in for it."""
+    from requests_ntlm import HttpNtlmAuth
+
+    from orchestrator.session.kerberos import NegotiateAuth
+
+    assert transport.logged_on(None) and transport.logged_on(requests.auth.HTTPBasicAuth("u", "p"))
+    ntlm = HttpNtlmAuth("u", "p")
+    assert not transport.logged_on(ntlm)
+    ntlm.session_security = object()  # what requests_ntlm keeps from the server's challenge
+    assert transport.logged_on(ntlm)
+    transport.forget_logon(ntlm)
+    assert not transport.logged_on(ntlm)
+    negotiate = NegotiateAuth("negotiate", None, "host.example")
+    assert not transport.logged_on(negotiate)
+
+    class Context:
+        complete = True
+        negotiated_protocol = "kerberos"
+
+    negotiate._context = Context()
+    assert transport.logged_on(negotiate)
+    transport.forget_logon(negotiate)
+    assert not transport.logged_on(negotiate)
+
+    class CredSSPShape:
+        def __init__(self) -> None:
+            self.contexts: dict[str, object] = {}
+
+    credssp = CredSSPShape()
+    assert not transport.logged_on(credssp)
+    credssp.contexts["host.example"] = object()
+    assert transport.logged_on(credssp)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from orchestrator.console import print_result_json
 from orchestrator.durations import format_duration
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, IntegrityError
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.jobs.context import mark_run_started, open_store, record_run, require_share_folder, share_for
 from orchestrator.jobs.prune import (
@@ -56,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
             if interrupts:  # pressed before the commit: nothing is removed
                 store.unmark_running(run_id)
                 return _report(args, plan, [], 130)
-        removed = apply_prune(store, plan, run_id)
+        try:
+            removed = apply_prune(store, plan, run_id)
+        except IntegrityError:  # refused before its commit (a link on the way, an altered history)
+            if plan.removals:
+                store.unmark_running(run_id)
+            raise
         if removed:
             record_run(store, prune_record(run_id, started, inventory, share.url, removed), _warn)
         elif plan.removals:  # another controller removed them first: no commit, no record

@@ -196,7 +196,9 @@ class ShareFindings:
                 path=path,
             )
         digests = {segment.generation: segment.digest for segment in history.segments}
-        digests.setdefault(history.checkpoint_generation, history.head or "")
+        # the checkpoint's own digest: what the first segment after it names as its predecessor
+        checkpoint_head = history.segments[0].previous if history.segments else history.head
+        digests.setdefault(history.checkpoint_generation, checkpoint_head or "")
         removed = {o.entry_id for r in records if r.command == "prune" for o in r.outcomes if o.entry_id}
         removed.update(i for segment in history.segments for i in segment.removed)
         for record in records:

@@ -26,6 +26,7 @@ class Interrupts:
     count: int = 0
     changed: threading.Event = field(default_factory=threading.Event)
     depth: int = 0  # deferred sections open
+    raise_at: int = 0  # inside a deferred section, the count from which an interrupt raises all the same
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -33,7 +34,7 @@ class Interrupts:
     def _signal(self, signum: int, frame: object) -> None:
         self.count += 1
         self.changed.set()
-        if self.depth == 0:
+        if self.depth == 0 or (self.raise_at and self.count >= self.raise_at):
             raise KeyboardInterrupt
 
 

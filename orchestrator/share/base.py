@@ -26,8 +26,23 @@ def is_link_reparse(attributes: int, tag: int | None) -> bool:
     return not tag or bool(tag & _NAME_SURROGATE)
 
 
+# The largest file keyfleet reads from a share: far above any it writes (a key file is at most 256 KiB, a
+# checkpoint of 100,000 entries about 60 MB), and a bound on what one file can cost (parsing JSON takes a
+# few times its size in memory)
+MAX_READ_BYTES = 128 * 1024 * 1024
+
+
 class ShareLinkError(IntegrityError):
     """A path under the share goes through a symbolic link or junction: never followed (exit 3)."""
+
+
+class ShareFileUnusable(IntegrityError):
+    """A path under the share is not a regular file keyfleet could have written (a named pipe, a device),
+    or is larger than any it writes: never read (exit 3)."""
+
+
+def unusable(url: str, path: str, why: str) -> ShareFileUnusable:
+    return ShareFileUnusable(f"share {url}: {path} {why}; keyfleet never reads it (run `keyfleet audit`)")
 
 
 class ShareAccessDenied(ShareError):
@@ -75,7 +90,9 @@ class Share(ABC):
     url: str
 
     @abstractmethod
-    def read_bytes(self, path: str) -> bytes: ...
+    def read_bytes(self, path: str) -> bytes:
+        """The whole file; ShareFileUnusable (never read) for anything but a regular file of at most
+        MAX_READ_BYTES."""
 
     @abstractmethod
     def write_new(self, path: str, data: bytes) -> None: ...

@@ -81,6 +81,7 @@ class Segment:
     upgraded_from: str | None = None  # SHA-256 of the keyfleet-manifest/1 file this segment replaced
     legacy_records: dict[str, str] = field(default_factory=dict)  # run record path -> SHA-256 at upgrade
     verifiers: dict[str, dict[str, Any]] = field(default_factory=dict)  # password_id -> its password verifier
+    share_id: str | None = None  # the share the segment was signed for
 
 
 def build_segment(
@@ -158,6 +159,7 @@ def parse_segment(data: bytes, path: str, verifier: Ed25519PublicKey, share_id: 
             upgraded_from=document.get("upgraded_from"),
             legacy_records=dict(legacy),
             verifiers=_verifiers(document),
+            share_id=share if isinstance(share := document.get("share_id"), str) else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise HistoryError("segment-invalid", f"{path} is not a valid log segment: {exc}", path) from None
@@ -366,8 +368,8 @@ def _read_segments(
                     "(the manifest was put back from an older copy)",
                     layout.MANIFEST,
                 )
-            if history.share_id is None:
-                history.share_id = _share_id_of(share.read_bytes(path))
+            if history.share_id is None:  # from the segment verified above, not from a second read
+                history.share_id = segment.share_id
             history.apply(segment)
     except HistoryError as exc:
         if problems is None:
@@ -382,16 +384,11 @@ def _check_checkpoint_head(share: Share, verifier: Ed25519PublicKey, history: Hi
         raise HistoryError("chain-broken", f"{path} is not the segment manifest.json was compacted from", path)
 
 
-def _share_id_of(data: bytes) -> str | None:
-    value = json.loads(data.decode("utf-8")).get("share_id")
-    return value if isinstance(value, str) else None
-
-
 def _load(data: bytes, path: str, expected_format: str | None, kind: str) -> dict[str, Any]:
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HistoryError(kind, f"{path} is not valid JSON: {exc}", path) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise HistoryError(kind, f"{path} is not valid JSON: {type(exc).__name__}: {exc}", path) from None
     if not isinstance(document, dict):
         raise HistoryError(kind, f"{path} is not a JSON object", path)
     if expected_format is not None and document.get("format") != expected_format:

@@ -18,6 +18,7 @@ from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.privatefile import create_private, write_private
 from orchestrator.share import layout
 from orchestrator.share.base import (
+    MAX_READ_BYTES,
     FolderState,
     ItemKind,
     Share,
@@ -26,6 +27,7 @@ from orchestrator.share.base import (
     ShareLinkError,
     is_link_reparse,
     split_temporary,
+    unusable,
 )
 
 if sys.platform == "win32":  # pragma: no cover - exercised only on a Windows controller
@@ -168,9 +170,21 @@ class LocalShare(Share):
         folder_path, _, name = relative.rpartition("/")
         try:
             with self._folder(folder_path, path=path) as folder:
-                fd = os.open(folder.at(name), os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0), dir_fd=folder.fd)
+                # O_NONBLOCK: opening a named pipe someone left on the share must not wait for a writer
+                flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_BINARY", 0)
+                fd = os.open(folder.at(name), flags, dir_fd=folder.fd)
             with os.fdopen(fd, "rb") as handle:
-                return handle.read()
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise unusable(self.url, path, "is not a regular file")
+                if info.st_size > MAX_READ_BYTES:
+                    raise unusable(self.url, path, f"is {info.st_size} bytes, more than any file keyfleet writes")
+                if _NONBLOCK:
+                    os.set_blocking(fd, True)
+                data = handle.read(MAX_READ_BYTES + 1)  # bounded, should it grow meanwhile
+                if len(data) > MAX_READ_BYTES:
+                    raise unusable(self.url, path, "grew past any file keyfleet writes while read")
+                return data
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise self._link_error(path, path) from None
@@ -351,6 +365,7 @@ class LocalShare(Share):
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # openat and friends: every POSIX controller; not Windows, where each component is checked with lstat.
 # (os.replace takes src_dir_fd/dst_dir_fd like os.rename, but only os.rename is listed in supports_dir_fd.)

@@ -199,7 +199,7 @@ class Manifest:
                 signature=signature,
                 signed_bytes=canonical_json(document),
             )
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"manifest.json is not a valid manifest: {exc}") from None
 
 
@@ -230,7 +230,7 @@ def verified_bytes(data: bytes, key: Ed25519PublicKey) -> tuple[dict[str, Any], 
     try:
         key.verify(base64.b64decode(match[3], validate=True), payload)
         document = json.loads(payload.decode("utf-8"))
-    except (InvalidSignature, binascii.Error, UnicodeDecodeError, ValueError):
+    except (InvalidSignature, binascii.Error, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(document, dict) or "signature" in document:
         return None

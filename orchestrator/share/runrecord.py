@@ -130,7 +130,7 @@ class RunRecord:
                 head=document["head"] if isinstance(document.get("head"), str) else None,
                 signed=signed,
             )
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"{name} is not a valid run record: {exc}") from None
 
 
@@ -179,7 +179,7 @@ class RunMarker:
                 started=parse_iso(document["started"]),
                 until=parse_iso(document["until"]),
             )
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"{name} is not a valid run marker: {exc}") from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import ntpath
 import stat
 import threading
@@ -20,6 +21,7 @@ from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
 from orchestrator.share import layout
 from orchestrator.share.base import (
+    MAX_READ_BYTES,
     FolderState,
     ItemKind,
     Share,
@@ -28,6 +30,7 @@ from orchestrator.share.base import (
     ShareLinkError,
     is_link_reparse,
     split_temporary,
+    unusable,
 )
 from orchestrator.share.smbadapter import connections_alive, credits_exhausted, entry_info, send_rename
 
@@ -127,6 +130,13 @@ class SMBShare(Share):
             self._translate(f"cannot read {path}"),
             smbclient.open_file(self._unc(path), "rb", share_access="rwd", **self._session()) as fd,
         ):
+            # a named pipe or device on the server is not opened as a file by Samba or Windows (it is
+            # refused, or is a reparse point the path check refuses); the size is what bounds a read. The
+            # size the server gave when the file was opened (smbclient seeks to its end without a request)
+            size = fd.seek(0, io.SEEK_END)
+            if size > MAX_READ_BYTES:
+                raise unusable(self.url, path, f"is {size} bytes, more than any file keyfleet writes")
+            fd.seek(0)
             return bytes(fd.read())
 
     def write_new(self, path: str, data: bytes) -> None:

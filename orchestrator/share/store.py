@@ -321,11 +321,19 @@ class BackupStore(HistoryStore):
                 return []
             if history.legacy:  # an old-format share: upgraded first, as a backup would
                 history = self._history = self._start(history, run_id)
+            gone = {entry.id for entry in removed}
+            still_used = {e.path for e in history.entries.values() if e.id not in gone}
+            # before the commit: a file reached through a link refuses the whole prune (ShareLinkError),
+            # with nothing changed
+            files = [e.path for e in removed if e.path not in still_used and self.share.exists(e.path)]
             self._append(history, run_id, [], [entry.id for entry in removed])
-            still_used = {entry.path for entry in history.entries.values()}
-            for entry in removed:
-                if entry.path not in still_used and self.share.exists(entry.path):
-                    self.share.remove(entry.path)
+            for path in files:
+                try:
+                    self.share.remove(path)
+                except (ShareError, IntegrityError) as exc:
+                    # committed: the entries are gone from the history whatever happens to their files, so
+                    # the caller still records the run; a file left is an orphan the audit names
+                    self.notices.append(f"{path} left on the share (its entry is removed): {exc}")
         self._remember()
         return removed
 
