@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.errors import ConfigError, ShareError
 from orchestrator.inventory.loader import load_inventory
@@ -157,6 +158,35 @@ def test_dr_restore_playbook_drill(tmp_path, keyfleet):
         ("verify", "ok"),
     ]
     assert machine.current_key() == original
+
+
+def test_a_backup_step_shows_what_a_host_that_succeeded_left_behind(tmp_path, keyfleet):
+    """Antivirus holds a file in the helper's temporary folder (which held the key file): the backup
+    succeeds, and the runbook says so as keyfleet backup does, on the terminal and in --json."""
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET, faults={"p-ms01": ["cleanup-locked"]})
+    run = play(keyfleet, "backup-all.yml", lab.inventory, "--json")
+    assert run.returncode == 0, run.stderr
+    (warning,) = [w for w in steps_of(run)["backup"]["warnings"] if w.startswith("p-ms01: warning:")]
+    assert "temporary folder" in warning and warning in run.stderr
+
+
+def test_a_restore_step_checks_the_password_of_the_backup_s_own_password_id(tmp_path, keyfleet):
+    """The inventory moved on to a new password_id (and password); the backup to restore was taken under the
+    old one. The restore step checks the password given against the backup's id, as keyfleet restore does:
+    exit 2, and the server gets nothing."""
+    lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
+    assert keyfleet("backup", "-i", str(lab.inventory), "--limit", "p-ms01").returncode == 0
+    document = yaml.safe_load(lab.inventory.read_text())
+    old_id = document["backup"]["password_id"]
+    document["backup"].update(password_id="next-year", password="Another-Backup-Pw-2")
+    lab.inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+    sends = sum(1 for line in lab.journal.read_text().splitlines() if '"Send"' in line)
+    rehearsal = tmp_path / "restore-only.yml"
+    rehearsal.write_text("name: restore only\nsteps:\n  - restore: {confirm: false}\n")
+    run = keyfleet("run", str(rehearsal), "-i", str(lab.inventory), "--limit", "p-ms01", "--json")
+    assert run.returncode == 2, run.stderr
+    assert f"password does not match password_id {old_id!r}" in run.stderr
+    assert sum(1 for line in lab.journal.read_text().splitlines() if '"Send"' in line) == sends
 
 
 BAD_PLAYBOOKS = {  # text, line, key, part of the message

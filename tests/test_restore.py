@@ -102,15 +102,52 @@ def test_restore_onto_another_role_is_refused_before_any_connection(tmp_path, ke
     assert journal_lines(lab) == before
 
 
-def test_server_reporting_another_role_is_refused_by_the_helper(tmp_path, keyfleet):
+def helpers_sent(lab: LabFiles, host: str) -> list[str]:
+    """The helpers the lab's server ``host`` was sent, in order (from the Send requests in its journal)."""
+    sent = []
+    for line in lab.journal.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["host"] == host and entry["operation"] == "Send" and entry.get("request"):
+            sent.append(json.loads(entry["request"])["helper"])
+    return sent
+
+
+def test_server_reporting_another_role_is_refused_before_the_key_is_sent(tmp_path, keyfleet):
+    """The probe (no key file, no password) names the server's roles first: a server of another role
+    never receives the key file or the backup password."""
     lab = backed_up(tmp_path, keyfleet)
     key = server(lab).current_key()
     edit_host(lab, "r-ms01", lab={"faults": ["wrong-role"]})
+    before = len(helpers_sent(lab, "r-ms01"))
     run = restore(keyfleet, lab, "--yes", "--json")
     assert run.returncode == 1, run.stderr
     outcome = json.loads(run.stdout)["outcomes"][0]
-    assert outcome["kind"] == "role-mismatch"
+    assert outcome["kind"] == "role-mismatch" and "nothing was sent" in outcome["message"]
+    assert helpers_sent(lab, "r-ms01")[before:] == ["probe"]
     assert server(lab).current_key() == key
+
+
+def test_a_server_of_another_name_never_receives_the_key(tmp_path, keyfleet):
+    """The inventory's address for r-ms01 leads to another machine (a DNS or DHCP mistake in a recovery):
+    the probe's computer name refuses it before the key file and the password are sent."""
+    from orchestrator.inventory.loader import load_inventory
+    from orchestrator.lab.fleet import serving
+
+    lab = backed_up(tmp_path, keyfleet)
+    document = yaml.safe_load(lab.inventory.read_text())
+    document["lab"]["serve"] = False  # the fleet is served below, each machine at its own address
+    hosts = document["management_groups"]["DR"]["hosts"]
+    # r-ms01's entry now leads to the machine r-dw01 (its address, and the https listener it serves)
+    hosts["r-ms01"].update({k: v for k, v in hosts["r-dw01"].items() if k != "role"})
+    mistaken = lab.inventory.with_name("mistaken.yml")
+    mistaken.write_text(yaml.safe_dump(document, sort_keys=False))
+    before = len(helpers_sent(lab, "r-dw01"))
+    with serving(load_inventory(lab.inventory)):
+        run = keyfleet("restore", "-i", str(mistaken), "--host", "r-ms01", "--yes", "--json")
+    assert run.returncode == 1, run.stderr
+    outcome = json.loads(run.stdout)["outcomes"][0]
+    assert outcome["kind"] == "name-mismatch" and "nothing was sent" in outcome["message"], outcome
+    assert helpers_sent(lab, "r-dw01")[before:] == ["probe"]  # the machine at that address got no key
 
 
 def test_entry_of_another_server_is_refused(tmp_path, keyfleet):

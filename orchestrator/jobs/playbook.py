@@ -11,17 +11,18 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from orchestrator.durations import format_duration
 from orchestrator.errors import ConfigError, ErrorKind, IntegrityError, ShareError
 from orchestrator.helpers import remote
 from orchestrator.inventory.model import HostConfig, Inventory
-from orchestrator.jobs import backup, context, restore
+from orchestrator.jobs import backup, context, identity, restore
 from orchestrator.jobs.audit import INTEGRITY, CoverageStatus, Severity, run_audit
 from orchestrator.jobs.doctor import run_doctor
 from orchestrator.jobs.playbook_schema import AuditOptions, BackupOptions, DoctorOptions, Playbook, RestoreOptions, Step
 from orchestrator.runner.interrupts import Interrupts
-from orchestrator.runner.pool import RunnerEvents
+from orchestrator.runner.pool import HostResult, RunnerEvents
 from orchestrator.secret import Secret
 from orchestrator.share.manifest import ManifestEntry
 from orchestrator.share.runrecord import RunRecord, new_run_id
@@ -243,7 +244,9 @@ class PlaybookRun:
             f"{len(plan.skipped)} skipped as fresh",
             cells,
             interrupted=summary.interrupted,
-            warnings=store.notices[noticed:],
+            # what the operator must know of a host that succeeded (a temporary folder left on it), then
+            # the share's notices
+            warnings=[*_host_warnings(summary.results), *store.notices[noticed:]],
         )
         record = backup.build_run_record(
             run_id=run_id,
@@ -343,6 +346,8 @@ class PlaybookRun:
         except ConfigError as exc:  # refused (another server's or role's key) or nothing to restore
             kind = exc.kind if isinstance(exc, restore.RestoreRefused) else ErrorKind.CONFIG
             return StepResult(step, Status.FAILED, "not restored", [HostStep.failed(host.name, str(kind), exc.message)])
+        # the password must be the one of the backup's own password_id (exit 2), before the server is contacted
+        identity.check_password(store, request.entry.password_id, self._secret())
         warning = restore.password_label_warning(self.ctx.inv, request)
         if step.options.confirm and not self.ctx.confirm(request):
             cell = HostStep.failed(host.name, "not-confirmed", "the operator declined the restore")
@@ -366,7 +371,7 @@ class PlaybookRun:
             f"{entry.id} -> {host.name}",
             [cell],
             interrupted=summary.interrupted,
-            warnings=[warning] if warning else [],
+            warnings=[*([warning] if warning else []), *_host_warnings(summary.results)],
         )
         record = restore.build_run_record(
             run_id=run_id,
@@ -388,3 +393,8 @@ def _share_failure(step: Step, targets: list[HostConfig], message: str) -> StepR
 def _integrity_failure(step: Step, targets: list[HostConfig], message: str) -> StepResult:
     cells = [HostStep.failed(h.name, str(ErrorKind.INTEGRITY), message) for h in targets]
     return StepResult(step, Status.FAILED, message, cells, integrity=True)
+
+
+def _host_warnings(results: list[HostResult[Any]]) -> list[str]:
+    """The warnings of hosts that succeeded, as a plain backup or restore shows them."""
+    return [f"{r.host.name}: warning: {r.warning}" for r in results if r.warning]

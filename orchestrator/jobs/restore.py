@@ -13,7 +13,7 @@ from datetime import datetime
 
 from orchestrator.errors import ConfigError, ErrorKind, HostFailure, IntegrityError
 from orchestrator.helpers import remote
-from orchestrator.helpers.run import RESTORE, run_helper
+from orchestrator.helpers.run import PROBE, RESTORE, run_helper
 from orchestrator.inventory.model import HostConfig, Inventory
 from orchestrator.jobs.record import host_outcome, run_record
 from orchestrator.runner.pool import HostContext, HostResult, Runner, RunnerEvents, RunSummary
@@ -140,6 +140,10 @@ class RestoreTask:
             expected_role=host.role,
         )
         with WinRMSession(host, self._winrm_password) as session:
+            # nothing secret goes to a server before it has shown it is the one the key belongs to: the
+            # probe (no key file, no password) names it; the restore helper checks again on the server
+            check_server(host, run_helper(ctx, session, PROBE, remote.probe_params(host.tool_path), None))
+            ctx.report("restoring")
             restored = run_helper(ctx, session, RESTORE, params, self._password)
         if restored.sha256 != entry.sha256:
             raise HostFailure(
@@ -147,6 +151,27 @@ class RestoreTask:
             )
         ctx.warning = restored.cleanup_warning
         return restored
+
+
+def check_server(host: HostConfig, probe: remote.ProbeResult) -> None:
+    """Refuse a server whose computer name is not the backup's, or that holds another SCSM role (a server
+    with none is being rebuilt: Setup runs after the restore). The restore helper makes the same checks
+    (restore.ps1: ``-ne`` compares names without case)."""
+    expected = host.name.split(".")[0]
+    if probe.computer_name.upper() != expected.upper():
+        raise HostFailure(
+            ErrorKind.NAME_MISMATCH,
+            host.name,
+            f"this server is {probe.computer_name} but the key file belongs to {expected}: a key can only be "
+            "restored onto a server with the same computer name (nothing was sent)",
+        )
+    if probe.roles and host.role not in probe.roles:
+        found = " and ".join(str(role) for role in probe.roles)
+        raise HostFailure(
+            ErrorKind.ROLE_MISMATCH,
+            host.name,
+            f"this server is a {found} but the key file belongs to a {host.role} (nothing was sent)",
+        )
 
 
 def run_restore(
