@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -105,6 +107,9 @@ def print_json(document: object) -> None:
             _write_all(text)
         except KeyboardInterrupt:
             _printed[0] = 130  # cut by the operator: nothing more is written, and the exit says so
+            # what is left in stdout's buffer would block the exit's flush on the same unread pipe
+            with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor has no such pipe
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise
         finally:
             interrupts.raise_at = 0

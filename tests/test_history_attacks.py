@@ -213,3 +213,21 @@ def test_a_prune_that_meets_a_link_changes_nothing_and_leaves_no_marker(tmp_path
     assert not [p for p in (target.root / "runs").glob("*.json") if json.loads(p.read_text())["command"] == "prune"]
     assert not list((target.root / "runs").glob("*.running"))
     assert outside.read_bytes() and key_path.is_symlink()
+
+
+def test_a_huge_key_file_or_a_pipe_for_a_marker_is_a_finding_not_the_end_of_the_audit(
+    target: Target, keyfleet: Keyfleet
+) -> None:
+    """A key file swapped for a 200 MB file, and a named pipe where a run marker would be: the audit still
+    reports every server (the key file as altered, the marker as invalid) instead of stopping at the
+    first unreadable file."""
+    result = backup(target, keyfleet)
+    entry_id = next(o["entry_id"] for o in result["outcomes"] if o["host"] == "p-ms01")
+    key_path = next(p for p in target.root.rglob("*.bin") if entry_id.rsplit("-", 1)[-1] in p.name)
+    with open(key_path, "r+b") as swapped:
+        swapped.truncate(200 * 1024 * 1024)
+    os.mkfifo(target.root / "runs" / "20991231T000000Z-ffffff.running")
+    if target.owner:
+        shutil.chown(target.root / "runs" / "20991231T000000Z-ffffff.running", user=target.owner)
+    code, kinds = target.audit(keyfleet)
+    assert code == 3 and "altered" in kinds and "run-marker-invalid" in kinds, kinds

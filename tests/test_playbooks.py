@@ -173,7 +173,7 @@ def test_a_backup_step_shows_what_a_host_that_succeeded_left_behind(tmp_path, ke
 def test_a_restore_step_checks_the_password_of_the_backup_s_own_password_id(tmp_path, keyfleet):
     """The inventory moved on to a new password_id (and password); the backup to restore was taken under the
     old one. The restore step checks the password given against the backup's id, as keyfleet restore does:
-    exit 2, and the server gets nothing."""
+    the step fails (kind config), the server gets nothing, and the runbook still reports its steps."""
     lab = make_lab_inventory(tmp_path / "lab", fleet=FLEET)
     assert keyfleet("backup", "-i", str(lab.inventory), "--limit", "p-ms01").returncode == 0
     document = yaml.safe_load(lab.inventory.read_text())
@@ -184,8 +184,11 @@ def test_a_restore_step_checks_the_password_of_the_backup_s_own_password_id(tmp_
     rehearsal = tmp_path / "restore-only.yml"
     rehearsal.write_text("name: restore only\nsteps:\n  - restore: {confirm: false}\n")
     run = keyfleet("run", str(rehearsal), "-i", str(lab.inventory), "--limit", "p-ms01", "--json")
-    assert run.returncode == 2, run.stderr
-    assert f"password does not match password_id {old_id!r}" in run.stderr
+    assert run.returncode == 1, run.stderr
+    (step,) = json.loads(run.stdout)["steps"]
+    (cell,) = step["hosts"]
+    assert step["status"] == "failed" and cell["kind"] == "config", step
+    assert f"password does not match password_id {old_id!r}" in cell["message"]
     assert sum(1 for line in lab.journal.read_text().splitlines() if '"Send"' in line) == sends
 
 

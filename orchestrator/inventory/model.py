@@ -105,6 +105,18 @@ class HostConfig:
     def endpoint(self) -> str:
         return f"{self.scheme}://{self.address}:{self.port}/wsman"
 
+    @property
+    def computer_name(self) -> str:
+        """The server's computer name as Windows reports it (``$env:COMPUTERNAME``, its NetBIOS name): the
+        first label of the host name, upper-case. The inventory refuses a first label of more than 15
+        characters, the NetBIOS limit, so no name needs cutting."""
+        return netbios_name(self.name)
+
+
+def netbios_name(name: str) -> str:
+    """``name``'s NetBIOS form (HostConfig.computer_name)."""
+    return name.split(".")[0].upper()
+
 
 @dataclass(frozen=True)
 class ManagementGroup:

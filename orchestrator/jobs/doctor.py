@@ -204,7 +204,7 @@ def _failed(name: str, detail: str, kind: ErrorKind) -> CheckResult:
 
 def judge(host: HostConfig, probe: remote.ProbeResult) -> tuple[CheckResult, ...]:
     """The checks of a host whose probe answered."""
-    computer_name = host.name.split(".")[0].upper()
+    computer_name = host.computer_name
     tool_where = f"at {host.tool_path}" if host.tool_path else "in tool_path or any known location"
     found = " + ".join(str(r) for r in probe.roles)
     if not probe.roles:

@@ -346,8 +346,12 @@ class PlaybookRun:
         except ConfigError as exc:  # refused (another server's or role's key) or nothing to restore
             kind = exc.kind if isinstance(exc, restore.RestoreRefused) else ErrorKind.CONFIG
             return StepResult(step, Status.FAILED, "not restored", [HostStep.failed(host.name, str(kind), exc.message)])
-        # the password must be the one of the backup's own password_id (exit 2), before the server is contacted
-        identity.check_password(store, request.entry.password_id, self._secret())
+        # the password must be the one of the backup's own password_id, before the server is contacted; the
+        # step fails (kind config) and the runbook goes on reporting the steps it ran
+        try:
+            identity.check_password(store, request.entry.password_id, self._secret())
+        except ConfigError as exc:
+            return StepResult(step, Status.FAILED, "not restored", [HostStep.failed(host.name, "config", exc.message)])
         warning = restore.password_label_warning(self.ctx.inv, request)
         if step.options.confirm and not self.ctx.confirm(request):
             cell = HostStep.failed(host.name, "not-confirmed", "the operator declined the restore")

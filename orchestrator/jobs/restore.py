@@ -157,8 +157,8 @@ def check_server(host: HostConfig, probe: remote.ProbeResult) -> None:
     """Refuse a server whose computer name is not the backup's, or that holds another SCSM role (a server
     with none is being rebuilt: Setup runs after the restore). The restore helper makes the same checks
     (restore.ps1: ``-ne`` compares names without case)."""
-    expected = host.name.split(".")[0]
-    if probe.computer_name.upper() != expected.upper():
+    expected = host.computer_name
+    if probe.computer_name.upper() != expected:
         raise HostFailure(
             ErrorKind.NAME_MISMATCH,
             host.name,

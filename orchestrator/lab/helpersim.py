@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from orchestrator.helpers import remote
+from orchestrator.inventory.model import netbios_name
 from orchestrator.lab.faults import find
 from orchestrator.lab.keyfile import ToolRun, tool_backup, tool_restore
 from orchestrator.lab.registry import (
@@ -206,8 +207,8 @@ class SimulatedHelpers:
             raise HelperError("integrity", "the key file received does not match its SHA-256; nothing was restored")
         expected_name = call.params.get("expected_computer_name")
         if expected_name:
-            label = str(expected_name).split(".")[0]
-            if label.upper() != self.computer_name:
+            label = netbios_name(str(expected_name))  # restore.ps1: the first label, compared without case
+            if label != self.computer_name:
                 raise HelperError(
                     "name-mismatch",
                     f"this server is {self.computer_name} but the key file belongs to {label}: a key can "

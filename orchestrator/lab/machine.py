@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.helpers import remote
-from orchestrator.inventory.model import Role
+from orchestrator.inventory.model import Role, netbios_name
 from orchestrator.lab.config import LabHostSettings
 from orchestrator.lab.faults import MACHINE_FAULTS, Fault, find, parse_faults
 from orchestrator.lab.helpersim import Cancelled, Logon, SimulatedHelpers
@@ -96,7 +96,7 @@ class Machine:
         )
         self.registry = Registry(Path(state_dir), name, role.value, settings.version, seed)
         self.registry.load()  # a fresh installation on first start; the same key on later starts
-        self.computer_name = name.split(".")[0].upper()
+        self.computer_name = netbios_name(name)  # as $env:COMPUTERNAME
         self.installation = Installation.of(role, settings, self.faults)
         self.helpers = SimulatedHelpers(self.computer_name, self.installation, self.registry)
 

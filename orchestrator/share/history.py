@@ -131,6 +131,8 @@ def parse_segment(data: bytes, path: str, verifier: Ed25519PublicKey, share_id: 
             digest = verify_document(document, verifier, path)
         except IntegrityError as exc:
             raise HistoryError("segment-invalid", str(exc), path) from None
+        except RecursionError:  # nested just deep enough to decode but not to encode again
+            raise HistoryError("segment-invalid", f"{path} is nested too deep", path) from None
     try:
         generation = document["generation"]
         if not isinstance(generation, int) or segment_generation(path) != generation:
@@ -281,7 +283,10 @@ def _read_checkpoint(
         raise HistoryError("manifest-invalid", f"manifest.json has an unknown format {document.get('format')!r}")
     try:
         if verified is None:
-            verify_document(document, verifier, layout.MANIFEST)
+            try:
+                verify_document(document, verifier, layout.MANIFEST)
+            except RecursionError:  # nested just deep enough to decode but not to encode again
+                raise IntegrityError("manifest.json is nested too deep") from None
     except IntegrityError as exc:
         kind = "signature-missing" if document.get("signature") is None else "signature-invalid"
         if problems is None:

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from orchestrator.errors import ConfigError, IntegrityError
 from orchestrator.share import layout
-from orchestrator.share.base import Share, ShareAccessDenied, ShareLinkError
+from orchestrator.share.base import Share, ShareAccessDenied, ShareFileUnusable, ShareLinkError
 from orchestrator.share.manifest import ManifestEntry
 
 
@@ -44,6 +44,8 @@ def check_key_file(share: Share, entry: ManifestEntry) -> tuple[KeyFileCheck, by
         return KeyFileCheck(entry, FileState.LINKED), None
     except ShareAccessDenied:
         return KeyFileCheck(entry, FileState.UNREADABLE), None
+    except ShareFileUnusable:  # far larger than the key file its entry names: not that file
+        return KeyFileCheck(entry, FileState.ALTERED), None
     actual = hashlib.sha256(data).hexdigest()
     state = FileState.OK if actual == entry.sha256 and len(data) == entry.size else FileState.ALTERED
     return KeyFileCheck(entry, state, actual), data

@@ -18,7 +18,6 @@ from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.privatefile import create_private, write_private
 from orchestrator.share import layout
 from orchestrator.share.base import (
-    MAX_READ_BYTES,
     FolderState,
     ItemKind,
     Share,
@@ -26,6 +25,7 @@ from orchestrator.share.base import (
     ShareItem,
     ShareLinkError,
     is_link_reparse,
+    read_limit,
     split_temporary,
     unusable,
 )
@@ -171,19 +171,25 @@ class LocalShare(Share):
         try:
             with self._folder(folder_path, path=path) as folder:
                 # O_NONBLOCK: opening a named pipe someone left on the share must not wait for a writer
-                flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_BINARY", 0)
-                fd = os.open(folder.at(name), flags, dir_fd=folder.fd)
+                flags = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+                try:
+                    fd = os.open(folder.at(name), flags | _NONBLOCK, dir_fd=folder.fd)
+                except BlockingIOError:  # a lease another process holds (NFS, Samba's kernel oplocks)
+                    info = self._final(folder, name, path)
+                    if info is None or not stat.S_ISREG(info.st_mode):
+                        raise
+                    fd = os.open(folder.at(name), flags, dir_fd=folder.fd)  # a file: wait as a plain open
             with os.fdopen(fd, "rb") as handle:
                 info = os.fstat(handle.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise unusable(self.url, path, "is not a regular file")
-                if info.st_size > MAX_READ_BYTES:
+                if info.st_size > read_limit(relative):
                     raise unusable(self.url, path, f"is {info.st_size} bytes, more than any file keyfleet writes")
                 if _NONBLOCK:
                     os.set_blocking(fd, True)
-                data = handle.read(MAX_READ_BYTES + 1)  # bounded, should it grow meanwhile
-                if len(data) > MAX_READ_BYTES:
-                    raise unusable(self.url, path, "grew past any file keyfleet writes while read")
+                data = handle.read(info.st_size + 1)
+                if len(data) > info.st_size:  # keyfleet never grows a file in place
+                    raise unusable(self.url, path, "grew while it was read")
                 return data
         except OSError as exc:
             if exc.errno == errno.ELOOP:

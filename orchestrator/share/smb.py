@@ -21,7 +21,6 @@ from orchestrator.errors import ShareError, ShareExistsError
 from orchestrator.secret import Secret, mask
 from orchestrator.share import layout
 from orchestrator.share.base import (
-    MAX_READ_BYTES,
     FolderState,
     ItemKind,
     Share,
@@ -29,6 +28,7 @@ from orchestrator.share.base import (
     ShareItem,
     ShareLinkError,
     is_link_reparse,
+    read_limit,
     split_temporary,
     unusable,
 )
@@ -134,7 +134,7 @@ class SMBShare(Share):
             # refused, or is a reparse point the path check refuses); the size is what bounds a read. The
             # size the server gave when the file was opened (smbclient seeks to its end without a request)
             size = fd.seek(0, io.SEEK_END)
-            if size > MAX_READ_BYTES:
+            if size > read_limit(layout.validate_path(path)):
                 raise unusable(self.url, path, f"is {size} bytes, more than any file keyfleet writes")
             fd.seek(0)
             return bytes(fd.read())

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from orchestrator.errors import ConfigError, IntegrityError, ShareError, ShareExistsError
 from orchestrator.share import layout
-from orchestrator.share.base import Share
+from orchestrator.share.base import Share, ShareFileUnusable
 from orchestrator.share.history import History
 from orchestrator.share.historystore import HistoryStore
 from orchestrator.share.keyfiles import FileState, KeyFileCheck, check_key_file, read_key_file
@@ -225,6 +225,11 @@ class BackupStore(HistoryStore):
                 continue
             try:
                 data = self.share.read_bytes(path)
+            except ShareFileUnusable:  # a named pipe, a huge file: no marker keyfleet wrote
+                if invalid is None:
+                    raise
+                invalid.append(path)
+                continue
             except ShareError:
                 if not self.share.exists(path):
                     continue  # its run wrote its record and removed it since the listing
@@ -319,13 +324,13 @@ class BackupStore(HistoryStore):
             removed = [history.entries[i] for i in wanted if i in history.entries]
             if not removed:
                 return []
-            if history.legacy:  # an old-format share: upgraded first, as a backup would
-                history = self._history = self._start(history, run_id)
             gone = {entry.id for entry in removed}
             still_used = {e.path for e in history.entries.values() if e.id not in gone}
-            # before the commit: a file reached through a link refuses the whole prune (ShareLinkError),
-            # with nothing changed
+            # before any commit (an old-format share's upgrade is one): a file reached through a link
+            # refuses the whole prune (ShareLinkError), with nothing changed
             files = [e.path for e in removed if e.path not in still_used and self.share.exists(e.path)]
+            if history.legacy:  # an old-format share: upgraded first, as a backup would
+                history = self._history = self._start(history, run_id)
             self._append(history, run_id, [], [entry.id for entry in removed])
             for path in files:
                 try:
