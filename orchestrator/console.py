@@ -40,9 +40,9 @@ HINTS: dict[ErrorKind, str] = {
     ErrorKind.TOOL_TIMEOUT: "SecureStorageBackup.exe did not finish; it may be waiting for interactive input "
     "(keyfleet doctor --tool-smoke tells; keyfleet collect takes keys made with the wizard)",
     ErrorKind.TOOL_INTERACTIVE: "this SecureStorageBackup.exe takes no typed password: run the wizard on the server "
-    "and use keyfleet collect",
+    "(for a backup, keyfleet collect then takes its key file)",
     ErrorKind.CONSOLE_UNAVAILABLE: "no pseudo console before Windows Server 2019: set tool_input: stdin if the tool "
-    "reads stdin, else run the wizard and use keyfleet collect",
+    "reads stdin, else run the wizard on the server (for a backup, keyfleet collect then takes its key file)",
     ErrorKind.CONSTRAINED_LANGUAGE: "AppLocker/WDAC script enforcement puts PowerShell in Constrained Language Mode; "
     "allow keyfleet's bootstrap (a publisher or path rule) or use an exempt administrator account",
     ErrorKind.REMOTE_SHELL_DISABLED: "Group Policy 'Allow Remote Shell Access' (Windows Remote Shell) is disabled on "

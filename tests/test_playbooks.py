@@ -107,6 +107,14 @@ def test_post_deployment_with_a_faulty_server_names_it(tmp_path, keyfleet):
     assert steps["audit"]["status"] == "failed"
     assert steps["audit"]["coverage"]["percent"] == pytest.approx(66.7)
     assert "failed (exit 1); failed: p-dw01" in run.stderr
+    # the server left out of the backup step did not succeed: the run record says why, and the next
+    # `--limit @last-failed` takes it
+    record = json.loads((lab.share / steps["backup"]["run_record"]).read_text())
+    (left_out,) = [o for o in record["outcomes"] if o["host"] == "p-dw01"]
+    assert (left_out["status"], left_out["kind"]) == ("skipped", "not-admin")
+    again = keyfleet("backup", "-i", str(lab.inventory), "--limit", "@last-failed", "--check", "--json")
+    assert again.returncode == 0, again.stderr
+    assert [h["host"] for h in json.loads(again.stdout)["plan"]["hosts"]] == ["p-dw01"]
 
 
 @pytest.mark.e2e

@@ -282,7 +282,7 @@ function Invoke-ToolStdin([string] $ToolPath, [string] $Verb, [string] $KeyFile,
                 Stop-ToolTree $process.Id
                 [void]$process.WaitForExit(10000)
                 if ($stdout.Length -eq 0) {
-                    Stop-Helper 'tool-interactive' ('SecureStorageBackup.exe showed no prompt in {0} s and was stopped: it waits for a desktop (the wizard). Run the wizard on this server and use keyfleet collect.' -f $TimeoutSeconds)
+                    Stop-Helper 'tool-interactive' ('SecureStorageBackup.exe showed no prompt in {0} s and was stopped: it waits for a desktop (the wizard): run the wizard on this server (a backup''s key file is then taken with keyfleet collect).' -f $TimeoutSeconds)
                 }
                 if (-not $stalled) {
                     Stop-Helper 'tool-timeout' ('SecureStorageBackup.exe did not finish within {0} s and was stopped. Run keyfleet doctor --tool-smoke, or raise tool_timeout.' -f $TimeoutSeconds)

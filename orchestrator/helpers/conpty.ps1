@@ -354,7 +354,7 @@ function Import-PseudoConsole {
 function Invoke-ToolConsole([string] $ToolPath, [string] $Verb, [string] $KeyFile, [double] $TimeoutSeconds) {
     Import-PseudoConsole
     if (-not [Keyfleet.PseudoConsoleSession]::IsSupported()) {
-        Stop-Helper 'console-unavailable' ('this server (Windows {0}) has no pseudo console: CreatePseudoConsole needs Windows Server 2019 or later, and Windows Server 2016 has none, so SecureStorageBackup.exe cannot be typed its password here. Run the wizard on the server and use keyfleet collect.' -f [Environment]::OSVersion.Version)
+        Stop-Helper 'console-unavailable' ('this server (Windows {0}) has no pseudo console: CreatePseudoConsole needs Windows Server 2019 or later, and Windows Server 2016 has none, so SecureStorageBackup.exe cannot be typed its password here: run the wizard on the server (a backup''s key file is then taken with keyfleet collect).' -f [Environment]::OSVersion.Version)
     }
     if ($null -eq $Secret -or $Secret.Length -eq 0) { Stop-Helper 'remote' 'no password was given for SecureStorageBackup.exe' }
     $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
@@ -396,7 +396,7 @@ function Invoke-ToolConsole([string] $ToolPath, [string] $Verb, [string] $KeyFil
             # no prompt at all: the wizard, which needs a desktop (the same kind as Invoke-ToolStdin's)
             $kind = 'tool-timeout'
             if ($typed -eq 0) { $kind = 'tool-interactive' }
-            Stop-Helper $kind ('SecureStorageBackup.exe on a pseudo console did not finish within {0} s and {1} (password prompts answered: {2}); it may be waiting for the wizard, which needs a desktop: use keyfleet collect. Its last output: {3}' -f $TimeoutSeconds, $outcome, $typed, $shown)
+            Stop-Helper $kind ('SecureStorageBackup.exe on a pseudo console did not finish within {0} s and {1} (password prompts answered: {2}); it may be waiting for the wizard, which needs a desktop: run the wizard on the server (a backup''s key file is then taken with keyfleet collect). Its last output: {3}' -f $TimeoutSeconds, $outcome, $typed, $shown)
         }
         $session.Close()
         $output = $session.Text($plain).Trim()

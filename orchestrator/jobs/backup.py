@@ -29,6 +29,7 @@ log = logging.getLogger("keyfleet.backup")
 class SkippedHost:
     host: HostConfig
     reason: str
+    kind: str | None = None  # why it did not succeed, when it was left out by a failure (a runbook's earlier step)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def last_failed_hosts(store: BackupStore) -> set[str]:
     record = records[-1] if records else None
     if record is None:
         raise ConfigError("@last-failed: the share has no backup run record yet", key="--limit")
-    return {o.host for o in record.outcomes if o.status == "failed" or o.kind == "interrupted"}
+    # failed, interrupted, or skipped for a failure (a runbook's earlier step): not a fresh backup's skip
+    return {o.host for o in record.outcomes if o.status == "failed" or o.kind is not None}
 
 
 def last_failed_resolver(store: BackupStore) -> Callable[[str], set[str]]:
@@ -228,6 +230,7 @@ def skipped_outcome(skipped: SkippedHost) -> HostOutcome:
         group=host.group,
         role=host.role.value,
         status=Status.SKIPPED,
+        kind=skipped.kind,
         message=skipped.reason,
     )
 

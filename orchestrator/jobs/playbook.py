@@ -121,6 +121,7 @@ class PlaybookRun:
         self.written: dict[str, ManifestEntry] = {}  # host -> the entry a backup step stored
         self.restored: dict[str, tuple[ManifestEntry, remote.RestoreResult]] = {}
         self.failed: dict[str, str] = {}  # host -> title of the step it failed
+        self.failed_kind: dict[str, str | None] = {}  # host -> the kind it failed that step with
 
     def run(self) -> PlaybookResult:
         results: list[StepResult] = []
@@ -157,6 +158,7 @@ class PlaybookRun:
         for cell in result.hosts:
             if cell.status is Status.FAILED:
                 self.failed.setdefault(cell.host, step.title)
+                self.failed_kind.setdefault(cell.host, cell.kind or "failed")
         return result
 
     def left_out(self) -> list[HostConfig]:
@@ -225,7 +227,10 @@ class PlaybookRun:
         )
         with self.ctx.progress(f"step {step.title}", [h.name for h in plan.hosts]) as events:
             summary = backup.run_backup(plan, task, forks=self.ctx.forks, events=events)
-        left_out = [backup.SkippedHost(h, f"failed step {self.failed[h.name]}") for h in self.left_out()]
+        left_out = [
+            backup.SkippedHost(h, f"failed step {self.failed[h.name]}", kind=self.failed_kind[h.name])
+            for h in self.left_out()
+        ]
         cells = []
         for r in summary.results:
             if (entry := r.value) is not None:

@@ -487,7 +487,8 @@ class SimulatedHelpers:
                 raise HelperError(
                     "tool-interactive",
                     f"SecureStorageBackup.exe showed no prompt in {timeout:g} s and was stopped: it waits for a "
-                    "desktop (the wizard). Run the wizard on this server and use keyfleet collect.",
+                    "desktop (the wizard): run the wizard on this server (a backup's key file is then taken with "
+                    "keyfleet collect).",
                 )
             raise HelperError(
                 "tool-timeout",
@@ -507,7 +508,7 @@ class SimulatedHelpers:
                 "console-unavailable",
                 f"this server runs Windows build {self.installation.windows_build}: Windows Server 2016 has no pseudo "
                 "console (ConPTY needs Windows Server 2019, build 17763). Use tool_input stdin if the tool reads "
-                "stdin, or run the wizard and use keyfleet collect.",
+                "stdin, or run the wizard (a backup's key file is then taken with keyfleet collect).",
             )
         password = call.secret or ""
         answered = 0
@@ -530,7 +531,8 @@ class SimulatedHelpers:
                 + (
                     ""
                     if kind == "tool-timeout"
-                    else ": it showed no password prompt (the wizard); use keyfleet collect"
+                    else ": it showed no password prompt (the wizard): run the wizard on the server (a backup's key "
+                    "file is then taken with keyfleet collect)"
                 ),
             )
         run = outcome.run
