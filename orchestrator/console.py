@@ -142,14 +142,14 @@ def exit_code_of(document: object) -> int:
 def printed_exit_code() -> int | None:
     """The exit code of the --json document this process printed, or None before it printed one: once
     printed, the outcome is decided, and a Ctrl-C while the command cleans up does not change it."""
-    code = _printed[0]
-    return None if code is None else int(code)
+    return _printed[0]
 
 
 def print_result_json(command: str, document: dict[str, object], exit_code: int) -> None:
     """A command's own --json document with the fields every document carries: ``command``,
     ``exit_code`` and ``error`` (null, or the interrupted error when a Ctrl-C ended the command)."""
-    full: dict[str, object] = {**document, "command": command, "exit_code": exit_code}
+    full: dict[str, object] = {"command": command, **document}  # first, whatever the document says
+    full["command"], full["exit_code"] = command, exit_code
     if full.get("error") is None:
         full["error"] = INTERRUPTED_ERROR if exit_code == 130 else None
     print_json(full)

@@ -84,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         render(ui, diagnoses, interrupted, require)
         if args.json:
             hints = [hint_for(_kind(d, require)) or None for d in diagnoses]
-            document = doctor_json(
-                diagnoses, require=require, code=code, interrupted=interrupted, warnings=warnings, hints=hints
-            )
+            document = doctor_json(diagnoses, require=require, interrupted=interrupted, warnings=warnings, hints=hints)
             print_result_json("doctor", document, code)
     return code
 

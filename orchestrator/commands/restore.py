@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             code = restore.exit_code(summary)
             render(ui, request, summary, record_path)
             if args.json:
-                print_result_json("restore", restore_json(record, request, summary, record_path, code), code)
+                print_result_json("restore", restore_json(record, request, summary, record_path), code)
     return code
 
 

@@ -322,9 +322,11 @@ class _Fields:
 
     def optional_text(self, name: str) -> str | None:
         value = self.data.get(name)
-        if value is not None and not isinstance(value, str):
+        if value is None:
+            return None
+        if not isinstance(value, str):
             raise self._bad(name, "a string or null")
-        return (one_line(value, _FIELD_LIMIT) or None) if value else None
+        return one_line(value, _FIELD_LIMIT) or None
 
     def integer(self, name: str) -> int:
         value = self.data.get(name)

@@ -120,8 +120,7 @@ class PlaybookRun:
         self.playbook, self.hosts, self.ctx = playbook, hosts, ctx
         self.written: dict[str, ManifestEntry] = {}  # host -> the entry a backup step stored
         self.restored: dict[str, tuple[ManifestEntry, remote.RestoreResult]] = {}
-        self.failed: dict[str, str] = {}  # host -> title of the step it failed
-        self.failed_kind: dict[str, str | None] = {}  # host -> the kind it failed that step with
+        self.failed: dict[str, tuple[str, str]] = {}  # host -> (title of the step it failed, its kind there)
 
     def run(self) -> PlaybookResult:
         results: list[StepResult] = []
@@ -152,13 +151,12 @@ class PlaybookRun:
         targets = [h for h in self.hosts if h.name not in self.failed]
         handlers = {"doctor": self._doctor, "backup": self._backup, "verify": self._verify, "restore": self._restore}
         result = handlers[step.name](step, targets) if targets else StepResult(step, Status.SKIPPED, "no host left")
-        result.hosts += [HostStep.skipped(h.name, f"failed step {self.failed[h.name]}") for h in self.left_out()]
+        result.hosts += [HostStep.skipped(h.name, f"failed step {self.failed[h.name][0]}") for h in self.left_out()]
         order = {h.name: index for index, h in enumerate(self.hosts)}
         result.hosts.sort(key=lambda c: order[c.host])
         for cell in result.hosts:
             if cell.status is Status.FAILED:
-                self.failed.setdefault(cell.host, step.title)
-                self.failed_kind.setdefault(cell.host, cell.kind or "failed")
+                self.failed.setdefault(cell.host, (step.title, cell.kind or "failed"))
         return result
 
     def left_out(self) -> list[HostConfig]:
@@ -227,10 +225,10 @@ class PlaybookRun:
         )
         with self.ctx.progress(f"step {step.title}", [h.name for h in plan.hosts]) as events:
             summary = backup.run_backup(plan, task, forks=self.ctx.forks, events=events)
-        left_out = [
-            backup.SkippedHost(h, f"failed step {self.failed[h.name]}", kind=self.failed_kind[h.name])
-            for h in self.left_out()
-        ]
+        left_out = []
+        for h in self.left_out():
+            title, kind = self.failed[h.name]
+            left_out.append(backup.SkippedHost(h, f"failed step {title}", kind=kind))
         cells = []
         for r in summary.results:
             if (entry := r.value) is not None:

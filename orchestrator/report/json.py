@@ -146,14 +146,14 @@ def run_json(record: RunRecord, record_path: str | None) -> dict[str, object]:
 
 def nothing_to_back_up_json() -> dict[str, object]:
     """``backup --limit @last-failed`` when every host succeeded in the latest run."""
-    return {"command": "backup", "outcomes": [], "summary": dict.fromkeys(_OUTCOMES, 0), "exit_code": 0}
+    return {"outcomes": [], "summary": dict.fromkeys(_OUTCOMES, 0)}
 
 
 def backup_plan_json(plan: BackupPlan) -> dict[str, object]:
     """``backup --check``: the hosts it would back up and those it would skip."""
     hosts = [{"host": h.name, "group": h.group, "role": h.role.value, "endpoint": h.endpoint} for h in plan.hosts]
     skipped = [{"host": s.host.name, "reason": s.reason} for s in plan.skipped]
-    return {"command": "backup", "check": True, "plan": {"hosts": hosts, "skipped": skipped}}
+    return {"check": True, "plan": {"hosts": hosts, "skipped": skipped}}
 
 
 def restore_json(
@@ -161,9 +161,9 @@ def restore_json(
     request: RestoreRequest,
     summary: RunSummary[remote.RestoreResult],
     record_path: str | None,
-    code: int,
 ) -> dict[str, object]:
-    """``{run record fields..., "entry": ManifestEntry, "server": {...} | null, "run_record", "exit_code"}``."""
+    """``{run record fields..., "entry": ManifestEntry, "server": {...} | null, "run_record"}``
+    (console.print_result_json adds the exit code and the error)."""
     restored = summary.results[0].value if summary.results else None
     document = record.to_json()
     document["entry"] = request.entry.to_json()
@@ -183,7 +183,6 @@ def restore_json(
         }
     )
     document["run_record"] = record_path
-    document["exit_code"] = code
     return document
 
 
@@ -282,7 +281,6 @@ def doctor_json(
     diagnoses: Sequence[Diagnosis],
     *,
     require: Sequence[str],
-    code: int,
     interrupted: bool,
     warnings: list[str],
     hints: Sequence[str | None],
@@ -291,8 +289,6 @@ def doctor_json(
     from orchestrator.jobs.doctor import status_counts
 
     return {
-        "command": "doctor",
-        "exit_code": code,
         "interrupted": interrupted,
         "summary": status_counts(diagnoses, require),
         "warnings": warnings,
@@ -333,7 +329,6 @@ def run_plan_json(playbook: Playbook, hosts: list[HostConfig]) -> dict[str, obje
         for s in playbook.steps
     ]
     return {
-        "command": "run",
         "check": True,
         "playbook": _playbook_json(playbook),
         "hosts": [h.name for h in hosts],
@@ -370,12 +365,10 @@ def _step_json(step: StepResult) -> dict[str, object]:
 def run_result_json(result: PlaybookResult, warnings: list[str]) -> dict[str, object]:
     """``keyfleet run --json``: every step with its hosts, the failed hosts, and the run records written."""
     return {
-        "command": "run",
         "check": False,
         "playbook": _playbook_json(result.playbook),
         "hosts": [h.name for h in result.hosts],
         "interrupted": result.interrupted,
-        "exit_code": result.exit_code,
         "warnings": warnings,
         "steps": [_step_json(s) for s in result.steps],
         "failed_hosts": [

@@ -106,13 +106,18 @@ def logged_on(auth: Any) -> bool:
     keeps the sealing state it derives from the challenge (``session_security``, None before), keyfleet's
     NegotiateAuth the protocol its context negotiated (``negotiated``, None before). Basic and client
     certificates (no handler, or requests' HTTPBasicAuth) have nothing to finish."""
-    if auth is None or isinstance(auth, requests.auth.HTTPBasicAuth):
+    if _static(auth):
         return True
     if hasattr(auth, "negotiated"):
         return auth.negotiated is not None
     if hasattr(auth, "contexts"):  # requests_credssp: one context per host, kept once its handshake ran
         return bool(auth.contexts)
     return getattr(auth, "session_security", None) is not None
+
+
+def _static(auth: Any) -> bool:
+    """Basic (a header on every request) or a client certificate (no handler): no handshake to finish."""
+    return auth is None or isinstance(auth, requests.auth.HTTPBasicAuth)
 
 
 def forget_logon(auth: Any) -> None:
@@ -450,7 +455,7 @@ class _Direct:
     @staticmethod
     def static_auth(session: requests.Session) -> bool:
         """Basic (a header on every request) or a client certificate: nothing to negotiate first."""
-        return session.auth is None or isinstance(session.auth, requests.auth.HTTPBasicAuth)
+        return _static(session.auth)
 
     def send(self, message: bytes) -> bytes:
         headers = dict(self._headers)

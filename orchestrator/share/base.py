@@ -99,7 +99,7 @@ class Share(ABC):
     @abstractmethod
     def read_bytes(self, path: str) -> bytes:
         """The whole file; ShareFileUnusable (never read) for anything but a regular file of at most
-        MAX_READ_BYTES."""
+        ``read_limit(path)`` bytes."""
 
     @abstractmethod
     def write_new(self, path: str, data: bytes) -> None: ...
